@@ -1,0 +1,1 @@
+"""The launcher: config validation, process supervision, run folder, evaluation, reports."""

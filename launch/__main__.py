@@ -1,0 +1,62 @@
+"""python -m launch CONFIG.yaml [key.sub=value ...] [--run-dir DIR]
+
+Validates the experiment, then starts one parameter server, an evaluator and N workers, shows
+progress, and leaves a run folder (see launch/rundir.py). Exit codes: 0 success, 1 a process failed
+or the run did not finish, 2 bad config or arguments, 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from launch.config import load_experiment, resolved_yaml
+from launch.run import AsyncRun, RunFailed
+from launch.rundir import make_run_dir
+from protocol.errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m launch", description=__doc__.split("\n\n")[0])
+    ap.add_argument("config", help="experiment YAML, e.g. configs/quickstart.yaml")
+    ap.add_argument("overrides", nargs="*", help="key.sub=value settings applied on top of the file")
+    ap.add_argument("--run-dir", help="write the run here instead of <run.runs_dir>/<name>-<timestamp>")
+    ap.add_argument("--quiet", action="store_true", help="no progress line")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_experiment(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        run_dir = make_run_dir(cfg.run.runs_dir, cfg.name, args.run_dir)
+    except (FileExistsError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    (run_dir / "config.yaml").write_text(resolved_yaml(cfg))
+    print(f"run folder: {run_dir}")
+    print(f"{cfg.workers} workers, {cfg.task.model} on {cfg.task.dataset}, {cfg.optimizer.name} "
+          f"lr {cfg.optimizer.lr:g}, until {cfg.run.max_updates} updates or {cfg.run.max_seconds:g}s", flush=True)
+    try:
+        summary = AsyncRun(cfg, run_dir, quiet=args.quiet).execute()
+    except RunFailed as err:
+        print(f"\nerror: run failed: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process was stopped", file=sys.stderr)
+        return 130
+    print(format_summary(summary, run_dir))
+    return 0
+
+
+def format_summary(s: dict, run_dir) -> str:
+    acc = s.get("final_test_acc")
+    acc_txt = f"test_acc {acc:.4f}" if acc is not None else f"test_loss {s.get('final_test_loss')}"
+    return (f"done: {s['updates']} updates in {s['wall_s']:.1f}s ({s['updates_per_s']:.1f}/s), {acc_txt}, "
+            f"staleness mean {s['staleness_mean']:.2f} max {s['staleness_max']}, "
+            f"uplink {s['uplink_bytes'] / 2**20:.1f} MiB, {s['pushes_rejected']} pushes not applied\n"
+            f"results: {run_dir}/summary.json, plots in {run_dir}/plots/")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

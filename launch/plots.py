@@ -1,0 +1,121 @@
+"""PNG plots of one or several runs (several runs are overlaid, one colour each).
+
+metrics.png    test accuracy and losses against wall time and against updates
+staleness.png  staleness histogram of applied pushes, and staleness over time
+bytes.png      cumulative uplink bytes against updates and against wall time
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from launch.rundir import read_metrics, read_updates  # noqa: E402
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    return plot_runs([(run_dir.name, run_dir)], run_dir / "plots")
+
+
+def plot_runs(runs: list[tuple[str, Path]], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = [(label, read_metrics(path), read_updates(path)) for label, path in runs]
+    return [
+        _metrics(data, out_dir / "metrics.png"),
+        _staleness(data, out_dir / "staleness.png"),
+        _bytes(data, out_dir / "bytes.png"),
+    ]
+
+
+def _metrics(data, path: Path) -> Path:
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for label, metrics, _ in data:
+        m = [x for x in metrics if x.get("updates") is not None]
+        if not m:
+            continue
+        wall = [x["wall_s"] for x in m]
+        ups = [x["updates"] for x in m]
+        acc = [x.get("test_acc") for x in m]
+        for col, xs, xlabel in ((0, wall, "wall time (s)"), (1, ups, "updates")):
+            if any(a is not None for a in acc):
+                axes[0, col].plot(xs, [a if a is not None else float("nan") for a in acc], label=label)
+            line = axes[1, col].plot(xs, [x["test_loss"] for x in m], label=f"{label} test")
+            axes[1, col].plot(xs, [x["train_loss"] for x in m], "--", color=line[0].get_color(),
+                              label=f"{label} train")
+            axes[1, col].set_xlabel(xlabel)
+    axes[0, 0].set_ylabel("test accuracy")
+    axes[1, 0].set_ylabel("loss")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    axes[1, 1].set_yscale("log")
+    axes[1, 0].set_yscale("log")
+    axes[0, 1].legend(fontsize=8)
+    axes[1, 1].legend(fontsize=7)
+    fig.suptitle("evaluation of parameter snapshots")
+    return _save(fig, path)
+
+
+def _staleness(data, path: Path) -> Path:
+    fig, (ax_h, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, _, upd in data:
+        if not upd.get("staleness"):
+            continue
+        applied = [a == 1 for a in upd["applied"]]
+        stal = [s for s, a in zip(upd["staleness"], applied) if a]
+        wall = [w for w, a in zip(upd["wall_s"], applied) if a]
+        if not stal:
+            continue
+        top = int(max(stal))
+        ax_h.hist(stal, bins=range(0, top + 2), histtype="step", density=True, label=label, align="left")
+        ax_t.plot(wall, _rolling_mean(stal, 50), label=label)
+    ax_h.set_xlabel("staleness (updates)")
+    ax_h.set_ylabel("fraction of applied pushes")
+    ax_t.set_xlabel("wall time (s)")
+    ax_t.set_ylabel("staleness, rolling mean of 50")
+    for ax in (ax_h, ax_t):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _bytes(data, path: Path) -> Path:
+    fig, (ax_u, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, _, upd in data:
+        if not upd.get("bytes"):
+            continue
+        total, cum = 0.0, []
+        for b in upd["bytes"]:
+            total += b
+            cum.append(total / 2**20)
+        ax_u.plot(range(1, len(cum) + 1), cum, label=label)
+        ax_t.plot(upd["wall_s"], cum, label=label)
+    ax_u.set_xlabel("pushes received")
+    ax_t.set_xlabel("wall time (s)")
+    for ax in (ax_u, ax_t):
+        ax.set_ylabel("uplink MiB (cumulative)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _rolling_mean(xs: list[float], k: int) -> list[float]:
+    out, acc = [], 0.0
+    for i, x in enumerate(xs):
+        acc += x
+        if i >= k:
+            acc -= xs[i - k]
+        out.append(acc / min(i + 1, k))
+    return out
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

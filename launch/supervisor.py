@@ -1,0 +1,149 @@
+"""Child processes of a run: start them, watch them with psutil, tear them all down.
+
+Each child runs in its own session (so a terminal Ctrl-C reaches only the launcher, which then stops
+everyone in order) with stdout and stderr in logs/<name>.log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Child:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    started: float
+    ps: psutil.Process | None = None
+    cpu_samples: list = field(default_factory=list)
+    rss_peak: int = 0
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def describe_exit(self) -> str:
+        rc = self.popen.returncode
+        if rc is None:
+            return "is still running"
+        if rc < 0:
+            try:
+                sig = signal.Signals(-rc).name
+            except ValueError:
+                sig = str(-rc)
+            return f"was killed by signal {sig}"
+        return f"exited with code {rc}"
+
+    def log_tail(self, lines: int = 12) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").rstrip().splitlines()
+        except OSError:
+            return ""
+        return "\n".join("    " + line for line in text[-lines:])
+
+
+class Supervisor:
+    def __init__(self, log_dir: Path, env: dict | None = None):
+        self.log_dir = log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.children: dict[str, Child] = {}
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        path = self.env.get("PYTHONPATH", "")
+        self.env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT)
+
+    def start(self, name: str, module: str, args: list[str], env: dict | None = None) -> Child:
+        log_path = self.log_dir / f"{name}.log"
+        log = open(log_path, "w")
+        popen = subprocess.Popen(
+            [sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT,
+            env={**self.env, **(env or {})}, start_new_session=True, cwd=os.getcwd(),
+        )
+        log.close()  # the child holds its own copy of the descriptor
+        child = Child(name, popen, log_path, time.monotonic())
+        try:
+            child.ps = psutil.Process(popen.pid)
+            child.ps.cpu_percent(None)
+        except psutil.Error:
+            pass
+        self.children[name] = child
+        return child
+
+    def sample(self) -> list[tuple[str, int, float, int]]:
+        """(name, pid, cpu %, rss bytes) of every live child, for processes.csv."""
+        rows = []
+        for c in self.children.values():
+            if c.ps is None or c.returncode is not None:
+                continue
+            try:
+                with c.ps.oneshot():
+                    cpu, rss = c.ps.cpu_percent(None), c.ps.memory_info().rss
+            except psutil.Error:
+                continue
+            c.cpu_samples.append(cpu)
+            c.rss_peak = max(c.rss_peak, rss)
+            rows.append((c.name, c.pid, cpu, rss))
+        return rows
+
+    def exited(self) -> list[Child]:
+        return [c for c in self.children.values() if c.returncode is not None]
+
+    def running(self) -> list[Child]:
+        return [c for c in self.children.values() if c.returncode is None]
+
+    def wait(self, names: list[str], timeout_s: float) -> bool:
+        """Wait until the named children exit; True when all did within the timeout."""
+        deadline = time.monotonic() + timeout_s
+        for name in names:
+            c = self.children[name]
+            try:
+                c.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return False
+        return True
+
+    def terminate_all(self, grace_s: float = 3.0) -> None:
+        """SIGTERM every live child (its whole process group), then SIGKILL what is left after grace_s."""
+        live = self.running()
+        for c in live:
+            _signal_group(c.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for c in live:
+            try:
+                c.popen.wait(timeout=max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(c.pid, signal.SIGKILL)
+        for c in live:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                c.popen.wait(timeout=5)
+
+    def process_summary(self) -> dict:
+        return {
+            c.name: {
+                "pid": c.pid,
+                "exit": c.returncode,
+                "cpu_percent_mean": round(sum(c.cpu_samples) / len(c.cpu_samples), 1) if c.cpu_samples else None,
+                "rss_peak_mb": round(c.rss_peak / 2**20, 1),
+            }
+            for c in self.children.values()
+        }
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

@@ -1,0 +1,1 @@
+"""Wire format and the shared experiment schema. Knows no ML: no models, no optimizers."""

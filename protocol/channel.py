@@ -1,0 +1,164 @@
+"""ZeroMQ transport: ROUTER (server) and DEALER (worker) channels that move codec messages.
+
+Sends are zero-copy (the frames alias the message's tensors); receives write tensor frames straight
+into caller-provided buffers with `recv_into`, so the hot path allocates nothing per message.
+Every blocking operation takes a timeout; sockets close with linger 0.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+import zmq
+
+from protocol import wire
+from protocol.errors import ProtocolError
+from protocol.messages import Message
+
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 31
+
+
+class ReceiveError(ProtocolError):
+    """A message that arrived but could not be decoded; `identity` says who sent it (ROUTER)."""
+
+    def __init__(self, err: ProtocolError, identity: bytes | None, header: dict | None = None):
+        super().__init__(err.code, err.message)
+        self.identity = identity
+        self.header = header or {}
+
+
+class Channel:
+    def __init__(
+        self,
+        kind: str,
+        *,
+        chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        send_timeout_s: float = 30.0,
+        context: zmq.Context | None = None,
+    ):
+        if kind not in ("router", "dealer"):
+            raise ValueError(f"kind must be 'router' or 'dealer', got {kind!r}")
+        self.kind = kind
+        self.chunk_bytes = chunk_bytes
+        self.max_message_bytes = max_message_bytes
+        self._ctx = context or zmq.Context.instance()
+        self.sock = self._ctx.socket(zmq.ROUTER if kind == "router" else zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self.sock.setsockopt(zmq.SNDTIMEO, int(send_timeout_s * 1000))
+        if kind == "router":
+            self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._header_buf = bytearray(wire.MAX_HEADER_BYTES + 1)
+        self.endpoint: str | None = None
+        self.bytes_sent = 0  # header + tensor frames, identity frames excluded
+        self.bytes_received = 0
+        self.last_recv_bytes = 0
+        self.last_send_bytes = 0
+
+    # -- connection ------------------------------------------------------------------------------
+    def bind(self, endpoint: str) -> str:
+        """Bind and return the actual address (port 0 or '*' picks a free port)."""
+        self.sock.bind(re.sub(r":0$", ":*", endpoint))
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return self.endpoint
+
+    def connect(self, endpoint: str) -> None:
+        self.sock.connect(endpoint)
+        self.endpoint = endpoint
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        if self.kind == "router" and self.endpoint and self.endpoint.startswith("ipc://"):
+            path = self.endpoint[len("ipc://") :]
+            if os.path.exists(path):
+                os.unlink(path)
+
+    # -- send ------------------------------------------------------------------------------------
+    def send(self, msg: Message, to: bytes | None = None, track: bool = False) -> zmq.MessageTracker | None:
+        """Send zero-copy. With track=True the returned tracker says when the tensor memory is free again.
+
+        Raises TimeoutError when the peer does not take the message within the send timeout, and
+        ConnectionError when a ROUTER no longer knows the peer.
+        """
+        frames = wire.encode(msg, self.chunk_bytes)
+        self.last_send_bytes = sum(len(f) for f in frames)
+        if self.kind == "router":
+            if to is None:
+                raise ValueError("a ROUTER channel needs the peer identity to send")
+            frames = [to, *frames]
+        if track:
+            frames = [zmq.Frame(f, track=True, copy=False) for f in frames]
+        try:
+            tracker = self.sock.send_multipart(frames, copy=False, track=track)
+        except zmq.Again:
+            raise TimeoutError(f"send of {msg.TYPE} timed out") from None
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                raise ConnectionError(f"peer {to!r} is gone") from None
+            raise
+        self.bytes_sent += self.last_send_bytes
+        if track:
+            return zmq.MessageTracker(*[f for f in frames if isinstance(f, zmq.Frame)])
+        return tracker
+
+    # -- receive ---------------------------------------------------------------------------------
+    def poll(self, timeout_s: float) -> bool:
+        return bool(self.sock.poll(max(0, int(timeout_s * 1000)), zmq.POLLIN))
+
+    def recv(self, timeout_s: float, alloc: wire.Allocator | None = None) -> tuple[bytes | None, Message]:
+        """Receive one message. Raises TimeoutError, or ReceiveError after draining a bad message."""
+        if not self.poll(timeout_s):
+            raise TimeoutError(f"no message within {timeout_s:.1f}s")
+        identity = self.sock.recv() if self.kind == "router" else None
+        header: dict = {}
+        try:
+            if identity is not None and not self.sock.get(zmq.RCVMORE):
+                raise ProtocolError("truncated", "message has no header frame")
+            cls, fields, specs = self._recv_header()
+            header = fields
+            total = sum(s.nbytes for s in specs)
+            if total > self.max_message_bytes:
+                raise ProtocolError("oversized", f"{total} tensor bytes exceed {self.max_message_bytes}")
+            alloc = alloc or wire.fresh_allocator(self.max_message_bytes)
+            tensors = {s.name: self._recv_tensor(cls, s, alloc) for s in specs}
+            if self.sock.get(zmq.RCVMORE):
+                raise ProtocolError("extra_frames", f"{cls.TYPE} has more frames than its header declares")
+            self.last_recv_bytes = self._header_len + total
+            self.bytes_received += self.last_recv_bytes
+            return identity, wire.build(cls, fields, tensors)
+        except ProtocolError as err:
+            self._drain()
+            raise ReceiveError(err, identity, header) from None
+        except TypeError as err:  # dataclass construction: should be caught by field checks
+            self._drain()
+            raise ReceiveError(ProtocolError("bad_field", str(err)), identity, header) from None
+
+    def _recv_header(self):
+        n = self.sock.recv_into(self._header_buf)
+        self._header_len = n
+        if n > wire.MAX_HEADER_BYTES:
+            raise ProtocolError("oversized", f"header of {n} bytes exceeds {wire.MAX_HEADER_BYTES}")
+        return wire.decode_header(bytes(self._header_buf[:n]))
+
+    def _recv_tensor(self, cls: type[Message], spec: wire.TensorSpec, alloc: wire.Allocator) -> torch.Tensor:
+        dest = alloc(cls, spec)
+        if dest.dtype != wire.DTYPES[spec.dtype] or dest.numel() != spec.numel or not dest.is_contiguous():
+            raise ProtocolError("bad_tensor", f"{cls.TYPE}.{spec.name}: allocator returned a mismatched buffer")
+        view, offset = wire.byte_view(dest), 0
+        for _ in range(spec.nframes):
+            if not self.sock.get(zmq.RCVMORE):
+                raise ProtocolError("truncated", f"{cls.TYPE}.{spec.name}: fewer frames than declared")
+            n = self.sock.recv_into(view[offset:])
+            if offset + n > spec.nbytes:
+                raise ProtocolError("bad_tensor", f"{cls.TYPE}.{spec.name}: more bytes than its shape")
+            offset += n
+        if offset != spec.nbytes:
+            raise ProtocolError("truncated", f"{cls.TYPE}.{spec.name}: {offset} of {spec.nbytes} bytes")
+        return dest.view(spec.shape)
+
+    def _drain(self) -> None:
+        while self.sock.get(zmq.RCVMORE):
+            self.sock.recv_into(bytearray())

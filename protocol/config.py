@@ -1,0 +1,183 @@
+"""The experiment schema: the typed contract every process reads (server, workers, launcher).
+
+It lives in `protocol` because it is shared data, like a message: the server and the workers must
+not import each other, and both read the same resolved config.yaml. It holds no ML code; the
+choices it names are implemented in ps/ and worker/ (a test checks the two lists agree).
+Each field's comment is its documentation; README's config reference is generated from the same
+names (configs/*.yaml comment every key).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from protocol.errors import ConfigError
+
+DATASETS = ("digits", "synthetic")
+MODELS = ("logreg", "mlp", "cnn")
+OPTIMIZERS = ("amsgrad", "adam", "sgd")
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    kind: Literal["logistic", "lstsq"] = "logistic"  # classification (softmax) or least squares
+    dim: int = 100  # input features
+    samples: int = 4000  # train + test samples, generated from data_seed
+    classes: int = 2  # logistic only
+    noise: float = 0.1  # label noise (logistic: flip rate; lstsq: target noise std)
+    data_seed: int = 0  # the data set stays fixed when the experiment seed changes
+
+    def check(self) -> None:
+        require(self.dim >= 1, "dim", "must be >= 1")
+        require(self.samples >= 10, "samples", "must be >= 10")
+        require(self.samples * self.dim <= 1 << 28, "samples", "samples * dim must be <= 2^28 floats (1 GiB)")
+        require(self.classes >= 2, "classes", "must be >= 2")
+        require(self.noise >= 0, "noise", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    dataset: Literal["digits", "synthetic"] = "digits"
+    model: Literal["logreg", "mlp", "cnn"] = "mlp"
+    hidden: tuple[int, ...] = (128,)  # mlp hidden widths
+    channels: tuple[int, ...] = (16, 32)  # cnn conv channels (3x3 convs, then one linear layer)
+    batch_size: int = 32  # per worker per push; 0 = the worker's whole local data (full gradient)
+    sampling: Literal["random", "shard"] = "random"  # random minibatches from all data, or own shard
+    test_fraction: float = 0.2
+    regularizer: Literal["none", "l2", "nonconvex"] = "none"  # nonconvex: lambda * sum x^2 / (1 + x^2)
+    reg_lambda: float = 0.0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def check(self) -> None:
+        require(self.batch_size >= 0, "batch_size", "must be >= 0 (0 = full local data)")
+        require(all(h >= 1 for h in self.hidden), "hidden", "widths must be >= 1")
+        require(all(c >= 1 for c in self.channels) and self.channels, "channels", "must be >= 1")
+        require(0 < self.test_fraction < 1, "test_fraction", "must be in (0, 1)")
+        require(self.reg_lambda >= 0, "reg_lambda", "must be >= 0")
+        require(
+            self.model != "cnn" or self.dataset == "digits", "model", "cnn needs an image data set (digits)"
+        )
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    device: str = "cpu"  # cpu | cuda | cuda:N  (gradients on this device; the wire is always host memory)
+    threads: int = 1  # torch intra-op threads per worker process
+    slowdown: tuple[float, ...] = ()  # per-rank compute-time multiplier (>= 1); missing ranks run at 1
+    jitter: float = 0.0  # random extra compute time, as a fraction of the step's compute time
+    compute_s: float = 0.0  # simulated extra compute per step (seconds of sleep), scaled by slowdown
+
+    def check(self) -> None:
+        require(re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None, "device", "must be cpu, cuda or cuda:N")
+        require(self.threads >= 1, "threads", "must be >= 1")
+        require(all(s >= 1 for s in self.slowdown), "slowdown", "factors must be >= 1")
+        require(self.jitter >= 0, "jitter", "must be >= 0")
+        require(self.compute_s >= 0, "compute_s", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: Literal["amsgrad", "adam", "sgd"] = "amsgrad"
+    form: Literal["torch", "paper"] = "torch"  # amsgrad: torch == torch.optim.Adam(amsgrad=True); paper: APAM Alg. 1
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8  # ignored by the paper form (it has no eps)
+    weight_decay: float = 0.0  # L2 added to the direction before the step (as the APAM code does)
+    momentum: float = 0.0  # sgd only
+    dampening: float = 0.0  # sgd only (torch semantics)
+
+    def check(self) -> None:
+        require(self.lr > 0, "lr", "must be > 0")
+        require(all(0 <= b < 1 for b in self.betas), "betas", "must be in [0, 1)")
+        require(self.eps >= 0, "eps", "must be >= 0")
+        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
+        require(0 <= self.dampening <= 1, "dampening", "must be in [0, 1]")
+        require(self.form == "torch" or self.name == "amsgrad", "form", "'paper' applies to amsgrad only")
+        require(self.momentum == 0 or self.name == "sgd", "momentum", "applies to sgd only")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    endpoint: str = "tcp://127.0.0.1:0"  # tcp://HOST:PORT (port 0 = any free port) or ipc:///path
+    threads: int = 1  # torch intra-op threads in the server (the step is memory-bound)
+    chunk_bytes: int = 1 << 20  # tensors travel as frames of at most this size (1 MiB moves fastest)
+    max_message_bytes: int = 1 << 31  # larger messages are refused before allocation
+    send_timeout_s: float = 30.0
+    reply_timeout_s: float = 120.0  # a worker waits this long for a reply before failing
+    connect_timeout_s: float = 30.0  # a worker gives up joining after this long (heartbeats extend it)
+    wait_for_workers: bool = True  # start training only when all workers joined (fair timing, same start)
+    join_timeout_s: float = 120.0  # ...but start with those present after this long
+    stop_grace_s: float = 10.0  # after the end, how long the server waits to tell every worker to stop
+    status_every_s: float = 0.5  # how often the server publishes its counters (status.json)
+
+    def check(self) -> None:
+        require(re.fullmatch(r"(tcp://[^:]+:(\d+|\*)|ipc://.+)", self.endpoint) is not None, "endpoint",
+                f"must look like tcp://127.0.0.1:0 or ipc:///tmp/name, got {self.endpoint!r}")
+        require(self.threads >= 1, "threads", "must be >= 1")
+        require(1 << 10 <= self.chunk_bytes <= 1 << 30, "chunk_bytes", "must be in [1 KiB, 1 GiB]")
+        require(self.max_message_bytes >= 1 << 16, "max_message_bytes", "must be >= 64 KiB")
+        for key in ("send_timeout_s", "reply_timeout_s", "connect_timeout_s", "join_timeout_s", "stop_grace_s",
+                    "status_every_s"):
+            require(getattr(self, key) > 0, key, "must be > 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    max_updates: int = 1000  # the server stops after this many applied updates
+    max_seconds: float = 600.0  # ... or after this much wall time, whichever comes first
+    eval_every_s: float = 1.0  # the server snapshots parameters this often; the evaluator scores them
+    eval_max_samples: int = 10000  # cap on train/test samples scored per evaluation
+    progress_every_s: float = 1.0  # launcher progress line cadence
+    runs_dir: str = "runs"  # run folders go to <runs_dir>/<name>-<timestamp>/
+    plots: bool = True  # draw PNG plots into the run folder at the end
+
+    def check(self) -> None:
+        require(self.max_updates >= 1, "max_updates", "must be >= 1")
+        require(self.max_seconds > 0, "max_seconds", "must be > 0")
+        require(self.eval_every_s > 0, "eval_every_s", "must be > 0")
+        require(self.eval_max_samples >= 1, "eval_max_samples", "must be >= 1")
+        require(self.progress_every_s > 0, "progress_every_s", "must be > 0")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"  # run folder prefix
+    seed: int = 0  # model init and every worker's sampling stream derive from it
+    mode: Literal["async"] = "async"  # async: parameter server
+    workers: int = 2  # number of worker processes
+    task: TaskConfig = field(default_factory=TaskConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def check(self) -> None:
+        require(re.fullmatch(r"[A-Za-z0-9_.-]+", self.name) is not None, "name",
+                "use letters, digits, '_', '.', '-' only (it names the run folder)")
+        require(1 <= self.workers <= 256, "workers", "must be in [1, 256]")
+        require(len(self.worker.slowdown) <= self.workers, "worker.slowdown", "has more entries than workers")
+
+    def slowdown(self, rank: int) -> float:
+        return self.worker.slowdown[rank] if rank < len(self.worker.slowdown) else 1.0
+
+
+def load(path: str) -> ExperimentConfig:
+    """Read and validate an experiment YAML (the launcher adds command-line overrides on top)."""
+    import yaml  # config files only; the wire never sees YAML
+
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise ConfigError("<file>", f"{path} is not valid YAML: {exc}") from None
+    from protocol.schema import build
+
+    return build(ExperimentConfig, data)

@@ -1,0 +1,26 @@
+"""Errors shared by every process. No ML, no sockets."""
+
+from __future__ import annotations
+
+
+class ProtocolError(Exception):
+    """A message that cannot be accepted. `code` is a stable machine-readable reason.
+
+    Codes used on the wire (Reject.code and the `reason` column of updates.csv):
+    bad_header, bad_version, bad_type, bad_field, bad_tensor, truncated, oversized, extra_frames,
+    bad_shape, bad_index, nonfinite, unknown_rank, bad_seq, future_version, not_ready, bad_encoding.
+    """
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ConfigError(ValueError):
+    """A configuration value that is missing, unknown or invalid. `key` is the dotted path."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"config key '{key}': {message}")
+        self.key = key
+        self.message = message

@@ -1,0 +1,86 @@
+"""Named layout of the flat float32 parameter vector: each tensor is one contiguous range.
+
+Both sides agree on it (the worker's model signature becomes the server's layout), and contiguous
+ranges let several servers later own one range each (`shards`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from protocol.errors import ProtocolError
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def stop(self) -> int:
+        return self.offset + self.numel
+
+
+class Layout:
+    def __init__(self, entries: list[Entry]):
+        self.entries = entries
+        self.total = entries[-1].stop if entries else 0
+        self._by_name = {e.name: e for e in entries}
+
+    @classmethod
+    def from_shapes(cls, named_shapes: list[tuple[str, tuple[int, ...]]]) -> Layout:
+        entries, offset = [], 0
+        for name, shape in named_shapes:
+            entries.append(Entry(name, tuple(int(d) for d in shape), offset))
+            offset += entries[-1].numel
+        return cls(entries)
+
+    @classmethod
+    def from_signature(cls, signature: list) -> Layout:
+        """Validate a Hello signature [[name, [shape...], dtype], ...] and build the layout."""
+        if not isinstance(signature, list) or not signature:
+            raise ProtocolError("bad_field", "hello.signature must be a non-empty list")
+        named, seen = [], set()
+        for item in signature:
+            if not (isinstance(item, list) and len(item) == 3):
+                raise ProtocolError("bad_field", "signature entries are [name, shape, dtype]")
+            name, shape, dtype = item
+            if not isinstance(name, str) or name in seen:
+                raise ProtocolError("bad_field", f"signature name {name!r} is not a unique string")
+            if dtype != "float32":
+                raise ProtocolError("bad_field", f"parameter {name!r} has dtype {dtype!r}; only float32 is served")
+            if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+                raise ProtocolError("bad_field", f"parameter {name!r} has a bad shape {shape!r}")
+            seen.add(name)
+            named.append((name, tuple(shape)))
+        return cls.from_shapes(named)
+
+    def signature(self) -> list:
+        return [[e.name, list(e.shape), "float32"] for e in self.entries]
+
+    def to_wire(self) -> list:
+        return [[e.name, list(e.shape), e.offset] for e in self.entries]
+
+    @classmethod
+    def from_wire(cls, items: list) -> Layout:
+        return cls([Entry(name, tuple(shape), offset) for name, shape, offset in items])
+
+    def __getitem__(self, name: str) -> Entry:
+        return self._by_name[name]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Layout) and self.entries == other.entries
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.entries))
+
+    def shards(self, k: int) -> list[tuple[int, int]]:
+        """Split [0, total) into k contiguous near-equal ranges (for one server per range)."""
+        bounds = [round(i * self.total / k) for i in range(k + 1)]
+        return list(zip(bounds[:-1], bounds[1:]))

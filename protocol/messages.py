@@ -1,0 +1,126 @@
+"""Message dataclasses. Each is a msgpack header (the scalar fields) plus raw tensor frames.
+
+A field annotated `Tensor | None` travels as its own frame(s); every other field goes into the
+header. The codec (protocol/wire.py) checks every header field against these annotations, so a
+message that decodes is a message whose fields have the declared types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from torch import Tensor
+
+
+@dataclass
+class Message:
+    TYPE: ClassVar[str] = ""
+
+
+@dataclass
+class Hello(Message):
+    """worker -> server: join. The first Hello's `init` parameters initialise the server."""
+
+    TYPE: ClassVar[str] = "hello"
+    rank: int
+    pid: int
+    host: str
+    device: str
+    run_id: str
+    uplink: str  # how pushes are aggregated: "grad" (direction = push) or "ef21" (direction = mean g_i)
+    signature: list = field(default_factory=list)  # [[name, [shape...], dtype], ...]
+    resume: dict | None = None
+    init: Tensor | None = None
+
+
+@dataclass
+class Welcome(Message):
+    """server -> worker: the current parameters and the run settings the worker must share."""
+
+    TYPE: ClassVar[str] = "welcome"
+    version: int
+    next_seq: int
+    layout: list = field(default_factory=list)  # [[name, [shape...], offset], ...]
+    settings: dict = field(default_factory=dict)
+    params: Tensor | None = None
+
+
+@dataclass
+class Push(Message):
+    """worker -> server: one update computed at parameters of version `base_version`.
+
+    kind: "grad" (a gradient-like vector, applied as the direction), "delta" (EF21 increment
+    c_i added to g_i) or "reset" (dense g_i replacing the server's copy). The tensors are
+    interpreted by `encoding` (see protocol/encoding.py).
+    """
+
+    TYPE: ClassVar[str] = "push"
+    rank: int
+    seq: int
+    base_version: int
+    kind: str
+    encoding: str
+    numel: int
+    loss: float
+    samples: int
+    meta: dict = field(default_factory=dict)
+    values: Tensor | None = None
+    indices: Tensor | None = None
+    signs: Tensor | None = None
+
+
+@dataclass
+class Reply(Message):
+    """server -> worker: the outcome of a push (or a pull) and the fresh parameters."""
+
+    TYPE: ClassVar[str] = "reply"
+    applied: bool
+    reason: str
+    staleness: int
+    version: int
+    lr: float
+    params: Tensor | None = None
+
+
+@dataclass
+class Pull(Message):
+    """worker -> server: ask for the current parameters without pushing."""
+
+    TYPE: ClassVar[str] = "pull"
+    rank: int
+
+
+@dataclass
+class Reject(Message):
+    """server -> anyone: the message was not accepted; nothing changed on the server."""
+
+    TYPE: ClassVar[str] = "reject"
+    code: str
+    message: str
+    rank: int = -1
+    seq: int = -1
+    expected_seq: int = -1
+
+
+@dataclass
+class Heartbeat(Message):
+    """both ways: liveness while a peer is waiting."""
+
+    TYPE: ClassVar[str] = "heartbeat"
+    rank: int
+    version: int
+
+
+@dataclass
+class Stop(Message):
+    """server -> worker: the run is over; exit cleanly."""
+
+    TYPE: ClassVar[str] = "stop"
+    reason: str
+    version: int
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls for cls in (Hello, Welcome, Push, Reply, Pull, Reject, Heartbeat, Stop)
+}

@@ -1,0 +1,1 @@
+"""The parameter server: parameter store, optimizers, staleness policy, and its main loop."""

@@ -1,0 +1,34 @@
+"""Preallocated receive buffers: every push tensor is written into one of these, never a fresh allocation.
+
+One byte arena per tensor name, sized for the largest legal tensor of that name (a dense float32
+vector of the model's size). A declared size above that is refused before any byte is received.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from protocol import wire
+from protocol.errors import ProtocolError
+from protocol.messages import Message, Push
+
+
+class RecvArena:
+    def __init__(self, numel: int, fallback_bytes: int):
+        cap = max(4 * numel, 64)
+        self._arenas = {name: torch.empty(cap, dtype=torch.uint8) for name in wire.tensor_fields(Push)}
+        self._fallback = wire.fresh_allocator(fallback_bytes)
+        self._hello_init = torch.empty(cap, dtype=torch.uint8)
+
+    def __call__(self, cls: type[Message], spec: wire.TensorSpec) -> torch.Tensor:
+        if cls is Push:
+            return self._view(self._arenas[spec.name], spec)
+        if cls.TYPE == "hello" and spec.name == "init":
+            return self._view(self._hello_init, spec)
+        return self._fallback(cls, spec)
+
+    @staticmethod
+    def _view(arena: torch.Tensor, spec: wire.TensorSpec) -> torch.Tensor:
+        if spec.nbytes > arena.numel():
+            raise ProtocolError("oversized", f"tensor '{spec.name}' of {spec.nbytes} bytes exceeds {arena.numel()}")
+        return arena[: spec.nbytes].view(wire.DTYPES[spec.dtype])

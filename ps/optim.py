@@ -1,0 +1,132 @@
+"""Server optimizers on one flat float32 parameter vector. Pure math: no sockets, clocks or logging.
+
+Each `step(direction, lr, worker)` is one iteration on the current parameters (APAM applies every
+arriving, possibly stale, direction as one AMSGrad iteration). Steps run as fused kernels or a few
+in-place passes over the flat buffers; nothing loops over parameters in Python.
+
+Forms of AMSGrad (RESEARCH.md 1a-1b):
+- torch: exactly torch.optim.Adam(amsgrad=True) (bias correction, eps added after sqrt(v_hat)/sqrt(bc2)),
+  run through torch's fused kernel on the flat vector.
+- paper: APAM Algorithm 1: no bias correction, no eps, v_hat = max(v_hat, v) on the raw v. A coordinate
+  whose v_hat is still 0 has m = 0 too (both only move when its gradient is non-zero), so its step is
+  0/0; the denominator is clamped to the smallest normal float to make that step exactly 0.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from protocol.config import OptimizerConfig
+
+TINY = torch.finfo(torch.float32).tiny
+
+
+class ServerOptimizer(ABC):
+    def __init__(self, params: torch.Tensor, cfg: OptimizerConfig):
+        self.params = params
+        self.cfg = cfg
+        self.steps = 0
+
+    @abstractmethod
+    def step(self, direction: torch.Tensor, lr: float, worker: int = 0) -> None:
+        """Apply one iteration with `direction` (read only) at learning rate `lr`."""
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class TorchAdam(ServerOptimizer):
+    """torch.optim.Adam (amsgrad or not) on the flat vector, fused kernel where torch has one."""
+
+    def __init__(self, params: torch.Tensor, cfg: OptimizerConfig, amsgrad: bool):
+        super().__init__(params, cfg)
+        self.opt = torch.optim.Adam(
+            [params], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+            amsgrad=amsgrad, fused=params.device.type in ("cpu", "cuda"),
+        )
+
+    def step(self, direction: torch.Tensor, lr: float, worker: int = 0) -> None:
+        self.opt.param_groups[0]["lr"] = lr
+        self.params.grad = direction
+        try:
+            self.opt.step()
+        finally:
+            self.params.grad = None
+        self.steps += 1
+
+    def state(self) -> dict[str, torch.Tensor]:
+        s = self.opt.state.get(self.params, {})
+        names = {"exp_avg": "m", "exp_avg_sq": "v", "max_exp_avg_sq": "v_hat"}
+        return {names[k]: v for k, v in s.items() if k in names}
+
+
+class PaperAMSGrad(ServerOptimizer):
+    """APAM Algorithm 1: m, v EMAs, v_hat = max(v_hat, v), x -= lr * m / sqrt(v_hat)."""
+
+    def __init__(self, params: torch.Tensor, cfg: OptimizerConfig):
+        super().__init__(params, cfg)
+        self.m = torch.zeros_like(params)
+        self.v = torch.zeros_like(params)
+        self.v_hat = torch.zeros_like(params)
+        self._scratch = torch.empty_like(params)
+
+    def step(self, direction: torch.Tensor, lr: float, worker: int = 0) -> None:
+        b1, b2 = self.cfg.betas
+        g = _with_weight_decay(direction, self.params, self.cfg.weight_decay, self._scratch)
+        self.m.mul_(b1).add_(g, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        torch.maximum(self.v_hat, self.v, out=self.v_hat)
+        denom = torch.sqrt(self.v_hat, out=self._scratch).clamp_min_(TINY)
+        self.params.addcdiv_(self.m, denom, value=-lr)
+        self.steps += 1
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"m": self.m, "v": self.v, "v_hat": self.v_hat}
+
+
+class SGD(ServerOptimizer):
+    """Plain SGD, optionally with one server momentum buffer (torch.optim.SGD semantics)."""
+
+    def __init__(self, params: torch.Tensor, cfg: OptimizerConfig):
+        super().__init__(params, cfg)
+        self.buf: torch.Tensor | None = None
+        self._scratch = torch.empty_like(params) if cfg.weight_decay else None
+
+    def step(self, direction: torch.Tensor, lr: float, worker: int = 0) -> None:
+        g = _with_weight_decay(direction, self.params, self.cfg.weight_decay, self._scratch)
+        if self.cfg.momentum == 0:
+            self.params.add_(g, alpha=-lr)
+        else:
+            if self.buf is None:  # torch: the first step uses the undampened gradient
+                self.buf = g.clone()
+            else:
+                self.buf.mul_(self.cfg.momentum).add_(g, alpha=1 - self.cfg.dampening)
+            self.params.add_(self.buf, alpha=-lr)
+        self.steps += 1
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {} if self.buf is None else {"momentum": self.buf}
+
+
+def _with_weight_decay(
+    direction: torch.Tensor, params: torch.Tensor, wd: float, scratch: torch.Tensor | None
+) -> torch.Tensor:
+    if wd == 0:
+        return direction
+    assert scratch is not None
+    return torch.add(direction, params, alpha=wd, out=scratch)
+
+
+def make_optimizer(params: torch.Tensor, cfg: OptimizerConfig) -> ServerOptimizer:
+    if cfg.name == "amsgrad":
+        return PaperAMSGrad(params, cfg) if cfg.form == "paper" else TorchAdam(params, cfg, amsgrad=True)
+    if cfg.name == "adam":
+        return TorchAdam(params, cfg, amsgrad=False)
+    if cfg.name == "sgd":
+        return SGD(params, cfg)
+    raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+OPTIMIZER_NAMES = ("amsgrad", "adam", "sgd")

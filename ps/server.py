@@ -1,0 +1,332 @@
+"""The parameter server's main loop. One thread owns every piece of state; pushes are applied one by
+one in arrival order (DESIGN.md section 5).
+
+on Push(rank, seq, base_version, c):
+    validate sender, seq, version, encoding, shape, finiteness  -> Reject; nothing changes
+    tau = version - base_version ; policy(tau) -> apply with lr, or drop
+    direction = aggregator(c) ; optimizer.step(direction, lr) ; version += 1
+    record the push ; reply with the fresh parameters and the new version
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from protocol.buffers import SendPool
+from protocol.channel import Channel, ReceiveError
+from protocol.config import ExperimentConfig
+from protocol.encoding import require_finite
+from protocol.errors import ProtocolError
+from protocol.layout import Layout
+from protocol.messages import Heartbeat, Hello, Message, Pull, Push, Reject, Reply, Stop, Welcome
+from protocol.wire import fresh_allocator
+from ps.aggregate import DirectAggregator
+from ps.arena import RecvArena
+from ps.optim import make_optimizer
+from ps.policy import StalenessPolicy
+from ps.records import Counters, PushRecord, UpdateLog, write_json_atomic
+from ps.snapshot import Snapshotter
+
+
+@dataclass
+class WorkerInfo:
+    rank: int
+    identity: bytes
+    pid: int
+    host: str
+    device: str
+    last_seq: int = -1
+    pushes: int = 0
+    applied: int = 0
+
+
+class ParameterServer:
+    def __init__(self, cfg: ExperimentConfig, channel: Channel, run_dir: Path | None = None, clock=time.monotonic):
+        self.cfg = cfg
+        self.chan = channel
+        self.run_dir = run_dir
+        self.clock = clock
+        self.t0 = clock()  # process start: join_timeout counts from here
+        self.t_start: float | None = None  # training start: wall_s, max_seconds and records count from here
+        self._pending: list[int] = []  # ranks that joined and wait for the start (wait_for_workers)
+        self._next_heartbeat = 0.0
+        self._signalled: str | None = None
+        self.counters = Counters()
+        self.log = UpdateLog(run_dir / "updates.csv" if run_dir else None)
+        self.workers: dict[int, WorkerInfo] = {}
+        self.version = 0
+        self.params: torch.Tensor | None = None
+        self.layout: Layout | None = None
+        self.stop_reason: str | None = None
+        self._stop_at = 0.0
+        self._stopped: set[int] = set()
+        self._next_status = 0.0
+        self._next_snapshot = 0.0
+        self._alloc = fresh_allocator(cfg.server.max_message_bytes)
+        self.policy = StalenessPolicy(cfg.optimizer.lr)
+        self.snapshots = Snapshotter(run_dir / "snapshots", 0) if run_dir else None
+
+    # -- main loop -------------------------------------------------------------------------------
+    def serve(self) -> dict:
+        """Serve until the run ends and every worker was told to stop; returns the summary."""
+        while not self._done():
+            try:
+                identity, msg = self.chan.recv(timeout_s=0.05, alloc=self._alloc)
+            except TimeoutError:
+                pass
+            except ReceiveError as err:
+                self._on_bad_message(err)
+            else:
+                self._dispatch(identity, msg)
+            self._tick()
+        return self._finish()
+
+    def signal_stop(self, reason: str) -> None:
+        """Safe from a signal handler: only sets a flag that the loop acts on at its next tick."""
+        self._signalled = reason
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self._stop_at = self.clock()
+            for rank in self._pending:  # still waiting for the start: nothing else will reach them
+                self._tell_stop(self.workers[rank].identity, rank)
+            self._pending.clear()
+
+    def wall(self) -> float:
+        return self.clock() - self.t_start if self.t_start is not None else 0.0
+
+    def _start_training(self) -> None:
+        """Welcome every waiting worker with the same version-0 parameters and start the clock."""
+        self.t_start = self.clock()
+        for rank in self._pending:
+            self._welcome(self.workers[rank].identity, self.workers[rank])
+        self._pending.clear()
+
+    def _done(self) -> bool:
+        if self.stop_reason is None:
+            return False
+        told_all = all(rank in self._stopped for rank in self.workers)
+        return told_all or self.clock() - self._stop_at > self.cfg.server.stop_grace_s
+
+    def _dispatch(self, identity: bytes, msg: Message) -> None:
+        if isinstance(msg, Push):
+            self._on_push(identity, msg)
+        elif isinstance(msg, Hello):
+            self._on_hello(identity, msg)
+        elif isinstance(msg, Pull):
+            self._on_pull(identity, msg)
+        elif isinstance(msg, Heartbeat):
+            self._send(identity, Heartbeat(rank=-1, version=self.version))
+        else:
+            self.counters.messages_rejected += 1
+            self._send(identity, Reject("bad_type", f"a server does not accept {msg.TYPE} messages"))
+
+    # -- joining -----------------------------------------------------------------------------------
+    def _on_hello(self, identity: bytes, hello: Hello) -> None:
+        if self.stop_reason is not None:
+            self._tell_stop(identity, hello.rank)
+            return
+        try:
+            self._check_hello(hello)
+            if self.params is None:
+                self._initialise(hello)
+        except ProtocolError as err:
+            self.counters.messages_rejected += 1
+            self._send(identity, Reject(err.code, err.message, rank=hello.rank))
+            return
+        old = self.workers.get(hello.rank)
+        info = WorkerInfo(hello.rank, identity, hello.pid, hello.host, hello.device)
+        if old is not None:  # a rejoin continues the rank's sequence
+            info.last_seq, info.pushes, info.applied = old.last_seq, old.pushes, old.applied
+        self.workers[hello.rank] = info
+        if self.t_start is not None:
+            self._welcome(identity, info)
+            return
+        self._pending = [r for r in self._pending if r != hello.rank] + [hello.rank]
+        if not self.cfg.server.wait_for_workers or len(self.workers) == self.cfg.workers:
+            self._start_training()
+
+    def _welcome(self, identity: bytes, info: WorkerInfo) -> None:
+        settings = {"workers": self.cfg.workers, "optimizer": self.cfg.optimizer.name, "uplink": self.agg.uplink}
+        assert self.layout is not None
+        self._send_params(identity, Welcome(
+            version=self.version, next_seq=info.last_seq + 1, layout=self.layout.to_wire(), settings=settings,
+        ))
+
+    def _check_hello(self, hello: Hello) -> None:
+        if not 0 <= hello.rank < self.cfg.workers:
+            raise ProtocolError("unknown_rank", f"rank {hello.rank} is outside 0..{self.cfg.workers - 1}")
+        layout = Layout.from_signature(hello.signature)
+        if self.layout is not None and layout != self.layout:
+            raise ProtocolError("bad_shape", f"rank {hello.rank}'s model does not match the served layout")
+        if hello.uplink != DirectAggregator.uplink:
+            raise ProtocolError("bad_encoding", f"rank {hello.rank} pushes '{hello.uplink}', server expects 'grad'")
+        if self.params is None:
+            if hello.init is None or hello.init.numel() != layout.total or hello.init.dtype != torch.float32:
+                raise ProtocolError("bad_shape", "the first hello must carry float32 initial parameters")
+            require_finite(hello.init, "initial parameters")
+
+    def _initialise(self, hello: Hello) -> None:
+        self.layout = Layout.from_signature(hello.signature)
+        numel = self.layout.total
+        assert hello.init is not None
+        self.params = hello.init.reshape(-1).clone()
+        self.opt = make_optimizer(self.params, self.cfg.optimizer)
+        self.agg = DirectAggregator(numel)
+        self.pool = SendPool(numel)
+        self._alloc = RecvArena(numel, self.cfg.server.max_message_bytes)
+        if self.snapshots is not None:
+            self.snapshots = Snapshotter(self.snapshots.folder, numel)
+
+    # -- pushes ------------------------------------------------------------------------------------
+    def _on_push(self, identity: bytes, push: Push) -> None:
+        nbytes = self.chan.last_recv_bytes
+        record = PushRecord(self.version, push.rank, push.base_version, self.version - push.base_version,
+                            0.0, nbytes, False, push.loss, push.seq, "ok", self.wall())
+        self.counters.uplink_bytes += nbytes
+        if self.stop_reason is not None:
+            record.reason = "stopped"
+            self._record(record)
+            self._tell_stop(identity, push.rank)
+            return
+        try:
+            worker = self._check_push(identity, push)
+            direction = self.agg.direction(push)
+        except ProtocolError as err:
+            record.reason = err.code
+            self._record(record)
+            info = self.workers.get(push.rank)
+            expected = info.last_seq + 1 if info and info.identity == identity else -1
+            self._send(identity, Reject(err.code, err.message, rank=push.rank, seq=push.seq, expected_seq=expected))
+            return
+        worker.last_seq = push.seq
+        worker.pushes += 1
+        decision = self.policy.decide(record.staleness)
+        if decision.accept:
+            self.opt.step(direction, decision.lr, push.rank)
+            self.agg.commit(push.rank)
+            self.version += 1
+            worker.applied += 1
+            record.version, record.lr, record.applied = self.version, decision.lr, True
+        else:
+            record.reason = decision.reason
+        self._record(record)
+        reply = Reply(applied=decision.accept, reason=record.reason, staleness=record.staleness,
+                      version=self.version, lr=record.lr)
+        self._send_params(identity, reply)
+        if self.version >= self.cfg.run.max_updates:
+            self.request_stop("max_updates")
+
+    def _check_push(self, identity: bytes, push: Push) -> WorkerInfo:
+        info = self.workers.get(push.rank)
+        if info is None or info.identity != identity or self.params is None:
+            raise ProtocolError("unknown_rank", f"rank {push.rank} has not joined from this connection")
+        if push.seq != info.last_seq + 1:
+            raise ProtocolError("bad_seq", f"rank {push.rank} sent seq {push.seq}, expected {info.last_seq + 1}")
+        if push.base_version > self.version:
+            raise ProtocolError("future_version", f"base_version {push.base_version} > server version {self.version}")
+        if push.base_version < 0:
+            raise ProtocolError("bad_field", f"base_version {push.base_version} < 0")
+        return info
+
+    def _record(self, record: PushRecord) -> None:
+        self.counters.add(record)
+        self.log.write(record)
+
+    def _on_pull(self, identity: bytes, pull: Pull) -> None:
+        if self.stop_reason is not None:
+            self._tell_stop(identity, pull.rank)
+        elif self.params is None:
+            self._send(identity, Reject("not_ready", "no worker has initialised the parameters yet", rank=pull.rank))
+        else:
+            self._send_params(identity, Reply(applied=False, reason="pull", staleness=0, version=self.version, lr=0.0))
+
+    def _on_bad_message(self, err: ReceiveError) -> None:
+        self.counters.messages_rejected += 1
+        if err.identity is not None:
+            rank = err.header.get("rank", -1)
+            self._send(err.identity, Reject(err.code, err.message, rank=rank if isinstance(rank, int) else -1))
+
+    # -- replies -----------------------------------------------------------------------------------
+    def _send_params(self, identity: bytes, msg: Reply | Welcome) -> None:
+        assert self.params is not None
+        buf = self.pool.snapshot(self.params)
+        msg.params = buf
+        tracker = self._send(identity, msg, track=True)
+        self.pool.sent(buf, tracker)
+
+    def _send(self, identity: bytes, msg: Message, track: bool = False):
+        try:
+            tracker = self.chan.send(msg, to=identity, track=track)
+        except (ConnectionError, TimeoutError):
+            return None  # the peer left; the launcher notices a dead worker, not the server
+        self.counters.downlink_bytes += self.chan.last_send_bytes
+        return tracker
+
+    def _tell_stop(self, identity: bytes, rank: int) -> None:
+        self._send(identity, Stop(reason=self.stop_reason or "stopped", version=self.version))
+        self._stopped.add(rank)
+
+    # -- periodic work -------------------------------------------------------------------------------
+    def _tick(self) -> None:
+        now = self.clock()
+        if self._signalled:
+            self.request_stop(self._signalled)
+        if self.t_start is None:
+            self._tick_waiting(now)
+        elif self.stop_reason is None and now - self.t_start >= self.cfg.run.max_seconds:
+            self.request_stop("max_seconds")
+        if now >= self._next_status:
+            self._next_status = now + self.cfg.server.status_every_s
+            self.log.flush()
+            if self.run_dir:
+                write_json_atomic(self.run_dir / "status.json", self.status())
+        if self.snapshots is not None and self.t_start is not None and now >= self._next_snapshot:
+            self._next_snapshot = now + self.cfg.run.eval_every_s
+            self.snapshots.offer(self.params, self._snapshot_meta())
+
+    def _tick_waiting(self, now: float) -> None:
+        """Before the start: keep joined workers waiting (heartbeats), start anyway after join_timeout_s."""
+        if self._pending and now - self.t0 >= self.cfg.server.join_timeout_s:
+            self._start_training()
+        elif now >= self._next_heartbeat:
+            self._next_heartbeat = now + 1.0
+            for rank in self._pending:
+                self._send(self.workers[rank].identity, Heartbeat(rank=-1, version=self.version))
+
+    def _snapshot_meta(self) -> dict:
+        return {"version": self.version, "wall_s": self.wall(), "train_loss_pushed": self.counters.window()["loss"]}
+
+    def status(self) -> dict:
+        c = self.counters
+        return {
+            "wall_s": self.wall(), "version": self.version, "updates": c.pushes_applied,
+            "pushes_received": c.pushes_received, "pushes_rejected": c.pushes_rejected,
+            "messages_rejected": c.messages_rejected, "workers_joined": len(self.workers),
+            "workers": self.cfg.workers, "started": self.t_start is not None,
+            "pushes_refused": c.pushes_rejected - c.reasons.get("stopped", 0),
+            "staleness_max": c.staleness_max, "stopping": self.stop_reason, **c.window(),
+        }
+
+    def _finish(self) -> dict:
+        self.log.close()
+        summary = {
+            "updates": self.version, "stop_reason": self.stop_reason, "wall_s": self.wall(),
+            "num_params": self.layout.total if self.layout else 0, **self.counters.summary(),
+            "workers": {r: {"pid": w.pid, "host": w.host, "device": w.device, "pushes": w.pushes,
+                            "applied": w.applied} for r, w in sorted(self.workers.items())},
+            "server": {"pid": os.getpid(), "host": socket.gethostname()},
+        }
+        if self.run_dir:
+            if self.snapshots is not None and self.params is not None:
+                self.snapshots.final(self.params, self._snapshot_meta())
+            write_json_atomic(self.run_dir / "status.json", self.status())
+            write_json_atomic(self.run_dir / "server_summary.json", summary)
+        return summary

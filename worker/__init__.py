@@ -1,0 +1,1 @@
+"""Workers: tasks, compressors, the worker half of error feedback, the worker loop."""

@@ -1,0 +1,207 @@
+"""The worker's main loop (DESIGN.md section 6).
+
+join (Hello -> Welcome: parameters, version, next seq)
+loop: x, version = last reply
+      grad = minibatch gradient at x              (cpu or cuda; simulated slowdown after it)
+      kind, payload = uplink.prepare(grad)         (dense gradient, or an error-feedback message)
+      push(payload, base_version=version) -> Reply (fresh x, new version) | Reject | Stop
+      uplink.commit(applied)
+until the server says Stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from protocol import wire
+from protocol.channel import Channel, ReceiveError
+from protocol.config import ExperimentConfig
+from protocol.errors import ProtocolError
+from protocol.messages import Heartbeat, Hello, Message, Push, Reject, Reply, Stop, Welcome
+from worker.tasks import Task, rank_seed
+from worker.uplink import DenseUplink
+
+log = logging.getLogger("worker")
+MAX_CONSECUTIVE_REJECTS = 20
+
+
+class WorkerError(RuntimeError):
+    """The worker cannot go on; the message says why."""
+
+
+@dataclass
+class WorkerStats:
+    pushes: int = 0
+    applied: int = 0
+    dropped: int = 0
+    rejected: int = 0
+    compute_s: float = 0.0
+    simulated_s: float = 0.0
+    wait_s: float = 0.0
+    stop_reason: str = ""
+    staleness: list = field(default_factory=list)
+
+
+class WorkerLoop:
+    def __init__(self, cfg: ExperimentConfig, rank: int, channel: Channel, task: Task | None = None,
+                 run_id: str = "", clock=time.monotonic, sleep=time.sleep):
+        self.cfg, self.rank, self.chan = cfg, rank, channel
+        self.clock, self.sleep = clock, sleep
+        self.run_id = run_id
+        self.task = task or Task(cfg, device=cfg.worker.device)
+        self.sampler = self.task.sampler(rank, cfg.workers)
+        net = self.task.net
+        on_cpu = net.params.device.type == "cpu"
+        # The wire needs host memory: on the CPU the model's own flat buffers travel; on a GPU,
+        # pinned host mirrors do (one device<->host copy per step each way).
+        self.host_params = net.params if on_cpu else torch.empty(net.numel, pin_memory=True)
+        self.host_grad = net.grad if on_cpu else torch.empty(net.numel, pin_memory=True)
+        self.uplink = DenseUplink(net.numel)
+        self.version = 0
+        self.seq = 0
+        self.stats = WorkerStats()
+        self._rng = random.Random(rank_seed(cfg.seed, rank))
+        self._fallback = wire.fresh_allocator(cfg.server.max_message_bytes)
+        self._rejects_in_a_row = 0
+
+    # -- main loop -----------------------------------------------------------------------------------
+    def run(self) -> WorkerStats:
+        if not self._join():
+            return self.stats
+        while True:
+            loss, samples = self._compute()
+            kind, payload = self.uplink.prepare(self.host_grad)
+            push = Push(rank=self.rank, seq=self.seq, base_version=self.version, kind=kind,
+                        encoding=payload.encoding, numel=payload.numel, loss=loss, samples=samples,
+                        meta=payload.meta or {}, values=payload.values, indices=payload.indices,
+                        signs=payload.signs)
+            reply = self._exchange(push)
+            self.stats.pushes += 1
+            if isinstance(reply, Stop):
+                self.stats.stop_reason = reply.reason
+                return self.stats
+            self._handle(reply)
+
+    def _compute(self) -> tuple[float, int]:
+        batch = self.sampler.next()
+        t0 = self.clock()
+        loss = self.task.gradient(batch)
+        if self.host_grad is not self.task.net.grad:
+            self.host_grad.copy_(self.task.net.grad)  # synchronous device -> host copy
+        compute = self.clock() - t0
+        self.stats.compute_s += compute
+        self._simulate(compute)
+        return loss, len(batch)
+
+    def _simulate(self, compute: float) -> None:
+        """Stragglers and simulated compute: sleep as if this step took longer."""
+        w = self.cfg.worker
+        factor = self.cfg.slowdown(self.rank)
+        base = compute + w.compute_s
+        extra = (factor - 1) * compute + factor * w.compute_s + w.jitter * self._rng.random() * base * factor
+        if extra > 0:
+            self.stats.simulated_s += extra
+            self.sleep(extra)
+
+    def _handle(self, reply: Message) -> None:
+        if isinstance(reply, Reply):
+            self._rejects_in_a_row = 0
+            self.seq += 1
+            self.version = reply.version
+            self.uplink.commit(reply.applied)
+            if reply.applied:
+                self.stats.applied += 1
+                self.stats.staleness.append(reply.staleness)
+            else:
+                self.stats.dropped += 1
+            self._load_params()
+        elif isinstance(reply, Reject):
+            self.uplink.commit(False)
+            self.stats.rejected += 1
+            self._rejects_in_a_row += 1
+            if reply.expected_seq >= 0:
+                self.seq = reply.expected_seq
+            log.warning("push %d rejected: %s: %s", reply.seq, reply.code, reply.message)
+            if reply.code in ("unknown_rank", "bad_version", "bad_type") or (
+                self._rejects_in_a_row >= MAX_CONSECUTIVE_REJECTS
+            ):
+                raise WorkerError(f"server rejected push {reply.seq}: {reply.code}: {reply.message}")
+        else:
+            raise WorkerError(f"unexpected {reply.TYPE} message in reply to a push")
+
+    # -- joining and messaging -----------------------------------------------------------------------
+    def _join(self) -> bool:
+        net = self.task.net
+        if self.host_params is not net.params:
+            self.host_params.copy_(net.params)
+        hello = Hello(rank=self.rank, pid=os.getpid(), host=socket.gethostname(), device=str(net.params.device),
+                      run_id=self.run_id, uplink=self.uplink.uplink, signature=net.layout.signature(),
+                      init=self.host_params)
+        try:
+            reply = self._exchange(hello, timeout_s=self.cfg.server.connect_timeout_s)
+        except TimeoutError:
+            raise WorkerError(
+                f"could not reach the parameter server at {self.chan.endpoint} within "
+                f"{self.cfg.server.connect_timeout_s:.0f}s (is it running, and is the endpoint right?)"
+            ) from None
+        if isinstance(reply, Stop):
+            self.stats.stop_reason = reply.reason
+            return False
+        if isinstance(reply, Reject):
+            raise WorkerError(f"server refused rank {self.rank}: {reply.code}: {reply.message}")
+        if not isinstance(reply, Welcome):
+            raise WorkerError(f"expected a welcome, got {reply.TYPE}")
+        if reply.layout != net.layout.to_wire():
+            raise WorkerError("the server serves a different parameter layout than this worker's model")
+        self.version, self.seq = reply.version, reply.next_seq
+        self._load_params()
+        log.info("rank %d joined at version %d (%d parameters on %s)", self.rank, self.version, net.numel,
+                 net.params.device)
+        return True
+
+    def _load_params(self) -> None:
+        if self.host_params is not self.task.net.params:
+            self.task.net.params.copy_(self.host_params, non_blocking=True)
+
+    def _exchange(self, msg: Message, timeout_s: float | None = None) -> Message:
+        """Send and wait for the answer; heartbeats from the server extend the wait."""
+        timeout = timeout_s or self.cfg.server.reply_timeout_s
+        t0 = self.clock()
+        try:
+            self.chan.send(msg)
+        except TimeoutError:
+            raise WorkerError(f"could not send to the server at {self.chan.endpoint}") from None
+        deadline = t0 + timeout
+        while True:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                if isinstance(msg, Hello):
+                    raise TimeoutError
+                raise WorkerError(f"no reply from the server within {timeout:.0f}s (server gone?)")
+            try:
+                _, reply = self.chan.recv(min(remaining, 1.0), alloc=self._alloc)
+            except TimeoutError:
+                continue
+            except ReceiveError as err:
+                raise WorkerError(f"undecodable reply from the server: {err}") from None
+            if isinstance(reply, Heartbeat):
+                deadline = self.clock() + timeout
+                continue
+            self.stats.wait_s += self.clock() - t0
+            return reply
+
+    def _alloc(self, cls: type[Message], spec: wire.TensorSpec) -> torch.Tensor:
+        """Parameters go straight into the (host) parameter buffer: no allocation per reply."""
+        if spec.name == "params":
+            if spec.dtype != "float32" or spec.numel != self.host_params.numel():
+                raise ProtocolError("bad_shape", f"server sent {spec.numel} {spec.dtype} parameters, "
+                                                 f"the model has {self.host_params.numel()} float32")
+            return self.host_params
+        return self._fallback(cls, spec)
