@@ -1,0 +1,91 @@
+"""Config validation: typed, complete, and every error names the key."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch.config import apply_overrides, load_experiment, read_yaml, resolved_yaml
+from protocol.config import ExperimentConfig
+from protocol.errors import ConfigError
+from protocol.schema import build
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_is_valid_and_every_key_commented(path):
+    load_experiment(path)
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and ":" in stripped and not stripped.endswith(":"):
+            assert "#" in line, f"{path.name}:{n} has no comment: {line!r}"
+
+
+@pytest.mark.parametrize("data,key", [
+    ({"wrokers": 2}, "wrokers"),
+    ({"workers": 0}, "workers"),
+    ({"workers": "many"}, "workers"),
+    ({"optimizer": {"lr": -1}}, "optimizer.lr"),
+    ({"optimizer": {"betas": [0.9]}}, "optimizer.betas"),
+    ({"optimizer": {"name": "adamw"}}, "optimizer.name"),
+    ({"optimizer": {"name": "sgd", "form": "paper"}}, "optimizer.form"),
+    ({"task": {"model": "cnn", "dataset": "synthetic"}}, "task.model"),
+    ({"task": {"hidden": [0]}}, "task.hidden"),
+    ({"task": {"synthetic": {"dim": 0}}}, "task.synthetic.dim"),
+    ({"task": {"batch_size": 1.5}}, "task.batch_size"),
+    ({"worker": {"device": "tpu"}}, "worker.device"),
+    ({"worker": {"slowdown": [1, 0.5]}}, "worker.slowdown"),
+    ({"workers": 2, "worker": {"slowdown": [1, 1, 4]}}, "worker.slowdown"),
+    ({"server": {"endpoint": "http://x"}}, "server.endpoint"),
+    ({"run": {"max_updates": 0}}, "run.max_updates"),
+    ({"run": {"plots": "yes"}}, "run.plots"),
+    ({"run": 5}, "run"),
+    ({"name": "a b"}, "name"),
+])
+def test_bad_values_fail_naming_the_key(data, key):
+    with pytest.raises(ConfigError) as info:
+        build(ExperimentConfig, data)
+    assert info.value.key == key
+
+
+def test_unknown_keys_suggest_the_right_one():
+    with pytest.raises(ConfigError, match="did you mean 'optimizer.lr'"):
+        build(ExperimentConfig, {"optimizer": {"lrr": 0.1}})
+
+
+def test_yaml_number_strings_are_numbers(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("optimizer:\n  lr: 1e-3\nrun:\n  max_updates: 1e3\n")
+    cfg = load_experiment(p)
+    assert cfg.optimizer.lr == 1e-3 and cfg.run.max_updates == 1000
+
+
+def test_overrides_are_typed_and_validated():
+    data = apply_overrides({}, ["workers=3", "optimizer.lr=2e-3", "worker.slowdown=[1, 4]", "run.plots=false"])
+    cfg = build(ExperimentConfig, data)
+    assert cfg.workers == 3 and cfg.optimizer.lr == 2e-3 and cfg.worker.slowdown == (1.0, 4.0)
+    with pytest.raises(ConfigError):
+        apply_overrides({}, ["novalue"])
+    with pytest.raises(ConfigError) as info:
+        build(ExperimentConfig, apply_overrides({}, ["optimizer.betas=7"]))
+    assert info.value.key == "optimizer.betas"
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_experiment(ROOT / "configs" / "quickstart.yaml", ["workers=3"])
+    p = tmp_path / "r.yaml"
+    p.write_text(resolved_yaml(cfg))
+    assert load_experiment(p) == cfg
+    assert read_yaml(p)["workers"] == 3
+
+
+def test_launcher_exits_2_naming_the_key_before_starting_anything(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "launch", str(ROOT / "configs" / "quickstart.yaml"),
+                          "optimizer.lr=-1", "--run-dir", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 2
+    assert "optimizer.lr" in out.stderr
+    assert not (tmp_path / "run").exists()
