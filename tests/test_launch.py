@@ -87,6 +87,11 @@ def _wait_for_updates(run_dir, proc, timeout=120):
     raise AssertionError("the run never started updating")
 
 
+def _rank(p):
+    cmd = p.cmdline()
+    return cmd[cmd.index("--rank") + 1] if "--rank" in cmd else None
+
+
 def _children(proc):
     return psutil.Process(proc.pid).children(recursive=True)
 
@@ -101,7 +106,7 @@ def test_a_killed_worker_stops_everything_and_is_named(tmp_path):
     try:
         _wait_for_updates(run, proc)
         children = _children(proc)
-        victim = next(c for c in children if "--rank" in c.cmdline() and c.cmdline()[c.cmdline().index("--rank") + 1] == "1")
+        victim = next(c for c in children if _rank(c) == "1")
         t0 = time.monotonic()
         victim.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=30)
@@ -135,7 +140,8 @@ def test_ctrl_c_stops_every_process(tmp_path):
 
 def test_worker_that_cannot_reach_the_server_fails_clearly(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text((ROOT / "configs" / "tiny.yaml").read_text().replace("connect_timeout_s: 60", "connect_timeout_s: 2"))
+    text = (ROOT / "configs" / "tiny.yaml").read_text()
+    cfg.write_text(text.replace("connect_timeout_s: 60", "connect_timeout_s: 2"))
     t0 = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "worker", "--config", str(cfg), "--rank", "0",
                           "--server", "tcp://127.0.0.1:9"], capture_output=True, text=True, timeout=60, cwd=ROOT)
