@@ -37,7 +37,7 @@ class SendPool:
         self._reclaim()
         if self._free:
             return self._free.pop()
-        if self.allocated >= self.max_buffers:
+        if self.allocated >= self.max_buffers and self._busy:
             # Every buffer is still in flight: wait for the oldest send rather than grow without bound.
             buf, tracker = self._busy.pop(0)
             tracker.wait(timeout=60)

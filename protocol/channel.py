@@ -77,8 +77,12 @@ class Channel:
                 os.unlink(path)
 
     # -- send ------------------------------------------------------------------------------------
-    def send(self, msg: Message, to: bytes | None = None, track: bool = False) -> zmq.MessageTracker | None:
+    def send(self, msg: Message, to: bytes | None = None, track: bool = False,
+             copy: bool = False) -> zmq.MessageTracker | None:
         """Send zero-copy. With track=True the returned tracker says when the tensor memory is free again.
+
+        copy=True copies the tensors into ZeroMQ's own buffers before returning (the caller may then
+        modify them at once); for messages up to a few MiB that is cheaper than tracking a snapshot.
 
         Raises TimeoutError when the peer does not take the message within the send timeout, and
         ConnectionError when a ROUTER no longer knows the peer.
@@ -92,7 +96,7 @@ class Channel:
         if track:
             frames = [zmq.Frame(f, track=True, copy=False) for f in frames]
         try:
-            tracker = self.sock.send_multipart(frames, copy=False, track=track)
+            tracker = self.sock.send_multipart(frames, copy=copy and not track, track=track)
         except zmq.Again:
             raise TimeoutError(f"send of {msg.TYPE} timed out") from None
         except zmq.ZMQError as exc:

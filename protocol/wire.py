@@ -71,7 +71,7 @@ def fresh_allocator(max_bytes: int) -> Allocator:
 
 
 def tensor_fields(cls: type[Message]) -> tuple[str, ...]:
-    return tuple(name for name, hint in _hints(cls).items() if _is_tensor(hint))
+    return _schema(cls).tensors
 
 
 def byte_view(t: torch.Tensor) -> memoryview:
@@ -86,14 +86,15 @@ def byte_view(t: torch.Tensor) -> memoryview:
 def encode(msg: Message, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list:
     """[header bytes, *memoryview frames]; the frames alias the message's tensors (zero-copy)."""
     fields, specs, frames = {}, [], []
-    for f in dataclasses.fields(msg):
-        value = getattr(msg, f.name)
-        if isinstance(value, torch.Tensor):
-            chunks = _chunks(byte_view(value), chunk_bytes)
-            specs.append([f.name, DTYPE_NAMES[value.dtype], list(value.shape), len(chunks)])
-            frames.extend(chunks)
-        elif value is not None or not _is_tensor(_hints(type(msg))[f.name]):
-            fields[f.name] = value
+    for name, is_tensor in _schema(type(msg)).order:
+        value = getattr(msg, name)
+        if is_tensor:
+            if value is not None:
+                chunks = _chunks(byte_view(value), chunk_bytes)
+                specs.append([name, DTYPE_NAMES[value.dtype], list(value.shape), len(chunks)])
+                frames.extend(chunks)
+        else:
+            fields[name] = value
     header = {"proto": PROTOCOL, "ver": VERSION, "type": msg.TYPE, "fields": fields, "tensors": specs}
     return [msgpack.packb(header, use_bin_type=True), *frames]
 
@@ -131,38 +132,24 @@ def build(cls: type[Message], fields: dict, tensors: dict[str, torch.Tensor]) ->
 
 
 def _check_fields(cls: type[Message], fields: object) -> dict:
-    if not isinstance(fields, dict):
+    if type(fields) is not dict:
         raise ProtocolError("bad_header", f"{cls.TYPE}: 'fields' is not a map")
-    hints = _hints(cls)
-    scalar = {name: hint for name, hint in hints.items() if not _is_tensor(hint)}
-    unknown = sorted(set(fields) - set(scalar))
+    schema = _schema(cls)
+    unknown = [name for name in fields if name not in schema.scalars]
     if unknown:
-        raise ProtocolError("bad_field", f"{cls.TYPE}: unknown field(s) {unknown}")
-    required = {f.name for f in dataclasses.fields(cls) if _is_required(f) and f.name in scalar}
-    missing = sorted(required - set(fields))
-    if missing:
-        raise ProtocolError("bad_field", f"{cls.TYPE}: missing field(s) {missing}")
-    out = {}
+        raise ProtocolError("bad_field", f"{cls.TYPE}: unknown field(s) {sorted(map(str, unknown))}")
+    if not schema.required <= fields.keys():
+        raise ProtocolError("bad_field", f"{cls.TYPE}: missing field(s) {sorted(schema.required - fields.keys())}")
     for name, value in fields.items():
-        out[name] = _check_type(cls, name, scalar[name], value)
-    return out
-
-
-def _check_type(cls: type[Message], name: str, hint: object, value: object) -> object:
-    options = typing.get_args(hint) if _is_union(hint) else (hint,)
-    if value is None and type(None) in options:
-        return None
-    for option in options:
-        base = typing.get_origin(option) or option
-        if base is bool and isinstance(value, bool):
-            return value
-        if base is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if base in (str, list, dict) and isinstance(value, base):
-            return value
-    raise ProtocolError("bad_field", f"{cls.TYPE}.{name}: expected {hint}, got {type(value).__name__}")
+        kinds = schema.scalars[name]
+        kind = type(value)
+        if kind not in kinds:
+            if kind is int and float in kinds:  # msgpack packs 1.0 as a float, but peers may send ints
+                fields[name] = float(value)
+                continue
+            raise ProtocolError("bad_field", f"{cls.TYPE}.{name}: {kind.__name__} is not one of "
+                                             f"{sorted(k.__name__ for k in kinds)}")
+    return fields
 
 
 def _check_specs(cls: type[Message], specs: object) -> list[TensorSpec]:
@@ -191,23 +178,36 @@ def _nonneg_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < (1 << 40)
 
 
-_HINTS: dict[type, dict[str, object]] = {}
+@dataclasses.dataclass(frozen=True)
+class _Schema:
+    """A message class's field layout, computed once: the decoder runs on every message."""
+
+    order: tuple[tuple[str, bool], ...]  # (field name, travels as a tensor) in declaration order
+    scalars: dict[str, frozenset]  # header field -> the exact Python types msgpack may give it
+    tensors: tuple[str, ...]
+    required: frozenset
 
 
-def _hints(cls: type[Message]) -> dict[str, object]:
-    if cls not in _HINTS:
+_SCHEMAS: dict[type, _Schema] = {}
+
+
+def _schema(cls: type[Message]) -> _Schema:
+    if cls not in _SCHEMAS:
         hints = typing.get_type_hints(cls)
-        _HINTS[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-    return _HINTS[cls]
+        order, scalars = [], {}
+        for f in dataclasses.fields(cls):
+            options = typing.get_args(hints[f.name]) if _is_union(hints[f.name]) else (hints[f.name],)
+            is_tensor = torch.Tensor in options
+            order.append((f.name, is_tensor))
+            if not is_tensor:
+                scalars[f.name] = frozenset(typing.get_origin(o) or o for o in options)
+        required = frozenset(f.name for f in dataclasses.fields(cls) if f.name in scalars and _is_required(f))
+        _SCHEMAS[cls] = _Schema(tuple(order), scalars, tuple(n for n, t in order if t), required)
+    return _SCHEMAS[cls]
 
 
 def _is_union(hint: object) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType)
-
-
-def _is_tensor(hint: object) -> bool:
-    options = typing.get_args(hint) if _is_union(hint) else (hint,)
-    return torch.Tensor in options
 
 
 def _is_required(f: dataclasses.Field) -> bool:

