@@ -2,38 +2,56 @@
 
 The worker updates its error-feedback state with decode(encode(c)) -- exactly the values that
 crossed the socket -- and the server applies the same decoded values, so the two stay in lock-step.
+Decoding validates everything (the server decodes untrusted input): a bad payload raises
+ProtocolError and nothing is written anywhere.
 
-dense   values: the whole vector in float32, bfloat16 or float16.
+dense    values: the whole vector in float32, bfloat16 or float16.
+sparse   values (k floats in float32/bfloat16/float16) at strictly increasing positions, coded as
+         int32 indices (4 bytes each), delta16 (uint16 gaps, 2 bytes each, when every gap < 65536) or
+         bitmap (one bit per coordinate, d/8 bytes); "auto" picks the smallest that fits.
+natural  powers of two (natural compression): one byte of float32 exponent per coordinate plus one
+         sign bit per coordinate (9 bits per value, exact for 0 and +-2^e).
+qsgd     int8 levels l with |l| <= s per coordinate and one norm: value = norm * l / s.
+sign     one sign bit per coordinate and one scale: value = +-scale.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 
 from protocol.errors import ProtocolError
 
 VALUE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ENCODINGS = ("dense",)
+INDEX_CODINGS = ("int32", "delta16", "bitmap")
+ENCODINGS = ("dense", "sparse", "natural", "qsgd", "sign")
+_BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+_SHIFTS = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
 
 
 @dataclass
 class Payload:
-    """What a Push carries besides its scalar fields."""
+    """What a Push carries besides its scalar fields (tensors are CPU tensors ready to send)."""
 
     encoding: str
     numel: int
-    values: torch.Tensor
+    values: torch.Tensor | None = None
     indices: torch.Tensor | None = None
     signs: torch.Tensor | None = None
-    meta: dict | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.values, self.indices, self.signs) if t is not None)
 
 
+# -- encode (worker side: trusted input) ---------------------------------------------------------
 def encode_dense(vec: torch.Tensor, value_dtype: str = "float32", out: torch.Tensor | None = None) -> Payload:
-    """Dense payload of a flat CPU float32 vector; `out` (value_dtype) avoids an allocation."""
+    """Dense payload of a flat float32 vector. float32 on the CPU aliases `vec` (no copy)."""
     dtype = VALUE_DTYPES[value_dtype]
-    if dtype == torch.float32 and out is None:
+    if dtype == torch.float32 and vec.device.type == "cpu" and out is None:
         values = vec
     else:
         values = out if out is not None else torch.empty(vec.numel(), dtype=dtype)
@@ -41,20 +59,192 @@ def encode_dense(vec: torch.Tensor, value_dtype: str = "float32", out: torch.Ten
     return Payload("dense", vec.numel(), values)
 
 
+def encode_sparse(indices: torch.Tensor, values: torch.Tensor, numel: int, value_dtype: str = "float32",
+                  index_coding: str = "auto") -> Payload:
+    """Sparse payload; `indices` must be strictly increasing (the compressors guarantee it)."""
+    indices, values = indices.cpu(), values.cpu()
+    coding = _choose_coding(indices, numel) if index_coding == "auto" else index_coding
+    if coding == "delta16" and not _fits_delta16(indices):
+        coding = "int32"  # a gap of 65536 or more: delta16 cannot code it
+    if coding == "int32":
+        coded = indices.to(torch.int32)
+    elif coding == "delta16":
+        gaps = torch.diff(indices, prepend=indices.new_zeros(1))
+        coded = gaps.to(torch.int32).to(torch.int16)  # gaps < 65536 wrap into int16's bit pattern
+    elif coding == "bitmap":
+        mask = torch.zeros(numel, dtype=torch.bool)
+        mask[indices] = True
+        coded = pack_bits(mask)
+    else:
+        raise ValueError(f"unknown index coding {coding!r}")
+    return Payload("sparse", numel, values.to(VALUE_DTYPES[value_dtype]), indices=coded,
+                   meta={"index_coding": coding})
+
+
+def encode_natural(x: torch.Tensor) -> Payload:
+    """x holds only 0 and +-2^e (normal floats); sent as exponent bytes + sign bits, exactly."""
+    bits = x.detach().float().cpu().contiguous().view(torch.int32)
+    if bool(((bits & 0x7FFFFF) != 0).any()):
+        raise ValueError("natural encoding needs exact powers of two (zero mantissa)")
+    exponent = ((bits >> 23) & 0xFF).to(torch.uint8)
+    return Payload("natural", x.numel(), values=exponent, signs=pack_bits(bits < 0))
+
+
+def encode_qsgd(levels: torch.Tensor, norm: float, s: int) -> Payload:
+    return Payload("qsgd", levels.numel(), values=levels.to(torch.int8).cpu(), meta={"norm": float(norm), "levels": s})
+
+
+def encode_sign(negative: torch.Tensor, scale: float) -> Payload:
+    return Payload("sign", negative.numel(), signs=pack_bits(negative.cpu()), meta={"scale": float(scale)})
+
+
+def _fits_delta16(indices: torch.Tensor) -> bool:
+    if indices.numel() == 0:
+        return True
+    return int(indices[0]) < 65536 and (indices.numel() < 2 or int(torch.diff(indices).max()) < 65536)
+
+
+def _choose_coding(indices: torch.Tensor, numel: int) -> str:
+    k = indices.numel()
+    sizes = {"int32": 4 * k, "bitmap": (numel + 7) // 8}
+    if _fits_delta16(indices):
+        sizes["delta16"] = 2 * k
+    return min(sizes, key=lambda c: (sizes[c], c != "int32"))
+
+
+# -- decode (server side: untrusted input) -------------------------------------------------------
+def decode_sparse(p: Payload, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int64 indices, float32 values) of a sparse payload, validated."""
+    _check_numel(p, numel)
+    if p.encoding != "sparse":
+        raise ProtocolError("bad_encoding", f"expected a sparse payload, got {p.encoding!r}")
+    values = _float_values(p, None)
+    coding = p.meta.get("index_coding")
+    if p.indices is None:
+        raise ProtocolError("bad_encoding", "sparse payload without indices")
+    if coding == "int32":
+        idx = _expect(p.indices, torch.int32, values.numel(), "indices").to(torch.int64)
+    elif coding == "delta16":
+        gaps = _expect(p.indices, torch.int16, values.numel(), "indices").to(torch.int64) & 0xFFFF
+        idx = torch.cumsum(gaps, 0)
+    elif coding == "bitmap":
+        mask = unpack_bits(_expect(p.indices, torch.uint8, (numel + 7) // 8, "bitmap"), numel)
+        idx = torch.nonzero(mask).squeeze(1)
+        if idx.numel() != values.numel():
+            raise ProtocolError("bad_shape", f"bitmap marks {idx.numel()} positions for {values.numel()} values")
+    else:
+        raise ProtocolError("bad_encoding", f"unknown index coding {coding!r}")
+    if idx.numel():
+        if int(idx[0]) < 0 or int(idx[-1]) >= numel:
+            raise ProtocolError("bad_index", f"indices must lie in [0, {numel})")
+        if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+            raise ProtocolError("bad_index", "indices must be strictly increasing")
+    out = values.float()
+    require_finite(out, "sparse values")
+    return idx, out
+
+
+def decode_into(p: Payload, numel: int, out: torch.Tensor) -> torch.Tensor:
+    """The dense float32 vector any payload stands for, written into `out[:numel]` (validated).
+
+    A float32 dense payload is returned as is (no copy).
+    """
+    _check_numel(p, numel)
+    dense = out[:numel]
+    if p.encoding == "dense":
+        values = _float_values(p, numel)
+        if values.dtype == torch.float32:
+            require_finite(values, "dense values")
+            return values
+        dense.copy_(values)
+    elif p.encoding == "sparse":
+        idx, vals = decode_sparse(p, numel)
+        dense.zero_()
+        dense[idx] = vals
+    elif p.encoding == "natural":
+        exponent = _expect(p.values, torch.uint8, numel, "exponents")
+        if bool((exponent == 255).any()):
+            raise ProtocolError("nonfinite", "natural payload codes inf or NaN")
+        negative = unpack_bits(_expect(p.signs, torch.uint8, (numel + 7) // 8, "signs"), numel)
+        bits = (exponent.to(torch.int32) << 23) | (negative.to(torch.int32) << 31)
+        dense.copy_(bits.view(torch.float32))
+    elif p.encoding == "qsgd":
+        s, norm = _meta_int(p, "levels", 1, 127), _meta_float(p, "norm")
+        levels = _expect(p.values, torch.int8, numel, "levels")
+        if bool((levels.abs() > s).any()):
+            raise ProtocolError("bad_encoding", f"qsgd levels exceed +-{s}")
+        torch.mul(levels, norm / s, out=dense)
+    elif p.encoding == "sign":
+        scale = _meta_float(p, "scale")
+        negative = unpack_bits(_expect(p.signs, torch.uint8, (numel + 7) // 8, "signs"), numel)
+        dense.fill_(scale)
+        dense[negative] = -scale
+    else:
+        raise ProtocolError("bad_encoding", f"unknown encoding {p.encoding!r}")
+    require_finite(dense, f"{p.encoding} values")
+    return dense
+
+
 def decode_dense(payload: Payload, numel: int, scratch: torch.Tensor) -> torch.Tensor:
-    """The float32 vector a dense payload stands for (the received buffer itself when float32)."""
-    values = payload.values
-    if values.dim() != 1 or values.numel() != numel:
-        raise ProtocolError("bad_shape", f"dense values have shape {tuple(values.shape)}, expected ({numel},)")
-    if values.dtype not in VALUE_DTYPES.values():
-        raise ProtocolError("bad_encoding", f"dense values must be a float type, got {values.dtype}")
-    if values.dtype == torch.float32:
-        return values
-    return scratch[:numel].copy_(values)
+    """Backwards-compatible name: a dense payload's float32 vector."""
+    if payload.encoding != "dense":
+        raise ProtocolError("bad_encoding", f"expected a dense payload, got {payload.encoding!r}")
+    return decode_into(payload, numel, scratch)
+
+
+def _check_numel(p: Payload, numel: int) -> None:
+    if p.numel != numel:
+        raise ProtocolError("bad_shape", f"payload is for {p.numel} parameters, the model has {numel}")
+
+
+def _float_values(p: Payload, numel: int | None) -> torch.Tensor:
+    v = p.values
+    if v is None or v.dim() != 1 or v.dtype not in VALUE_DTYPES.values():
+        raise ProtocolError("bad_encoding", f"{p.encoding} values must be a 1-D float32/bfloat16/float16 tensor")
+    if numel is not None and v.numel() != numel:
+        raise ProtocolError("bad_shape", f"dense values have {v.numel()} entries, expected {numel}")
+    if v.numel() > p.numel:
+        raise ProtocolError("bad_shape", f"{v.numel()} values for {p.numel} parameters")
+    return v
+
+
+def _expect(t: torch.Tensor | None, dtype: torch.dtype, numel: int, what: str) -> torch.Tensor:
+    if t is None or t.dtype != dtype or t.dim() != 1 or t.numel() != numel:
+        got = "nothing" if t is None else f"{t.dtype} of shape {tuple(t.shape)}"
+        raise ProtocolError("bad_shape", f"{what}: expected {dtype} of shape ({numel},), got {got}")
+    return t
+
+
+def _meta_float(p: Payload, key: str) -> float:
+    value = p.meta.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ProtocolError("bad_encoding", f"{p.encoding} needs a finite meta.{key}")
+    return float(value)
+
+
+def _meta_int(p: Payload, key: str, lo: int, hi: int) -> int:
+    value = p.meta.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ProtocolError("bad_encoding", f"{p.encoding} needs meta.{key} in [{lo}, {hi}]")
+    return value
 
 
 def require_finite(t: torch.Tensor, what: str) -> None:
     # sum() is ~100x faster than isfinite().all(); a finite sum implies every element is finite
     # (any NaN or inf makes it NaN or inf). Only a huge-but-finite vector takes the slow exact path.
     if t.numel() and not torch.isfinite(t.sum()) and not bool(torch.isfinite(t).all()):
-        raise ProtocolError("nonfinite", f"{what} contains NaN or inf")
+        raise ProtocolError("nonfinite", f"{what} contain NaN or inf")
+
+
+# -- bits ----------------------------------------------------------------------------------------
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """bool (d,) -> uint8 (ceil(d/8),), most significant bit first."""
+    d = mask.numel()
+    padded = torch.zeros((d + 7) // 8 * 8, dtype=torch.uint8)
+    padded[:d] = mask.reshape(-1).to(torch.uint8)
+    return (padded.view(-1, 8) * _BIT_WEIGHTS).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, d: int) -> torch.Tensor:
+    """uint8 (ceil(d/8),) -> bool (d,)."""
+    return ((packed.unsqueeze(1) >> _SHIFTS) & 1).reshape(-1)[:d].bool()

@@ -33,7 +33,6 @@ from ps.policy import StalenessPolicy
 from ps.records import Counters, PushRecord, UpdateLog, write_json_atomic
 from ps.snapshot import Snapshotter
 
-
 COPY_BELOW_BYTES = 4 << 20  # measured: copying is 3x faster than tracked zero-copy at 1 MiB, 2x slower at 16 MiB
 
 
