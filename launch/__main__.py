@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from launch.config import load_experiment, resolved_yaml
-from launch.run import AsyncRun, RunFailed
+from launch.run import RunFailed, run_experiment
 from launch.rundir import make_run_dir
 from protocol.errors import ConfigError
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cfg.workers} workers, {cfg.task.model} on {cfg.task.dataset}, {cfg.optimizer.name} "
           f"lr {cfg.optimizer.lr:g}, until {cfg.run.max_updates} updates or {cfg.run.max_seconds:g}s", flush=True)
     try:
-        summary = AsyncRun(cfg, run_dir, quiet=args.quiet).execute()
+        summary = run_experiment(cfg, run_dir, quiet=args.quiet)
     except RunFailed as err:
         print(f"\nerror: run failed: {err}", file=sys.stderr)
         return 1

@@ -118,3 +118,13 @@ class AsyncRun:
     def _fail(self, child: Child, when: str) -> None:
         raise RunFailed(f"{child.name} (pid {child.pid}) {child.describe_exit()} {when}; "
                         f"last lines of {child.log_path}:\n{child.log_tail()}")
+
+
+def run_experiment(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False) -> dict:
+    """Run one experiment (its mode decides how) into run_dir; returns summary.json's content.
+
+    run_dir must exist and hold config.yaml (the resolved config). Raises RunFailed or KeyboardInterrupt.
+    """
+    if cfg.mode == "async":
+        return AsyncRun(cfg, run_dir, quiet=quiet).execute()
+    raise RunFailed(f"mode {cfg.mode!r} is not implemented")

@@ -104,6 +104,42 @@ class OptimizerConfig:
         require(self.momentum == 0 or self.name == "sgd", "momentum", "applies to sgd only")
 
 
+METHODS = ("none", "naive", "ef14", "ef21", "ef21-sgdm", "ef21-sgd2m")
+COMPRESSORS = ("identity", "topk", "randk", "natural", "qsgd", "sign")
+EF21_METHODS = ("ef21", "ef21-sgdm", "ef21-sgd2m")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    method: Literal["none", "naive", "ef14", "ef21", "ef21-sgdm", "ef21-sgd2m"] = "none"  # error feedback
+    compressor: Literal["identity", "topk", "randk", "natural", "qsgd", "sign"] = "identity"
+    ratio: float = 0.01  # topk/randk: fraction of coordinates kept, k = max(1, floor(ratio * d))
+    k: int = 0  # topk/randk: explicit k (overrides ratio when > 0)
+    scope: Literal["global", "tensor"] = "global"  # topk/randk over the flat vector or per parameter tensor
+    selection: Literal["exact", "sampled"] = "exact"  # topk: exact, or approximate by a sampled threshold
+    sample_fraction: float = 0.01  # sampled selection: share of coordinates sampled to estimate the threshold
+    scaled: bool = False  # randk: scale kept values by d/k (unbiased) instead of not (contractive)
+    levels: int = 16  # qsgd: quantization levels s (1..127)
+    values: Literal["float32", "bfloat16", "float16"] = "float32"  # wire dtype of the values sent
+    indices: Literal["auto", "int32", "delta16", "bitmap"] = "auto"  # sparse index coding (auto = smallest)
+    eta: float = 0.1  # ef21-sgdm/-sgd2m: momentum weight on the new gradient (eta = 1 gives EF21)
+    resync_every: int = 1000  # server: recompute g = mean of g_i exactly every this many pushes
+
+    def check(self) -> None:
+        require(0 < self.ratio <= 1, "ratio", "must be in (0, 1]")
+        require(self.k >= 0, "k", "must be >= 0 (0 = use ratio)")
+        require(0 < self.sample_fraction <= 1, "sample_fraction", "must be in (0, 1]")
+        require(1 <= self.levels <= 127, "levels", "must be in [1, 127]")
+        require(0 < self.eta <= 1, "eta", "must be in (0, 1]")
+        require(self.resync_every >= 1, "resync_every", "must be >= 1")
+        require(self.method != "none" or self.compressor == "identity", "compressor",
+                "method 'none' pushes dense gradients; pick an error-feedback method (e.g. ef21) to compress")
+
+    @property
+    def ef21(self) -> bool:
+        return self.method in EF21_METHODS
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     endpoint: str = "tcp://127.0.0.1:0"  # tcp://HOST:PORT (port 0 = any free port) or ipc:///path
@@ -156,6 +192,7 @@ class ExperimentConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
