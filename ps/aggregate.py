@@ -1,16 +1,41 @@
-"""Turns decoded pushes into the optimizer's direction. Pure math, no I/O.
+"""Turns pushes into the optimizer's direction. Pure math, no I/O.
 
-DirectAggregator: every push is a gradient-like vector and is the direction itself (APAM: each
-arriving gradient is one iteration).
+Two phases, so that a push the staleness policy drops changes nothing:
+    staged = agg.stage(push)              # validate + decode; raises ProtocolError; no state changes
+    direction = agg.apply(rank, staged)   # only for pushes that are applied
+
+DirectAggregator (uplink "grad": methods none, naive, ef14): the decoded push is the direction
+(APAM: every arriving gradient is one iteration).
+
+EF21Aggregator (uplink "ef21": ef21, ef21-sgdm, ef21-sgd2m): keeps every worker's g_i and the mean g
+over workers that have joined. A "reset" push sets g_i densely (a worker's first push, or a resync);
+a "delta" push adds c to g_i and c/n to g. Every `resync_every` applied pushes g is recomputed
+exactly from the g_i, and the relative difference found is the float drift (RESEARCH 2h.4). Workers
+may send ||g_i||^2 (meta "g_sq", computed before this push) so the server can check that its copy
+of g_i matches the worker's own (RESEARCH 2h.2-3); the largest relative mismatch is drift too.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from protocol.encoding import Payload, decode_dense, require_finite
+from protocol.encoding import Payload, decode_into, decode_sparse
 from protocol.errors import ProtocolError
 from protocol.messages import Push
+
+
+def payload_of(push: Push) -> Payload:
+    return Payload(push.encoding, push.numel, push.values, push.indices, push.signs, push.meta)
+
+
+@dataclass
+class Staged:
+    kind: str
+    dense: torch.Tensor | None = None  # float32 (numel,)
+    indices: torch.Tensor | None = None  # int64 (k,), sparse deltas
+    values: torch.Tensor | None = None  # float32 (k,)
 
 
 class DirectAggregator:
@@ -18,19 +43,92 @@ class DirectAggregator:
 
     def __init__(self, numel: int):
         self.numel = numel
+        self.drift_max = 0.0
         self._scratch = torch.empty(numel, dtype=torch.float32)
 
-    def direction(self, push: Push) -> torch.Tensor:
-        """Validate and decode a push; raises ProtocolError without touching any state."""
+    def stage(self, push: Push) -> Staged:
         if push.kind != "grad":
             raise ProtocolError("bad_encoding", f"this server takes 'grad' pushes, got kind {push.kind!r}")
-        if push.encoding != "dense" or push.values is None:
-            raise ProtocolError("bad_encoding", f"unsupported encoding {push.encoding!r}")
-        if push.numel != self.numel:
-            raise ProtocolError("bad_shape", f"push is for {push.numel} parameters, the model has {self.numel}")
-        d = decode_dense(Payload(push.encoding, push.numel, push.values), self.numel, self._scratch)
-        require_finite(d, "push values")
-        return d
+        return Staged("grad", dense=decode_into(payload_of(push), self.numel, self._scratch))
 
-    def commit(self, rank: int) -> None:
-        """Called after the step was applied (nothing to keep for direct pushes)."""
+    def apply(self, rank: int, staged: Staged) -> torch.Tensor:
+        assert staged.dense is not None
+        return staged.dense
+
+
+class EF21Aggregator:
+    uplink = "ef21"
+
+    def __init__(self, numel: int, resync_every: int):
+        self.numel = numel
+        self.resync_every = resync_every
+        self.g_i: dict[int, torch.Tensor] = {}
+        self.g = torch.zeros(numel, dtype=torch.float32)
+        self.drift_max = 0.0
+        self.applied = 0
+        self._scratch = torch.empty(numel, dtype=torch.float32)
+
+    def stage(self, push: Push) -> Staged:
+        p = payload_of(push)
+        if push.kind == "reset":
+            if p.encoding != "dense":
+                raise ProtocolError("bad_encoding", "a reset push must be dense")
+            return Staged("reset", dense=decode_into(p, self.numel, self._scratch))
+        if push.kind != "delta":
+            raise ProtocolError("bad_encoding", f"this server takes 'delta' or 'reset' pushes, got {push.kind!r}")
+        if push.rank not in self.g_i:
+            raise ProtocolError("bad_seq", f"rank {push.rank} must send a dense reset before deltas")
+        self._check_mirror(push)
+        if p.encoding == "sparse":
+            idx, vals = decode_sparse(p, self.numel)
+            return Staged("delta", indices=idx, values=vals)
+        return Staged("delta", dense=decode_into(p, self.numel, self._scratch))
+
+    def apply(self, rank: int, staged: Staged) -> torch.Tensor:
+        if staged.kind == "reset":
+            self._reset(rank, staged.dense)
+        else:
+            g_i, inv_n = self.g_i[rank], 1.0 / len(self.g_i)
+            if staged.indices is not None:
+                g_i.index_add_(0, staged.indices, staged.values)
+                self.g.index_add_(0, staged.indices, staged.values, alpha=inv_n)
+            else:
+                g_i.add_(staged.dense)
+                self.g.add_(staged.dense, alpha=inv_n)
+        self.applied += 1
+        if self.applied % self.resync_every == 0:
+            self.recompute()
+        return self.g
+
+    def _reset(self, rank: int, dense: torch.Tensor) -> None:
+        if rank in self.g_i:
+            g_i = self.g_i[rank]
+            self.g.add_(dense, alpha=1.0 / len(self.g_i)).sub_(g_i, alpha=1.0 / len(self.g_i))
+            g_i.copy_(dense)
+        else:  # a new worker changes n: recompute the mean exactly (a change of n, not drift)
+            self.g_i[rank] = dense.clone()
+            self.recompute(measure=False)
+
+    def recompute(self, measure: bool = True) -> float:
+        """g = mean of the g_i, exactly (in float64 accumulation); returns the drift it removed."""
+        exact = torch.zeros(self.numel, dtype=torch.float64)
+        for g_i in self.g_i.values():  # a loop over workers, not parameters
+            exact.add_(g_i)
+        exact.div_(len(self.g_i))
+        norm = float(exact.norm())
+        drift = float((self.g.double() - exact).norm()) / norm if norm > 0 else 0.0
+        self.g.copy_(exact)
+        if measure:
+            self.drift_max = max(self.drift_max, drift)
+        return drift
+
+    def _check_mirror(self, push: Push) -> None:
+        g_sq = push.meta.get("g_sq")
+        if isinstance(g_sq, float):
+            ours = float(self.g_i[push.rank].double().square().sum())
+            rel = abs(ours - g_sq) / max(abs(g_sq), 1e-30)
+            self.drift_max = max(self.drift_max, rel)
+
+
+def make_aggregator(ef21: bool, numel: int, resync_every: int):
+    return EF21Aggregator(numel, resync_every) if ef21 else DirectAggregator(numel)

@@ -26,7 +26,7 @@ from protocol.errors import ProtocolError
 from protocol.layout import Layout
 from protocol.messages import Heartbeat, Hello, Message, Pull, Push, Reject, Reply, Stop, Welcome
 from protocol.wire import fresh_allocator
-from ps.aggregate import DirectAggregator
+from ps.aggregate import make_aggregator
 from ps.arena import RecvArena
 from ps.optim import make_optimizer
 from ps.policy import StalenessPolicy
@@ -174,8 +174,10 @@ class ParameterServer:
         layout = Layout.from_signature(hello.signature)
         if self.layout is not None and layout != self.layout:
             raise ProtocolError("bad_shape", f"rank {hello.rank}'s model does not match the served layout")
-        if hello.uplink != DirectAggregator.uplink:
-            raise ProtocolError("bad_encoding", f"rank {hello.rank} pushes '{hello.uplink}', server expects 'grad'")
+        expected = "ef21" if self.cfg.compression.ef21 else "grad"
+        if hello.uplink != expected:
+            raise ProtocolError("bad_encoding", f"rank {hello.rank} pushes '{hello.uplink}', server expects "
+                                                f"'{expected}' (compression.method {self.cfg.compression.method})")
         if self.params is None:
             if hello.init is None or hello.init.numel() != layout.total or hello.init.dtype != torch.float32:
                 raise ProtocolError("bad_shape", "the first hello must carry float32 initial parameters")
@@ -187,7 +189,7 @@ class ParameterServer:
         assert hello.init is not None
         self.params = hello.init.reshape(-1).clone()
         self.opt = make_optimizer(self.params, self.cfg.optimizer)
-        self.agg = DirectAggregator(numel)
+        self.agg = make_aggregator(self.cfg.compression.ef21, numel, self.cfg.compression.resync_every)
         self.pool = SendPool(numel)
         self._alloc = RecvArena(numel, self.cfg.server.max_message_bytes)
         if self.snapshots is not None:
@@ -207,7 +209,7 @@ class ParameterServer:
         t0 = time.perf_counter()
         try:
             worker = self._check_push(identity, push)
-            direction = self.agg.direction(push)
+            staged = self.agg.stage(push)
         except ProtocolError as err:
             record.reason = err.code
             self._record(record)
@@ -219,8 +221,7 @@ class ParameterServer:
         worker.pushes += 1
         decision = self.policy.decide(record.staleness)
         if decision.accept:
-            self.opt.step(direction, decision.lr, push.rank)
-            self.agg.commit(push.rank)
+            self.opt.step(self.agg.apply(push.rank, staged), decision.lr, push.rank)
             self.version += 1
             worker.applied += 1
             record.version, record.lr, record.applied = self.version, decision.lr, True
@@ -334,11 +335,24 @@ class ParameterServer:
             "staleness_max": c.staleness_max, "stopping": self.stop_reason, **c.window(),
         }
 
+    def _compression_summary(self) -> dict:
+        c, n = self.counters, (self.layout.total if self.layout else 0)
+        return {
+            "method": self.cfg.compression.method,
+            "compressor": self.cfg.compression.compressor,
+            "compression_ratio": c.pushes_received * 4 * n / c.uplink_bytes if c.uplink_bytes else None,
+            "uplink_bits_per_worker": 8 * c.uplink_bytes / self.cfg.workers,
+            "ef_drift_max": self.agg.drift_max if self.params is not None else 0.0,
+        }
+
     def _finish(self) -> dict:
         self.log.close()
+        if self.params is not None and hasattr(self.agg, "recompute"):
+            self.agg.recompute()  # measure the drift left at the end too
         summary = {
             "updates": self.version, "stop_reason": self.stop_reason, "wall_s": self.wall(),
             "num_params": self.layout.total if self.layout else 0, **self.counters.summary(),
+            **self._compression_summary(),
             "workers": {r: {"pid": w.pid, "host": w.host, "device": w.device, "pushes": w.pushes,
                             "applied": w.applied} for r, w in sorted(self.workers.items())},
             "server": {"pid": os.getpid(), "host": socket.gethostname()},

@@ -25,11 +25,13 @@ from protocol.channel import Channel, ReceiveError
 from protocol.config import ExperimentConfig
 from protocol.errors import ProtocolError
 from protocol.messages import Heartbeat, Hello, Message, Push, Reject, Reply, Stop, Welcome
+from worker.compressors import make_compressor
+from worker.ef import make_uplink
 from worker.tasks import Task, rank_seed
-from worker.uplink import DenseUplink
 
 log = logging.getLogger("worker")
 MAX_CONSECUTIVE_REJECTS = 20
+COMPRESSOR_STREAM = 1  # the compressor's random stream is independent of the sampling stream
 
 
 class WorkerError(RuntimeError):
@@ -63,7 +65,13 @@ class WorkerLoop:
         # pinned host mirrors do (one device<->host copy per step each way).
         self.host_params = net.params if on_cpu else torch.empty(net.numel, pin_memory=True)
         self.host_grad = net.grad if on_cpu else torch.empty(net.numel, pin_memory=True)
-        self.uplink = DenseUplink(net.numel)
+        comp = cfg.compression
+        compressor = None
+        if comp.method != "none":
+            compressor = make_compressor(comp, net.layout, rank_seed(cfg.seed, rank, stream=COMPRESSOR_STREAM))
+        self.uplink = make_uplink(comp, net.numel, compressor, net.params.device)
+        # dense pushes travel from host memory; compressors work on the device gradient
+        self._push_source = self.host_grad if comp.method == "none" else net.grad
         self.version = 0
         self.seq = 0
         self.stats = WorkerStats()
@@ -77,10 +85,10 @@ class WorkerLoop:
             return self.stats
         while True:
             loss, samples = self._compute()
-            kind, payload = self.uplink.prepare(self.host_grad)
+            kind, payload = self.uplink.prepare(self._push_source)
             push = Push(rank=self.rank, seq=self.seq, base_version=self.version, kind=kind,
                         encoding=payload.encoding, numel=payload.numel, loss=loss, samples=samples,
-                        meta=payload.meta or {}, values=payload.values, indices=payload.indices,
+                        meta=self._meta(payload, kind), values=payload.values, indices=payload.indices,
                         signs=payload.signs)
             reply = self._exchange(push)
             self.stats.pushes += 1
@@ -88,6 +96,14 @@ class WorkerLoop:
                 self.stats.stop_reason = reply.reason
                 return self.stats
             self._handle(reply)
+
+    def _meta(self, payload, kind: str) -> dict:
+        """Encoding metadata, plus now and then ||g_i||^2 so the server can check its mirror of g_i."""
+        meta = dict(payload.meta)
+        g = getattr(self.uplink, "g", None)
+        if g is not None and kind == "delta" and self.seq % self.cfg.compression.resync_every == 0:
+            meta["g_sq"] = float(g.double().square().sum())
+        return meta
 
     def _compute(self) -> tuple[float, int]:
         batch = self.sampler.next()
@@ -128,6 +144,8 @@ class WorkerLoop:
             self._rejects_in_a_row += 1
             if reply.expected_seq >= 0:
                 self.seq = reply.expected_seq
+            if reply.code == "bad_seq":
+                self.uplink.resync()  # the server's copy of our state may differ: resend it densely
             log.warning("push %d rejected: %s: %s", reply.seq, reply.code, reply.message)
             if reply.code in ("unknown_rank", "bad_version", "bad_type") or (
                 self._rejects_in_a_row >= MAX_CONSECUTIVE_REJECTS

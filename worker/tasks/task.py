@@ -16,9 +16,10 @@ from worker.tasks.flat import FlatModel
 from worker.tasks.models import build_model
 
 
-def rank_seed(seed: int, rank: int) -> int:
-    """Independent, reproducible stream per (experiment seed, rank)."""
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+def rank_seed(seed: int, rank: int, stream: int = 0) -> int:
+    """Independent, reproducible seed per (experiment seed, rank, stream); stream 0 draws minibatches."""
+    key = [seed, rank] if stream == 0 else [seed, rank, stream]
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
 class BatchSampler:

@@ -1,0 +1,155 @@
+"""The worker half of error feedback (RESEARCH.md section 2). Pure math: no sockets, clocks or logging.
+
+Two-phase, so state that mirrors the server's only moves when the server moved:
+    kind, payload = ef.prepare(grad)     # what to push
+    ef.commit(applied)                   # the server's verdict on it
+
+Methods (chosen by compression.method):
+    none        push the dense gradient (the APAM baseline)
+    naive       push C(grad), no feedback (a negative control: biased C can stall or diverge)
+    ef14        u = e + grad ; push C(u) ; e = u - C(u)                  (Seide et al. 2014, no step inside)
+    ef21        push c = C(grad - g_i) ; g_i += c                       (Richtarik et al. 2021)
+    ef21-sgdm   v = (1-eta) v + eta grad ; push c = C(v - g_i) ; g_i += c   (Fatkhullin et al. 2023)
+    ef21-sgd2m  v as above ; u = (1-eta) u + eta v ; push c = C(u - g_i) ; g_i += c
+EF21-family workers start (and resynchronise) with a dense "reset" push g_i = grad (v = u = g_i), as
+the authors' codes do; the server then keeps g_i in lock-step. Every update of g_i uses the decoded
+payload -- exactly what crossed the socket -- never the pre-quantisation values.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from protocol.config import CompressionConfig
+from protocol.encoding import Payload, decode_into, decode_sparse, encode_dense
+
+
+def add_payload(target: torch.Tensor, payload: Payload, scratch: torch.Tensor, alpha: float = 1.0) -> None:
+    """target += alpha * decode(payload): the server's arithmetic, so both sides stay bitwise equal."""
+    if payload.encoding == "sparse":
+        idx, vals = decode_sparse(payload, payload.numel)
+        target.index_add_(0, idx.to(target.device), vals.to(target.device), alpha=alpha)
+    else:
+        target.add_(decode_into(payload, payload.numel, scratch).to(target.device), alpha=alpha)
+
+
+class DenseUplink:
+    """method none: the dense minibatch gradient; it aliases `grad` (no copy)."""
+
+    uplink = "grad"
+
+    def __init__(self, numel: int, cfg: CompressionConfig | None = None):
+        self.numel = numel
+        self.value_dtype = cfg.values if cfg else "float32"
+
+    def prepare(self, grad: torch.Tensor) -> tuple[str, Payload]:
+        return "grad", encode_dense(grad, self.value_dtype)
+
+    def commit(self, applied: bool) -> None:
+        """Nothing mirrors the server."""
+
+    def resync(self) -> None:
+        """Nothing to resynchronise."""
+
+
+class NaiveUplink(DenseUplink):
+    """method naive: C(grad) with no memory of what was lost."""
+
+    def __init__(self, numel: int, cfg: CompressionConfig, compressor):
+        super().__init__(numel, cfg)
+        self.compressor = compressor
+
+    def prepare(self, grad: torch.Tensor) -> tuple[str, Payload]:
+        return "grad", self.compressor.compress(grad)
+
+
+class EF14Uplink(DenseUplink):
+    """method ef14: the residual e carries what compression dropped into the next push."""
+
+    def __init__(self, numel: int, cfg: CompressionConfig, compressor, device: torch.device):
+        super().__init__(numel, cfg)
+        self.compressor = compressor
+        self.e = torch.zeros(numel, device=device)
+        self._u = torch.zeros_like(self.e)
+        self._sent = torch.zeros(numel)  # host scratch for decoding
+
+    def prepare(self, grad: torch.Tensor) -> tuple[str, Payload]:
+        torch.add(self.e, grad, out=self._u)
+        self._payload = self.compressor.compress(self._u)
+        return "grad", self._payload
+
+    def commit(self, applied: bool) -> None:
+        self.e.copy_(self._u)  # e = u - C(u); a refused push keeps all of u for next time
+        if applied:
+            add_payload(self.e, self._payload, self._sent, alpha=-1.0)
+
+
+class EF21Uplink:
+    """ef21, ef21-sgdm and ef21-sgd2m: push c = C(target - g_i), keep g_i += c on both sides."""
+
+    uplink = "ef21"
+
+    def __init__(self, numel: int, cfg: CompressionConfig, compressor, device: torch.device):
+        self.numel = numel
+        self.compressor = compressor
+        self.eta = 1.0 if cfg.method == "ef21" else cfg.eta
+        self.double = cfg.method == "ef21-sgd2m"
+        self.g = torch.zeros(numel, device=device)  # g_i, mirrored by the server
+        self.v = torch.zeros_like(self.g) if self.eta < 1 or self.double else None  # momentum v_i
+        self.u = torch.zeros_like(self.g) if self.double else None  # second momentum u_i
+        self._diff = torch.zeros_like(self.g)
+        self._sent = torch.zeros(numel)  # host scratch for decoding
+        self._need_reset = True
+        self._started = False
+        self._pending: tuple[str, Payload] | None = None
+
+    def _target(self, grad: torch.Tensor) -> torch.Tensor:
+        """What g_i chases: grad (EF21), the momentum v (EF21-SGDM) or the double momentum u (SGD2M)."""
+        if self.v is None:
+            return grad
+        if not self._started:  # v^0 = u^0 = the first stochastic gradient
+            self.v.copy_(grad)
+            if self.u is not None:
+                self.u.copy_(grad)
+        else:
+            self.v.mul_(1 - self.eta).add_(grad, alpha=self.eta)
+            if self.u is not None:
+                self.u.mul_(1 - self.eta).add_(self.v, alpha=self.eta)
+        return self.u if self.u is not None else self.v
+
+    def prepare(self, grad: torch.Tensor) -> tuple[str, Payload]:
+        target = self._target(grad)
+        self._started = True
+        if self._need_reset:  # exact float32, so both sides set g_i to the same vector
+            self._pending = ("reset", encode_dense(target.detach().float().cpu().clone()))
+        else:
+            torch.sub(target, self.g, out=self._diff)
+            self._pending = ("delta", self.compressor.compress(self._diff))
+        return self._pending
+
+    def commit(self, applied: bool) -> None:
+        assert self._pending is not None
+        kind, payload = self._pending
+        self._pending = None
+        if not applied:
+            return
+        if kind == "reset":
+            self.g.copy_(payload.values)
+            self._need_reset = False
+        else:
+            add_payload(self.g, payload, self._sent)
+
+    def resync(self) -> None:
+        """After a sequence error the server's g_i may differ: the next push resets it densely."""
+        self._need_reset = True
+        self._pending = None
+
+
+def make_uplink(cfg: CompressionConfig, numel: int, compressor, device: torch.device):
+    if cfg.method == "none":
+        return DenseUplink(numel, cfg)
+    if cfg.method == "naive":
+        return NaiveUplink(numel, cfg, compressor)
+    if cfg.method == "ef14":
+        return EF14Uplink(numel, cfg, compressor, device)
+    return EF21Uplink(numel, cfg, compressor, device)
