@@ -162,11 +162,12 @@ class Natural(Compressor):
 
     def _compress(self, x: torch.Tensor) -> Payload:
         bits = x.contiguous().view(torch.int32)
-        exponent = (bits >> 23) & 0xFF
         draw = torch.randint(0, 1 << 23, (x.numel(),), generator=self._gen(x.device), device=x.device,
                              dtype=torch.int32)
-        up = (draw < (bits & 0x7FFFFF)) & (exponent < 254)
-        rounded = ((exponent + up) << 23) | (bits & -(1 << 31))
+        up = draw < (bits & 0x7FFFFF)  # probability mantissa / 2^23
+        down = bits & -(1 << 23)  # sign and exponent bits alone: +-2^floor(log2|x|), or 0
+        up &= (down & 0x7F800000) < (254 << 23)  # exponent 254 cannot go up (255 codes inf)
+        rounded = down.add_(draw.copy_(up).bitwise_left_shift_(23))  # +1 in the exponent field
         self.last_kept = self.numel
         return encode_natural(rounded.view(torch.float32))
 
