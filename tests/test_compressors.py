@@ -14,6 +14,7 @@ import torch
 from protocol.config import COMPRESSORS, CompressionConfig
 from protocol.encoding import VALUE_DTYPES, decode_into, decode_sparse
 from protocol.layout import Layout
+from worker import sparsify
 from worker.compressors import COMPRESSOR_NAMES, make_compressor
 
 CUDA = torch.cuda.is_available()
@@ -96,6 +97,27 @@ def test_topk_ties_follow_the_stable_rule():
         k = int(torch.randint(1, 500, (1,), generator=gen))
         idx, _ = decode_sparse(make(500, compressor="topk", k=k).compress(x), 500)
         assert torch.equal(idx, reference_topk(x, k))
+
+
+def test_topk_narrowed_search_gives_the_full_search_indices():
+    """The sampled pre-filter of exact Top-K changes the cost, never the result (ties included)."""
+    d = 1 << 20
+    gen = torch.Generator().manual_seed(15)
+    sparse = torch.randn(d, generator=gen) * (torch.rand(d, generator=gen) < 0.05)  # 95% zeros
+    vectors = {"gaussian": torch.randn(d, generator=gen), "mostly_zero": sparse,
+               "integers": torch.randint(-50, 51, (d,), generator=gen).float()}  # ~10k ties per value
+    mask = torch.empty(d, dtype=torch.bool)
+    for name, x in vectors.items():
+        mag = x.abs()
+        order = torch.sort(-mag, stable=True).indices  # reference order (-|x|, index)
+        for k in (10, 1000, 10_485, 300_000):
+            full = sparsify.topk_exact(mag, k, mask)
+            narrowed = sparsify.topk_exact(mag, k, mask, torch.Generator().manual_seed(k))
+            assert torch.equal(full, order[:k].sort().values), (name, k)
+            assert torch.equal(narrowed, full), (name, k)
+    # the narrowed path really ran for the Gaussian vector at 1%: its lower threshold passes >= k entries
+    low = sparsify._sampled_threshold(vectors["gaussian"].abs(), 2 * 10_485, 0.0, torch.Generator().manual_seed(0))
+    assert low is not None and int((vectors["gaussian"].abs() >= low).sum()) >= 10_485
 
 
 @needs_cuda

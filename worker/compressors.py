@@ -117,7 +117,7 @@ class TopK(_Sparsifier):
         for off, n, k in self.segments:
             seg, mask = mag[off:off + n], self._mask[off:off + n]
             if self.exact:
-                sel = sparsify.topk_exact(seg, k, mask)
+                sel = sparsify.topk_exact(seg, k, mask, self._gen(x.device))
             else:
                 sel = sparsify.topk_sampled(seg, k, self.sample_fraction, self._gen(x.device), mask)
             idx.append(sel + off)
