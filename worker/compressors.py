@@ -64,7 +64,11 @@ class Compressor(ABC):
 
 
 class Identity(Compressor):
-    """C(x) = x, dense in the configured value dtype (float32 on the CPU aliases x: no copy)."""
+    """C(x) = x, dense in the configured value dtype.
+
+    float32 on the CPU aliases x (no copy): the caller must not change x while a zero-copy send of the
+    payload may still be in flight (DESIGN 9). Every other payload is built from fresh tensors.
+    """
 
     name, alpha, omega = "identity", 1.0, 0.0
 
