@@ -153,10 +153,10 @@ def decode_into(p: Payload, numel: int, out: torch.Tensor) -> torch.Tensor:
     dense = out[:numel]
     if p.encoding == "dense":
         values = _float_values(p, numel)
+        require_finite(values, "dense values")  # before the copy: a refused payload leaves `out` untouched
         if values.dtype == torch.float32:
-            require_finite(values, "dense values")
             return values
-        dense.copy_(values)
+        return dense.copy_(values)
     elif p.encoding == "sparse":
         idx, vals = decode_sparse(p, numel)
         dense.zero_()

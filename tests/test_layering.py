@@ -13,7 +13,8 @@ ALLOWED = {
     "launch": {"protocol", "ps", "worker", "launch"},
 }
 PROJECT = set(ALLOWED) | {"bench", "tests"}
-PURE = ["ps/optim.py", "ps/policy.py", "ps/aggregate.py", "worker/ef.py", "worker/compressors.py"]
+PURE = ["ps/optim.py", "ps/policy.py", "ps/aggregate.py", "worker/ef.py", "worker/compressors.py",
+        "worker/sparsify.py"]
 IO_MODULES = {"zmq", "socket", "time", "logging", "subprocess", "threading"}
 
 
