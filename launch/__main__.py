@@ -14,6 +14,7 @@ from launch.config import load_experiment, resolved_yaml
 from launch.run import RunFailed, run_experiment
 from launch.rundir import make_run_dir
 from protocol.errors import ConfigError
+from worker.tasks.data import check_data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load_experiment(args.config, args.overrides)
+        check_data(cfg)  # missing or malformed data files: say so now, not in a worker's traceback
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
