@@ -67,8 +67,9 @@ def _metrics(data):
         ax.grid(alpha=0.3)
     axes[1, 1].set_yscale("log")
     axes[1, 0].set_yscale("log")
-    axes[0, 1].legend(fontsize=8)
-    axes[1, 1].legend(fontsize=7)
+    for ax, size in ((axes[0, 1], 8), (axes[1, 1], 7)):
+        if ax.get_legend_handles_labels()[0]:  # a regression run draws no accuracy
+            ax.legend(fontsize=size)
     for ax, title in zip(axes.flat, ("test accuracy vs wall time", "test accuracy vs updates", "loss vs wall time",
                                       "loss vs updates")):
         ax.set_title(title, fontsize=9)
@@ -126,7 +127,7 @@ def _accuracy_bytes(data):
         m = [x for x in metrics if x.get("updates") is not None]
         if not m or not upd.get("bytes"):
             continue
-        mib = _uplink_mib_at(upd, [x["updates"] for x in m])
+        mib = uplink_mib_at(upd, [x["updates"] for x in m])
         acc = [x.get("test_acc") for x in m]
         if any(a is not None for a in acc):
             ax_a.plot(mib, [a if a is not None else float("nan") for a in acc], label=label)
@@ -142,7 +143,7 @@ def _accuracy_bytes(data):
     return fig
 
 
-def _uplink_mib_at(upd: dict[str, list], versions: list[int]) -> list[float]:
+def uplink_mib_at(upd: dict[str, list], versions: list[int]) -> list[float]:
     """Uplink MiB received until each version was made (by the applied push that produced it)."""
     total, made, cum = 0.0, [], []
     for version, size, applied in zip(upd["version"], upd["bytes"], upd["applied"]):

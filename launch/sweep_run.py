@@ -4,7 +4,7 @@
     config.yaml          the base config, with its sweep
     <NNN-key=value_...>/ one run folder per point (its config.yaml has the point's values, sweep emptied)
     sweep.csv, sweep_groups.csv, sweep.md   (rewritten after every point, so a long sweep can be watched)
-    report/              overlaid plots: all points together when few, else one folder per group
+    report/              overlaid plots (if run.plots): all points together when few, else one per group
 
 A failed point is recorded with its error and the sweep goes on; the exit code says if any failed.
 """
@@ -39,8 +39,9 @@ def run_sweep(cfg: ExperimentConfig, points: list[SweepPoint], sweep_dir: Path, 
         print(f"  {_outcome(result)}", flush=True)
         results.append(result)
         write_tables(sweep_dir, cfg.sweep, results, len(points))
-    reports = write_sweep_reports(sweep_dir, results)
-    write_tables(sweep_dir, cfg.sweep, results, len(points), reports)
+    if cfg.run.plots:
+        reports = write_sweep_reports(sweep_dir, results)
+        write_tables(sweep_dir, cfg.sweep, results, len(points), reports)
     return results
 
 
@@ -65,20 +66,25 @@ def _outcome(r: PointResult) -> str:
 
 
 def write_sweep_reports(sweep_dir: Path, results: list[PointResult]) -> list[tuple[str, Path]]:
-    """Overlaid plots of the successful points: one report when few, else one per group of seeds."""
+    """Overlaid plots of the successful points; returns (title, report.md) of each report written."""
+    plan = report_plan(sweep_dir, results)
+    return [(title, write_report(runs, folder, title).markdown) for title, runs, folder in plan]
+
+
+def report_plan(sweep_dir: Path, results: list[PointResult]) -> list[tuple[str, list[tuple[str, Path]], Path]]:
+    """(title, [(label, run folder)], report folder): all points in one report when they are few (or no
+    point has repeats), else one report per group of seeds, its runs labelled by their seed."""
     ok = [r for r in results if r.ok]
     if not ok:
         return []
     groups = group_results(ok)
     if len(ok) <= SMALL_SWEEP or all(len(g.results) == 1 for g in groups):
-        report = write_report([(r.point.label, r.run_dir) for r in ok], sweep_dir / "report", "All points")
-        return [("all points", report.markdown)]
-    out = []
+        return [("all points", [(r.point.label, r.run_dir) for r in ok], sweep_dir / "report")]
+    plan = []
     for i, g in enumerate(groups, 1):
         runs = [(r.point.label.removeprefix(g.label).strip() or r.point.label, r.run_dir) for r in g.results]
-        folder = sweep_dir / "report" / f"group{i:02d}"
-        out.append((g.label, write_report(runs, folder, g.label).markdown))
-    return out
+        plan.append((g.label, runs, sweep_dir / "report" / f"group{i:02d}"))
+    return plan
 
 
 def sweep_command(cfg: ExperimentConfig, run_dir: str | None, quiet: bool) -> int:
