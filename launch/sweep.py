@@ -46,6 +46,12 @@ def combo_label(combo: Combo) -> str:
     return " ".join(f"{k}={show(v)}" for k, v in combo)
 
 
+def combo_folder(index: int, combo: Combo) -> str:
+    """A folder name that sorts in run order and says what the values are: 003-workers=2_seed=0."""
+    name = "_".join(f"{k}={_slug(v)}" for k, v in combo) or "all"
+    return f"{index:03d}-{name}"[:FOLDER_CHARS]
+
+
 @dataclass(frozen=True, eq=False)
 class SweepPoint:
     index: int  # 1-based, in run order
@@ -58,8 +64,7 @@ class SweepPoint:
 
     @property
     def folder(self) -> str:
-        name = "_".join(f"{k}={_slug(v)}" for k, v in self.combo)
-        return f"{self.index:03d}-{name}"[:FOLDER_CHARS]
+        return combo_folder(self.index, self.combo)
 
     @property
     def group(self) -> Combo:

@@ -19,7 +19,7 @@ from launch.config import resolved_yaml
 from launch.report import write_report
 from launch.run import RunFailed, run_experiment
 from launch.rundir import make_run_dir
-from launch.sweep import SweepPoint, expand_sweep
+from launch.sweep import SweepPoint, combo_folder, expand_sweep
 from launch.sweep_tables import PointResult, group_results, write_tables
 from protocol.config import ExperimentConfig
 from protocol.errors import ConfigError
@@ -83,7 +83,7 @@ def report_plan(sweep_dir: Path, results: list[PointResult]) -> list[tuple[str, 
     plan = []
     for i, g in enumerate(groups, 1):
         runs = [(r.point.label.removeprefix(g.label).strip() or r.point.label, r.run_dir) for r in g.results]
-        plan.append((g.label, runs, sweep_dir / "report" / f"group{i:02d}"))
+        plan.append((g.label, runs, sweep_dir / "report" / combo_folder(i, g.results[0].point.group)))
     return plan
 
 

@@ -100,7 +100,7 @@ def _markdown(sweep_dir, keys, group_keys, results, groups, total, reports) -> s
         parts += [f"{r.point.index}. `{r.point.folder}` ({r.point.label}):\n\n```\n{r.error}\n```" for r in failed]
     if reports:
         parts.append("## Plots")
-        parts += [f"- [{title}]({path.relative_to(sweep_dir).as_posix()})" for title, path in reports]
+        parts.append("\n".join(f"- [{title}]({path.relative_to(sweep_dir).as_posix()})" for title, path in reports))
     return "\n\n".join(parts) + "\n"
 
 

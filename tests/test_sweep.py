@@ -144,9 +144,10 @@ def test_large_sweeps_get_one_overlay_per_group(tmp_path, monkeypatch):
     folders = [tmp_path / p.folder for p in points]
     results = [PointResult(p, folder, {}) for p, folder in zip(points, folders)]
     results[1].error = "failed"  # failed points are left out of the plots
+    report = tmp_path / "report"
     assert report_plan(tmp_path, results) == [
-        ("optimizer.lr=0.1", [("seed=0", folders[0])], tmp_path / "report" / "group01"),
-        ("optimizer.lr=0.2", [("seed=0", folders[2]), ("seed=1", folders[3])], tmp_path / "report" / "group02")]
+        ("optimizer.lr=0.1", [("seed=0", folders[0])], report / "001-optimizer.lr=0.1"),
+        ("optimizer.lr=0.2", [("seed=0", folders[2]), ("seed=1", folders[3])], report / "002-optimizer.lr=0.2")]
     monkeypatch.setattr("launch.sweep_run.SMALL_SWEEP", 3)
     assert report_plan(tmp_path, results) == [
         ("all points", [(points[i].label, folders[i]) for i in (0, 2, 3)], tmp_path / "report")]
