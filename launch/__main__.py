@@ -1,8 +1,10 @@
 """python -m launch CONFIG.yaml [key.sub=value ...] [--run-dir DIR]
 
 Validates the experiment, then starts one parameter server, an evaluator and N workers, shows
-progress, and leaves a run folder (see launch/rundir.py). Exit codes: 0 success, 1 a process failed
-or the run did not finish, 2 bad config or arguments, 130 interrupted (Ctrl-C).
+progress, and leaves a run folder (see launch/rundir.py). A config with a non-empty `sweep` runs
+every point of its grid instead (launch/sweep_run.py; overrides apply before the expansion).
+Exit codes: 0 success, 1 a process (or a sweep point) failed or the run did not finish, 2 bad config
+or arguments, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import sys
 from launch.config import load_experiment, resolved_yaml
 from launch.run import RunFailed, run_experiment
 from launch.rundir import make_run_dir
+from launch.sweep_run import sweep_command
 from protocol.errors import ConfigError
+from worker.tasks.data import check_data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,9 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load_experiment(args.config, args.overrides)
+        if not cfg.sweep:
+            check_data(cfg)  # missing or malformed data files: say so now, not in a worker's traceback
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if cfg.sweep:
+        return sweep_command(cfg, args.run_dir, args.quiet)  # validates every point (data files too) first
     try:
         run_dir = make_run_dir(cfg.run.runs_dir, cfg.name, args.run_dir)
     except (FileExistsError, OSError) as err:

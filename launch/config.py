@@ -49,6 +49,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def set_path(data: dict, dotted: str, value: Any) -> None:
     node = data
     parts = dotted.split(".")
+    if parts[0] == "sweep" and len(parts) > 2:  # a sweep key is itself a dotted path: sweep.optimizer.lr=[...]
+        parts = ["sweep", ".".join(parts[1:])]
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):

@@ -1,12 +1,18 @@
 """PNG plots of one or several runs (several runs are overlaid, one colour each).
 
-metrics.png    test accuracy and losses against wall time and against updates
-staleness.png  staleness histogram of applied pushes, and staleness over time
-bytes.png      cumulative uplink bytes against updates and against wall time
+metrics.png         test accuracy and losses against wall time and against updates
+staleness.png       staleness histogram of applied pushes, and staleness over time
+bytes.png           cumulative uplink bytes against pushes received and against wall time
+accuracy_bytes.png  test accuracy and losses against cumulative uplink bytes (what compression buys)
+
+Every drawing function returns its figure; `plot_runs` saves them and reports which series each axis
+shows (axis title -> legend labels), so callers and tests can tell what was drawn without reading pixels.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -17,21 +23,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 from launch.rundir import read_metrics, read_updates  # noqa: E402
 
 
-def plot_run(run_dir: Path) -> list[Path]:
+@dataclass
+class Plots:
+    paths: list[Path] = field(default_factory=list)
+    series: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # figure -> axis title -> labels
+
+
+def plot_run(run_dir: Path) -> Plots:
     return plot_runs([(run_dir.name, run_dir)], run_dir / "plots")
 
 
-def plot_runs(runs: list[tuple[str, Path]], out_dir: Path) -> list[Path]:
+def plot_runs(runs: list[tuple[str, Path]], out_dir: Path) -> Plots:
     out_dir.mkdir(parents=True, exist_ok=True)
     data = [(label, read_metrics(path), read_updates(path)) for label, path in runs]
-    return [
-        _metrics(data, out_dir / "metrics.png"),
-        _staleness(data, out_dir / "staleness.png"),
-        _bytes(data, out_dir / "bytes.png"),
-    ]
+    plots = Plots()
+    for name, draw in (("metrics", _metrics), ("staleness", _staleness), ("bytes", _bytes),
+                       ("accuracy_bytes", _accuracy_bytes)):
+        fig = draw(data)
+        plots.series[name] = _series(fig)
+        plots.paths.append(_save(fig, out_dir / f"{name}.png"))
+    return plots
 
 
-def _metrics(data, path: Path) -> Path:
+def _metrics(data):
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     for label, metrics, _ in data:
         m = [x for x in metrics if x.get("updates") is not None]
@@ -53,13 +67,17 @@ def _metrics(data, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[1, 1].set_yscale("log")
     axes[1, 0].set_yscale("log")
-    axes[0, 1].legend(fontsize=8)
-    axes[1, 1].legend(fontsize=7)
+    for ax, size in ((axes[0, 1], 8), (axes[1, 1], 7)):
+        if ax.get_legend_handles_labels()[0]:  # a regression run draws no accuracy
+            ax.legend(fontsize=size)
+    for ax, title in zip(axes.flat, ("test accuracy vs wall time", "test accuracy vs updates", "loss vs wall time",
+                                      "loss vs updates")):
+        ax.set_title(title, fontsize=9)
     fig.suptitle("evaluation of parameter snapshots")
-    return _save(fig, path)
+    return fig
 
 
-def _staleness(data, path: Path) -> Path:
+def _staleness(data):
     fig, (ax_h, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
     for label, _, upd in data:
         if not upd.get("staleness"):
@@ -76,14 +94,13 @@ def _staleness(data, path: Path) -> Path:
     ax_h.set_ylabel("fraction of applied pushes")
     ax_t.set_xlabel("wall time (s)")
     ax_t.set_ylabel("staleness, rolling mean of 50")
-    for ax in (ax_h, ax_t):
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    return _save(fig, path)
+    ax_h.set_title("staleness histogram", fontsize=9)
+    ax_t.set_title("staleness vs wall time", fontsize=9)
+    _finish_axes((ax_h, ax_t))
+    return fig
 
 
-def _bytes(data, path: Path) -> Path:
+def _bytes(data):
     fig, (ax_u, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
     for label, _, upd in data:
         if not upd.get("bytes"):
@@ -96,12 +113,56 @@ def _bytes(data, path: Path) -> Path:
         ax_t.plot(upd["wall_s"], cum, label=label)
     ax_u.set_xlabel("pushes received")
     ax_t.set_xlabel("wall time (s)")
+    ax_u.set_title("uplink vs pushes received", fontsize=9)
+    ax_t.set_title("uplink vs wall time", fontsize=9)
     for ax in (ax_u, ax_t):
         ax.set_ylabel("uplink MiB (cumulative)")
+    _finish_axes((ax_u, ax_t))
+    return fig
+
+
+def _accuracy_bytes(data):
+    fig, (ax_a, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, metrics, upd in data:
+        m = [x for x in metrics if x.get("updates") is not None]
+        if not m or not upd.get("bytes"):
+            continue
+        mib = uplink_mib_at(upd, [x["updates"] for x in m])
+        acc = [x.get("test_acc") for x in m]
+        if any(a is not None for a in acc):
+            ax_a.plot(mib, [a if a is not None else float("nan") for a in acc], label=label)
+        ax_l.plot(mib, [x["test_loss"] for x in m], label=f"{label} test")
+    ax_a.set_ylabel("test accuracy")
+    ax_l.set_ylabel("test loss")
+    ax_l.set_yscale("log")
+    ax_a.set_title("test accuracy vs uplink", fontsize=9)
+    ax_l.set_title("loss vs uplink", fontsize=9)
+    for ax in (ax_a, ax_l):
+        ax.set_xlabel("uplink MiB (cumulative)")
+    _finish_axes((ax_a, ax_l))
+    return fig
+
+
+def uplink_mib_at(upd: dict[str, list], versions: list[int]) -> list[float]:
+    """Uplink MiB received until each version was made (by the applied push that produced it)."""
+    total, made, cum = 0.0, [], []
+    for version, size, applied in zip(upd["version"], upd["bytes"], upd["applied"]):
+        total += size
+        if applied == 1:
+            made.append(version)
+            cum.append(total / 2**20)
+    out = []
+    for v in versions:
+        i = bisect_right(made, v)
+        out.append(cum[i - 1] if i else 0.0)
+    return out
+
+
+def _finish_axes(axes) -> None:
+    for ax in axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    return _save(fig, path)
 
 
 def _rolling_mean(xs: list[float], k: int) -> list[float]:
@@ -112,6 +173,10 @@ def _rolling_mean(xs: list[float], k: int) -> list[float]:
             acc -= xs[i - k]
         out.append(acc / min(i + 1, k))
     return out
+
+
+def _series(fig) -> dict[str, list[str]]:
+    return {ax.get_title(): ax.get_legend_handles_labels()[1] for ax in fig.axes}
 
 
 def _save(fig, path: Path) -> Path:

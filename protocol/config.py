@@ -9,13 +9,16 @@ names (configs/*.yaml comment every key).
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from protocol.errors import ConfigError
 
-DATASETS = ("digits", "synthetic")
+DATASETS = ("digits", "synthetic", "mnist", "libsvm")
+FILE_DATASETS = ("mnist", "libsvm")  # read from local files named by task.path
 MODELS = ("logreg", "mlp", "cnn")
 OPTIMIZERS = ("amsgrad", "adam", "sgd")
 
@@ -44,7 +47,7 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    dataset: Literal["digits", "synthetic"] = "digits"
+    dataset: Literal["digits", "synthetic", "mnist", "libsvm"] = "digits"
     model: Literal["logreg", "mlp", "cnn"] = "mlp"
     hidden: tuple[int, ...] = (128,)  # mlp hidden widths
     channels: tuple[int, ...] = (16, 32)  # cnn conv channels (3x3 convs, then one linear layer)
@@ -54,6 +57,9 @@ class TaskConfig:
     regularizer: Literal["none", "l2", "nonconvex"] = "none"  # nonconvex: lambda * sum x^2 / (1 + x^2)
     reg_lambda: float = 0.0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    path: str = ""  # mnist: folder of the four IDX files (.gz or not); libsvm: the training file
+    test_path: str = ""  # libsvm: test file (same labels); empty = hold out test_fraction of path
+    features: int = 0  # libsvm: number of features; 0 = the largest index in the files
 
     def check(self) -> None:
         require(self.batch_size >= 0, "batch_size", "must be >= 0 (0 = full local data)")
@@ -61,9 +67,13 @@ class TaskConfig:
         require(all(c >= 1 for c in self.channels) and self.channels, "channels", "must be >= 1")
         require(0 < self.test_fraction < 1, "test_fraction", "must be in (0, 1)")
         require(self.reg_lambda >= 0, "reg_lambda", "must be >= 0")
-        require(
-            self.model != "cnn" or self.dataset == "digits", "model", "cnn needs an image data set (digits)"
-        )
+        require(self.model != "cnn" or self.dataset in ("digits", "mnist"), "model",
+                "cnn needs an image data set (digits or mnist)")
+        require(self.dataset not in FILE_DATASETS or self.path != "", "path",
+                f"is required for dataset {self.dataset} (no download: point it at local files)")
+        require(self.test_path == "" or self.dataset == "libsvm", "test_path", "applies to dataset libsvm only")
+        require(self.features >= 0, "features", "must be >= 0 (0 = infer from the files)")
+        require(self.features == 0 or self.dataset == "libsvm", "features", "applies to dataset libsvm only")
 
 
 @dataclass(frozen=True)
@@ -195,15 +205,33 @@ class ExperimentConfig:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    # {dotted key: [values]}: run every combination (launch/sweep.py); empty = one run
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
 
     def check(self) -> None:
         require(re.fullmatch(r"[A-Za-z0-9_.-]+", self.name) is not None, "name",
                 "use letters, digits, '_', '.', '-' only (it names the run folder)")
         require(1 <= self.workers <= 256, "workers", "must be in [1, 256]")
         require(len(self.worker.slowdown) <= self.workers, "worker.slowdown", "has more entries than workers")
+        for key, values in self.sweep.items():
+            require(_is_setting(ExperimentConfig, key), f"sweep.{key}",
+                    "is not a setting of the config (use a dotted path such as optimizer.lr; sections cannot be swept)")
+            require(len(values) > 0, f"sweep.{key}", "needs at least one value")
 
     def slowdown(self, rank: int) -> float:
         return self.worker.slowdown[rank] if rank < len(self.worker.slowdown) else 1.0
+
+
+def _is_setting(cls: type, dotted: str) -> bool:
+    """Whether `dotted` names one setting (not a section, not `sweep` itself) of the dataclass tree."""
+    head, _, rest = dotted.partition(".")
+    fields = {f.name for f in dataclasses.fields(cls)} - {"sweep"}
+    if head not in fields:
+        return False
+    hint = typing.get_type_hints(cls)[head]
+    if dataclasses.is_dataclass(hint):
+        return rest != "" and _is_setting(hint, rest)
+    return rest == ""
 
 
 def load(path: str) -> ExperimentConfig:

@@ -8,12 +8,13 @@ import torch
 from protocol.config import DATASETS, MODELS
 from tests.helpers import make_config
 from worker.tasks import BatchSampler, Task
+from worker.tasks.data import DATASET_NAMES
 from worker.tasks.models import MODEL_NAMES
 
 
 def test_schema_choices_match_implementations():
     assert set(MODELS) == set(MODEL_NAMES)
-    assert set(DATASETS) == {"digits", "synthetic"}
+    assert set(DATASETS) == set(DATASET_NAMES)
 
 
 def test_digits_split_is_fixed_and_disjoint():

@@ -1,4 +1,5 @@
-"""Data sets that need no download: scikit-learn's bundled 8x8 digits, and generated synthetic problems.
+"""Data sets that need no download: scikit-learn's bundled 8x8 digits, generated synthetic problems, and
+local files (MNIST in IDX format, LIBSVM text; see files.py). Nothing is ever fetched from the network.
 
 Every data set is a fixed train/test split: the split (and synthetic data) depends only on the
 data seed, never on the experiment seed, so runs with different seeds train on the same data.
@@ -7,13 +8,21 @@ data seed, never on the experiment seed, so runs with different seeds train on t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from protocol.config import TaskConfig
+from protocol.config import ExperimentConfig, TaskConfig
+from protocol.errors import ConfigError
+from worker.tasks.files import check_mnist_pair, read_libsvm, read_libsvm_rows, read_mnist_pair
 
-SPLIT_SEED = 20240607  # fixed: the digits train/test split never changes
+DATASET_NAMES = ("digits", "synthetic", "mnist", "libsvm")
+SPLIT_SEED = 20240607  # fixed: the digits (and libsvm without a test file) train/test split never changes
+MNIST_SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the customary normalization of MNIST pixels in [0, 1]
+CHECK_LINES = 100  # pre-launch check of a LIBSVM file parses this many samples, not the whole file
 
 
 @dataclass
@@ -39,6 +48,10 @@ def load_dataset(cfg: TaskConfig) -> Dataset:
         return _digits(cfg.test_fraction, image=cfg.model == "cnn")
     if cfg.dataset == "synthetic":
         return _synthetic(cfg)
+    if cfg.dataset == "mnist":
+        return _mnist(Path(cfg.path), image=cfg.model == "cnn")
+    if cfg.dataset == "libsvm":
+        return _libsvm(cfg)
     raise ValueError(f"unknown dataset {cfg.dataset!r}")
 
 
@@ -75,3 +88,77 @@ def _synthetic(cfg: TaskConfig) -> Dataset:
         y = x @ teacher + s.noise * torch.randn(s.samples, 1, generator=g)
         classes = None
     return Dataset(*_split(x, y, cfg.test_fraction, s.data_seed), num_classes=classes, input_shape=(s.dim,))
+
+
+def mnist_file(folder: Path, name: str) -> Path:
+    """`name` or `name.gz` in the folder, whichever exists."""
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{folder / name} (or .gz) does not exist")
+
+
+def _mnist(folder: Path, image: bool) -> Dataset:
+    """The official split: 60000 training and 10000 test images (fewer in a smaller file of the same format)."""
+    parts = []
+    for split in ("train", "test"):
+        images, labels = read_mnist_pair(*(mnist_file(folder, name) for name in MNIST_SPLITS[split]))
+        parts.append((images, labels))
+    (train_x, train_y), (test_x, test_y) = parts
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise ValueError(f"{folder}: training images are {train_x.shape[1:]}, test images {test_x.shape[1:]}")
+    rows, cols = train_x.shape[1:]
+    shape: tuple[int, ...] = (1, rows, cols) if image else (rows * cols,)
+    return Dataset(_pixels(train_x, shape), torch.from_numpy(train_y.astype(np.int64)),
+                   _pixels(test_x, shape), torch.from_numpy(test_y.astype(np.int64)), num_classes=10,
+                   input_shape=shape)
+
+
+def _pixels(images: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    x = torch.from_numpy(images.astype(np.float32))  # a copy: the file's buffer is read-only
+    return x.div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD).reshape(-1, *shape)
+
+
+def _libsvm(cfg: TaskConfig) -> Dataset:
+    d = read_libsvm(cfg.path, cfg.features, cfg.test_path or None)
+    x, y = torch.from_numpy(d.x_train), torch.from_numpy(d.y_train)
+    if d.x_test is None:
+        parts = _split(x, y, cfg.test_fraction, SPLIT_SEED)
+    else:
+        parts = (x, y, torch.from_numpy(d.x_test), torch.from_numpy(d.y_test))
+    return Dataset(*parts, num_classes=len(d.classes), input_shape=(x.shape[1],))
+
+
+def check_data(cfg: ExperimentConfig) -> None:
+    """Fail before any process starts if the data files are missing or malformed (cheap: headers only).
+
+    Raises ConfigError naming task.path or task.test_path. Built-in data sets need no check.
+    """
+    task = cfg.task
+    if task.dataset == "mnist":
+        _as_config_error("task.path", lambda: _check_mnist(Path(task.path)))
+    elif task.dataset == "libsvm":
+        _as_config_error("task.path", lambda: read_libsvm_rows(_file(task.path), CHECK_LINES))
+        if task.test_path:
+            _as_config_error("task.test_path", lambda: read_libsvm_rows(_file(task.test_path), CHECK_LINES))
+
+
+def _check_mnist(folder: Path) -> None:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder (it should hold the four MNIST IDX files)")
+    dims = [check_mnist_pair(*(mnist_file(folder, name) for name in MNIST_SPLITS[s])) for s in ("train", "test")]
+    if dims[0][1:] != dims[1][1:]:
+        raise ValueError(f"{folder}: training images are {dims[0][1:]}, test images {dims[1][1:]}")
+
+
+def _file(path: str) -> Path:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist or is not a file")
+    return Path(path)
+
+
+def _as_config_error(key: str, check) -> None:
+    try:
+        check()
+    except (OSError, ValueError) as err:
+        raise ConfigError(key, str(err)) from None

@@ -1,0 +1,115 @@
+"""Running a sweep: every point in turn into its own folder, then the tables and the overlaid plots.
+
+<sweep folder>/
+    config.yaml          the base config, with its sweep
+    <NNN-key=value_...>/ one run folder per point (its config.yaml has the point's values, sweep emptied)
+    sweep.csv, sweep_groups.csv, sweep.md   (rewritten after every point, so a long sweep can be watched)
+    report/              overlaid plots (if run.plots): all points together when few, else one per group
+
+A failed point is recorded with its error and the sweep goes on; the exit code says if any failed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from launch.config import resolved_yaml
+from launch.report import write_report
+from launch.run import RunFailed, run_experiment
+from launch.rundir import make_run_dir
+from launch.sweep import SweepPoint, combo_folder, expand_sweep
+from launch.sweep_tables import PointResult, group_results, write_tables
+from protocol.config import ExperimentConfig
+from protocol.errors import ConfigError
+
+SMALL_SWEEP = 8  # up to this many points share one set of plots; more get one set per group
+
+Runner = Callable[[ExperimentConfig, Path, bool], dict]
+
+
+def run_sweep(cfg: ExperimentConfig, points: list[SweepPoint], sweep_dir: Path, quiet: bool = False,
+              runner: Runner = run_experiment) -> list[PointResult]:
+    """Run every point into sweep_dir; tables are rewritten after each. KeyboardInterrupt propagates."""
+    results: list[PointResult] = []
+    for point in points:
+        print(f"[{point.index}/{len(points)}] {point.label}", flush=True)
+        result = _run_point(point, sweep_dir / point.folder, quiet, runner)
+        print(f"  {_outcome(result)}", flush=True)
+        results.append(result)
+        write_tables(sweep_dir, cfg.sweep, results, len(points))
+    if cfg.run.plots:
+        reports = write_sweep_reports(sweep_dir, results)
+        write_tables(sweep_dir, cfg.sweep, results, len(points), reports)
+    return results
+
+
+def _run_point(point: SweepPoint, run_dir: Path, quiet: bool, runner: Runner) -> PointResult:
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(resolved_yaml(point.cfg))
+    try:
+        return PointResult(point, run_dir, runner(point.cfg, run_dir, quiet))
+    except RunFailed as err:
+        return PointResult(point, run_dir, None, str(err))
+    except Exception as err:  # a bug hit by one point must not lose the rest of a long sweep
+        return PointResult(point, run_dir, None, f"{type(err).__name__}: {err}")
+
+
+def _outcome(r: PointResult) -> str:
+    if not r.ok:
+        return f"failed: {r.error.splitlines()[0] if r.error else ''}"
+    s = r.summary or {}
+    acc = s.get("final_test_acc")
+    score = f"test_acc {acc:.4f}" if acc is not None else f"test_loss {s.get('final_test_loss')}"
+    return f"done: {score}, {s.get('updates', 0)} updates in {s.get('wall_s', 0.0):.1f}s -> {r.run_dir}"
+
+
+def write_sweep_reports(sweep_dir: Path, results: list[PointResult]) -> list[tuple[str, Path]]:
+    """Overlaid plots of the successful points; returns (title, report.md) of each report written."""
+    plan = report_plan(sweep_dir, results)
+    return [(title, write_report(runs, folder, title).markdown) for title, runs, folder in plan]
+
+
+def report_plan(sweep_dir: Path, results: list[PointResult]) -> list[tuple[str, list[tuple[str, Path]], Path]]:
+    """(title, [(label, run folder)], report folder): all points in one report when they are few (or no
+    point has repeats), else one report per group of seeds, its runs labelled by their seed."""
+    ok = [r for r in results if r.ok]
+    if not ok:
+        return []
+    groups = group_results(ok)
+    if len(ok) <= SMALL_SWEEP or all(len(g.results) == 1 for g in groups):
+        return [("all points", [(r.point.label, r.run_dir) for r in ok], sweep_dir / "report")]
+    plan = []
+    for i, g in enumerate(groups, 1):
+        runs = [(r.point.label.removeprefix(g.label).strip() or r.point.label, r.run_dir) for r in g.results]
+        plan.append((g.label, runs, sweep_dir / "report" / combo_folder(i, g.results[0].point.group)))
+    return plan
+
+
+def sweep_command(cfg: ExperimentConfig, run_dir: str | None, quiet: bool) -> int:
+    """`python -m launch CONFIG` when the config has a sweep. Exit codes as for one run."""
+    try:
+        points = expand_sweep(cfg)
+        sweep_dir = make_run_dir(cfg.run.runs_dir, f"{cfg.name}-sweep", run_dir)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (FileExistsError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    (sweep_dir / "config.yaml").write_text(resolved_yaml(cfg))
+    print(f"sweep folder: {sweep_dir}\n{len(points)} points over {', '.join(cfg.sweep)}", flush=True)
+    try:
+        results = run_sweep(cfg, points, sweep_dir, quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: every process was stopped; finished points are in {sweep_dir}/sweep.md",
+              file=sys.stderr)
+        return 130
+    failed = [r for r in results if not r.ok]
+    print(f"sweep done: {len(results) - len(failed)} of {len(results)} points succeeded; "
+          f"results: {sweep_dir}/sweep.md, sweep.csv", flush=True)
+    if failed:
+        print(f"error: {len(failed)} point(s) failed: {', '.join(r.point.folder for r in failed)}", file=sys.stderr)
+        return 1
+    return 0
