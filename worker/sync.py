@@ -238,15 +238,20 @@ def _stay_on_loopback(addr: str) -> None:
         loopback = ipaddress.ip_address(socket.gethostbyname(addr)).is_loopback
     except (OSError, ValueError):
         return
-    if not loopback:
-        return
+    name = loopback_interface() if loopback else None
+    if name:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", name)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", name)
+
+
+def loopback_interface() -> str | None:
+    """The name of the network interface that holds 127.0.0.1 (lo on Linux, lo0 on macOS)."""
     import psutil
 
-    names = [name for name, addrs in psutil.net_if_addrs().items()
-             if any(a.family == socket.AF_INET and a.address.startswith("127.") for a in addrs)]
-    if names:
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", names[0])
-        os.environ.setdefault("NCCL_SOCKET_IFNAME", names[0])
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address.startswith("127.") for a in addrs):
+            return name
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load(args.config)
         device = rank_device(cfg, int(os.environ.get("LOCAL_RANK", rank)), world)
         torch.set_num_threads(cfg.worker.threads)
+        if args.run_dir:
+            args.run_dir.mkdir(parents=True, exist_ok=True)
         worker = SyncWorker(cfg, rank, world, device, run_dir=args.run_dir if rank == 0 else None)
     except (ConfigError, OSError) as err:
         print(f"error: rank {rank}: {err}", file=sys.stderr)
