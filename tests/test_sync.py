@@ -3,6 +3,7 @@ process averaging every rank's gradient (dense) or running the server's EF21 ari
 and ranks that never diverge. Multi-process runs bind to 127.0.0.1 on free ports and are bounded."""
 
 import csv
+import json
 import os
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from ps.optim import make_optimizer
 from tests.helpers import make_config
 from tests.test_equivalence import _distributed
 from worker.loop import rank_uplink
-from worker.sync import SyncWorker, loopback_interface
+from worker.sync import SyncWorker, exit_code, loopback_interface, rank_device
 from worker.tasks import Task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +69,9 @@ def test_one_sync_worker_equals_one_async_worker(tmp_path, gloo_world_of_one, op
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(sync_final, async_final, rtol=1e-5, atol=1e-6)
     assert losses[0][-10:].mean() < 0.5 * losses[0][:10].mean()  # it trained, so the comparison means something
+    sync_summary = json.loads((tmp_path / "sync" / "server_summary.json").read_text())
+    assert set(result) <= set(sync_summary), "server_summary.json lacks keys the async server writes"
+    assert sync_summary["ranks_agree"] is True and sync_summary["pushes_applied"] == steps
 
 
 # -- multi-process runs ---------------------------------------------------------------------------------------
@@ -133,7 +137,7 @@ def _assert_consistent_run(run: Path, cfg, steps: int, ref_losses: list[list[flo
     if ref_losses is not None:
         got = torch.tensor([float(r["loss"]) for r in rows])
         torch.testing.assert_close(got, torch.tensor(ref_losses).reshape(-1), rtol=1e-4, atol=1e-6)
-    summary = __import__("json").loads((run / "server_summary.json").read_text())
+    summary = json.loads((run / "server_summary.json").read_text())
     assert summary["ranks_agree"] is True and summary["updates"] == steps and summary["staleness_max"] == 0
 
 
@@ -196,3 +200,16 @@ def test_sync_mode_refuses_what_it_cannot_do_naming_the_key(sections, key):
     with pytest.raises(ConfigError) as info:
         make_config(mode="sync", **sections)
     assert info.value.key == key
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when no GPU is visible")
+def test_a_cuda_rank_without_a_gpu_fails_naming_the_key():
+    with pytest.raises(ConfigError) as info:
+        rank_device(make_config(mode="sync", worker={"device": "cuda"}), 0, 2)
+    assert info.value.key == "worker.device" and "no CUDA device" in str(info.value)
+
+
+def test_exit_codes_tell_a_normal_end_from_a_signal_and_from_a_peer_that_stopped():
+    assert exit_code("max_updates", "") == exit_code("max_seconds", "") == 0
+    assert exit_code("terminated", "terminated") == 143 and exit_code("interrupted", "interrupted") == 130
+    assert exit_code("terminated", "") == 3

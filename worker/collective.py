@@ -61,6 +61,7 @@ class Collective:
     def all_reduce_sum(self, buf: torch.Tensor) -> None:
         t0 = time.perf_counter()
         dist.all_reduce(buf)
+        self._wait()
         self.seconds += time.perf_counter() - t0
 
     def all_gather(self, local: torch.Tensor) -> torch.Tensor:
@@ -75,8 +76,14 @@ class Collective:
         src = local.to(self.device)
         t0 = time.perf_counter()
         dist.all_gather(list(rows.unbind(0)), src)
+        self._wait()
         self.seconds += time.perf_counter() - t0
         return rows.cpu()
+
+    def _wait(self) -> None:
+        """nccl returns once the collective is queued on the GPU: wait, so the time counts as communication."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
 def room(buf: torch.Tensor | None, n: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
