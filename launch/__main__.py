@@ -1,7 +1,8 @@
 """python -m launch CONFIG.yaml [key.sub=value ...] [--run-dir DIR]
 
-Validates the experiment, then starts one parameter server, an evaluator and N workers, shows
-progress, and leaves a run folder (see launch/rundir.py). A config with a non-empty `sweep` runs
+Validates the experiment, then starts one parameter server, an evaluator and N workers (mode sync:
+an evaluator and N torch.distributed ranks, no server), shows progress, and leaves a run folder
+(see launch/rundir.py). A config with a non-empty `sweep` runs
 every point of its grid instead (launch/sweep_run.py; overrides apply before the expansion).
 Exit codes: 0 success, 1 a process (or a sweep point) failed or the run did not finish, 2 bad config
 or arguments, 130 interrupted (Ctrl-C).

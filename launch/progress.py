@@ -7,8 +7,9 @@ import time
 
 
 class Progress:
-    def __init__(self, max_updates: int, every_s: float, stream=None):
+    def __init__(self, max_updates: int, every_s: float, stream=None, starting: str = "starting the server..."):
         self.max_updates = max_updates
+        self.starting = starting  # shown until the first status.json
         self.every_s = every_s
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
@@ -21,7 +22,7 @@ class Progress:
         if not force and now < self._next:
             return
         self._next = now + self.every_s
-        line = format_line(status, metric, self.max_updates)
+        line = format_line(status, metric, self.max_updates, self.starting)
         if line == self._last:
             return
         self._last = line
@@ -38,9 +39,10 @@ class Progress:
             self.stream.flush()
 
 
-def format_line(status: dict | None, metric: dict | None, max_updates: int) -> str:
+def format_line(status: dict | None, metric: dict | None, max_updates: int,
+                starting: str = "starting the server...") -> str:
     if not status:
-        return "starting the server..."
+        return starting
     if not status.get("started"):
         return f"waiting for workers to join: {status.get('workers_joined', 0)}/{status.get('workers', '?')}"
     parts = [f"[{status['wall_s']:7.1f}s]", f"updates {status['updates']}/{max_updates}",

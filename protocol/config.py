@@ -226,7 +226,8 @@ class RunConfig:
 class ExperimentConfig:
     name: str = "experiment"  # run folder prefix
     seed: int = 0  # model init and every worker's sampling stream derive from it
-    mode: Literal["async"] = "async"  # async: parameter server
+    # async: parameter server; sync: the workers form a torch.distributed group and combine every step
+    mode: Literal["async", "sync"] = "async"
     workers: int = 2  # number of worker processes
     task: TaskConfig = field(default_factory=TaskConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
@@ -248,6 +249,12 @@ class ExperimentConfig:
                 "with a barrier it cannot exceed the number of workers (they would wait forever)")
         require(st.delay == "none" or (st.ssp is None and st.apply_every == 1), "staleness.delay",
                 "the artificial delay cannot be combined with ssp or apply_every")
+        if self.mode == "sync":  # the baseline runs torch.optim (worker/sync.py); nothing in it is ever stale
+            require(self.optimizer.form == "torch", "optimizer.form",
+                    "'paper' is not available in sync mode (it steps with torch.optim); use form torch")
+            require(st.delay == "none", "staleness.delay", "does not apply in sync mode (nothing is stale)")
+            require(st.apply_every == 1, "staleness.apply_every",
+                    "does not apply in sync mode (every step already averages all workers)")
         for key, values in self.sweep.items():
             require(_is_setting(ExperimentConfig, key), f"sweep.{key}",
                     "is not a setting of the config (use a dotted path such as optimizer.lr; sections cannot be swept)")

@@ -25,6 +25,8 @@ from protocol.encoding import require_finite
 from protocol.errors import ProtocolError
 from protocol.layout import Layout
 from protocol.messages import Heartbeat, Hello, Message, Pull, Push, Reject, Reply, Stop, Welcome
+from protocol.records import Counters, PushRecord, UpdateLog, write_json_atomic
+from protocol.snapshot import Snapshotter
 from protocol.wire import fresh_allocator
 from ps.aggregate import make_aggregator
 from ps.arena import RecvArena
@@ -32,8 +34,6 @@ from ps.gate import ReplyGate
 from ps.history import ParamHistory
 from ps.optim import make_optimizer
 from ps.policy import StalenessPolicy
-from ps.records import Counters, PushRecord, UpdateLog, write_json_atomic
-from ps.snapshot import Snapshotter
 
 COPY_BELOW_BYTES = 4 << 20  # measured: copying is 3x faster than tracked zero-copy at 1 MiB, 2x slower at 16 MiB
 

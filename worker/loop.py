@@ -27,11 +27,24 @@ from protocol.errors import ProtocolError
 from protocol.messages import Heartbeat, Hello, Message, Push, Reject, Reply, Stop, Welcome
 from worker.compressors import make_compressor
 from worker.ef import make_uplink
+from worker.straggler import extra_sleep_s
 from worker.tasks import Task, rank_seed
 
 log = logging.getLogger("worker")
 MAX_CONSECUTIVE_REJECTS = 20
 COMPRESSOR_STREAM = 1  # the compressor's random stream is independent of the sampling stream
+
+
+def rank_uplink(cfg: ExperimentConfig, rank: int, net):
+    """This rank's error-feedback uplink (and compressor, with its own random stream) for the model `net`.
+
+    The synchronous baseline (worker/sync.py) builds its uplinks here too, so both modes compress alike.
+    """
+    comp = cfg.compression
+    compressor = None
+    if comp.method != "none":
+        compressor = make_compressor(comp, net.layout, rank_seed(cfg.seed, rank, stream=COMPRESSOR_STREAM))
+    return make_uplink(comp, net.numel, compressor, net.params.device)
 
 
 class WorkerError(RuntimeError):
@@ -66,10 +79,7 @@ class WorkerLoop:
         self.host_params = net.params if on_cpu else torch.empty(net.numel, pin_memory=True)
         self.host_grad = net.grad if on_cpu else torch.empty(net.numel, pin_memory=True)
         comp = cfg.compression
-        compressor = None
-        if comp.method != "none":
-            compressor = make_compressor(comp, net.layout, rank_seed(cfg.seed, rank, stream=COMPRESSOR_STREAM))
-        self.uplink = make_uplink(comp, net.numel, compressor, net.params.device)
+        self.uplink = rank_uplink(cfg, rank, net)
         # dense pushes travel from host memory; compressors work on the device gradient
         self._push_source = self.host_grad if comp.method == "none" else net.grad
         self.version = 0
@@ -118,10 +128,7 @@ class WorkerLoop:
 
     def _simulate(self, compute: float) -> None:
         """Stragglers and simulated compute: sleep as if this step took longer."""
-        w = self.cfg.worker
-        factor = self.cfg.slowdown(self.rank)
-        base = compute + w.compute_s
-        extra = (factor - 1) * compute + factor * w.compute_s + w.jitter * self._rng.random() * base * factor
+        extra = extra_sleep_s(self.cfg.worker, self.cfg.slowdown(self.rank), compute, self._rng.random())
         if extra > 0:
             self.stats.simulated_s += extra
             self.sleep(extra)

@@ -1,6 +1,8 @@
-"""What the server records: one updates.csv row per push received, running counters, status.json.
+"""What a run records: one updates.csv row per push received, running counters, status.json.
 
 Rows are buffered and flushed on the status cadence, so recording costs a string format per push.
+It lives in `protocol` because both the parameter server and the synchronous baseline's rank 0
+(worker/sync.py) write these files, and ps and worker may not import each other; it holds no ML.
 """
 
 from __future__ import annotations
