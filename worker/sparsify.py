@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 # A sampled threshold is the j-th largest of m sampled magnitudes, about m * count / d of them for a
@@ -53,8 +54,11 @@ def topk_exact(mag: torch.Tensor, k: int, mask: torch.Tensor, gen: torch.Generat
         torch.ge(mag, low, out=mask)
         cand = _nonzero(mask)
         if cand.numel() >= k:
-            vals = mag[cand]
+            vals = mag.index_select(0, cand)  # ~20x faster on the CPU than mag[cand]
             t = torch.topk(vals, k, sorted=False).values.min()
+            keep = vals >= t
+            if int(keep.sum()) == k:  # no ties beyond the k-th: cand is sorted, so is cand[keep]
+                return cand[keep]
             above = cand[vals > t]
             ties = cand[vals == t][:k - above.numel()]
             return torch.cat([above, ties]).sort().values
@@ -90,7 +94,7 @@ def _sampled_threshold(mag: torch.Tensor, count: int, fraction: float, gen: torc
     m = max(1, round(fraction * d), math.ceil(MIN_RANK * d / max(count, 1)))
     if 4 * m >= d:
         return None
-    sample = mag[torch.randint(0, d, (m,), generator=gen, device=mag.device)]
+    sample = mag.index_select(0, torch.randint(0, d, (m,), generator=gen, device=mag.device))
     j = min(m, max(1, round(m * count / d)))  # rank of the threshold within the sample
     return torch.topk(sample, j, sorted=False).values.min()
 
@@ -117,5 +121,9 @@ def randk(d: int, k: int, gen: torch.Generator, device: torch.device) -> torch.T
 
 
 def _nonzero(mask: torch.Tensor) -> torch.Tensor:
-    """Positions of the True entries, increasing (torch.nonzero returns them sorted)."""
+    """Positions of the True entries, increasing (both nonzeros return them sorted).
+
+    On the CPU numpy's nonzero is ~2.5x faster than torch's on one thread (2.0 against 5.4 ms at 4.2M)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
     return torch.nonzero(mask).view(-1)
