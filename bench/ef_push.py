@@ -71,7 +71,8 @@ def row(label: str, trials: list[dict], dense: dict) -> dict:
             dense["updates_per_s"], "push_bytes": t["push_bytes"], "bytes_vs_dense": dense["push_bytes"] /
             t["push_bytes"], "uplink_bytes_per_push_all": t["uplink_bytes_per_push"],
             "server_per_update_ms": t["per_update_ms"], "server_idle_fraction": t["server_idle_fraction"],
-            "worker_per_push_ms": t["worker_per_push_ms"], "ef_drift_max": t["ef_drift_max"],
+            "worker_per_push_ms": t["worker_per_push_ms"], "worker_cpu_ms_per_push": t["worker_cpu_ms_per_push"],
+            "ef_drift_max": t["ef_drift_max"],
             "trials_updates_per_s": [round(x["updates_per_s"], 1) for x in trials]}
 
 
@@ -90,7 +91,8 @@ def line(r: dict) -> str:
     return (f"{r['case']:<24} {r['updates_per_s']:6.1f} updates/s ({r['speed_vs_dense']:.2f}x dense)  "
             f"{r['push_bytes']:>10.0f} B/push ({r['bytes_vs_dense']:.1f}x smaller) | server ms/update: receive "
             f"{s['receive']:.2f} apply {s['apply']:.2f} reply {s['reply']:.2f} | worker ms/push: prepare "
-            f"{w['prepare']:.2f} exchange {w['exchange']:.2f} commit {w['commit']:.2f}")
+            f"{w['prepare']:.2f} exchange {w['exchange']:.2f} commit {w['commit']:.2f} (CPU "
+            f"{r['worker_cpu_ms_per_push']:.2f})")
 
 
 def write(out: Path, rows: list[dict], args) -> None:
@@ -106,20 +108,23 @@ def write(out: Path, rows: list[dict], args) -> None:
         f"of {args.seconds:g} s (every trial in ef_push.json). Targets: updates/s >= {TARGET_SPEED}x dense; "
         f"float32+int32 pushes >= {TARGET_BYTES:g}x smaller than dense, bfloat16 smaller still.", "",
         "| case | updates/s | vs dense | bytes/push | x smaller | server receive ms | apply ms | reply ms | "
-        "server idle | worker prepare ms | exchange ms | commit ms | trials upd/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "server idle | worker prepare ms | exchange ms | commit ms | worker CPU ms | trials upd/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s, w = r["server_per_update_ms"], r["worker_per_push_ms"]
         lines.append(f"| {r['case']} | {r['updates_per_s']:.1f} | {r['speed_vs_dense']:.2f}x | "
                      f"{r['push_bytes']:.0f} | {r['bytes_vs_dense']:.1f}x | {s['receive']:.2f} | {s['apply']:.2f} | "
                      f"{s['reply']:.2f} | {r['server_idle_fraction']:.0%} | {w['prepare']:.2f} | "
-                     f"{w['exchange']:.2f} | {w['commit']:.2f} | {r['trials_updates_per_s']} |")
+                     f"{w['exchange']:.2f} | {w['commit']:.2f} | {r['worker_cpu_ms_per_push']:.2f} | "
+                     f"{r['trials_updates_per_s']} |")
     lines += ["", "bytes/push = header + frames of a push inside the measurement window (the first, dense EF21 "
               "reset of each worker is outside it). Server: receive = reading the push off the socket; apply = "
               "validate + decode + (EF21: index_add into g_i and g) + AMSGrad step; reply = sending the parameters. "
               "Worker: prepare = EF state update + compression + encoding; exchange = send, wait, receive the "
-              "parameters; commit = decoding the sent payload into g_i."]
+              "parameters; commit = decoding the sent payload into g_i; worker CPU = the worker process's CPU "
+              "time per push (all its threads, ZeroMQ's I/O thread included). Server and worker times are wall "
+              "times: with 3 processes on 2 cores, each includes time spent descheduled."]
     (out / "ef_push.md").write_text("\n".join(lines) + "\n")
 
 

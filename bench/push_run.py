@@ -52,6 +52,7 @@ def summarize(results: list[dict], summary: dict) -> dict:
         "per_update_ms": {k.removesuffix("_s"): 1e3 * v / n for k, v in split.items() if k != "idle_s"},
         "server_idle_fraction": split["idle_s"] / max(1e-9, sum(split.values())),
         "worker_per_push_ms": worker_split,
+        "worker_cpu_ms_per_push": 1e3 * sum(r["cpu_s"] for r in results) / counted,
         "push_bytes": sum(r["push_bytes"] for r in results) / counted,  # steady state, inside the window
         "uplink_bytes_per_push": summary["uplink_bytes"] / max(1, summary["pushes_received"]),  # all, resets too
         "ef_drift_max": summary.get("ef_drift_max"),

@@ -81,6 +81,7 @@ def push_loop(chan: Channel, uplink, grads: list, args, seq: int, version: int, 
     t_start = time.perf_counter()
     lo, hi = t_start + args.warmup_s, t_start + args.warmup_s + args.seconds
     counted, first, last, pushed_bytes = 0, None, None, 0
+    cpu_first = cpu_last = 0.0  # this process's CPU time (all threads, zmq's I/O thread too) over the window
     split = {"prepare_s": 0.0, "exchange_s": 0.0, "commit_s": 0.0}
     while True:
         t0 = time.perf_counter()
@@ -100,13 +101,14 @@ def push_loop(chan: Channel, uplink, grads: list, args, seq: int, version: int, 
         seq, version = seq + 1, reply.version
         if t2 >= lo:
             counted += 1
-            first = first or t2
-            last = t2
+            if first is None:
+                first, cpu_first = t2, time.process_time()
+            last, cpu_last = t2, time.process_time()
             pushed_bytes += sent
             for key, dt in (("prepare_s", t1 - t0), ("exchange_s", t2 - t1), ("commit_s", t3 - t2)):
                 split[key] += dt
     return {"updates": counted, "window_s": (last - first) if counted > 1 else 0.0, "push_bytes": pushed_bytes,
-            "split_s": split}
+            "split_s": split, "cpu_s": cpu_last - cpu_first}
 
 
 if __name__ == "__main__":
