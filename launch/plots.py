@@ -1,7 +1,7 @@
 """PNG plots of one or several runs (several runs are overlaid, one colour each).
 
 metrics.png         test accuracy and losses against wall time and against updates
-staleness.png       staleness histogram of applied pushes, and staleness over time
+staleness.png       staleness histogram overall and per worker, staleness and applied lr over time
 bytes.png           cumulative uplink bytes against pushes received and against wall time
 accuracy_bytes.png  test accuracy and losses against cumulative uplink bytes (what compression buys)
 
@@ -78,25 +78,31 @@ def _metrics(data):
 
 
 def _staleness(data):
-    fig, (ax_h, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
+    """Histogram overall and per worker, staleness and applied lr over time (one run: lines per worker)."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    (ax_h, ax_w), (ax_t, ax_lr) = axes
     for label, _, upd in data:
         if not upd.get("staleness"):
             continue
-        applied = [a == 1 for a in upd["applied"]]
-        stal = [s for s, a in zip(upd["staleness"], applied) if a]
-        wall = [w for w, a in zip(upd["wall_s"], applied) if a]
-        if not stal:
+        rows = [(w, s, t, lr) for w, s, t, lr, a in zip(upd["worker"], upd["staleness"], upd["wall_s"], upd["lr"],
+                                                          upd["applied"]) if a == 1]
+        if not rows:
             continue
-        top = int(max(stal))
-        ax_h.hist(stal, bins=range(0, top + 2), histtype="step", density=True, label=label, align="left")
-        ax_t.plot(wall, _rolling_mean(stal, 50), label=label)
-    ax_h.set_xlabel("staleness (updates)")
-    ax_h.set_ylabel("fraction of applied pushes")
-    ax_t.set_xlabel("wall time (s)")
-    ax_t.set_ylabel("staleness, rolling mean of 50")
-    ax_h.set_title("staleness histogram", fontsize=9)
-    ax_t.set_title("staleness vs wall time", fontsize=9)
-    _finish_axes((ax_h, ax_t))
+        stal = [r[1] for r in rows]
+        bins = range(0, int(max(stal)) + 2)
+        ax_h.hist(stal, bins=bins, histtype="step", density=True, label=label, align="left")
+        ax_t.plot([r[2] for r in rows], _rolling_mean(stal, 50), label=label)
+        ax_lr.plot([r[2] for r in rows], [r[3] for r in rows], ".", markersize=2, label=label)
+        for worker in sorted({int(r[0]) for r in rows}) if len(data) == 1 else []:
+            mine = [r[1] for r in rows if int(r[0]) == worker]
+            ax_w.hist(mine, bins=bins, histtype="step", density=True, label=f"worker {worker}", align="left")
+    ax_h.set(title="staleness histogram", xlabel="staleness (updates)", ylabel="fraction of applied pushes")
+    ax_w.set(title="staleness histogram per worker", xlabel="staleness (updates)", ylabel="fraction of its pushes")
+    ax_t.set(title="staleness vs wall time", xlabel="wall time (s)", ylabel="staleness, rolling mean of 50")
+    ax_lr.set(title="applied lr vs wall time", xlabel="wall time (s)", ylabel="learning rate applied")
+    for ax in axes.flat:
+        ax.title.set_fontsize(9)
+    _finish_axes(axes.flat)
     return fig
 
 

@@ -112,6 +112,9 @@ class OptimizerConfig:
     weight_decay: float = 0.0  # L2 added to the direction before the step (as the APAM code does)
     momentum: float = 0.0  # sgd only
     dampening: float = 0.0  # sgd only (torch semantics)
+    # sgd momentum buffer: server (one, updated by every push) or shifted (one per worker, updated only by
+    # that worker's pushes: the delayed-momentum form of Stability's Edge); none requires momentum 0
+    momentum_mode: Literal["none", "server", "shifted"] = "server"
 
     def check(self) -> None:
         require(self.lr > 0, "lr", "must be > 0")
@@ -122,6 +125,32 @@ class OptimizerConfig:
         require(0 <= self.dampening <= 1, "dampening", "must be in [0, 1]")
         require(self.form == "torch" or self.name == "amsgrad", "form", "'paper' applies to amsgrad only")
         require(self.momentum == 0 or self.name == "sgd", "momentum", "applies to sgd only")
+        require(self.momentum_mode != "none" or self.momentum == 0, "momentum_mode",
+                "is none but optimizer.momentum is not 0")
+
+
+@dataclass(frozen=True)
+class StalenessConfig:
+    lr_rule: Literal["constant", "inverse", "stability"] = "constant"  # lr from staleness tau (see README)
+    lr_from: Literal["push", "mean"] = "push"  # tau of each push, or the running mean of recent pushes
+    mean_window: int = 100  # pushes in that running mean
+    max_staleness: int | None = None  # pushes staler than this are dropped (or down-weighted)
+    over_bound: Literal["drop", "downweight"] = "drop"  # downweight: lr *= max_staleness / tau
+    ssp: int | None = None  # stale synchronous parallel: a worker > ssp pushes ahead of the slowest waits
+    apply_every: int = 1  # average k pushes into one optimizer step
+    barrier: bool = False  # with apply_every: hold replies until the step (apply_every = workers: sync PS)
+    delay: Literal["none", "uniform", "constant"] = "none"  # artificial delay: reply with an older snapshot
+    delay_versions: int = 1  # D: uniform draws from the last D versions (tau ~ U{0..D-1}); constant: tau = D-1
+    delay_memory_mb: float = 4096.0  # limit on the D x parameters memory the delay mode keeps
+
+    def check(self) -> None:
+        require(self.mean_window >= 1, "mean_window", "must be >= 1")
+        require(self.max_staleness is None or self.max_staleness >= 0, "max_staleness", "must be >= 0")
+        require(self.ssp is None or self.ssp >= 0, "ssp", "must be >= 0")
+        require(self.apply_every >= 1, "apply_every", "must be >= 1")
+        require(not self.barrier or self.apply_every > 1, "barrier", "needs apply_every > 1")
+        require(self.delay_versions >= 1, "delay_versions", "must be >= 1")
+        require(self.delay_memory_mb > 0, "delay_memory_mb", "must be > 0")
 
 
 METHODS = ("none", "naive", "ef14", "ef21", "ef21-sgdm", "ef21-sgd2m")
@@ -216,6 +245,7 @@ class ExperimentConfig:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    staleness: StalenessConfig = field(default_factory=StalenessConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     run: RunConfig = field(default_factory=RunConfig)
     # {dotted key: [values]}: run every combination (launch/sweep.py); empty = one run
@@ -226,6 +256,11 @@ class ExperimentConfig:
                 "use letters, digits, '_', '.', '-' only (it names the run folder)")
         require(1 <= self.workers <= 256, "workers", "must be in [1, 256]")
         require(len(self.worker.slowdown) <= self.workers, "worker.slowdown", "has more entries than workers")
+        st = self.staleness
+        require(not st.barrier or st.apply_every <= self.workers, "staleness.apply_every",
+                "with a barrier it cannot exceed the number of workers (they would wait forever)")
+        require(st.delay == "none" or (st.ssp is None and st.apply_every == 1), "staleness.delay",
+                "the artificial delay cannot be combined with ssp or apply_every")
         for key, values in self.sweep.items():
             require(_is_setting(ExperimentConfig, key), f"sweep.{key}",
                     "is not a setting of the config (use a dotted path such as optimizer.lr; sections cannot be swept)")

@@ -4,6 +4,10 @@ Two phases, so that a push the staleness policy drops changes nothing:
     staged = agg.stage(push)              # validate + decode; raises ProtocolError; no state changes
     direction = agg.apply(rank, staged)   # only for pushes that are applied
 
+With apply_every = k, apply() returns None for the first k-1 applied pushes of a group and the
+direction of the group on the k-th: the average of the k decoded pushes (direct), or g after all k
+deltas (EF21, whose g is already a mean over workers).
+
 DirectAggregator (uplink "grad": methods none, naive, ef14): the decoded push is the direction
 (APAM: every arriving gradient is one iteration).
 
@@ -67,26 +71,39 @@ class DecodeScratch:
 class DirectAggregator:
     uplink = "grad"
 
-    def __init__(self, numel: int):
+    def __init__(self, numel: int, every: int = 1):
         self.numel = numel
+        self.every = every
         self.drift_max = 0.0
         self._scratch = DecodeScratch(numel)
+        self._sum = torch.zeros(numel, dtype=torch.float32) if every > 1 else None
+        self._count = 0
 
     def stage(self, push: Push) -> Staged:
         if push.kind != "grad":
             raise ProtocolError("bad_encoding", f"this server takes 'grad' pushes, got kind {push.kind!r}")
         return Staged("grad", dense=self._scratch.decode(payload_of(push)))
 
-    def apply(self, rank: int, staged: Staged) -> torch.Tensor:
+    def apply(self, rank: int, staged: Staged) -> torch.Tensor | None:
         assert staged.dense is not None
-        return staged.dense
+        if self._sum is None:
+            return staged.dense
+        if self._count == 0:
+            self._sum.zero_()
+        self._sum.add_(staged.dense)
+        self._count += 1
+        if self._count < self.every:
+            return None
+        self._count = 0
+        return self._sum.div_(self.every)
 
 
 class EF21Aggregator:
     uplink = "ef21"
 
-    def __init__(self, numel: int, resync_every: int):
+    def __init__(self, numel: int, resync_every: int, every: int = 1):
         self.numel = numel
+        self.every = every
         self.resync_every = resync_every
         self.g_i: dict[int, torch.Tensor] = {}
         self.g = torch.zeros(numel, dtype=torch.float32)
@@ -110,7 +127,7 @@ class EF21Aggregator:
             return Staged("delta", indices=idx, values=vals)
         return Staged("delta", dense=decode_into(p, self.numel, self._scratch))
 
-    def apply(self, rank: int, staged: Staged) -> torch.Tensor:
+    def apply(self, rank: int, staged: Staged) -> torch.Tensor | None:
         if staged.kind == "reset":
             self._reset(rank, staged.dense)
         else:
@@ -124,7 +141,7 @@ class EF21Aggregator:
         self.applied += 1
         if self.applied % self.resync_every == 0:
             self.recompute()
-        return self.g
+        return self.g if self.applied % self.every == 0 else None
 
     def _reset(self, rank: int, dense: torch.Tensor) -> None:
         if rank in self.g_i:
@@ -156,5 +173,5 @@ class EF21Aggregator:
             self.drift_max = max(self.drift_max, rel)
 
 
-def make_aggregator(ef21: bool, numel: int, resync_every: int):
-    return EF21Aggregator(numel, resync_every) if ef21 else DirectAggregator(numel)
+def make_aggregator(ef21: bool, numel: int, resync_every: int, every: int = 1):
+    return EF21Aggregator(numel, resync_every, every) if ef21 else DirectAggregator(numel, every)

@@ -94,11 +94,16 @@ class PaperAMSGrad(ServerOptimizer):
 
 
 class SGD(ServerOptimizer):
-    """Plain SGD, optionally with one server momentum buffer (torch.optim.SGD semantics)."""
+    """SGD with optional momentum (torch.optim.SGD semantics for one buffer).
+
+    momentum_mode server: one buffer, updated by every push. shifted: one buffer per worker, updated
+    only by that worker's pushes -- with delay tau and round-robin workers this is Stability's Edge's
+    shifted momentum, which tolerates larger steps than a server buffer (RESEARCH.md 3b).
+    """
 
     def __init__(self, params: torch.Tensor, cfg: OptimizerConfig):
         super().__init__(params, cfg)
-        self.buf: torch.Tensor | None = None
+        self.buffers: dict[int, torch.Tensor] = {}
         self._scratch = torch.empty_like(params) if cfg.weight_decay else None
 
     def step(self, direction: torch.Tensor, lr: float, worker: int = 0) -> None:
@@ -106,15 +111,17 @@ class SGD(ServerOptimizer):
         if self.cfg.momentum == 0:
             self.params.add_(g, alpha=-lr)
         else:
-            if self.buf is None:  # torch: the first step uses the undampened gradient
-                self.buf = g.clone()
+            key = worker if self.cfg.momentum_mode == "shifted" else 0
+            buf = self.buffers.get(key)
+            if buf is None:  # torch: the first step uses the undampened gradient
+                self.buffers[key] = buf = g.clone()
             else:
-                self.buf.mul_(self.cfg.momentum).add_(g, alpha=1 - self.cfg.dampening)
-            self.params.add_(self.buf, alpha=-lr)
+                buf.mul_(self.cfg.momentum).add_(g, alpha=1 - self.cfg.dampening)
+            self.params.add_(buf, alpha=-lr)
         self.steps += 1
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {} if self.buf is None else {"momentum": self.buf}
+        return {f"momentum_{k}": v for k, v in self.buffers.items()}
 
 
 def _with_weight_decay(

@@ -42,6 +42,7 @@ class Counters:
     staleness_max: int = 0
     reasons: Counter = field(default_factory=Counter)
     staleness_hist: Counter = field(default_factory=Counter)
+    staleness_by_worker: dict = field(default_factory=dict)  # rank -> Counter of staleness
     recent: deque = field(default_factory=lambda: deque(maxlen=512))  # (wall_s, staleness, loss) applied
 
     def add(self, r: PushRecord) -> None:
@@ -51,6 +52,7 @@ class Counters:
             self.staleness_sum += r.staleness
             self.staleness_max = max(self.staleness_max, r.staleness)
             self.staleness_hist[r.staleness] += 1
+            self.staleness_by_worker.setdefault(r.worker, Counter())[r.staleness] += 1
             self.recent.append((r.wall_s, r.staleness, r.loss))
         else:
             self.pushes_rejected += 1
@@ -83,8 +85,26 @@ class Counters:
             "downlink_bytes": self.downlink_bytes,
             "staleness_mean": self.staleness_sum / applied if applied else 0.0,
             "staleness_max": self.staleness_max,
+            "staleness_p50": quantile(self.staleness_hist, 0.5),
+            "staleness_p99": quantile(self.staleness_hist, 0.99),
+            "pushes_dropped_stale": self.reasons.get("stale", 0),
             "staleness_hist": {str(k): v for k, v in sorted(self.staleness_hist.items())},
+            "staleness_hist_by_worker": {str(w): {str(k): v for k, v in sorted(h.items())}
+                                         for w, h in sorted(self.staleness_by_worker.items())},
         }
+
+
+def quantile(hist: Counter, q: float) -> int | None:
+    """The q-quantile of an integer histogram (smallest value with cumulative share >= q)."""
+    total = sum(hist.values())
+    if not total:
+        return None
+    seen = 0
+    for value in sorted(hist):
+        seen += hist[value]
+        if seen >= q * total:
+            return value
+    return max(hist)
 
 
 class UpdateLog:

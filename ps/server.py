@@ -28,6 +28,8 @@ from protocol.messages import Heartbeat, Hello, Message, Pull, Push, Reject, Rep
 from protocol.wire import fresh_allocator
 from ps.aggregate import make_aggregator
 from ps.arena import RecvArena
+from ps.gate import ReplyGate
+from ps.history import ParamHistory
 from ps.optim import make_optimizer
 from ps.policy import StalenessPolicy
 from ps.records import Counters, PushRecord, UpdateLog, write_json_atomic
@@ -73,7 +75,11 @@ class ParameterServer:
         self._next_status = 0.0
         self._next_snapshot = 0.0
         self._alloc = fresh_allocator(cfg.server.max_message_bytes)
-        self.policy = StalenessPolicy(cfg.optimizer.lr)
+        self.policy = StalenessPolicy(cfg.optimizer.lr, cfg.staleness)
+        self.gate = ReplyGate(cfg.staleness.ssp, cfg.staleness.barrier)
+        self.history: ParamHistory | None = None
+        self._replies: dict[int, Reply] = {}  # per rank: the outcome of its push, sent when the gate opens
+        self._group_lrs: list[float] = []  # lrs of the pushes averaged into the next step (apply_every)
         self.snapshots = Snapshotter(run_dir / "snapshots", 0) if run_dir else None
 
     # -- main loop -------------------------------------------------------------------------------
@@ -103,9 +109,11 @@ class ParameterServer:
         if self.stop_reason is None:
             self.stop_reason = reason
             self._stop_at = self.clock()
-            for rank in self._pending:  # still waiting for the start: nothing else will reach them
+            # workers waiting for the start or for their held reply: nothing else will reach them
+            for rank in self._pending + self.gate.waiting():
                 self._tell_stop(self.workers[rank].identity, rank)
             self._pending.clear()
+            self.gate.held.clear()
 
     def wall(self) -> float:
         return self.clock() - self.t_start if self.t_start is not None else 0.0
@@ -114,6 +122,7 @@ class ParameterServer:
         """Welcome every waiting worker with the same version-0 parameters and start the clock."""
         self.t_start = self.clock()
         for rank in self._pending:
+            self.gate.join(rank)
             self._welcome(self.workers[rank].identity, self.workers[rank])
         self._pending.clear()
 
@@ -155,6 +164,7 @@ class ParameterServer:
             info.last_seq, info.pushes, info.applied = old.last_seq, old.pushes, old.applied
         self.workers[hello.rank] = info
         if self.t_start is not None:
+            self.gate.join(hello.rank)
             self._welcome(identity, info)
             return
         self._pending = [r for r in self._pending if r != hello.rank] + [hello.rank]
@@ -184,12 +194,24 @@ class ParameterServer:
             require_finite(hello.init, "initial parameters")
 
     def _initialise(self, hello: Hello) -> None:
-        self.layout = Layout.from_signature(hello.signature)
-        numel = self.layout.total
+        layout = Layout.from_signature(hello.signature)
+        numel = layout.total
+        st = self.cfg.staleness
+        if st.delay != "none":  # checked before anything is set: a refused hello leaves no half-state
+            need = ParamHistory.memory_mb(numel, st.delay_versions)
+            if need > st.delay_memory_mb:
+                raise ProtocolError("config", f"staleness.delay_versions={st.delay_versions} needs {need:.0f} MB "
+                                              f"for {numel} parameters, over staleness.delay_memory_mb="
+                                              f"{st.delay_memory_mb:g}")
         assert hello.init is not None
+        self.layout = layout
         self.params = hello.init.reshape(-1).clone()
         self.opt = make_optimizer(self.params, self.cfg.optimizer)
-        self.agg = make_aggregator(self.cfg.compression.ef21, numel, self.cfg.compression.resync_every)
+        self.agg = make_aggregator(self.cfg.compression.ef21, numel, self.cfg.compression.resync_every,
+                                   st.apply_every)
+        if st.delay != "none":
+            self.history = ParamHistory(numel, st.delay_versions, st.delay, self.cfg.seed)
+            self.history.record(0, self.params)
         self.pool = SendPool(numel)
         self._alloc = RecvArena(numel, self.cfg.server.max_message_bytes)
         if self.snapshots is not None:
@@ -220,22 +242,43 @@ class ParameterServer:
         worker.last_seq = push.seq
         worker.pushes += 1
         decision = self.policy.decide(record.staleness)
+        stepped = False
         if decision.accept:
-            self.opt.step(self.agg.apply(push.rank, staged), decision.lr, push.rank)
-            self.version += 1
+            stepped = self._apply(push.rank, staged, decision.lr)
             worker.applied += 1
             record.version, record.lr, record.applied = self.version, decision.lr, True
         else:
             record.reason = decision.reason
         self._record(record)
         t1 = time.perf_counter()
-        reply = Reply(applied=decision.accept, reason=record.reason, staleness=record.staleness,
-                      version=self.version, lr=record.lr)
-        self._send_params(identity, reply)
+        self._replies[push.rank] = Reply(applied=decision.accept, reason=record.reason,
+                                         staleness=record.staleness, version=self.version, lr=record.lr)
+        for rank in self.gate.pushed(push.rank, stepped):
+            self._release(rank)
         self.timing["apply_s"] += t1 - t0
         self.timing["reply_s"] += time.perf_counter() - t1
         if self.version >= self.cfg.run.max_updates:
             self.request_stop("max_updates")
+
+    def _apply(self, rank: int, staged, lr: float) -> bool:
+        """Fold an accepted push in; step the optimizer when a group of apply_every pushes is complete."""
+        self._group_lrs.append(lr)
+        direction = self.agg.apply(rank, staged)
+        if direction is None:
+            return False
+        group_lr = sum(self._group_lrs) / len(self._group_lrs)  # apply_every: the mean lr of the group
+        self._group_lrs.clear()
+        self.opt.step(direction, group_lr, rank)
+        self.version += 1
+        if self.history is not None:
+            self.history.record(self.version, self.params)
+        return True
+
+    def _release(self, rank: int) -> None:
+        """Send rank its held reply with the parameters of now (or, with an artificial delay, older ones)."""
+        reply = self._replies.pop(rank)
+        reply.version = self.version  # the parameters go out now, so does their version
+        self._send_params(self.workers[rank].identity, reply)
 
     def _check_push(self, identity: bytes, push: Push) -> WorkerInfo:
         info = self.workers.get(push.rank)
@@ -273,11 +316,14 @@ class ParameterServer:
         must be a copy: up to COPY_BELOW_BYTES ZeroMQ copies them (cheapest, and its buffers stay warm in
         cache); above, a pooled snapshot goes out zero-copy and is reused once ZeroMQ releases it."""
         assert self.params is not None
-        if self.params.numel() * 4 <= COPY_BELOW_BYTES:
-            msg.params = self.params
+        source = self.params
+        if self.history is not None and isinstance(msg, Reply):
+            msg.version, source = self.history.pick(self.version)  # the worker computes at that version
+        if source.numel() * 4 <= COPY_BELOW_BYTES:
+            msg.params = source
             self._send(identity, msg, copy=True)
             return
-        buf = self.pool.snapshot(self.params)
+        buf = self.pool.snapshot(source)
         msg.params = buf
         tracker = self._send(identity, msg, track=True)
         self.pool.sent(buf, tracker)
@@ -303,6 +349,9 @@ class ParameterServer:
             self._tick_waiting(now)
         elif self.stop_reason is None and now - self.t_start >= self.cfg.run.max_seconds:
             self.request_stop("max_seconds")
+        elif self.gate.held and now >= self._next_heartbeat:  # held by ssp or the barrier: keep them waiting
+            self._next_heartbeat = now + 1.0
+            self._heartbeat(self.gate.waiting())
         if now >= self._next_status:
             self._next_status = now + self.cfg.server.status_every_s
             self.log.flush()
@@ -318,8 +367,11 @@ class ParameterServer:
             self._start_training()
         elif now >= self._next_heartbeat:
             self._next_heartbeat = now + 1.0
-            for rank in self._pending:
-                self._send(self.workers[rank].identity, Heartbeat(rank=-1, version=self.version))
+            self._heartbeat(self._pending)
+
+    def _heartbeat(self, ranks: list[int]) -> None:
+        for rank in ranks:
+            self._send(self.workers[rank].identity, Heartbeat(rank=-1, version=self.version))
 
     def _snapshot_meta(self) -> dict:
         return {"version": self.version, "wall_s": self.wall(), "train_loss_pushed": self.counters.window()["loss"]}

@@ -22,7 +22,9 @@ def test_report_overlays_runs_and_tables_their_figures(tmp_path):
     assert s["metrics"]["test accuracy vs wall time"] == ["A", "B"]
     assert s["metrics"]["test accuracy vs updates"] == ["A", "B"]
     assert s["metrics"]["loss vs wall time"] == ["A test", "A train", "B test", "B train"]
-    assert s["staleness"] == {"staleness histogram": ["A", "B"], "staleness vs wall time": ["A", "B"]}
+    assert s["staleness"] == {"staleness histogram": ["A", "B"], "staleness vs wall time": ["A", "B"],
+                              "applied lr vs wall time": ["A", "B"],
+                              "staleness histogram per worker": []}  # per worker only for a single run
     assert s["bytes"] == {"uplink vs pushes received": ["A", "B"], "uplink vs wall time": ["A", "B"]}
     assert s["accuracy_bytes"] == {"test accuracy vs uplink": ["A", "B"], "loss vs uplink": ["A test", "B test"]}
     md = report.markdown.read_text().splitlines()
@@ -76,3 +78,12 @@ def test_command_line_refuses_bad_arguments(tmp_path, capsys):
     assert main([str(a), str(tmp_path / "empty"), *out]) == 2
     assert f"not a run folder (no summary.json or metrics.jsonl): {tmp_path / 'empty'}" in capsys.readouterr().err
     assert not (tmp_path / "rep").exists()
+
+
+def test_single_run_plots_staleness_per_worker(tmp_path):
+    from launch.plots import plot_run
+
+    run = fake_run(tmp_path / "run", acc_end=0.9, push_bytes=100, staleness=2)
+    s = plot_run(run).series["staleness"]
+    workers = s["staleness histogram per worker"]
+    assert workers and all(label.startswith("worker ") for label in workers)
