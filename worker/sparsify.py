@@ -51,8 +51,7 @@ def topk_exact(mag: torch.Tensor, k: int, mask: torch.Tensor, gen: torch.Generat
         return torch.empty(0, dtype=torch.int64, device=mag.device)
     low = _sampled_threshold(mag, 2 * k, 0.0, gen) if gen is not None else None
     if low is not None and bool(low > 0):
-        torch.ge(mag, low, out=mask)
-        cand = _nonzero(mask)
+        cand = _nonzero(_at_least(mag, low, mask))
         if cand.numel() >= k:
             vals = mag.index_select(0, cand)  # ~20x faster on the CPU than mag[cand]
             t = torch.topk(vals, k, sorted=False).values.min()
@@ -82,7 +81,7 @@ def topk_sampled(mag: torch.Tensor, k: int, fraction: float, gen: torch.Generato
     if t is None:
         return topk_exact(mag, k, mask)
     if bool(t > 0):
-        torch.ge(mag, t, out=mask)
+        _at_least(mag, t, mask)
     else:  # more than d - k zeros: keep the nonzeros (fewer than about k), never the zeros
         torch.gt(mag, 0, out=mask)
     return _nonzero(mask)
@@ -118,6 +117,16 @@ def randk(d: int, k: int, gen: torch.Generator, device: torch.device) -> torch.T
     if seen.numel() > k:
         seen = seen[torch.randperm(seen.numel(), generator=gen, device=device)[:k]].sort().values
     return seen
+
+
+def _at_least(mag: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mask = mag >= t (t a 0-dim tensor of mag's dtype). On the CPU numpy's comparison into a bool
+    array is ~5x faster than torch's (0.5 against 2.5 ms at 4.2M, one thread); the same float32 compare."""
+    if mag.device.type == "cpu":
+        np.greater_equal(mag.numpy(), np.float32(float(t)), out=mask.numpy())
+    else:
+        torch.ge(mag, t, out=mask)
+    return mask
 
 
 def _nonzero(mask: torch.Tensor) -> torch.Tensor:
