@@ -15,46 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from bench import rpc_baseline
 from bench.machine import AMSGRAD_BYTES_PER_PARAM, amsgrad_step_s, copy_bandwidth_gbs
+from bench.push_run import ROOT, run_push_server
 
-ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {(262144, 2): 1.5, (4194304, 1): 2.0}  # issue 2: taups / rpc at least this
 
 
 def run_taups(params: int, workers: int, warmup_s: float, seconds: float, endpoint: str) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        cfg = {"name": "bench", "workers": workers,
-               "server": {"endpoint": endpoint, "stop_grace_s": 1.0, "join_timeout_s": 60},
-               "run": {"max_updates": 10**9, "max_seconds": warmup_s + seconds + 1.0, "eval_every_s": 1e6}}
-        (tmp / "c.yaml").write_text(yaml.safe_dump(cfg))
-        server = subprocess.Popen([sys.executable, "-m", "ps", "--config", str(tmp / "c.yaml"), "--run-dir",
-                                   str(tmp / "run")], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        ep = server.stdout.readline().split()[1]
-        procs = [subprocess.Popen([sys.executable, "-m", "bench.push_worker", "--server", ep, "--rank", str(r),
-                                   "--params", str(params), "--warmup-s", str(warmup_s), "--seconds", str(seconds),
-                                   "--out", str(tmp / f"w{r}.json")], cwd=ROOT) for r in range(workers)]
-        for p in procs:
-            p.wait(timeout=warmup_s + seconds + 120)
-        server.wait(timeout=60)
-        results = [json.loads((tmp / f"w{r}.json").read_text()) for r in range(workers)]
-        summary = json.loads((tmp / "run" / "server_summary.json").read_text())
-    split = summary["time_split_s"]
-    n = max(1, summary["updates"])
-    return {
-        "updates_per_s": sum(r["updates"] / r["window_s"] for r in results if r["window_s"] > 0),
-        "per_update_ms": {k.removesuffix("_s"): 1e3 * v / n for k, v in split.items() if k != "idle_s"},
-        "server_idle_fraction": split["idle_s"] / max(1e-9, sum(split.values())),
-    }
+    return run_push_server(params, workers, warmup_s, seconds, endpoint)
 
 
 def main() -> int:

@@ -1,7 +1,12 @@
-"""A benchmark worker: joins a taups server and pushes one preallocated dense gradient as fast as the
-server answers (no gradient computation), counting round trips inside a measurement window.
+"""A benchmark worker: joins a taups server and pushes as fast as the server answers, counting round
+trips inside a measurement window. No model: a few preallocated random gradients, cycled, stand in for
+the model's gradient (a fixed one would let g_i converge to it and leave EF21 nothing to compress).
+Everything else a real worker does per push is done: the error-feedback state update and compression
+(uplink.prepare), the push/reply exchange, and decoding what was sent into g_i (uplink.commit).
 
 python -m bench.push_worker --server EP --rank R --params P --warmup-s W --seconds S --out FILE
+                            [--method none|naive|ef14|ef21|ef21-sgdm|ef21-sgd2m --compressor topk
+                             --ratio 0.01 --values float32 --indices auto --selection exact]
 """
 
 from __future__ import annotations
@@ -13,8 +18,29 @@ import time
 import torch
 
 from protocol.channel import Channel
+from protocol.config import CompressionConfig
 from protocol.layout import Layout
 from protocol.messages import Hello, Push, Reply, Stop, Welcome
+from worker.compressors import make_compressor
+from worker.ef import make_uplink
+
+GRADIENTS = 4  # distinct preallocated gradients, cycled
+
+
+def compression_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--method", default="none")
+    ap.add_argument("--compressor", default="identity")
+    ap.add_argument("--ratio", type=float, default=0.01)
+    ap.add_argument("--values", default="float32")
+    ap.add_argument("--indices", default="auto")
+    ap.add_argument("--selection", default="exact")
+
+
+def compression_config(args) -> CompressionConfig:
+    cfg = CompressionConfig(method=args.method, compressor=args.compressor, ratio=args.ratio, values=args.values,
+                            indices=args.indices, selection=args.selection)
+    cfg.check()
+    return cfg
 
 
 def main() -> None:
@@ -25,40 +51,64 @@ def main() -> None:
     ap.add_argument("--warmup-s", type=float, default=2.0)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--out", required=True)
+    compression_args(ap)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    comp = compression_config(args)
     layout = Layout.from_shapes([("w", (args.params,))])
+    compressor = make_compressor(comp, layout, seed=args.rank) if comp.method != "none" else None
+    uplink = make_uplink(comp, args.params, compressor, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(args.rank)
+    grads = [torch.randn(args.params, generator=gen) * 1e-3 for _ in range(GRADIENTS)]
     params = torch.zeros(args.params)
-    grad = torch.randn(args.params, generator=torch.Generator().manual_seed(args.rank)) * 1e-3
     chan = Channel("dealer")
     chan.connect(args.server)
     alloc = lambda cls, spec: params  # every reply lands in the same buffer
-    chan.send(Hello(rank=args.rank, pid=0, host="bench", device="cpu", run_id="bench", uplink="grad",
+    chan.send(Hello(rank=args.rank, pid=0, host="bench", device="cpu", run_id="bench", uplink=uplink.uplink,
                     signature=layout.signature(), init=params))
     while True:
         _, msg = chan.recv(120, alloc=alloc)
         if isinstance(msg, Welcome):
             break
-    seq, version = msg.next_seq, msg.version
-    t_start = time.perf_counter()
-    lo, hi = t_start + args.warmup_s, t_start + args.warmup_s + args.seconds
-    counted, first, last = 0, None, None
-    while True:
-        chan.send(Push(rank=args.rank, seq=seq, base_version=version, kind="grad", encoding="dense",
-                       numel=args.params, loss=0.0, samples=1, values=grad))
-        _, reply = chan.recv(120, alloc=alloc)
-        now = time.perf_counter()
-        if isinstance(reply, Stop) or now > hi:
-            break
-        assert isinstance(reply, Reply), reply
-        seq, version = seq + 1, reply.version
-        if now >= lo:
-            counted += 1
-            first = first or now
-            last = now
+    result = push_loop(chan, uplink, grads, args, msg.next_seq, msg.version, alloc)
     chan.close()
     with open(args.out, "w") as f:
-        json.dump({"rank": args.rank, "updates": counted, "window_s": (last - first) if counted > 1 else 0.0}, f)
+        json.dump({"rank": args.rank, **result}, f)
+
+
+def push_loop(chan: Channel, uplink, grads: list, args, seq: int, version: int, alloc) -> dict:
+    """Push until the window ends; counts, bytes and the worker's time split inside the window."""
+    t_start = time.perf_counter()
+    lo, hi = t_start + args.warmup_s, t_start + args.warmup_s + args.seconds
+    counted, first, last, pushed_bytes = 0, None, None, 0
+    cpu_first = cpu_last = 0.0  # this process's CPU time (all threads, zmq's I/O thread too) over the window
+    split = {"prepare_s": 0.0, "exchange_s": 0.0, "commit_s": 0.0}
+    while True:
+        t0 = time.perf_counter()
+        kind, p = uplink.prepare(grads[seq % len(grads)])
+        t1 = time.perf_counter()
+        chan.send(Push(rank=args.rank, seq=seq, base_version=version, kind=kind, encoding=p.encoding,
+                       numel=args.params, loss=0.0, samples=1, meta=p.meta, values=p.values, indices=p.indices,
+                       signs=p.signs))
+        sent = chan.last_send_bytes
+        _, reply = chan.recv(120, alloc=alloc)
+        t2 = time.perf_counter()
+        if isinstance(reply, Stop) or t2 > hi:
+            break
+        assert isinstance(reply, Reply), reply
+        uplink.commit(reply.applied)
+        t3 = time.perf_counter()
+        seq, version = seq + 1, reply.version
+        if t2 >= lo:
+            counted += 1
+            if first is None:
+                first, cpu_first = t2, time.process_time()
+            last, cpu_last = t2, time.process_time()
+            pushed_bytes += sent
+            for key, dt in (("prepare_s", t1 - t0), ("exchange_s", t2 - t1), ("commit_s", t3 - t2)):
+                split[key] += dt
+    return {"updates": counted, "window_s": (last - first) if counted > 1 else 0.0, "push_bytes": pushed_bytes,
+            "split_s": split, "cpu_s": cpu_last - cpu_first}
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ def build_summary(run_dir: Path, cfg: ExperimentConfig, processes: dict) -> dict
         "final_test_acc": final.get("test_acc"),
         "final_test_loss": final.get("test_loss"),
         "final_train_loss": final.get("train_loss"),
+        "final_grad_norm_sq": final.get("grad_norm_sq"),  # None unless run.eval_grad_norm (or the quadratic)
         "best_test_acc": max(accs) if accs else None,
         "time_to_acc_s": {str(t): time_to_accuracy(metrics, t) for t in ACC_TARGETS},
         "staleness_mean": server.get("staleness_mean", 0.0),

@@ -30,17 +30,27 @@ def require(ok: bool, key: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    kind: Literal["logistic", "lstsq"] = "logistic"  # classification (softmax) or least squares
-    dim: int = 100  # input features
-    samples: int = 4000  # train + test samples, generated from data_seed
+    # logistic: classification (softmax); lstsq: least squares; quadratic: f(x) = 1/2 ||x - x*||^2 on the
+    # parameter vector x itself (no data: the noisy quadratic of RESEARCH R3)
+    kind: Literal["logistic", "lstsq", "quadratic"] = "logistic"
+    dim: int = 100  # input features (quadratic: the dimension of x)
+    samples: int = 4000  # train + test samples, generated from data_seed (quadratic: unused)
     classes: int = 2  # logistic only
-    noise: float = 0.1  # label noise (logistic: flip rate; lstsq: target noise std)
-    data_seed: int = 0  # the data set stays fixed when the experiment seed changes
+    # logistic: label flip rate; lstsq: target noise std; quadratic: gradient noise std sigma (per coordinate,
+    # divided by sqrt(task.batch_size); batch_size 0 gives the exact gradient)
+    noise: float = 0.1
+    data_seed: int = 0  # the data set stays fixed when the experiment seed changes (quadratic: draws x*)
+    optimum_scale: float = 0.0  # quadratic: x* = optimum_scale * N(0, I) from data_seed (0: x* = 0)
+    init_scale: float = 1.0  # quadratic: x^0 = x* + init_scale * N(0, I) / sqrt(dim) from seed (0: start at x*)
 
     def check(self) -> None:
         require(self.dim >= 1, "dim", "must be >= 1")
+        require(self.dim <= 1 << 28, "dim", "must be <= 2^28 (1 GiB of float32)")
         require(self.samples >= 10, "samples", "must be >= 10")
-        require(self.samples * self.dim <= 1 << 28, "samples", "samples * dim must be <= 2^28 floats (1 GiB)")
+        require(self.kind == "quadratic" or self.samples * self.dim <= 1 << 28, "samples",
+                "samples * dim must be <= 2^28 floats (1 GiB)")
+        require(self.optimum_scale >= 0, "optimum_scale", "must be >= 0")
+        require(self.init_scale >= 0, "init_scale", "must be >= 0")
         require(self.classes >= 2, "classes", "must be >= 2")
         require(self.noise >= 0, "noise", "must be >= 0")
 
@@ -210,6 +220,9 @@ class RunConfig:
     max_seconds: float = 600.0  # ... or after this much wall time, whichever comes first
     eval_every_s: float = 1.0  # the server snapshots parameters this often; the evaluator scores them
     eval_max_samples: int = 10000  # cap on train/test samples scored per evaluation
+    # also report ||grad f(x)||^2 of the training objective (full batch over eval_max_samples, regularizer
+    # included) in every metrics line; costs one backward pass per evaluation (quadratic: always reported)
+    eval_grad_norm: bool = False
     progress_every_s: float = 1.0  # launcher progress line cadence
     runs_dir: str = "runs"  # run folders go to <runs_dir>/<name>-<timestamp>/
     plots: bool = True  # draw PNG plots into the run folder at the end

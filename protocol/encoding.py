@@ -158,9 +158,8 @@ def decode_into(p: Payload, numel: int, out: torch.Tensor) -> torch.Tensor:
             return values
         return dense.copy_(values)
     elif p.encoding == "sparse":
-        idx, vals = decode_sparse(p, numel)
-        dense.zero_()
-        dense[idx] = vals
+        idx, vals = decode_sparse(p, numel)  # validated, values finite: no pass over the dense vector
+        return dense.zero_().index_copy_(0, idx, vals)
     elif p.encoding == "natural":
         exponent = _expect(p.values, torch.uint8, numel, "exponents")
         if bool((exponent == 255).any()):

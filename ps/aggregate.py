@@ -42,6 +42,32 @@ class Staged:
     values: torch.Tensor | None = None  # float32 (k,)
 
 
+class DecodeScratch:
+    """The dense float32 buffer direct pushes are decoded into.
+
+    Sparse pushes (naive, ef14) are scattered into a buffer kept zero elsewhere: only the k positions
+    the previous sparse push wrote are re-zeroed, not all d (after any other encoding, all d are).
+    """
+
+    def __init__(self, numel: int):
+        self.buf = torch.zeros(numel, dtype=torch.float32)
+        self._written: torch.Tensor | None = None  # positions the last sparse decode wrote
+        self._all_written = False  # the last other decode may have written anywhere
+
+    def decode(self, p: Payload) -> torch.Tensor:
+        if p.encoding != "sparse":
+            self._all_written = True  # even if it fails half way: the next sparse push zeroes everything
+            return decode_into(p, self.buf.numel(), self.buf)
+        idx, vals = decode_sparse(p, self.buf.numel())  # validates before anything is written
+        if self._all_written:
+            self.buf.zero_()
+            self._all_written = False
+        elif self._written is not None:
+            self.buf.index_fill_(0, self._written, 0.0)
+        self._written = idx
+        return self.buf.index_copy_(0, idx, vals)
+
+
 class DirectAggregator:
     uplink = "grad"
 
@@ -49,14 +75,14 @@ class DirectAggregator:
         self.numel = numel
         self.every = every
         self.drift_max = 0.0
-        self._scratch = torch.empty(numel, dtype=torch.float32)
+        self._scratch = DecodeScratch(numel)
         self._sum = torch.zeros(numel, dtype=torch.float32) if every > 1 else None
         self._count = 0
 
     def stage(self, push: Push) -> Staged:
         if push.kind != "grad":
             raise ProtocolError("bad_encoding", f"this server takes 'grad' pushes, got kind {push.kind!r}")
-        return Staged("grad", dense=decode_into(payload_of(push), self.numel, self._scratch))
+        return Staged("grad", dense=self._scratch.decode(payload_of(push)))
 
     def apply(self, rank: int, staged: Staged) -> torch.Tensor | None:
         assert staged.dense is not None

@@ -186,3 +186,24 @@ def test_ef14_keeps_a_refused_push_in_its_residual():
     up.prepare(torch.zeros(d))
     up.commit(True)
     assert int((up.e != 0).sum()) == d - 5  # the top 5 went out, the rest stays
+
+
+def test_direct_decode_scratch_rezeroes_only_what_the_last_sparse_push_wrote():
+    from protocol.encoding import decode_into, encode_dense, encode_qsgd, encode_sparse
+    from protocol.errors import ProtocolError
+    from ps.aggregate import DecodeScratch
+
+    d = 1000
+    gen = torch.Generator().manual_seed(0)
+    sparse = lambda k: encode_sparse(torch.randperm(d, generator=gen)[:k].sort().values, torch.randn(k), d)
+    bad = encode_sparse(torch.tensor([3, 5]), torch.tensor([1.0, float("nan")]), d)
+    scratch = DecodeScratch(d)
+    payloads = [sparse(10), sparse(50), encode_dense(torch.randn(d), "bfloat16"), sparse(5), bad, sparse(7),
+                encode_qsgd(torch.randint(-4, 5, (d,)), 2.0, 4), sparse(3), encode_dense(torch.randn(d)), sparse(1)]
+    for p in payloads:
+        try:
+            got = scratch.decode(p).clone()
+        except ProtocolError:
+            assert p is bad
+            continue
+        assert torch.equal(got, decode_into(p, d, torch.zeros(d))), p.encoding  # as if decoded into zeros

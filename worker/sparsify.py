@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 # A sampled threshold is the j-th largest of m sampled magnitudes, about m * count / d of them for a
@@ -41,7 +42,7 @@ def topk_exact(mag: torch.Tensor, k: int, mask: torch.Tensor, gen: torch.Generat
     With `gen`, a sampled threshold first narrows the search to about 2k candidates, every |x| >= it.
     If at least k pass, they hold all of the k largest, so t and the result are exactly those of the
     full search (the draws change the cost, never the indices); otherwise the full search runs.
-    torch.topk over 10M floats costs ~190 ms on one CPU thread, the narrowed search ~20 ms.
+    torch.topk over 10M floats costs ~190 ms on one CPU thread, the narrowed search ~10 ms.
     """
     d = mag.numel()
     if k >= d:
@@ -50,11 +51,13 @@ def topk_exact(mag: torch.Tensor, k: int, mask: torch.Tensor, gen: torch.Generat
         return torch.empty(0, dtype=torch.int64, device=mag.device)
     low = _sampled_threshold(mag, 2 * k, 0.0, gen) if gen is not None else None
     if low is not None and bool(low > 0):
-        torch.ge(mag, low, out=mask)
-        cand = _nonzero(mask)
+        cand = _nonzero(_at_least(mag, low, mask))
         if cand.numel() >= k:
-            vals = mag[cand]
+            vals = mag.index_select(0, cand)  # ~20x faster on the CPU than mag[cand]
             t = torch.topk(vals, k, sorted=False).values.min()
+            keep = vals >= t
+            if int(keep.sum()) == k:  # no ties beyond the k-th: cand is sorted, so is cand[keep]
+                return cand[keep]
             above = cand[vals > t]
             ties = cand[vals == t][:k - above.numel()]
             return torch.cat([above, ties]).sort().values
@@ -78,7 +81,7 @@ def topk_sampled(mag: torch.Tensor, k: int, fraction: float, gen: torch.Generato
     if t is None:
         return topk_exact(mag, k, mask)
     if bool(t > 0):
-        torch.ge(mag, t, out=mask)
+        _at_least(mag, t, mask)
     else:  # more than d - k zeros: keep the nonzeros (fewer than about k), never the zeros
         torch.gt(mag, 0, out=mask)
     return _nonzero(mask)
@@ -90,7 +93,7 @@ def _sampled_threshold(mag: torch.Tensor, count: int, fraction: float, gen: torc
     m = max(1, round(fraction * d), math.ceil(MIN_RANK * d / max(count, 1)))
     if 4 * m >= d:
         return None
-    sample = mag[torch.randint(0, d, (m,), generator=gen, device=mag.device)]
+    sample = mag.index_select(0, torch.randint(0, d, (m,), generator=gen, device=mag.device))
     j = min(m, max(1, round(m * count / d)))  # rank of the threshold within the sample
     return torch.topk(sample, j, sorted=False).values.min()
 
@@ -116,6 +119,20 @@ def randk(d: int, k: int, gen: torch.Generator, device: torch.device) -> torch.T
     return seen
 
 
+def _at_least(mag: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mask = mag >= t (t a 0-dim tensor of mag's dtype). On the CPU numpy's comparison into a bool
+    array is ~5x faster than torch's (0.5 against 2.5 ms at 4.2M, one thread); the same float32 compare."""
+    if mag.device.type == "cpu":
+        np.greater_equal(mag.numpy(), np.float32(float(t)), out=mask.numpy())
+    else:
+        torch.ge(mag, t, out=mask)
+    return mask
+
+
 def _nonzero(mask: torch.Tensor) -> torch.Tensor:
-    """Positions of the True entries, increasing (torch.nonzero returns them sorted)."""
+    """Positions of the True entries, increasing (both nonzeros return them sorted).
+
+    On the CPU numpy's nonzero is ~2.5x faster than torch's on one thread (2.0 against 5.4 ms at 4.2M)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
     return torch.nonzero(mask).view(-1)

@@ -46,6 +46,8 @@ class Dataset:
 def load_dataset(cfg: TaskConfig) -> Dataset:
     if cfg.dataset == "digits":
         return _digits(cfg.test_fraction, image=cfg.model == "cnn")
+    if cfg.dataset == "synthetic" and cfg.synthetic.kind == "quadratic":
+        raise ValueError("the synthetic quadratic has no data set (see worker/tasks/quadratic.py)")
     if cfg.dataset == "synthetic":
         return _synthetic(cfg)
     if cfg.dataset == "mnist":
