@@ -9,14 +9,16 @@ then the sharpness (top Hessian eigenvalue) at every run's final parameters.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.common import Point, Sweep, run_sweep
+from experiments.common import Point, Sweep, record_sweep, recorded_sweep, run_sweep
 from experiments.sharpness import run_sharpness
 
 CONFIG = "configs/stability_edge.yaml"
 PICK_TOL = 0.01  # lr0: within one accuracy point of the grid's best
+SHARPNESS = "sharpness.json"  # beside the sweeps: {run folder: top Hessian eigenvalue at its final parameters}
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,23 @@ def run(plan: MlpPlan, base_dir: Path) -> MlpRuns:
                                  f"sweep.staleness.lr_rule=[{', '.join(plan.rules)}]", *common],
                         base_dir / "delayed",
                         plan.timeout_s(len(plan.taus) * len(plan.rules) * len(plan.seeds), plan.updates))
-    sharp = {}
+    for sweep in (grid, base, delayed):
+        record_sweep(sweep, base_dir)
+    return measured(base_dir, grid, base, delayed)
+
+
+def measured(base_dir: Path, grid: Sweep, base: Sweep, delayed: Sweep) -> MlpRuns:
+    """The runs with every final model's sharpness (computed once, kept in sharpness.json beside them)."""
+    path = base_dir / SHARPNESS
+    known = json.loads(path.read_text()) if path.exists() else {}
     for p in (*grid.points, *base.points, *delayed.points):
-        sharp[p.folder] = run_sharpness(p.folder) if p.ok else None
-    return MlpRuns(grid, lr0, base, delayed, sharp)
+        key = str(p.folder.relative_to(base_dir))
+        if key not in known:
+            known[key] = run_sharpness(p.folder) if p.ok else None
+    path.write_text(json.dumps(known, indent=1))
+    sharp = {base_dir / k: v for k, v in known.items()}
+    return MlpRuns(grid, pick_lr0(grid.points), base, delayed, sharp)
+
+
+def recorded(base_dir: Path) -> MlpRuns:
+    return measured(base_dir, *(recorded_sweep(base_dir, name) for name in ("lr_grid", "tau0", "delayed")))

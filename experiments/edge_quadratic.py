@@ -3,7 +3,9 @@ through the real server, against the closed form 2 sin(pi/(2(2 tau + 1))) and, w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -77,6 +79,22 @@ def examples(part_a: list[Edge]) -> dict[str, list[float]]:
     edge = next((e for e in part_a if e.tau == EXAMPLE_TAU), part_a[-1])
     return {f"{f:g} x measured edge": delay_trajectory(f * edge.bracket.mid, edge.tau, edge.steps)
             for f in EXAMPLE_FACTORS} | {"tau": [edge.tau]}
+
+
+def save(path: Path, part_a: list[Edge], part_c: list[Edge], example: dict) -> None:
+    """The measured edges and example trajectories, so a report can be rebuilt without re-measuring."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"a": [asdict(e) for e in part_a], "c": [asdict(e) for e in part_c],
+                                "example": example}))
+
+
+def load(path: Path) -> tuple[list[Edge], list[Edge], dict]:
+    data = json.loads(path.read_text())
+
+    def edges(rows):
+        return [Edge(**{**r, "bracket": Bracket(**r["bracket"])}) for r in rows]
+
+    return edges(data["a"]), edges(data["c"]), data["example"]
 
 
 def edge_table(edges: list[Edge], theory_name: str) -> str:

@@ -19,12 +19,18 @@ from pathlib import Path
 import torch
 
 from experiments import edge_mlp, edge_mlp_report, edge_quadratic
-from experiments.common import header, save_png, script_command, shown
+from experiments.common import header, save_png, shown
+
+QUADRATIC = "quadratic.json"  # parts (a) and (c) run in this process; their results are kept here
 
 
-def part_a_c(plan: edge_quadratic.QuadPlan) -> tuple[list[str], dict]:
-    print("(a)/(c): stable lr of delayed SGD on x^2/2 through the in-process server", flush=True)
-    part_a, part_c, example = edge_quadratic.measure(plan)
+def part_a_c(plan: edge_quadratic.QuadPlan, base: Path, report_only: bool) -> tuple[list[str], dict]:
+    if report_only:
+        part_a, part_c, example = edge_quadratic.load(base / QUADRATIC)
+    else:
+        print("(a)/(c): stable lr of delayed SGD on x^2/2 through the in-process server", flush=True)
+        part_a, part_c, example = edge_quadratic.measure(plan)
+        edge_quadratic.save(base / QUADRATIC, part_a, part_c, example)
     text = ["## (a) Stable lr against tau: the quadratic through the server",
             "One fake worker pushes the gradient of f(x) = x^2/2 (curvature 1) at the parameters it was sent; the "
             "server (`staleness.delay: constant`, D = tau + 1, SGD, `lr_rule: constant`) answers with its tau-old "
@@ -43,31 +49,36 @@ def part_a_c(plan: edge_quadratic.QuadPlan) -> tuple[list[str], dict]:
     return text, {"tau": edge_quadratic.figure(part_a, part_c, example)}
 
 
-def part_b(plan: edge_mlp.MlpPlan, runs_dir: Path) -> tuple[list[str], dict, list[str]]:
-    print("(b): digits MLP, SGD, constant delay, lr rules", flush=True)
-    runs = edge_mlp.run(plan, runs_dir)
-    text, figs = edge_mlp_report.report(runs, plan.updates)
+def part_b(plan: edge_mlp.MlpPlan, base: Path, report_only: bool) -> tuple[list[str], dict, list[str]]:
+    if report_only:
+        runs = edge_mlp.recorded(base)
+    else:
+        print("(b): digits MLP, SGD, constant delay, lr rules", flush=True)
+        runs = edge_mlp.run(plan, base)
+    text, figs = edge_mlp_report.report(runs, max(int(p.summary["updates"]) for p in runs.base.points if p.ok))
     commands = [runs.grid.command, runs.base.command, runs.delayed.command]
     return ["## (b) Digits MLP under a constant delay: lr rules", *text], figs, commands
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(prog="python -m experiments.stability_edge", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="few tau, few bisections, 300-update runs (a smoke test)")
     ap.add_argument("--out", type=Path, default=Path("docs/results"), help="report folder (images go to img/)")
     ap.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of the run folders")
+    ap.add_argument("--report-only", type=Path, metavar="DIR",
+                    help="rebuild the report from an earlier experiment folder (runs/stability_edge-*), no new runs")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # the in-process server and the Hessian products share two cores with the runs
-    base = args.runs / f"stability_edge-{time.strftime('%Y%m%d-%H%M%S')}"
-    quad_text, figs = part_a_c(edge_quadratic.QUICK if args.quick else edge_quadratic.FULL)
-    mlp_text, mlp_figs, commands = part_b(edge_mlp.QUICK if args.quick else edge_mlp.FULL, base)
+    base = args.report_only or args.runs / f"stability_edge-{time.strftime('%Y%m%d-%H%M%S')}"
+    quick = args.quick
+    quad_text, figs = part_a_c(edge_quadratic.QUICK if quick else edge_quadratic.FULL, base, bool(args.report_only))
+    mlp_text, mlp_figs, commands = part_b(edge_mlp.QUICK if quick else edge_mlp.FULL, base, bool(args.report_only))
     figs |= mlp_figs
-    img = args.out / "img"
     for name, fig in figs.items():
-        save_png(fig, img / f"stability_edge_{name}.png")
-    title = "At Stability's Edge on small problems (RESEARCH R5)" + (" -- quick smoke run" if args.quick else "")
-    text = [*header(title, script_command("experiments.stability_edge", argv), commands, base),
+        save_png(fig, args.out / "img" / f"stability_edge_{name}.png")
+    title = "At Stability's Edge on small problems (RESEARCH R5)" + (" -- quick smoke run" if quick else "")
+    command = "python -m experiments.stability_edge" + (" --quick" if quick else "")
+    text = [*header(title, command, commands, base),
             "Parts (a) and (c) run the server in this process (`experiments/delayed_quadratic.py`); part (b) runs "
             "the launcher's sweeps above.", *quad_text,
             "![stable lr against tau](img/stability_edge_tau.png)", *mlp_text,
