@@ -100,6 +100,7 @@ COMMANDS = "commands.txt"  # in an experiment's folder: the launcher commands, o
 
 def record_sweep(sweep: Sweep, base: Path) -> None:
     """Remember how a sweep was started, so a report can be rebuilt from the folders (--report-only)."""
+    base.mkdir(parents=True, exist_ok=True)  # a sweep refused before it started leaves no folder
     with open(base / COMMANDS, "a") as f:
         f.write(f"{sweep.folder.name}\t{sweep.command}\n")
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.common import Point, Sweep, record_sweep, recorded_sweep, run_sweep
-from experiments.sharpness import run_sharpness
+from experiments.sharpness import init_sharpness, run_sharpness
 
 CONFIG = "configs/stability_edge.yaml"
 PICK_TOL = 0.01  # lr0: within one accuracy point of the grid's best
-SHARPNESS = "sharpness.json"  # beside the sweeps: {run folder: top Hessian eigenvalue at its final parameters}
+SHARPNESS = "sharpness.json"  # beside the sweeps: {run folder or "init seed=N": top Hessian eigenvalue}
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class MlpRuns:
     lr0: float
     base: Sweep
     delayed: Sweep
-    sharpness: dict[Path, float | None]
+    sharpness: dict[Path, float | None]  # at each run's final parameters
+    init_sharpness: dict[int, float]  # at the initial parameters, per seed
 
 
 def pick_lr0(points: list[Point]) -> float:
@@ -83,9 +84,14 @@ def measured(base_dir: Path, grid: Sweep, base: Sweep, delayed: Sweep) -> MlpRun
         key = str(p.folder.relative_to(base_dir))
         if key not in known:
             known[key] = run_sharpness(p.folder) if p.ok else None
+    for p in base.points:  # the tau = 0 runs start from the same model as every other run of their seed
+        key = f"init seed={p.values['seed']}"
+        if key not in known:
+            known[key] = init_sharpness(p.folder)
     path.write_text(json.dumps(known, indent=1))
-    sharp = {base_dir / k: v for k, v in known.items()}
-    return MlpRuns(grid, pick_lr0(grid.points), base, delayed, sharp)
+    sharp = {base_dir / k: v for k, v in known.items() if not k.startswith("init ")}
+    init = {int(k.split("=")[1]): v for k, v in known.items() if k.startswith("init ")}
+    return MlpRuns(grid, pick_lr0(grid.points), base, delayed, sharp, init)
 
 
 def recorded(base_dir: Path) -> MlpRuns:

@@ -50,3 +50,8 @@ def run_sharpness(run_dir: Path) -> float | None:
     task = Task(cfg)
     task.net.params.copy_(params)
     return top_eigenvalue(task)
+
+
+def init_sharpness(run_dir: Path) -> float:
+    """Sharpness at a run's initial parameters (every process builds them from the run's seed)."""
+    return top_eigenvalue(Task(load_experiment(run_dir / "config.yaml")))
