@@ -176,7 +176,9 @@ def header(title: str, script_command: str, commands: list[str], runs: Path) -> 
             f"Sweeps started {started} by `{script_command}`; report written "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
             f"Machine: {machine()}. Wall times are not reported: the cores were shared, so they say little.",
-            f"The launcher commands it ran (run folders in `{shown(runs)}/`; `runs/` is not committed):\n\n{lines}"]
+            f"The launcher commands it ran (run folders in `{shown(runs)}/`; `runs/` is not committed):\n\n{lines}\n\n"
+            f"The report is rebuilt from those folders, without new runs, by "
+            f"`{script_command} --report-only {shown(runs)}`."]
 
 
 def table(header_row: list[str], rows: list[list]) -> str:
