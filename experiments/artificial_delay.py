@@ -1,0 +1,93 @@
+"""APAM under artificial delay (RESEARCH.md R2): python -m experiments.artificial_delay [--quick]
+
+One worker trains the digits MLP with the server's AMSGrad; the server answers every push with one of its
+last D parameter versions, drawn uniformly (staleness.delay: uniform), for D in {1, 6, 21, 51, 101}, the
+same number of updates each, a few seeds; then the same with the paper form of AMSGrad. The expectation
+(APAM Sec. 5.4): the final accuracy does not depend on D (within about half a point), early progress is
+slower the larger D, and the measured staleness is uniform on 0..D-1.
+
+Writes <out>/artificial_delay.md and <out>/img/artificial_delay_*.png; the runs go to <runs>/artificial_delay-*/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from experiments.common import Sweep, header, record_sweep, recorded_sweep, run_sweep, save_png, shown
+from experiments.delay_analysis import by_delay, report_body
+
+CONFIG = "configs/artificial_delay.yaml"
+
+
+@dataclass(frozen=True)
+class Plan:
+    delays: list[int]
+    seeds: list[int]
+    paper_delays: list[int]
+    paper_seeds: list[int]
+    updates: int
+
+    @property
+    def timeout_s(self) -> float:
+        return 60 + len(self.delays) * len(self.seeds) * (45 + self.updates / 100)
+
+
+FULL = Plan([1, 6, 21, 51, 101], [0, 1, 2], [1, 6, 21, 51, 101], [0, 1], 5000)
+QUICK = Plan([1, 6], [0], [6], [0], 300)
+
+
+def overrides(delays: list[int], seeds: list[int], updates: int) -> list[str]:
+    return [f"sweep.staleness.delay_versions={delays}", f"sweep.seed={seeds}", f"run.max_updates={updates}"]
+
+
+def run_all(plan: Plan, base: Path) -> tuple[Sweep, Sweep]:
+    torch_form = run_sweep(CONFIG, overrides(plan.delays, plan.seeds, plan.updates), base / "torch", plan.timeout_s)
+    record_sweep(torch_form, base)
+    paper_form = run_sweep(CONFIG, [*overrides(plan.paper_delays, plan.paper_seeds, plan.updates),
+                                    "optimizer.form=paper"], base / "paper", plan.timeout_s)
+    record_sweep(paper_form, base)
+    return torch_form, paper_form
+
+
+def write_report(torch_form: Sweep, paper_form: Sweep, base: Path, out: Path, quick: bool) -> Path:
+    updates = max(int(p.summary["updates"]) for p in torch_form.points if p.ok)
+    body, figures = report_body(by_delay(torch_form.points), by_delay(paper_form.points), updates)
+    for name, fig in figures.items():
+        save_png(fig, out / "img" / f"artificial_delay_{name}.png")
+    title = "APAM under artificial delay (RESEARCH R2)" + (" -- quick smoke run" if quick else "")
+    command = "python -m experiments.artificial_delay" + (" --quick" if quick else "")
+    text = header(title, command, [torch_form.command, paper_form.command], base) + body
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "artificial_delay.md").write_text("\n\n".join(text) + "\n")
+    return out / "artificial_delay.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.artificial_delay", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="D = 1 and 6, one seed, 300 updates (a smoke test)")
+    ap.add_argument("--out", type=Path, default=Path("docs/results"), help="report folder (images go to img/)")
+    ap.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of the run folders")
+    ap.add_argument("--report-only", type=Path, metavar="DIR",
+                    help="rebuild the report from the runs of an earlier experiment folder (no new runs)")
+    args = ap.parse_args(argv)
+    if args.report_only:
+        base = args.report_only
+        torch_form, paper_form = recorded_sweep(base, "torch"), recorded_sweep(base, "paper")
+    else:
+        base = args.runs / f"artificial_delay-{time.strftime('%Y%m%d-%H%M%S')}"
+        torch_form, paper_form = run_all(QUICK if args.quick else FULL, base)
+    if not any(p.ok for p in torch_form.points):
+        print("error: no run finished; nothing to report", file=sys.stderr)
+        return 1
+    report = write_report(torch_form, paper_form, base, args.out, args.quick)
+    print(f"report: {shown(report)}; runs: {shown(base)}")
+    failed = [p for s in (torch_form, paper_form) for p in s.points if not p.ok]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Smoke tests of the reproduction scripts (experiments/): each runs in --quick mode through the real runtime
+into tmp_path and must write its markdown report and the images the report shows."""
+
+import re
+
+import pytest
+
+from experiments import artificial_delay, stability_edge
+
+
+def _check_report(out, report: str, prefix: str, sections: list[str]) -> None:
+    text = (out / report).read_text()
+    for section in sections:
+        assert section in text, section
+    shown = re.findall(r"!\[[^\]]*\]\((img/[^)]+\.png)\)", text)
+    assert shown and all(name.startswith(f"img/{prefix}") for name in shown)
+    for name in shown:
+        size = (out / name).stat().st_size
+        assert 1000 < size < 200_000, (name, size)  # drawn, and small enough to commit
+    assert "python -m launch configs/" in text  # the exact commands are in the report
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_artificial_delay_quick_writes_report_and_plots(tmp_path):
+    out = tmp_path / "out"
+    assert artificial_delay.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
+    _check_report(out, "artificial_delay.md", "artificial_delay_",
+                  ["## Torch form", "## Paper form", "## Measured staleness", "Staleness uniform on 0..D-1"])
+    assert len(list((tmp_path / "runs").glob("artificial_delay-*/torch/0*"))) == 2  # one run folder per D
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_stability_edge_quick_writes_report_and_plots(tmp_path):
+    out = tmp_path / "out"
+    assert stability_edge.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
+    _check_report(out, "stability_edge.md", "stability_edge_",
+                  ["## (a) Stable lr against tau", "## (c) Momentum", "## (b) Digits MLP", "lr x lambda"])
