@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from launch.inproc import FakeWorker, join_all, make_config, running_server
 from protocol.layout import Layout
-from tests.helpers import FakeWorker, join_all, make_config, running_server
 
 ONE = Layout.from_shapes([("x", (1,))])
 BLOWUP = 1e6  # |x| beyond this is divergence; stop the trajectory there

@@ -1,0 +1,111 @@
+"""A real parameter server in a thread and fake workers that speak the protocol by hand.
+
+For tests and for experiments that drive the server with exact, hand-made gradients (experiments/).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+
+import torch
+
+from protocol.channel import Channel
+from protocol.config import ExperimentConfig
+from protocol.layout import Layout
+from protocol.messages import Hello, Message, Push
+from protocol.schema import build
+from ps.server import ParameterServer
+
+TIMEOUT_S = 10.0
+
+
+def make_config(**sections) -> ExperimentConfig:
+    """An ExperimentConfig from plain dicts, e.g. make_config(workers=2, run={"max_updates": 10})."""
+    return build(ExperimentConfig, sections)
+
+
+@contextlib.contextmanager
+def running_server(cfg: ExperimentConfig, run_dir: Path | None = None, endpoint: str = "tcp://127.0.0.1:0"):
+    chan = Channel("router", chunk_bytes=cfg.server.chunk_bytes, max_message_bytes=cfg.server.max_message_bytes,
+                   send_timeout_s=5)
+    bound = chan.bind(endpoint)
+    server = ParameterServer(cfg, chan, run_dir=run_dir)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(server.serve()), daemon=True)
+    thread.start()
+    try:
+        yield server, bound, result
+    finally:
+        server.signal_stop("test over")
+        thread.join(timeout=TIMEOUT_S + cfg.server.stop_grace_s)
+        alive = thread.is_alive()
+        chan.close()
+        assert not alive, "server thread did not stop"
+
+
+class FakeWorker:
+    """A worker without a model: pushes whatever vectors a test hands it."""
+
+    def __init__(self, endpoint: str, rank: int, layout: Layout, max_message_bytes: int = 1 << 28):
+        self.rank = rank
+        self.layout = layout
+        self.chan = Channel("dealer", max_message_bytes=max_message_bytes, send_timeout_s=5)
+        self.chan.connect(endpoint)
+        self.seq = 0
+        self.version = 0
+        self.params: torch.Tensor | None = None
+
+    def hello(self, init: torch.Tensor | None = None, **overrides) -> Message:
+        self.send_hello(init, **overrides)
+        return self.recv_welcome()
+
+    def send_hello(self, init: torch.Tensor | None = None, **overrides) -> None:
+        fields = dict(rank=self.rank, pid=0, host="test", device="cpu", run_id="t", uplink="grad",
+                      signature=self.layout.signature(), init=init)
+        fields.update(overrides)
+        self.chan.send(Hello(**fields))
+
+    def recv_welcome(self) -> Message:
+        reply = self.recv()
+        if reply.TYPE == "welcome":
+            self.seq, self.version, self.params = reply.next_seq, reply.version, reply.params
+        return reply
+
+    def push(self, values: torch.Tensor, base_version: int | None = None, seq: int | None = None,
+             advance: bool = True, **overrides) -> Message:
+        fields = dict(rank=self.rank, seq=self.seq if seq is None else seq,
+                      base_version=self.version if base_version is None else base_version, kind="grad",
+                      encoding="dense", numel=values.numel(), loss=1.0, samples=1, values=values)
+        fields.update(overrides)
+        reply = self.request(Push(**fields))
+        if advance and reply.TYPE == "reply":
+            self.seq += 1
+            self.version = reply.version
+            self.params = reply.params
+        return reply
+
+    def request(self, msg: Message) -> Message:
+        self.chan.send(msg)
+        return self.recv()
+
+    def send_frames(self, frames: list) -> Message:
+        self.chan.sock.send_multipart(frames)
+        return self.recv()
+
+    def recv(self) -> Message:
+        while True:
+            _, reply = self.chan.recv(TIMEOUT_S)
+            if reply.TYPE != "heartbeat":
+                return reply
+
+    def close(self) -> None:
+        self.chan.close()
+
+
+def join_all(workers: list[FakeWorker], init: torch.Tensor) -> list[Message]:
+    """Hello from every worker (the server may wait for all of them), then every welcome."""
+    for w in workers:
+        w.send_hello(init)
+    return [w.recv_welcome() for w in workers]
