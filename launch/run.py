@@ -170,8 +170,9 @@ class AsyncRun(Run):
     def _stop_workers(self) -> None:
         if not self.sup.wait(self._workers(), self.cfg.server.stop_grace_s + 5):
             # The server has ended the run and written its results; a worker that missed the Stop
-            # (e.g. still computing a long step) is simply stopped.
-            self.sup.terminate_all()
+            # (e.g. still computing a long step) is simply stopped. The evaluator still has to score the
+            # final snapshot, so it is left running.
+            self.sup.terminate_all(only=self._workers())
 
 
 class SyncRun(Run):

@@ -117,9 +117,11 @@ class Supervisor:
                 return False
         return True
 
-    def terminate_all(self, grace_s: float = 3.0) -> None:
-        """SIGTERM every live child (its whole process group), then SIGKILL what is left after grace_s."""
-        live = self.running()
+    def terminate_all(self, grace_s: float = 3.0, only: list[str] | None = None) -> None:
+        """SIGTERM every live child (its whole process group), then SIGKILL what is left after grace_s.
+
+        only: just these children (by name), e.g. workers that missed the Stop while the evaluator goes on."""
+        live = [c for c in self.running() if only is None or c.name in only]
         for c in live:
             _signal_group(c.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
