@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -65,6 +66,7 @@ def main() -> int:
                    "target_ratio": TARGETS.get((params, workers)), "server_per_update_ms": t["per_update_ms"],
                    "server_idle_fraction": t["server_idle_fraction"],
                    "worker_cpu_ms_per_push": t["worker_cpu_ms_per_push"],
+                   "server_cpu_ms_per_update": 1e3 * t["server_cpu_s"] / max(1e-9, t["updates_per_s"] * args.seconds),
                    "isolated_step_ms": 1e3 * step, "isolated_step_gbs": apply_gbs}
             rows.append(row)
             print(_line(row, copy_gbs), flush=True)
@@ -83,8 +85,15 @@ def _line(r: dict, copy_gbs: float) -> str:
     rpc = "  ".join(f"rpc/{k} {v:7.1f}/s ({r['ratio'][k]:.2f}x)" for k, v in r["rpc_updates_per_s"].items())
     return (f"{r['params']:>8} params {r['workers']} workers: taups {r['taups_updates_per_s']:7.1f}/s  {rpc}"
             + (f" (target {r['target_ratio']}x)" if r["target_ratio"] else "")
+            + f" | cores busy {_cores_busy(r):.2f}/{os.cpu_count()}"
             + f" | server per update: receive {ms['receive']:.2f} ms, apply {ms['apply']:.2f} ms "
               f"({apply_gbs:.1f} GB/s = {apply_gbs / copy_gbs:.0%} of copy), reply {ms['reply']:.2f} ms")
+
+
+def _cores_busy(r: dict) -> float:
+    """CPU seconds spent per second of the run by the server and the workers together: at the core count, the
+    loop is CPU-bound and more speed must come from fewer CPU cycles per update, not less waiting."""
+    return (r["server_cpu_ms_per_update"] + r["worker_cpu_ms_per_push"]) * r["taups_updates_per_s"] / 1e3
 
 
 def _write(out: Path, rows: list[dict], copy_gbs: float, args) -> None:
@@ -100,8 +109,8 @@ def _write(out: Path, rows: list[dict], copy_gbs: float, args) -> None:
         "loopback runs on this shared 2-core machine vary by up to +-30% between trials.", "",
         "| params | workers | taups upd/s | " + " | ".join(f"rpc/{t} upd/s | ratio" for t in args.rpc_transports)
         + " | target | server receive ms | apply ms | apply GB/s (% of copy) | reply ms | server idle | "
-        "worker CPU ms/push |",
-        "|---|---|---|" + "---|---|" * len(args.rpc_transports) + "---|---|---|---|---|---|---|",
+        f"CPU ms/update (server + workers) | cores busy (of {os.cpu_count()}) |",
+        "|---|---|---|" + "---|---|" * len(args.rpc_transports) + "---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ms = r["server_per_update_ms"]
@@ -110,14 +119,16 @@ def _write(out: Path, rows: list[dict], copy_gbs: float, args) -> None:
         lines.append(f"| {r['params']} | {r['workers']} | {r['taups_updates_per_s']:.1f} | {rpc} | "
                      f"{r['target_ratio'] or ''} | "
                      f"{ms['receive']:.2f} | {ms['apply']:.2f} | {gbs:.1f} ({gbs / copy_gbs:.0%}) | "
-                     f"{ms['reply']:.2f} | {r['server_idle_fraction']:.0%} | {r['worker_cpu_ms_per_push']:.2f} |")
+                     f"{ms['reply']:.2f} | {r['server_idle_fraction']:.0%} | {r['server_cpu_ms_per_update']:.2f} + "
+                     f"{r['worker_cpu_ms_per_push']:.2f} | {_cores_busy(r):.2f} |")
     isolated = {r["params"]: r["isolated_step_ms"] for r in rows}
     lines += ["", "apply = validate + AMSGrad step inside the server loop (36 bytes moved per parameter); "
               "receive = reading the push off the socket into the preallocated buffer; reply = copying the "
               "parameters into ZeroMQ (<= 4 MiB) or a pooled snapshot sent zero-copy (larger), and the send. "
               "rpc/auto is TensorPipe's own choice, which between processes on one host is shared memory "
               "(shm transport, cma channel); rpc/tcp pins it to the loopback TCP socket taups uses. "
-              "worker CPU = the bench worker's process time per push, zmq's I/O thread included. "
+              "CPU ms/update = process CPU time (all threads, zmq's I/O threads included) of the server and of "
+              "the workers per update; cores busy = that times updates/s, against the machine's core count. "
               "An isolated fused step (no other process running) takes "
               + ", ".join(f"{ms:.2f} ms at {p}" for p, ms in isolated.items()) + "."]
     (out / "dense_push.md").write_text("\n".join(lines) + "\n")

@@ -9,8 +9,10 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,12 +35,25 @@ def run_push_server(params: int, workers: int, warmup_s: float, seconds: float, 
         procs = [subprocess.Popen([sys.executable, "-m", "bench.push_worker", "--server", ep, "--rank", str(r),
                                    "--params", str(params), "--warmup-s", str(warmup_s), "--seconds", str(seconds),
                                    "--out", str(tmp / f"w{r}.json"), *flags], cwd=ROOT) for r in range(workers)]
+        server_cpu_s = _cpu_in_window(server.pid, warmup_s, seconds)
         for p in procs:
             p.wait(timeout=warmup_s + seconds + 120)
         server.wait(timeout=60)
         results = [json.loads((tmp / f"w{r}.json").read_text()) for r in range(workers)]
         summary = json.loads((tmp / "run" / "server_summary.json").read_text())
-    return summarize(results, summary)
+    return {**summarize(results, summary), "server_cpu_s": server_cpu_s}
+
+
+def _cpu_in_window(pid: int, warmup_s: float, seconds: float) -> float:
+    """The server process's CPU seconds (all threads, zmq's I/O thread too) over roughly the workers' window
+    (the workers start it within a second of the server: close enough for a per-update CPU cost)."""
+    proc = psutil.Process(pid)
+    time.sleep(warmup_s + 0.5)
+    t = proc.cpu_times()
+    start = t.user + t.system
+    time.sleep(seconds - 1.0)
+    t = proc.cpu_times()
+    return (t.user + t.system - start) * seconds / (seconds - 1.0)  # scaled up to the full window
 
 
 def summarize(results: list[dict], summary: dict) -> dict:
