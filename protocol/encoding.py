@@ -54,9 +54,21 @@ def encode_dense(vec: torch.Tensor, value_dtype: str = "float32", out: torch.Ten
     if dtype == torch.float32 and vec.device.type == "cpu" and out is None:
         values = vec
     else:
-        values = out if out is not None else torch.empty(vec.numel(), dtype=dtype)
-        values.copy_(vec)
+        values = narrow(vec, out if out is not None else torch.empty(vec.numel(), dtype=dtype))
     return Payload("dense", vec.numel(), values)
+
+
+def narrow(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """x cast into out's dtype, saturating finite values beyond its range at +-max instead of making them
+    inf (float16 tops out at 65504): the server would refuse an inf, and error feedback absorbs the
+    clipped part because the worker keeps exactly what was sent. A non-finite x stays non-finite."""
+    out.copy_(x)
+    if out.dtype != torch.float32:
+        limit = torch.finfo(out.dtype).max
+        over = (x.abs() > limit) & torch.isfinite(x)
+        if bool(over.any()):
+            out[over] = (x[over].sign() * limit).to(out.dtype)
+    return out
 
 
 def encode_sparse(indices: torch.Tensor, values: torch.Tensor, numel: int, value_dtype: str = "float32",
@@ -77,7 +89,8 @@ def encode_sparse(indices: torch.Tensor, values: torch.Tensor, numel: int, value
         coded = pack_bits(mask)
     else:
         raise ValueError(f"unknown index coding {coding!r}")
-    return Payload("sparse", numel, values.to(VALUE_DTYPES[value_dtype]), indices=coded,
+    wire_values = narrow(values, torch.empty(values.numel(), dtype=VALUE_DTYPES[value_dtype]))
+    return Payload("sparse", numel, wire_values, indices=coded,
                    meta={"index_coding": coding})
 
 

@@ -220,3 +220,16 @@ def test_topk_payload_is_k_values_plus_k_indices():
     assert sizes["bfloat16"] == 6 * k < sizes["float32"]
     cfg = CompressionConfig(method="ef21", compressor="topk", ratio=0.01, values="bfloat16")
     assert make_compressor(cfg, layout, 0).compress(x).nbytes == 4 * k  # auto: delta16 gaps (~100 apart)
+
+
+@pytest.mark.parametrize("value_dtype", ["float16", "bfloat16"])
+def test_narrow_values_saturate_instead_of_overflowing(value_dtype):
+    """A finite value beyond float16's range is sent as +-max (a finite push), a non-finite one stays non-finite."""
+    limit = torch.finfo(VALUE_DTYPES[value_dtype]).max
+    x = torch.tensor([1e6, -1e6, 0.5, 3.0e38, float("inf")])
+    dense = encode_dense(x, value_dtype).values.float()
+    sparse_vals = encode_sparse(torch.arange(5), x, 10, value_dtype).values.float()
+    for got in (dense, sparse_vals):
+        expect_big = 1e6 if value_dtype == "bfloat16" else limit
+        assert got[0] == pytest.approx(expect_big, rel=1e-2) and got[1] == pytest.approx(-expect_big, rel=1e-2)
+        assert got[2] == 0.5 and torch.isfinite(got[3]) and torch.isinf(got[4])

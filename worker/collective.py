@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from protocol.config import ExperimentConfig
-from protocol.encoding import VALUE_DTYPES, Payload, decode_into
+from protocol.encoding import VALUE_DTYPES, Payload, decode_into, narrow
 from protocol.messages import Push
 from protocol.packed import pack, unpack
 from worker.ef import add_payload
@@ -103,7 +103,8 @@ class DenseAllReduce:
     def combine(self, grad: torch.Tensor, loss: float, samples: int, step: int, stop_code: int) -> Round:
         n, world = self.numel, self.world
         # compression.values rounds the gradient as an async dense push would (decode(encode(grad)))
-        self.buf[:n].copy_(grad if self.value_dtype == torch.float32 else grad.to(self.value_dtype))
+        self.buf[:n].copy_(grad if self.value_dtype == torch.float32
+                           else narrow(grad, torch.empty_like(grad, dtype=self.value_dtype)))
         self.buf[n:].zero_()
         self.buf[n + self.rank] = loss
         self.buf[n + world + self.rank] = stop_code
