@@ -35,3 +35,52 @@ def amsgrad_step_s(params: int, repeats: int = 20) -> float:
 
 
 AMSGRAD_BYTES_PER_PARAM = 36  # read g, x, m, v, v_hat; write x, m, v, v_hat (float32)
+
+
+def zmq_round_trip_s(nbytes: int, endpoint_host: str = "127.0.0.1", repeats: int = 30) -> float:
+    """Median time for `nbytes` to go to another process and `nbytes` to come back over a ZeroMQ DEALER
+    pair on loopback TCP, zero-copy at both ends and nothing else done: the wire's share of one dense
+    push + reply, which no runtime on this transport can go below."""
+    import multiprocessing as mp
+
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 60_000)
+    port = sock.bind_to_random_port(f"tcp://{endpoint_host}")
+    peer = mp.get_context("spawn").Process(target=_echo, args=(f"tcp://{endpoint_host}:{port}", nbytes), daemon=True)
+    peer.start()
+    payload = torch.ones(nbytes // 4).numpy()
+    times = []
+    try:
+        for i in range(repeats + 3):
+            t0 = time.perf_counter()
+            sock.send(payload, copy=False)
+            sock.recv(copy=False)
+            if i >= 3:  # the first exchanges set up buffers
+                times.append(time.perf_counter() - t0)
+        sock.send(b"")
+    finally:
+        peer.join(timeout=10)
+        if peer.is_alive():
+            peer.kill()
+        sock.close()
+        ctx.term()
+    return sorted(times)[len(times) // 2]
+
+
+def _echo(endpoint: str, nbytes: int) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 60_000)
+    sock.connect(endpoint)
+    reply = torch.ones(nbytes // 4).numpy()
+    while len(sock.recv(copy=False)) > 0:
+        sock.send(reply, copy=False)
+    sock.close()
+    ctx.term()
