@@ -4,6 +4,8 @@ metrics.png         test accuracy and losses against wall time and against updat
 staleness.png       staleness histogram overall and per worker, staleness and applied lr over time
 bytes.png           cumulative uplink bytes against pushes received and against wall time
 accuracy_bytes.png  test accuracy and losses against cumulative uplink bytes (what compression buys)
+grad_norm.png       ||grad f||^2 against updates and uplink bytes, only for runs that record it
+                    (run.eval_grad_norm, or the quadratic): the EF21 papers' measure of progress
 
 Every drawing function returns its figure; `plot_runs` saves them and reports which series each axis
 shows (axis title -> legend labels), so callers and tests can tell what was drawn without reading pixels.
@@ -42,6 +44,10 @@ def plot_runs(runs: list[tuple[str, Path]], out_dir: Path) -> Plots:
         fig = draw(data)
         plots.series[name] = _series(fig)
         plots.paths.append(_save(fig, out_dir / f"{name}.png"))
+    if any(x.get("grad_norm_sq") is not None for _, metrics, _ in data for x in metrics):
+        fig = _grad_norm(data)
+        plots.series["grad_norm"] = _series(fig)
+        plots.paths.append(_save(fig, out_dir / "grad_norm.png"))
     return plots
 
 
@@ -146,6 +152,27 @@ def _accuracy_bytes(data):
     for ax in (ax_a, ax_l):
         ax.set_xlabel("uplink MiB (cumulative)")
     _finish_axes((ax_a, ax_l))
+    return fig
+
+
+def _grad_norm(data):
+    fig, (ax_u, ax_b) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, metrics, upd in data:
+        m = [x for x in metrics if x.get("updates") is not None and x.get("grad_norm_sq") is not None]
+        if not m:
+            continue
+        g = [x["grad_norm_sq"] for x in m]
+        ax_u.plot([x["updates"] for x in m], g, label=label)
+        if upd.get("bytes"):
+            ax_b.plot(uplink_mib_at(upd, [x["updates"] for x in m]), g, label=label)
+    ax_u.set_xlabel("updates")
+    ax_b.set_xlabel("uplink MiB (cumulative)")
+    ax_u.set_title("grad norm vs updates", fontsize=9)
+    ax_b.set_title("grad norm vs uplink", fontsize=9)
+    for ax in (ax_u, ax_b):
+        ax.set_ylabel("||grad f||^2 at the snapshot")
+        ax.set_yscale("log")
+    _finish_axes((ax_u, ax_b))
     return fig
 
 

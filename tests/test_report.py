@@ -46,6 +46,16 @@ def test_a_run_without_accuracy_draws_only_losses(tmp_path):
     assert plots.series["accuracy_bytes"] == {"test accuracy vs uplink": [], "loss vs uplink": ["lstsq test"]}
 
 
+def test_grad_norm_is_drawn_only_for_runs_that_record_it(tmp_path):
+    plain = fake_run(tmp_path / "plain")
+    assert "grad_norm" not in plot_run(plain).series and not (plain / "plots" / "grad_norm.png").exists()
+    ef = fake_run(tmp_path / "ef", grad_norm=True)
+    report = write_report([("plain", plain), ("ef21", ef)], tmp_path / "out")
+    assert report.plots.paths[-1].name == "grad_norm.png" and report.plots.paths[-1].read_bytes()[:8] == PNG
+    assert report.plots.series["grad_norm"] == {"grad norm vs updates": ["ef21"], "grad norm vs uplink": ["ef21"]}
+    assert "![grad_norm](grad_norm.png)" in report.markdown.read_text()
+
+
 def test_uplink_at_a_version_counts_every_push_received_until_it_was_made():
     upd = {"version": [1, 1, 2, 3], "bytes": [100, 50, 100, 100], "applied": [1, 0, 1, 1]}  # a rejected push
     assert uplink_mib_at(upd, [0, 1, 2, 3, 9]) == [x / 2**20 for x in (0, 100, 250, 350, 350)]
