@@ -206,7 +206,7 @@ def test_recv_times_out():
         ch.close()
 
 
-def test_send_pool_reuses_buffers_only_after_the_send_completed(pair):
+def test_send_pool_reuses_buffers_once_zeromq_released_them(pair):
     router, dealer = pair
     src = torch.randn(50_000)
     pool = SendPool(src.numel())
@@ -219,4 +219,27 @@ def test_send_pool_reuses_buffers_only_after_the_send_completed(pair):
         pool.sent(buf, tracker)
         _, got = dealer.recv(5)
         assert torch.equal(got.params, src)
-    assert pool.allocated <= 2
+        tracker.wait(timeout=5)  # released by ZeroMQ's I/O thread, possibly just after the peer got the bytes
+    assert pool.allocated == 1
+
+
+class _Tracker:  # stands in for zmq.MessageTracker: the test decides when the send completes
+    done = False
+
+    def wait(self, timeout=None):
+        self.done = True
+
+
+def test_send_pool_never_hands_out_a_buffer_still_in_flight():
+    pool = SendPool(8, max_buffers=2)
+    first, tracker = pool.snapshot(torch.ones(8)), _Tracker()
+    pool.sent(first, tracker)
+    second = pool.snapshot(torch.zeros(8))
+    assert second.data_ptr() != first.data_ptr() and torch.equal(first, torch.ones(8))  # in flight: untouched
+    pool.sent(second, _Tracker())
+    third = pool.snapshot(torch.full((8,), 2.0))  # at max_buffers: waits for the oldest send, then reuses it
+    assert tracker.done and third.data_ptr() == first.data_ptr() and pool.allocated == 2
+    tracker2 = _Tracker()
+    pool.sent(third, tracker2)
+    tracker2.done = True
+    assert pool.snapshot(torch.ones(8)).data_ptr() == first.data_ptr()  # completed sends are reclaimed
