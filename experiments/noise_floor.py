@@ -26,6 +26,7 @@ from experiments.common import Sweep, record_sweep, recorded_sweep, run_sweep, s
 from experiments.noise_floor_report import write_report
 
 CONFIG = "configs/noise_floor.yaml"
+INVOCATIONS = "invocations.txt"  # the --parts invocations that filled an experiment folder, in order
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         if not chosen:
             print(f"error: --parts {args.parts!r} matches no part (see --list)", file=sys.stderr)
             return 2
+        if args.parts != "*":  # run in pieces: the report lists the invocations that filled the folder
+            base.mkdir(parents=True, exist_ok=True)
+            with open(base / INVOCATIONS, "a") as f:
+                f.write(f"python -m experiments.noise_floor{' --quick' if args.quick else ''} "
+                        f"--parts '{args.parts}' --into {shown(base)}\n")
         run_parts(chosen, base)
     sweeps = finished_parts(plan, base)
     if not any(p.ok for s in sweeps.values() for p in s.points):

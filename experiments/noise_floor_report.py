@@ -26,7 +26,7 @@ def write_report(sweeps: dict[str, Sweep], plan_parts: list[str], base: Path, ou
     settings = list(dict.fromkeys(setting_of(c.part) for c in curves))
     title = "EF21-SGD against EF21-SGDM noise floors (RESEARCH R3)" + (" -- quick smoke run" if quick else "")
     commands = [sweeps[name].command for name in plan_parts if name in sweeps]
-    text = [*header(title, command, commands, base), *setup(curves, plan_parts, sweeps)]
+    text = [*header(title, command, commands, base), *invocations(base), *setup(curves, plan_parts, sweeps)]
     figs = {}
     for s in settings:
         mine = [c for c in curves if setting_of(c.part) == s]
@@ -43,6 +43,17 @@ def write_report(sweeps: dict[str, Sweep], plan_parts: list[str], base: Path, ou
     out.mkdir(parents=True, exist_ok=True)
     (out / "noise_floor.md").write_text("\n\n".join(text) + "\n")
     return out / "noise_floor.md"
+
+
+def invocations(base: Path) -> list[str]:
+    """The --parts invocations that filled the folder (each one locked command on a shared machine)."""
+    path = base / "invocations.txt"
+    if not path.exists():
+        return []
+    lines = "\n".join(f"    {line}" for line in path.read_text().splitlines() if line.strip())
+    return [f"The folder was filled in parts, by these invocations in this order (each one command under the "
+            f"shared machine's lock, each under ~10 minutes); without --parts the script runs every part in one go:"
+            f"\n\n{lines}"]
 
 
 def setting_section(name: str, curves: list[Curve]) -> list[str]:
