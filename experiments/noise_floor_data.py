@@ -39,6 +39,7 @@ class Curve:
     f: np.ndarray  # f(x_t)
     evals: list[tuple[float, float]]  # (updates, evaluator's f) of every snapshot scored
     summary: dict
+    window: float = 0.5  # the plateau averages the rounds after this fraction of the run (0.75: last quarter)
 
     @property
     def label(self) -> str:
@@ -54,8 +55,8 @@ class Curve:
         return float(self.rounds[-1]) if len(self.rounds) else 0.0
 
     def plateau(self) -> float:
-        half = self.rounds >= self.last_round / 2
-        return float(self.f[half].mean()) if half.any() else float("nan")
+        tail = self.rounds >= self.last_round * self.window
+        return float(self.f[tail].mean()) if tail.any() else float("nan")
 
     def spread(self) -> tuple[float, float]:
         """(std of f over the last half, standard error of its mean from BLOCKS batch means): the first says

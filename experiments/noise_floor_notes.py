@@ -71,27 +71,30 @@ def discussion(curves: list[Curve]) -> list[str]:
     explained = False
     for s in settings:
         sync = by_label([c for c in curves if c.sync and c.part.startswith(s + "-")])
-        lines = _ef21_sgd(s, sync.get("EF21-SGD", {}), explained)
-        explained = explained or len(lines) > 1
+        lines, why = _ef21_sgd(s, sync.get("EF21-SGD", {}), explained)
+        explained = explained or why
         out += lines + _momentum(s, sync)
-    out.append("Numbers are single runs (seed 0); the plateau of one run averages thousands of rounds of a "
-               "stationary process, and the figures show how much f fluctuates around it.")
+    halves = [round(c.last_round / 2) for c in curves]
+    out.append(f"Numbers are single runs (seed 0); the plateau of one run averages {min(halves)} to {max(halves)} "
+               "rounds of a process that is stationary there, except where the tables flag a half that is not flat; "
+               "the +- and the figures show how much f fluctuates around it.")
     return out
 
 
-def _ef21_sgd(setting: str, sgd: dict[int, Curve], explained: bool) -> list[str]:
-    """The verdict on EF21-SGD against n, and (once, unless `explained`) why it may shrink after all."""
+def _ef21_sgd(setting: str, sgd: dict[int, Curve], explained: bool) -> tuple[list[str], bool]:
+    """The verdict on EF21-SGD against n, and (once, unless `explained`) why it may shrink after all; the
+    flag says whether these lines gave that explanation."""
     ns = sorted(sgd)
     if len(ns) < 2:
-        return []
+        return [], False
     first, last, b = sgd[ns[0]].plateau(), sgd[ns[-1]].plateau(), slope(sgd)
     if last >= first / NOT_SHRINKING:
         return [f"**{setting}, EF21-SGD:** its plateau does not shrink from n = {ns[0]} to n = {ns[-1]} "
-                f"({first:.3g} to {last:.3g}, exponent {b:+.2f}), as the poster shows."]
+                f"({first:.3g} to {last:.3g}, exponent {b:+.2f}), as the poster shows."], False
     verdict = (f"**{setting}, EF21-SGD's plateau shrinks with n here** ({first:.3g} at n = {ns[0]}, {last:.3g} "
                f"at n = {ns[-1]}, exponent {b:+.2f}; -1 would be 1/n): the expectation did not come out.")
     if explained:
-        return [verdict + " The reading of why is the one given above."]
+        return [verdict + " The reading of why is the one given above."], False
     return [
         verdict + " A reading of why (an argument, not a measurement; we did not test it further): with Top-1 "
         "each worker's estimator g_i lags its own noisy gradient by "
@@ -104,7 +107,7 @@ def _ef21_sgd(setting: str, sgd: dict[int, Curve], explained: bool) -> list[str]
         "bound, (1/60) min{sigma^2, ||grad f(x^0)||^2}, is moreover 0 when started at the optimum as here. The "
         "noise law, d, gamma and initial point of the poster's n-figure are not known (RESEARCH 2f marks them "
         "[U]), and its plateaus (1.6e-3 to 3e-3) are far below the ones measured here, so the setting differs; "
-        "with the Gaussian noise RESEARCH R3 prescribes, the claim fails."]
+        "with the Gaussian noise RESEARCH R3 prescribes, the claim fails."], True
 
 
 def _momentum(setting: str, sync: dict[str, dict[int, Curve]]) -> list[str]:
