@@ -2,7 +2,8 @@
 
 Run (both modes): start the processes; watch them (progress line, psutil samples, any child dying ->
     stop everything and name it); finish (the evaluator scores the final snapshot); summary.json, plots.
-AsyncRun: server -> wait until it has bound (server.json) -> evaluator and N workers. The server stops
+AsyncRun: server -> wait until it has bound (server.json) -> evaluator and the worker processes (one per rank,
+    or worker.per_process ranks on threads each: logs/workers0-32.log). The server stops
     at max_updates / max_seconds and tells the workers to stop; training is over when it exits 0.
 SyncRun: evaluator and N ranks of `python -m worker.sync` (RANK, WORLD_SIZE, MASTER_ADDR=127.0.0.1 and a
     free MASTER_PORT in their environment). Rank 0 decides the end and every rank learns it in the same
@@ -144,9 +145,10 @@ class AsyncRun(Run):
     def _start(self) -> None:
         endpoint = self._start_server()
         self._start_evaluator()
-        for rank in range(self.cfg.workers):
-            self.sup.start(f"worker{rank}", "worker",
-                           ["--config", str(self.config_path), "--rank", str(rank), "--server", endpoint,
+        for ranks in self.cfg.worker_processes():
+            name, which = worker_process(ranks)
+            self.sup.start(name, "worker",
+                           ["--config", str(self.config_path), *which, "--server", endpoint,
                             "--run-dir", str(self.run_dir), "--run-id", self.run_dir.name])
 
     def _start_server(self) -> str:
@@ -193,6 +195,15 @@ class SyncRun(Run):
         # as async, plus forming the group, which may take up to connect_timeout_s
         s = self.cfg.server
         return self.cfg.run.max_seconds + s.connect_timeout_s + s.stop_grace_s + 60
+
+
+def worker_process(ranks: range) -> tuple[str, list[str]]:
+    """The child's name (its log is logs/<name>.log) and rank arguments of the process hosting `ranks`:
+    worker3 / --rank 3 for one rank, workers0-32 / --ranks 0-32 for several (worker.per_process)."""
+    if len(ranks) == 1:
+        return f"worker{ranks[0]}", ["--rank", str(ranks[0])]
+    span = f"{ranks[0]}-{ranks[-1]}"
+    return f"workers{span}", ["--ranks", span]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -93,6 +93,9 @@ class WorkerConfig:
     slowdown: tuple[float, ...] = ()  # per-rank compute-time multiplier (>= 1); missing ranks run at 1
     jitter: float = 0.0  # random extra compute time, as a fraction of the step's compute time
     compute_s: float = 0.0  # simulated extra compute per step (seconds of sleep), scaled by slowdown
+    # worker ranks hosted by one OS process: each is a full worker (own socket, own seeds) on its own
+    # thread, so many tiny workers fit on few cores; the launcher starts ceil(workers / per_process)
+    per_process: int = 1
 
     def check(self) -> None:
         require(re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None, "device", "must be cpu, cuda or cuda:N")
@@ -100,6 +103,7 @@ class WorkerConfig:
         require(all(s >= 1 for s in self.slowdown), "slowdown", "factors must be >= 1")
         require(self.jitter >= 0, "jitter", "must be >= 0")
         require(self.compute_s >= 0, "compute_s", "must be >= 0")
+        require(1 <= self.per_process <= 256, "per_process", "must be in [1, 256]")
 
 
 @dataclass(frozen=True)
@@ -241,7 +245,7 @@ class ExperimentConfig:
     seed: int = 0  # model init and every worker's sampling stream derive from it
     # async: parameter server; sync: the workers form a torch.distributed group and combine every step
     mode: Literal["async", "sync"] = "async"
-    workers: int = 2  # number of worker processes
+    workers: int = 2  # number of workers (ranks); worker.per_process of them share one process
     task: TaskConfig = field(default_factory=TaskConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -268,6 +272,8 @@ class ExperimentConfig:
             require(st.delay == "none", "staleness.delay", "does not apply in sync mode (nothing is stale)")
             require(st.apply_every == 1, "staleness.apply_every",
                     "does not apply in sync mode (every step already averages all workers)")
+            require(self.worker.per_process == 1, "worker.per_process",
+                    "must be 1 in sync mode (every torch.distributed rank is its own process)")
         for key, values in self.sweep.items():
             require(_is_setting(ExperimentConfig, key), f"sweep.{key}",
                     "is not a setting of the config (use a dotted path such as optimizer.lr; sections cannot be swept)")
@@ -275,6 +281,12 @@ class ExperimentConfig:
 
     def slowdown(self, rank: int) -> float:
         return self.worker.slowdown[rank] if rank < len(self.worker.slowdown) else 1.0
+
+    def worker_processes(self) -> list[range]:
+        """The ranks of each worker process: ceil(workers / per_process) blocks of consecutive ranks, as even
+        as possible (sizes differ by at most one, none exceeds per_process)."""
+        n = -(-self.workers // self.worker.per_process)
+        return [range(i * self.workers // n, (i + 1) * self.workers // n) for i in range(n)]
 
 
 def _is_setting(cls: type, dotted: str) -> bool:

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from experiments import artificial_delay, stability_edge
+from experiments import artificial_delay, noise_floor, stability_edge
 
 
 def _check_report(out, report: str, prefix: str, sections: list[str]) -> None:
@@ -37,3 +37,20 @@ def test_stability_edge_quick_writes_report_and_plots(tmp_path):
     assert stability_edge.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
     _check_report(out, "stability_edge.md", "stability_edge_",
                   ["## (a) Stable lr against tau", "## (c) Momentum", "## (b) Digits MLP", "lr x lambda"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_noise_floor_quick_writes_report_and_plots(tmp_path):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    assert noise_floor.main(["--quick", "--out", str(out), "--runs", str(runs)]) == 0
+    sections = ["## Setup", "## Setting d100", "### The claims, setting d100", "## Plateau against n",
+                "## Run details and cross-checks", "## What the numbers say"]
+    _check_report(out, "noise_floor.md", "noise_floor_", sections)
+    folders = sorted(runs.glob("noise_floor-*/d100-n3-*/0*"))
+    assert len(folders) == 2  # EF21-SGD and EF21-SGDM with n = 3 workers...
+    assert all((f / "logs" / "workers1-2.log").exists() for f in folders)  # ...two of them in one process
+    (out / "noise_floor.md").unlink()
+    base = next(runs.glob("noise_floor-*"))
+    assert noise_floor.main(["--quick", "--out", str(out), "--report-only", str(base)]) == 0
+    _check_report(out, "noise_floor.md", "noise_floor_", sections)

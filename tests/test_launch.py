@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -170,3 +171,53 @@ def test_each_role_runs_by_hand(tmp_path):
         for p in [server, *locals().get("workers", [])]:
             if p.poll() is None:
                 p.kill()
+
+
+@pytest.mark.slow
+def test_six_workers_three_per_process_leave_a_consistent_run_folder(tmp_path):
+    run = tmp_path / "run"
+    out = launch(["configs/tiny.yaml", "workers=6", "worker.per_process=3"], run)
+    assert out.returncode == 0, out.stderr + out.stdout
+    for name in ["logs/workers0-2.log", "logs/workers3-5.log"] + [f"worker-{i}.json" for i in range(6)]:
+        assert (run / name).exists(), name
+    s = json.loads((run / "summary.json").read_text())
+    assert sorted(k for k in s["processes"] if k.startswith("worker")) == ["workers0-2", "workers3-5"]
+    assert all(p["exit"] == 0 for p in s["processes"].values())
+    rows = _rows(run)
+    applied = [r for r in rows if r["applied"] == "1"]
+    assert s["updates"] == s["pushes_applied"] == len(applied) == 300
+    assert s["pushes_received"] == len(rows) == s["pushes_applied"] + s["pushes_rejected"]
+    assert {r["reason"] for r in rows if r["applied"] == "0"} <= {"stopped"}
+    assert {int(r["worker"]) for r in applied} == set(range(6))
+    stats = [json.loads((run / f"worker-{i}.json").read_text()) for i in range(6)]
+    assert sum(w["applied"] for w in stats) == 300 and sum(w["pushes"] for w in stats) == len(rows)
+    log = (run / "logs" / "workers3-5.log").read_text()
+    for rank in (3, 4, 5):  # every line names its rank: the thread is worker<rank>
+        assert f"worker{rank} INFO rank {rank} joined" in log and f"rank {rank} stopped (max_updates)" in log
+
+
+@pytest.mark.slow
+def test_a_killed_multi_rank_process_is_named_and_the_other_leaves_cleanly(tmp_path):
+    run = tmp_path / "run"
+    proc = _start([*LONG, "workers=6", "worker.per_process=3"], run)
+    try:
+        _wait_for_updates(run, proc)
+        children = _children(proc)
+        victim = next(c for c in children if "--ranks" in c.cmdline() and "3-5" in c.cmdline())
+        victim.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 1
+        assert "workers3-5" in err and "SIGKILL" in err
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, alive
+        # the launcher's SIGTERM reached the other process (and the server): every rank of it left between steps
+        # (asked to stop, or told Stop by the server first) and the host reported them, not killed mid-way
+        lines = (run / "logs" / "workers0-2.log").read_text().splitlines()
+        ended = " ".join(line for line in lines if "MainThread INFO" in line)
+        left = re.search(r"ranks ([\d, -]+) were asked to stop", ended)
+        cancelled = {r for span in (left.group(1).split(", ") if left else [])
+                     for r in range(int(span.split("-")[0]), int(span.split("-")[-1]) + 1)}
+        assert all(f"rank {r} stopped" in ended or r in cancelled for r in range(3)), lines
+    finally:
+        if proc.poll() is None:
+            proc.kill()

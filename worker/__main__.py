@@ -1,7 +1,11 @@
-"""python -m worker --config X.yaml --rank I --server ENDPOINT [--run-dir DIR]
+"""python -m worker --config X.yaml (--rank I | --ranks A-B) --server ENDPOINT [--run-dir DIR]
 
 Joins the server, pushes gradients until the server says Stop, and exits 0. Exits 1 with a message
-when the server cannot be reached, stops answering, or refuses this worker; 2 on a bad config.
+when the server cannot be reached, stops answering, or refuses this worker; 2 on a bad config; 143 on
+SIGTERM. `--ranks A-B` hosts ranks A..B (inclusive) in this one process, each a full worker on its own
+thread (worker/host.py; the launcher does this for worker.per_process > 1): log lines name the rank,
+every rank writes its own worker-<rank>.json, and if one rank fails the others stop and the process
+exits with the failed rank's code.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import signal
 import sys
 from dataclasses import asdict
@@ -16,51 +22,92 @@ from pathlib import Path
 
 import torch
 
-from protocol.channel import Channel
 from protocol.config import load
 from protocol.errors import ConfigError
-from worker.loop import WorkerError, WorkerLoop
+from worker.host import EXIT_CANCELLED, RankHost, RankResult, exit_code
 
 log = logging.getLogger("worker")
 
 
+def parse_ranks(text: str) -> list[int]:
+    """'3' -> [3]; '0-33' -> [0, ..., 33] (inclusive)."""
+    m = re.fullmatch(r"(\d+)(?:-(\d+))?", text.strip())
+    if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+        raise ConfigError("--ranks", f"must look like A-B with A <= B (or a single rank), got {text!r}")
+    lo = int(m.group(1))
+    return list(range(lo, int(m.group(2) or lo) + 1))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m worker", description=__doc__.split("\n\n")[0])
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--rank", type=int, help="the one rank this process runs")
+    which.add_argument("--ranks", help="A-B: run ranks A..B (inclusive), one thread each")
     ap.add_argument("--config", required=True)
-    ap.add_argument("--rank", type=int, required=True)
     ap.add_argument("--server", required=True, help="server endpoint, e.g. tcp://127.0.0.1:5555")
     ap.add_argument("--run-dir", type=Path, help="where to write worker-<rank>.json")
     ap.add_argument("--run-id", default="")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format=f"%(asctime)s worker{args.rank} %(levelname)s %(message)s")
+                        format="%(asctime)s %(threadName)s %(levelname)s %(message)s")
     try:
+        ranks = [args.rank] if args.ranks is None else parse_ranks(args.ranks)
         cfg = load(args.config)
-        if not 0 <= args.rank < cfg.workers:
-            raise ConfigError("--rank", f"{args.rank} is outside 0..{cfg.workers - 1}")
+        bad = [r for r in ranks if not 0 <= r < cfg.workers]
+        if bad:
+            raise ConfigError("--rank" if args.ranks is None else "--ranks",
+                              f"{bad[0]} is outside 0..{cfg.workers - 1}")
     except (ConfigError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    torch.set_num_threads(cfg.worker.threads)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    chan = Channel("dealer", chunk_bytes=cfg.server.chunk_bytes, max_message_bytes=cfg.server.max_message_bytes,
-                   send_timeout_s=cfg.server.send_timeout_s)
-    chan.connect(args.server)
+    torch.set_num_threads(cfg.worker.threads)  # shared by every rank of this process
+    host = RankHost(cfg, ranks, args.server, run_id=args.run_id)
+    signal.signal(signal.SIGTERM, lambda *_: host.cancel())
+    host.start()
     try:
-        loop = WorkerLoop(cfg, args.rank, chan, run_id=args.run_id)
-        stats = loop.run()
-    except WorkerError as err:
-        print(f"error: worker {args.rank}: {err}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        chan.close()
-    log.info("stopped (%s): %d pushes, %d applied, %d dropped, %d rejected; compute %.2fs, simulated %.2fs, "
-             "waiting %.2fs", stats.stop_reason, stats.pushes, stats.applied, stats.dropped, stats.rejected,
-             stats.compute_s, stats.simulated_s, stats.wait_s)
-    if args.run_dir:
-        out = {k: v for k, v in asdict(stats).items() if k != "staleness"}
-        (args.run_dir / f"worker-{args.rank}.json").write_text(json.dumps(out, indent=1))
-    return 0
+        results = host.wait()
+    except KeyboardInterrupt:  # by hand: Ctrl-C
+        host.cancel()
+        results = host.wait()
+    report(results, args.run_dir)
+    code = exit_code(results)
+    if any(r.still_running for r in results):  # a rank stuck in a long step: do not wait for it at exit
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    host.close()
+    return code
+
+
+def report(results: list[RankResult], run_dir: Path | None) -> None:
+    """Each stopped rank's figures (and worker-<rank>.json), one line for the cancelled ranks, and the
+    failures last, so that they end the log the launcher quotes when this process fails."""
+    for r in results:
+        if r.code == 0 and r.stats is not None:
+            st = r.stats
+            log.info("rank %d stopped (%s): %d pushes, %d applied, %d dropped, %d rejected; compute %.2fs, "
+                     "simulated %.2fs, waiting %.2fs", r.rank, st.stop_reason, st.pushes, st.applied, st.dropped,
+                     st.rejected, st.compute_s, st.simulated_s, st.wait_s)
+            if run_dir:
+                out = {k: v for k, v in asdict(st).items() if k != "staleness"}
+                (run_dir / f"worker-{r.rank}.json").write_text(json.dumps(out, indent=1))
+    cancelled = sorted(r.rank for r in results if r.code == EXIT_CANCELLED)
+    if cancelled:
+        log.info("ranks %s were asked to stop and left", spans(cancelled))
+    for r in results:
+        if r.code not in (0, EXIT_CANCELLED):
+            print(f"error: worker {r.rank}: {r.error}", file=sys.stderr, flush=True)
+
+
+def spans(ranks: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
+    out, lo = [], None
+    for i, r in enumerate(ranks):
+        lo = r if lo is None else lo
+        if i + 1 == len(ranks) or ranks[i + 1] != r + 1:
+            out.append(str(r) if lo == r else f"{lo}-{r}")
+            lo = None
+    return ", ".join(out)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ from worker.tasks import Task, rank_seed
 log = logging.getLogger("worker")
 MAX_CONSECUTIVE_REJECTS = 20
 COMPRESSOR_STREAM = 1  # the compressor's random stream is independent of the sampling stream
+CANCEL_POLL_S = 0.5  # while waiting for a reply, look this often whether the hosting process wants us gone
 
 
 def rank_uplink(cfg: ExperimentConfig, rank: int, net):
@@ -51,6 +53,10 @@ class WorkerError(RuntimeError):
     """The worker cannot go on; the message says why."""
 
 
+class Cancelled(Exception):
+    """The process hosting this worker asked it to stop (a signal, or another rank of it failed)."""
+
+
 @dataclass
 class WorkerStats:
     pushes: int = 0
@@ -66,10 +72,11 @@ class WorkerStats:
 
 class WorkerLoop:
     def __init__(self, cfg: ExperimentConfig, rank: int, channel: Channel, task: Task | None = None,
-                 run_id: str = "", clock=time.monotonic, sleep=time.sleep):
+                 run_id: str = "", clock=time.monotonic, sleep=time.sleep, cancel: threading.Event | None = None):
         self.cfg, self.rank, self.chan = cfg, rank, channel
         self.clock, self.sleep = clock, sleep
         self.run_id = run_id
+        self.cancel = cancel  # set by the hosting process: leave between steps or waits (raises Cancelled)
         self.task = task or Task(cfg, device=cfg.worker.device)
         self.sampler = self.task.sampler(rank, cfg.workers)
         net = self.task.net
@@ -94,6 +101,7 @@ class WorkerLoop:
         if not self._join():
             return self.stats
         while True:
+            self._check_cancel()
             loss, samples = self._compute()
             kind, payload = self.uplink.prepare(self._push_source)
             push = Push(rank=self.rank, seq=self.seq, base_version=self.version, kind=kind,
@@ -106,6 +114,10 @@ class WorkerLoop:
                 self.stats.stop_reason = reply.reason
                 return self.stats
             self._handle(reply)
+
+    def _check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled(f"rank {self.rank} was asked to stop")
 
     def _meta(self, payload, kind: str) -> dict:
         """Encoding metadata, plus now and then ||g_i||^2 so the server can check its mirror of g_i."""
@@ -211,8 +223,9 @@ class WorkerLoop:
                     raise TimeoutError
                 raise WorkerError(f"no reply from the server within {timeout:.0f}s (server gone?)")
             try:
-                _, reply = self.chan.recv(min(remaining, 1.0), alloc=self._alloc)
+                _, reply = self.chan.recv(min(remaining, CANCEL_POLL_S), alloc=self._alloc)
             except TimeoutError:
+                self._check_cancel()
                 continue
             except ReceiveError as err:
                 raise WorkerError(f"undecodable reply from the server: {err}") from None
