@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from experiments import artificial_delay, stability_edge
+from experiments import artificial_delay, ef21_logreg, stability_edge
 
 
 def _check_report(out, report: str, prefix: str, sections: list[str]) -> None:
@@ -37,3 +37,14 @@ def test_stability_edge_quick_writes_report_and_plots(tmp_path):
     assert stability_edge.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
     _check_report(out, "stability_edge.md", "stability_edge_",
                   ["## (a) Stable lr against tau", "## (c) Momentum", "## (b) Digits MLP", "lr x lambda"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ef21_logreg_quick_writes_report_and_plots(tmp_path):
+    out = tmp_path / "out"
+    assert ef21_logreg.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
+    _check_report(out, "ef21_logreg.md", "ef21_logreg_",
+                  ["## Tuning (seed 0)", "### Batch 1", "### Batch 128", "## Expectations against the measurements",
+                   "B = 1: EF21-SGDM below EF21-SGD", "B = 128: EF21-SGD2M below EF21-SGD"])
+    assert len(list((tmp_path / "runs").glob("ef21_logreg-*/b*/0*"))) == 8  # one run per (batch, method)
