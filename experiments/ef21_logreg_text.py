@@ -51,8 +51,8 @@ def setup_text(plan, tuned) -> list[str]:
             f"evaluations and {int(np.median(evals))} evaluations per run. **Final** = the mean of ||grad f||^2 "
             f"over the evaluations in the last {TAIL:.0%} of the bits budget (the iterates fluctuate at batch 1, "
             f"one evaluation is noisy); the best step size is the one "
-            f"with the lowest final value on seed {plan.tune_seed}, and it is then run on seeds "
-            f"{', '.join(map(str, plan.repeat_seeds)) or '(none in this run)'}."]
+            f"with the lowest final value on seed {plan.tune_seed}, and for the EF21 methods it is then run on seeds "
+            f"{', '.join(map(str, plan.repeat_seeds)) or '(none in this run)'} (EF14-SGD, a reference, has one seed)."]
 
 
 def reading_text(best_by_batch, budgets) -> list[str]:
