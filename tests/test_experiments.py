@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from experiments import artificial_delay, noise_floor, stability_edge
+from experiments import artificial_delay, ef21_logreg, noise_floor, stability_edge
 
 
 def _check_report(out, report: str, prefix: str, sections: list[str]) -> None:
@@ -54,3 +54,14 @@ def test_noise_floor_quick_writes_report_and_plots(tmp_path):
     base = next(runs.glob("noise_floor-*"))
     assert noise_floor.main(["--quick", "--out", str(out), "--report-only", str(base)]) == 0
     _check_report(out, "noise_floor.md", "noise_floor_", sections)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ef21_logreg_quick_writes_report_and_plots(tmp_path):
+    out = tmp_path / "out"
+    assert ef21_logreg.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
+    _check_report(out, "ef21_logreg.md", "ef21_logreg_",
+                  ["## Tuning (seed 0)", "### Batch 1", "### Batch 128", "## Expectations against the measurements",
+                   "B = 1: EF21-SGDM below EF21-SGD", "B = 128: EF21-SGD2M below EF21-SGD"])
+    assert len(list((tmp_path / "runs").glob("ef21_logreg-*/b*/0*"))) == 8  # one run per (batch, method)
