@@ -110,8 +110,19 @@ def write_report(plan: Plan, base: Path, out: Path, quick: bool) -> Path:
     command = "python -m experiments.ef21_logreg" + (" --quick" if quick else "")
     text = header(title, command, [sweeps[n].command for n in names], base) + body
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ef21_logreg.md").write_text("\n\n".join(text) + "\n")
-    return out / "ef21_logreg.md"
+    path = out / "ef21_logreg.md"
+    path.write_text("\n\n".join(text) + "\n" + hand_written(path))
+    return path
+
+
+HAND_WRITTEN = "## What the measurements say (written by hand"
+
+
+def hand_written(path: Path) -> str:
+    """The report's hand-written closing section, kept when the generated part is rewritten."""
+    old = path.read_text() if path.exists() else ""
+    i = old.find(HAND_WRITTEN)
+    return "\n" + old[i:] if i >= 0 else ""
 
 
 def main(argv: list[str] | None = None) -> int:
