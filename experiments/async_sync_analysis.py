@@ -52,6 +52,7 @@ class RunFigures:
     staleness_max: int
     collective_ms: float | None  # sync: per step, the fastest rank's time inside collectives
     slow_share: float | None  # async: share of applied gradients from the slowed ranks
+    late_acc: tuple[float, float] | None  # mean and std of the test accuracy over the last fifth of the run
 
     @property
     def gradients_per_s(self) -> float:
@@ -90,7 +91,18 @@ def figures(point: Point, target: float = TARGET) -> RunFigures:
         staleness_mean=float(s.get("staleness_mean", 0.0)), staleness_max=int(s.get("staleness_max", 0)),
         collective_ms=collective_ms(point.folder, n) if v["mode"] == "sync" else None,
         slow_share=slow_share(point, v) if v["mode"] == "async" else None,
+        late_acc=late_accuracy(metrics),
     )
+
+
+def late_accuracy(metrics: list[dict]) -> tuple[float, float] | None:
+    """Mean and std of the evaluated test accuracy over the last fifth of the run's wall time: how much
+    the one final evaluation could have differed had the run stopped a little earlier or later."""
+    if len(metrics) < 2:
+        return None
+    end = metrics[-1]["wall_s"]
+    late = [m["test_acc"] for m in metrics if m["wall_s"] >= 0.8 * end]
+    return (float(np.mean(late)), float(np.std(late, ddof=1))) if len(late) > 1 else None
 
 
 def step_seconds(run_dir: Path, values: dict) -> list[float]:

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from experiments.async_sync_analysis import figures, ideal_rate, mid_run_cpu
+from experiments.async_sync_analysis import figures, ideal_rate, late_accuracy, mid_run_cpu
 from experiments.async_sync_plan import FULL, QUICK, batch_specs, best_lrs
 from experiments.async_sync_runs import read_batch, recorded
 
@@ -81,6 +81,13 @@ def test_mid_run_cpu_counts_back_from_the_last_sample(tmp_path):
     rows += [f"{t},worker0,2,20,1" for t in range(0, 15)]
     (tmp_path / "processes.csv").write_text("\n".join(rows) + "\n")
     assert mid_run_cpu(tmp_path, 10.0) == pytest.approx(0.5)  # window [6.5, 11.5]: 30 + 20 percent
+
+
+def test_late_accuracy_averages_the_evaluations_of_the_last_fifth_of_the_run():
+    metrics = [{"wall_s": t, "test_acc": a} for t, a in [(0, 0.5), (5, 0.9), (8, 0.96), (9, 0.98), (10, 0.97)]]
+    mean, std = late_accuracy(metrics)  # t >= 8: 0.96, 0.98, 0.97
+    assert mean == pytest.approx(0.97) and std == pytest.approx(0.01)
+    assert late_accuracy(metrics[:1]) is None
 
 
 def test_best_lr_is_the_fastest_to_the_target_among_lrs_every_grid_seed_reached(tmp_path):
