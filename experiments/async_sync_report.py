@@ -10,6 +10,7 @@ from experiments import async_sync_plots as plots
 from experiments.async_sync_analysis import TARGET, RunFigures, figures
 from experiments.async_sync_plan import INVOCATIONS, MODES, Plan, best_lrs, grid_runs
 from experiments.async_sync_runs import LOADS, read_batch, recorded
+from experiments.async_sync_scaling_notes import scaling_notes
 from experiments.async_sync_verdicts import faster, final_close, observations, scaling_lines
 from experiments.common import COMMANDS, header, pm, save_png, table
 
@@ -39,7 +40,8 @@ def write_report(plan: Plan, base: Path, out: Path, quick: bool) -> Path | None:
     if scaling:
         save_png(plots.scaling(scaling, plan.scaling_workers), img / "async_vs_sync_scaling.png")
         body += scaling_section(plan, scaling)
-    body += ["## What happened, and why", "\n".join(observations(straggler, scaling)) or "(no runs)",
+    notes = observations(straggler, scaling) + scaling_notes(scaling, plan.scaling_workers)
+    body += ["## What happened, and why", "\n".join(notes) or "(no runs)",
              *runs_section(base)]
     title = "Async (APAM) against sync (all-reduce AMSGrad): a straggler, and scaling" + (
         " -- quick smoke run" if quick else "")

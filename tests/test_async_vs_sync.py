@@ -107,3 +107,14 @@ def test_recorded_reads_back_one_value_per_run(tmp_path):
     (tmp_path / "commands.txt").write_text("a/01\tpython -m launch x\nb/02\tpython -m launch y\na/01\tagain\n")
     assert recorded(tmp_path, "commands.txt") == {"a/01": "again", "b/02": "python -m launch y"}
     assert recorded(tmp_path, "missing.txt") == {}
+
+
+def test_scaling_notes_count_sync_steps_as_gradients_over_n(tmp_path):
+    from experiments.async_sync_scaling_notes import scaling_notes
+    runs = []
+    for i, (mode, n) in enumerate([("async", 1), ("sync", 1), ("async", 2), ("sync", 2)], 1):
+        make_run(tmp_path / "s" / f"{i:02d}-{mode}-{n}", mode=mode, workers=n, slowdown=(), pushes=40)
+    runs = [figures(p) for p in read_batch(tmp_path, "s")]
+    notes = scaling_notes(runs, (1, 2))
+    assert "gradients to 95% went from 20 at N = 1 to 20 at N = 2" in notes[0]  # the target is hit at update 20
+    assert "Steps to 95% fell only from 20 at N = 1 to 20 at N = 2" in notes[1]  # N = 2: 40 gradients, 20 steps
