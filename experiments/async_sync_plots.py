@@ -110,6 +110,8 @@ def scaling(runs: list[RunFigures], workers: tuple[int, ...]):
              title="time to the target (mean over seeds)")
     _plain(ax_r.yaxis)
     _plain(ax_t.yaxis)
+    for ax in (ax_r, ax_t):
+        _ticks_125(ax)
     for ax in (ax_r, ax_e, ax_t):
         ax.set_xticks(ns, [str(n) for n in workers])
         ax.xaxis.set_minor_formatter(NullFormatter())
@@ -123,6 +125,13 @@ def _plain(axis) -> None:
     """Log-scale ticks as plain numbers (5, 10, 20), not powers of ten."""
     axis.set_major_formatter(ScalarFormatter())
     axis.set_minor_formatter(NullFormatter())
+
+
+def _ticks_125(ax) -> None:
+    """Labelled 1-2-5 ticks across a log axis's range (a short range would otherwise show one label)."""
+    lo, hi = ax.get_ylim()
+    ticks = [m * 10.0 ** e for e in range(-2, 5) for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
+    ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
 
 
 def _mean(xs: list) -> float:
