@@ -100,10 +100,10 @@ def setup(plan: Plan, straggler: list[RunFigures], scaling: list[RunFigures]) ->
             f"**Scaling runs** (`configs/scaling.yaml`): N = {', '.join(map(str, plan.scaling_workers))} workers, "
             f"both modes, the same MLP and batch {v['batch_size']}, lr {v['lr']:g}, no straggler, "
             f"`worker.compute_s {v['compute_s']:g}` ({1000 * v['compute_s']:g} ms per gradient), "
-            f"{v['max_seconds']:g} s each, seeds {list(plan.scaling_seeds)}, for each seed N ascending with the modes "
-            f"interleaved. gradients/s = gradients that went into the model / training wall time (async: pushes "
-            f"applied; sync: steps x N); samples/s = {v['batch_size']} x gradients/s; the ideal is the rate if "
-            f"communication cost nothing, N / (compute_s + the measured compute per gradient).")
+            f"{v['max_seconds']:g} s each, seeds {_seeds(scaling, plan.scaling_seeds)}, for each seed N ascending "
+            f"with the modes interleaved. gradients/s = gradients that went into the model / training wall time "
+            f"(async: pushes applied; sync: steps x N); samples/s = {v['batch_size']} x gradients/s; the ideal "
+            f"is the rate if communication cost nothing, N / (compute_s + the measured compute per gradient).")
     return lines
 
 
@@ -181,13 +181,16 @@ def grid_section(plan: Plan, grid: list[RunFigures], best: dict) -> list[str]:
                 ts = ", ".join("-" if r.t_target is None else f"{r.t_target:.2f}" for r in runs)
                 rows.append([m, f"{lr:g}", ts, pm([r.t_target for r in runs], 2),
                              pm([r.final_acc for r in runs], 4), "**best**" if best.get(m) == lr else ""])
-    chosen = ", ".join(f"{m} {lr:g}" for m, lr in best.items()) or "none (no lr reached the target on every seed)"
+    missing = sorted(set(plan.grid_seeds) - {r.seed for r in grid})
+    chosen = ", ".join(f"{m} {lr:g}" for m, lr in best.items()) or (
+        f"none yet (grid seed {', '.join(map(str, missing))} not run)" if missing
+        else "none (no lr reached the target on every seed)")
     return ["## Learning rate grid",
             f"The straggler setup at lr {', '.join(f'{x:g}' for x in plan.lrs)} for each mode, on seeds "
-            f"{list(plan.grid_seeds)} (not the comparison's seeds, so the choice is not fitted to them). Each mode's "
-            f"best lr is the one with the least mean time to {TARGET:.0%} among those where every grid seed reached "
-            f"it: {chosen}. A mode whose best lr differs from {plan.lr:g} is rerun at it on seeds {list(plan.seeds)} "
-            f"(the 'tuned' rows above).\n\n"
+            f"{_seeds(grid, plan.grid_seeds)} (not the comparison's seeds, so the choice is not fitted to them). "
+            f"Each mode's best lr is the one with the least mean time to {TARGET:.0%} among those where every "
+            f"grid seed reached it: {chosen}. A mode whose best lr differs from {plan.lr:g} is rerun at it on "
+            f"seeds {list(plan.seeds)} (the 'tuned' rows above).\n\n"
             + table(["mode", "lr", f"s to {TARGET:.0%} per seed", "mean", "final acc", ""], rows),
             "![lr grid](img/async_vs_sync_lr_grid.png)"]
 
@@ -232,6 +235,13 @@ def runs_section(base: Path) -> list[str]:
             "same batch (a run of these keeps about one core busy), so a 1-minute load well above 1 means "
             "something else was running:\n\n"
             + table(["run", "load 1 min", "5 min", "15 min"], rows)]
+
+
+def _seeds(runs: list[RunFigures], planned: tuple[int, ...]) -> str:
+    """The seeds that ran, and those of the plan that did not (yet)."""
+    ran = sorted({r.seed for r in runs})
+    missing = [s for s in planned if s not in ran]
+    return f"{ran}" + (f" (planned also {missing}: not run)" if missing else "")
 
 
 def _order(seeds: tuple[int, ...]) -> str:
