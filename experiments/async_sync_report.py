@@ -29,7 +29,7 @@ def write_report(plan: Plan, base: Path, out: Path, quick: bool) -> Path | None:
     best = best_lrs(plan, base)
     img = out / "img"
     body = [*setup(plan, straggler, scaling), "## Expectations against the measurements",
-            "\n".join(expectations(plan, straggler, tuned, best, scaling))]
+            "\n".join(expectations(plan, straggler, tuned, best, scaling, grid))]
     if straggler:
         save_png(plots.curves(straggler, f"lr {plan.lr:g}"), img / "async_vs_sync_straggler.png")
         body += straggler_section(plan, straggler, tuned, best)
@@ -107,7 +107,7 @@ def setup(plan: Plan, straggler: list[RunFigures], scaling: list[RunFigures]) ->
     return lines
 
 
-def expectations(plan: Plan, straggler, tuned, best, scaling) -> list[str]:
+def expectations(plan: Plan, straggler, tuned, best, scaling, grid) -> list[str]:
     out = []
     if straggler:
         a, s = _of(straggler, "async"), _of(straggler, "sync")
@@ -115,7 +115,14 @@ def expectations(plan: Plan, straggler, tuned, best, scaling) -> list[str]:
         if best and any(lr != plan.lr for lr in best.values()):
             a, s = _of(tuned, "async", best.get("async", plan.lr)), _of(tuned, "sync", best.get("sync", plan.lr))
             what = "each mode at its best grid lr: " + ", ".join(f"{m} {best.get(m, plan.lr):g}" for m in MODES)
-            out += [faster(a, s, what), final_close(a, s, what)]
+            if a and s:
+                out += [faster(a, s, what), final_close(a, s, what)]
+            else:  # the tuned batch has not run: say so, and what the grid seeds alone show at those lrs
+                ga, gs = _of(grid, "async", best.get("async", plan.lr)), _of(grid, "sync", best.get("sync", plan.lr))
+                out += [f"- **Tuned comparison** ({what}, seeds {list(plan.seeds)}): not run, the `tuned` batch is "
+                        f"missing from this folder. On the grid seeds alone, at those lrs (the seeds the lrs were "
+                        f"chosen on, so a biased look):",
+                        "  " + faster(ga, gs, what + ", grid seeds"), "  " + final_close(ga, gs, what + ", grid seeds")]
         elif best:
             out.append(f"- The lr grid picked lr {plan.lr:g} for both modes: the comparison above is the tuned one.")
     out += scaling_lines(scaling, plan.scaling_workers)
