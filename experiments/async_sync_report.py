@@ -198,8 +198,21 @@ def grid_section(plan: Plan, grid: list[RunFigures], best: dict) -> list[str]:
             f"Each mode's best lr is the one with the least mean time to {TARGET:.0%} among those where every "
             f"grid seed reached it: {chosen}. A mode whose best lr differs from {plan.lr:g} is rerun at it on "
             f"seeds {list(plan.seeds)} (the 'tuned' rows above).\n\n"
-            + table(["mode", "lr", f"s to {TARGET:.0%} per seed", "mean", "final acc", ""], rows),
+            + table(["mode", "lr", f"s to {TARGET:.0%} per seed", "mean", "final acc", ""], rows)
+            + _grid_gaps(plan, grid),
             "![lr grid](img/async_vs_sync_lr_grid.png)"]
+
+
+def _grid_gaps(plan: Plan, grid: list[RunFigures]) -> str:
+    """Async - sync final accuracy at each grid lr: whether the gap belongs to the mode or to the lr."""
+    parts = []
+    for lr in plan.lrs:
+        fa = [r.final_acc for r in _of(grid, "async", lr) if r.final_acc is not None]
+        fs = [r.final_acc for r in _of(grid, "sync", lr) if r.final_acc is not None]
+        if fa and fs:
+            parts.append(f"{100 * (np.mean(fa) - np.mean(fs)):+.2f} points at lr {lr:g}")
+    return ("\n\nFinal accuracy, async - sync, on the grid seeds (the same lr for both modes): " + ", ".join(parts)
+            + ".") if parts else ""
 
 
 def scaling_section(plan: Plan, runs: list[RunFigures]) -> list[str]:
