@@ -57,7 +57,13 @@ def shown(path: Path | str) -> str:
 
 def run_sweep(config: str, overrides: list[str], sweep_dir: Path, timeout_s: float) -> Sweep:
     """`python -m launch CONFIG OVERRIDES --run-dir SWEEP_DIR` (a sweep config), bounded by timeout_s."""
-    args = [config, *overrides, "--run-dir", shown(sweep_dir), "--quiet"]
+    command, rc = run_launcher(config, overrides, sweep_dir, timeout_s)
+    return Sweep(sweep_dir, command, rc, read_points(sweep_dir))
+
+
+def run_launcher(config: str, overrides: list[str], run_dir: Path, timeout_s: float) -> tuple[str, int]:
+    """`python -m launch CONFIG OVERRIDES --run-dir RUN_DIR --quiet`, bounded by timeout_s: (command, exit code)."""
+    args = [config, *overrides, "--run-dir", shown(run_dir), "--quiet"]
     command = "python -m launch " + " ".join(shlex.quote(a) for a in args)
     print(f"$ {command}", flush=True)
     proc = subprocess.Popen([sys.executable, "-m", "launch", *args], cwd=REPO)
@@ -70,8 +76,8 @@ def run_sweep(config: str, overrides: list[str], sweep_dir: Path, timeout_s: flo
         except subprocess.TimeoutExpired:
             proc.kill()
             rc = proc.wait()
-        print(f"sweep stopped after {timeout_s:.0f}s (timeout); using the points that finished", flush=True)
-    return Sweep(sweep_dir, command, rc, read_points(sweep_dir))
+        print(f"stopped after {timeout_s:.0f}s (timeout); using what finished", flush=True)
+    return command, rc
 
 
 def read_points(sweep_dir: Path) -> list[Point]:
@@ -167,15 +173,22 @@ def machine() -> str:
             f"{platform.release()}, Python {platform.python_version()}, torch {torch.__version__}")
 
 
-def header(title: str, script_command: str, commands: list[str], runs: Path) -> list[str]:
-    """The report's opening: date, machine, and the exact commands that produced it."""
+NO_WALL_TIMES = "Wall times are not reported: the cores were shared, so they say little."
+
+
+def header(title: str, script_command: str, commands: list[str], runs: Path, timing: str = NO_WALL_TIMES,
+           depth: int = 1) -> list[str]:
+    """The report's opening: date, machine, and the exact commands that produced it.
+
+    `timing` says what the report makes of wall times; `depth` is how deep below `runs` the run
+    folders' config.yaml lie (1 for a sweep's points), for the start date."""
     lines = "\n".join(f"    {c}" for c in commands)
-    first = min((p.stat().st_mtime for p in runs.glob("*/config.yaml")), default=time.time())  # a sweep's start
+    first = min((p.stat().st_mtime for p in runs.glob("*/" * depth + "config.yaml")), default=time.time())
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(first))
     return [f"# {title}",
             f"Sweeps started {started} by `{script_command}`; report written "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
-            f"Machine: {machine()}. Wall times are not reported: the cores were shared, so they say little.",
+            f"Machine: {machine()}. {timing}",
             f"The launcher commands it ran (run folders in `{shown(runs)}/`; `runs/` is not committed):\n\n{lines}\n\n"
             f"The report is rebuilt from those folders, without new runs, by "
             f"`{script_command} --report-only {shown(runs)}`."]

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from experiments import artificial_delay, ef21_logreg, noise_floor, stability_edge
+from experiments import artificial_delay, async_vs_sync, ef21_logreg, noise_floor, stability_edge
 
 
 def _check_report(out, report: str, prefix: str, sections: list[str]) -> None:
@@ -65,3 +65,22 @@ def test_ef21_logreg_quick_writes_report_and_plots(tmp_path):
                   ["## Tuning (seed 0)", "### Batch 1", "### Batch 128", "## Expectations against the measurements",
                    "B = 1: EF21-SGDM below EF21-SGD", "B = 128: EF21-SGD2M below EF21-SGD"])
     assert len(list((tmp_path / "runs").glob("ef21_logreg-*/b*/0*"))) == 8  # one run per (batch, method)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_async_vs_sync_quick_writes_report_and_plots(tmp_path):
+    out = tmp_path / "out"
+    assert async_vs_sync.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
+    _check_report(out, "async_vs_sync.md", "async_vs_sync_",
+                  ["## Expectations against the measurements", "## Straggler: the runs", "## Learning rate grid",
+                   "## Scaling with the number of workers", "## What happened, and why", "mode=sync"])
+    (base,) = (tmp_path / "runs").glob("async_vs_sync-quick-*")
+    straggler = sorted(p.name for p in (base / "straggler").iterdir())
+    assert [name.split("-")[1] for name in straggler] == ["async", "sync"]  # interleaved, async first
+    assert len(list((base / "scaling-0").glob("*/summary.json"))) == 4  # N = 1, 2 x both modes
+    # the report is rebuilt from the folder alone, and a second invocation into it runs nothing again
+    assert async_vs_sync.main(["--report-only", str(base), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "async_vs_sync.md").exists()
+    assert async_vs_sync.main(["--quick", "--into", str(base), "--batches", "straggler", "--out", str(out)]) == 0
+    assert len((base / "commands.txt").read_text().splitlines()) == len(list(base.glob("*/*/summary.json")))
