@@ -57,8 +57,9 @@ def target_times(groups: dict[str, list[RunFigures]]):
         if ts:
             ax.hlines(np.mean(ts), i - 0.3, i + 0.3, color="k", lw=1)
     ax.set_xticks(range(len(groups)), list(groups), fontsize=7)
-    ax.set(ylabel=f"seconds to {TARGET:.0%} test accuracy", yscale="log",
+    ax.set(ylabel=f"seconds to {TARGET:.0%} test accuracy",
            title="time to the target per run (line: mean; bar: since the previous evaluation)")
+    _log_y_if_reached(ax)
     _plain(ax.yaxis)
     ax.title.set_fontsize(8)
     ax.grid(alpha=0.3, which="both")
@@ -78,8 +79,9 @@ def lr_grid(runs: list[RunFigures], lrs: tuple[float, ...]):
         means_a = [_mean([r.final_acc for r in mine if r.lr == lr]) for lr in lrs]
         ax_t.plot(lrs, means_t, "-", color=COLORS[mode], label=mode)
         ax_a.plot(lrs, means_a, "-", color=COLORS[mode], label=mode)
-    ax_t.set(xscale="log", yscale="log", xlabel="lr", ylabel=f"seconds to {TARGET:.0%}",
+    ax_t.set(xscale="log", xlabel="lr", ylabel=f"seconds to {TARGET:.0%}",
              title="lr grid: time to the target (points: seeds; missing: not reached)")
+    _log_y_if_reached(ax_t)
     ax_a.set(xscale="log", xlabel="lr", ylabel="final test accuracy", title="lr grid: final accuracy (same gradients)")
     _plain(ax_t.yaxis)
     for ax in (ax_t, ax_a):
@@ -106,8 +108,9 @@ def scaling(runs: list[RunFigures], workers: tuple[int, ...]):
     ax_r.set(xscale="log", yscale="log", xlabel="workers N", ylabel="gradients/s",
              title="throughput (samples/s = 32 x gradients/s)")
     ax_e.set(xscale="log", xlabel="workers N", ylabel="measured / ideal", ylim=(0, 1.1), title="efficiency")
-    ax_t.set(xscale="log", yscale="log", xlabel="workers N", ylabel=f"seconds to {TARGET:.0%}",
+    ax_t.set(xscale="log", xlabel="workers N", ylabel=f"seconds to {TARGET:.0%}",
              title="time to the target (mean over seeds)")
+    _log_y_if_reached(ax_t)
     _plain(ax_r.yaxis)
     _plain(ax_t.yaxis)
     for ax in (ax_r, ax_t):
@@ -121,6 +124,19 @@ def scaling(runs: list[RunFigures], workers: tuple[int, ...]):
     return fig
 
 
+def _positive_y(ax) -> list[float]:
+    return [float(y) for line in ax.lines for y in np.asarray(line.get_ydata(), dtype=float)
+            if np.isfinite(y) and y > 0]
+
+
+def _log_y_if_reached(ax) -> None:
+    """Log time axis, unless no run reached the target (a log axis with no positive data cannot be drawn)."""
+    if _positive_y(ax):
+        ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, f"no run reached {TARGET:.0%}", transform=ax.transAxes, ha="center", fontsize=8)
+
+
 def _plain(axis) -> None:
     """Log-scale ticks as plain numbers (5, 10, 20), not powers of ten."""
     axis.set_major_formatter(ScalarFormatter())
@@ -129,6 +145,8 @@ def _plain(axis) -> None:
 
 def _ticks_125(ax) -> None:
     """Labelled 1-2-5 ticks across a log axis's range (a short range would otherwise show one label)."""
+    if ax.get_yscale() != "log" or not _positive_y(ax):  # nothing reached the target: matplotlib's ticks
+        return
     lo, hi = ax.get_ylim()
     ticks = [m * 10.0 ** e for e in range(-2, 5) for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
     ax.set_yticks(ticks, [f"{t:g}" for t in ticks])

@@ -118,3 +118,24 @@ def test_scaling_notes_count_sync_steps_as_gradients_over_n(tmp_path):
     notes = scaling_notes(runs, (1, 2))
     assert "gradients to 95% went from 20 at N = 1 to 20 at N = 2" in notes[0]  # the target is hit at update 20
     assert "Steps to 95% fell only from 20 at N = 1 to 20 at N = 2" in notes[1]  # N = 2: 40 gradients, 20 steps
+
+
+def test_plots_draw_when_no_run_reached_the_target(tmp_path):
+    """A short run may never reach 95%: the time axes then stay linear with a note, instead of failing to draw."""
+    from experiments.async_sync_analysis import RunFigures
+    from experiments.async_sync_plots import lr_grid, scaling, target_times
+    from experiments.common import save_png
+
+    def run(mode, n, lr):
+        return RunFigures(point=None, mode=mode, workers=n, seed=0, lr=lr, batch_size=32, wall_s=1.0, steps=10,
+                          gradients=10 * n, ideal_gradients_per_s=12.0 * n, t_target=None, t_before=None,
+                          grads_at_target=None, final_acc=0.5, eval_gap_s=0.1, cpu_cores=0.3, staleness_mean=0.0,
+                          staleness_max=0, collective_ms=None, slow_share=None, late_acc=None)
+
+    runs = [run(m, n, 1e-3) for m in ("async", "sync") for n in (1, 2)]
+    for name, fig in (("scaling", scaling(runs, (1, 2))), ("lr", lr_grid(runs, (1e-3,))),
+                      ("times", target_times({"same lr": runs}))):
+        axes = [ax for ax in fig.axes if "time to the target" in ax.get_title()]
+        assert axes and all(ax.get_yscale() == "linear" and ax.texts for ax in axes), name
+        save_png(fig, tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
