@@ -34,6 +34,7 @@ class Plan:
     tune_seed: int
     repeat_seeds: list[int]  # the best step size of each (batch, method) in `repeated` runs again on these
     repeated: tuple[str, ...] = ("ef21", "ef21-sgdm", "ef21-sgd2m")  # EF14-SGD is a reference: one seed
+    extra: tuple[str, ...] = ()  # launcher overrides added to every run
 
     def repeats(self) -> list[tuple[int, str]]:
         return [(b, m) for b, m in self.grids if m in self.repeated] if self.repeat_seeds else []
@@ -68,16 +69,16 @@ FULL = Plan(
            (128, "ef21"): _pow2(-7, -4), (128, "ef21-sgdm"): _pow2(-7, -4), (128, "ef21-sgd2m"): _pow2(-7, -4),
            (128, "ef14"): _pow2(-7, -4)},
     tune_seed=0, repeat_seeds=[1, 2])
-QUICK = Plan(  # the poster's step sizes, one seed, a few hundred rounds: exercises every step of the script
-    rounds={1: 300, 128: 300},
+QUICK = Plan(  # the poster's step sizes, one seed, 150 rounds: exercises every step of the script; the 10 workers
+    rounds={1: 150, 128: 150},  # share one process (threads), so a run does not spend ~30 s starting 10 of them
     grids={(1, "ef21"): [2**-6], (1, "ef21-sgdm"): [2**-7], (1, "ef21-sgd2m"): [2**-5], (1, "ef14"): [2**-4],
            (128, "ef21"): [2**-6], (128, "ef21-sgdm"): [2**-3], (128, "ef21-sgd2m"): [2**-4], (128, "ef14"): [2**-2]},
-    tune_seed=0, repeat_seeds=[])
+    tune_seed=0, repeat_seeds=[], extra=("worker.per_process=10",))
 
 
 def overrides(plan: Plan, batch: int, method: str, lrs: list[float], seeds: list[int]) -> list[str]:
     return [f"task.batch_size={batch}", f"compression.method={method}", f"run.max_updates={plan.rounds[batch]}",
-            f"sweep.optimizer.lr={lrs}", f"sweep.seed={seeds}"]
+            f"sweep.optimizer.lr={lrs}", f"sweep.seed={seeds}", *plan.extra]
 
 
 def run_one(plan: Plan, name: str, base: Path) -> Sweep:
@@ -127,7 +128,7 @@ def hand_written(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.ef21_logreg", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="one step size per method, 300 rounds (a smoke test)")
+    ap.add_argument("--quick", action="store_true", help="one step size per method, 150 rounds (a smoke test)")
     ap.add_argument("--out", type=Path, default=Path("docs/results"), help="report folder (images go to img/)")
     ap.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of the experiment folder")
     ap.add_argument("--base", type=Path, help="experiment folder to run into (default: a new one under --runs)")
