@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,13 @@ def test_regularizer_gradient_matches_autograd(reg):
     task.cfg = cfg.task
     task.gradient(torch.arange(20))
     torch.testing.assert_close(task.net.grad, plain + g_reg, rtol=1e-5, atol=1e-6)
+
+
+def test_digits_read_without_importing_sklearn_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    from worker.tasks.data import digits_arrays
+
+    pixels, labels = digits_arrays()
+    d = load_digits()
+    assert np.array_equal(pixels, d.data) and np.array_equal(labels, d.target)
