@@ -69,9 +69,11 @@ def selection(d: int, repeats: int, device: torch.device) -> list[dict]:
     mag, mask = x.abs(), torch.empty(d, dtype=torch.bool, device=device)
     k = sparsify.count_kept(0.01, 0, d)
     gen = torch.Generator(device=device).manual_seed(0)
-    select = {"exact-full": lambda: sparsify.topk_exact(mag, k, mask),
-              "exact": lambda: sparsify.topk_exact(mag, k, mask, gen),
-              "sampled": lambda: sparsify.topk_sampled(mag, k, 0.01, gen, mask)}
+    select = {
+        "exact-full": lambda: sparsify.topk_exact(mag, k, mask),
+        "exact": lambda: sparsify.topk_exact(mag, k, mask, gen),
+        "sampled": lambda: sparsify.topk_sampled(mag, k, 0.01, gen, mask),
+    }
     assert torch.equal(select["exact-full"](), select["exact"]())  # a benchmark of a wrong result is no use
     rows = []
     for mode, fn in select.items():
@@ -80,8 +82,14 @@ def selection(d: int, repeats: int, device: torch.device) -> list[dict]:
         def call(fn=fn, kept=kept):
             kept.append(fn().numel())
 
-        row = {"d": d, "selection": mode, "k": k, "select_ms": best_ms(call, repeats, device),
-               "kept_min": min(kept), "kept_max": max(kept)}
+        row = {
+            "d": d,
+            "selection": mode,
+            "k": k,
+            "select_ms": best_ms(call, repeats, device),
+            "kept_min": min(kept),
+            "kept_max": max(kept),
+        }
         if mode != "exact-full":
             comp = compressor(d, {"compressor": "topk", "selection": mode})
             row["compress_ms"] = best_ms(lambda c=comp: c.compress(x), repeats, device)
@@ -98,8 +106,17 @@ def every_compressor(d: int, repeats: int, device: torch.device, copy_ms: float)
         ms = best_ms(lambda c=comp: c.compress(x), repeats, device)
         payload = comp.compress(x)
         dec_ms = best_ms(lambda p=payload: decode_into(p, d, out), repeats, torch.device("cpu"))
-        rows.append({"compressor": label, "ms": ms, "x_copy": ms / copy_ms, "decode_ms": dec_ms,
-                     "bytes": payload.nbytes, "dense_over_bytes": 4 * d / payload.nbytes, "kept": comp.last_kept})
+        rows.append(
+            {
+                "compressor": label,
+                "ms": ms,
+                "x_copy": ms / copy_ms,
+                "decode_ms": dec_ms,
+                "bytes": payload.nbytes,
+                "dense_over_bytes": 4 * d / payload.nbytes,
+                "kept": comp.last_kept,
+            }
+        )
     return rows
 
 
@@ -120,12 +137,16 @@ def main() -> int:
     sel = selection(args.select_d, args.repeats, device)
     rows = every_compressor(args.d, args.repeats, device, copy_ms)
     for r in sel:
-        print(f"top-k 1% {r['selection']:10s} d={r['d']}: select {r['select_ms']:7.1f} ms, compress "
-              f"{r.get('compress_ms', float('nan')):7.1f} ms, kept {r['kept_min']}..{r['kept_max']} of k={r['k']}")
+        print(
+            f"top-k 1% {r['selection']:10s} d={r['d']}: select {r['select_ms']:7.1f} ms, compress "
+            f"{r.get('compress_ms', float('nan')):7.1f} ms, kept {r['kept_min']}..{r['kept_max']} of k={r['k']}"
+        )
     print(f"copy of {args.d} floats: {copy_ms:.2f} ms")
     for r in rows:
-        print(f"{r['compressor']:24s} {r['ms']:8.2f} ms  {r['x_copy']:7.1f}x copy  decode {r['decode_ms']:7.2f} ms  "
-              f"{r['bytes']:>9d} B ({r['dense_over_bytes']:.1f}x smaller than dense float32)")
+        print(
+            f"{r['compressor']:24s} {r['ms']:8.2f} ms  {r['x_copy']:7.1f}x copy  decode {r['decode_ms']:7.2f} ms  "
+            f"{r['bytes']:>9d} B ({r['dense_over_bytes']:.1f}x smaller than dense float32)"
+        )
     _write(args, copy_ms, sel, rows)
     return 0
 
@@ -134,8 +155,15 @@ def _write(args, copy_ms: float, sel: list[dict], rows: list[dict]) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python -m bench.compress " + " ".join(sys.argv[1:])
     when = time.strftime("%Y-%m-%d %H:%M")
-    meta = {"command": command.strip(), "date": when, "threads": args.threads, "device": args.device,
-            "repeats": args.repeats, "copy_ms": copy_ms, "d": args.d}
+    meta = {
+        "command": command.strip(),
+        "date": when,
+        "threads": args.threads,
+        "device": args.device,
+        "repeats": args.repeats,
+        "copy_ms": copy_ms,
+        "d": args.d,
+    }
     (args.out / "compress.json").write_text(json.dumps({**meta, "selection": sel, "compressors": rows}, indent=1))
     lines = [
         "# Compressor cost",
@@ -155,8 +183,10 @@ def _write(args, copy_ms: float, sel: list[dict], rows: list[dict]) -> None:
     ]
     for r in sel:
         comp = f"{r['compress_ms']:.1f}" if "compress_ms" in r else ""
-        lines.append(f"| {r['selection']} | {r['k']} | {r['select_ms']:.1f} | {comp} | {r['kept_min']}..{r['kept_max']}"
-                     f" | {r['kept_min'] / r['d']:.4%}..{r['kept_max'] / r['d']:.4%} |")
+        lines.append(
+            f"| {r['selection']} | {r['k']} | {r['select_ms']:.1f} | {comp} | {r['kept_min']}..{r['kept_max']}"
+            f" | {r['kept_min'] / r['d']:.4%}..{r['kept_max'] / r['d']:.4%} |"
+        )
     lines += [
         "",
         f"## Every compressor at {args.d} floats; one copy of the vector took {copy_ms:.2f} ms in this run",
@@ -168,10 +198,15 @@ def _write(args, copy_ms: float, sel: list[dict], rows: list[dict]) -> None:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['compressor']} | {r['ms']:.2f} | {r['x_copy']:.1f} | {r['decode_ms']:.2f} | "
-                     f"{r['bytes']} | {r['dense_over_bytes']:.1f} |")
-    lines += ["", "Sparse payloads use `indices: auto` (delta16 here: gaps are ~100). decode = "
-              "protocol.encoding.decode_into into a preallocated float32 buffer (the server side)."]
+        lines.append(
+            f"| {r['compressor']} | {r['ms']:.2f} | {r['x_copy']:.1f} | {r['decode_ms']:.2f} | "
+            f"{r['bytes']} | {r['dense_over_bytes']:.1f} |"
+        )
+    lines += [
+        "",
+        "Sparse payloads use `indices: auto` (delta16 here: gaps are ~100). decode = "
+        "protocol.encoding.decode_into into a preallocated float32 buffer (the server side).",
+    ]
     (args.out / "compress.md").write_text("\n".join(lines) + "\n")
 
 

@@ -39,8 +39,13 @@ def main() -> int:
     ap.add_argument("--warmup-s", type=float, default=2.0)
     ap.add_argument("--repeats", type=int, default=3, help="alternate taups and rpc this often; report medians")
     ap.add_argument("--endpoint", default="tcp://127.0.0.1:0")
-    ap.add_argument("--rpc-transports", nargs="+", default=["auto", "tcp"], choices=sorted(rpc_baseline.TRANSPORTS),
-                    help="auto: TensorPipe's choice (shared memory on one host); tcp: the loopback socket only")
+    ap.add_argument(
+        "--rpc-transports",
+        nargs="+",
+        default=["auto", "tcp"],
+        choices=sorted(rpc_baseline.TRANSPORTS),
+        help="auto: TensorPipe's choice (shared memory on one host); tcp: the loopback socket only",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
     copy_gbs = copy_bandwidth_gbs()
@@ -49,8 +54,11 @@ def main() -> int:
     for params in args.params:
         step = amsgrad_step_s(params)
         wire = zmq_round_trip_s(4 * params)
-        print(f"{params:>8} params: bare ZeroMQ round trip of the gradient and the parameters {1e3 * wire:.2f} ms, "
-              f"isolated AMSGrad step {1e3 * step:.2f} ms", flush=True)
+        print(
+            f"{params:>8} params: bare ZeroMQ round trip of the gradient and the parameters {1e3 * wire:.2f} ms, "
+            f"isolated AMSGrad step {1e3 * step:.2f} ms",
+            flush=True,
+        )
         apply_gbs = AMSGRAD_BYTES_PER_PARAM * params / step / 1e9
         for workers in args.workers:
             trials_t, trials_r = [], {t: [] for t in args.rpc_transports}
@@ -58,27 +66,37 @@ def main() -> int:
                 trials_t.append(run_taups(params, workers, args.warmup_s, args.seconds, args.endpoint))
                 for transport in args.rpc_transports:
                     trials_r[transport].append(
-                        rpc_baseline.measure(params, workers, args.warmup_s, args.seconds, transport))
+                        rpc_baseline.measure(params, workers, args.warmup_s, args.seconds, transport)
+                    )
             t = sorted(trials_t, key=lambda x: x["updates_per_s"])[len(trials_t) // 2]
             rpc = {k: statistics.median(v) for k, v in trials_r.items()}
-            row = {"params": params, "workers": workers, "taups_updates_per_s": t["updates_per_s"],
-                   "rpc_updates_per_s": rpc,
-                   "ratio": {k: t["updates_per_s"] / v if v else None for k, v in rpc.items()},
-                   "taups_trials": [round(x["updates_per_s"], 1) for x in trials_t],
-                   "rpc_trials": {k: [round(x, 1) for x in v] for k, v in trials_r.items()},
-                   "target_ratio": TARGETS.get((params, workers)), "server_per_update_ms": t["per_update_ms"],
-                   "server_idle_fraction": t["server_idle_fraction"],
-                   "worker_cpu_ms_per_push": t["worker_cpu_ms_per_push"],
-                   "server_cpu_ms_per_update": 1e3 * t["server_cpu_s"] / max(1e-9, t["updates_per_s"] * args.seconds),
-                   "isolated_step_ms": 1e3 * step, "isolated_step_gbs": apply_gbs, "wire_round_trip_ms": 1e3 * wire}
+            row = {
+                "params": params,
+                "workers": workers,
+                "taups_updates_per_s": t["updates_per_s"],
+                "rpc_updates_per_s": rpc,
+                "ratio": {k: t["updates_per_s"] / v if v else None for k, v in rpc.items()},
+                "taups_trials": [round(x["updates_per_s"], 1) for x in trials_t],
+                "rpc_trials": {k: [round(x, 1) for x in v] for k, v in trials_r.items()},
+                "target_ratio": TARGETS.get((params, workers)),
+                "server_per_update_ms": t["per_update_ms"],
+                "server_idle_fraction": t["server_idle_fraction"],
+                "worker_cpu_ms_per_push": t["worker_cpu_ms_per_push"],
+                "server_cpu_ms_per_update": 1e3 * t["server_cpu_s"] / max(1e-9, t["updates_per_s"] * args.seconds),
+                "isolated_step_ms": 1e3 * step,
+                "isolated_step_gbs": apply_gbs,
+                "wire_round_trip_ms": 1e3 * wire,
+            }
             rows.append(row)
             print(_line(row, copy_gbs), flush=True)
     _write(args.out, rows, copy_gbs, args)
     for r in rows:
         for transport, ratio in r["ratio"].items() if r["target_ratio"] else ():
             if (ratio or 0) < r["target_ratio"]:
-                print(f"BELOW TARGET against rpc/{transport}: {r['params']} params, {r['workers']} workers: "
-                      f"{ratio:.2f}x < {r['target_ratio']}x")
+                print(
+                    f"BELOW TARGET against rpc/{transport}: {r['params']} params, {r['workers']} workers: "
+                    f"{ratio:.2f}x < {r['target_ratio']}x"
+                )
     return 0
 
 
@@ -86,11 +104,13 @@ def _line(r: dict, copy_gbs: float) -> str:
     ms = r["server_per_update_ms"]
     apply_gbs = AMSGRAD_BYTES_PER_PARAM * r["params"] / (ms["apply"] / 1e3) / 1e9 if ms["apply"] else 0.0
     rpc = "  ".join(f"rpc/{k} {v:7.1f}/s ({r['ratio'][k]:.2f}x)" for k, v in r["rpc_updates_per_s"].items())
-    return (f"{r['params']:>8} params {r['workers']} workers: taups {r['taups_updates_per_s']:7.1f}/s  {rpc}"
-            + (f" (target {r['target_ratio']}x)" if r["target_ratio"] else "")
-            + f" | cores busy {_cores_busy(r):.2f}/{os.cpu_count()}"
-            + f" | server per update: receive {ms['receive']:.2f} ms, apply {ms['apply']:.2f} ms "
-              f"({apply_gbs:.1f} GB/s = {apply_gbs / copy_gbs:.0%} of copy), reply {ms['reply']:.2f} ms")
+    return (
+        f"{r['params']:>8} params {r['workers']} workers: taups {r['taups_updates_per_s']:7.1f}/s  {rpc}"
+        + (f" (target {r['target_ratio']}x)" if r["target_ratio"] else "")
+        + f" | cores busy {_cores_busy(r):.2f}/{os.cpu_count()}"
+        + f" | server per update: receive {ms['receive']:.2f} ms, apply {ms['apply']:.2f} ms "
+        f"({apply_gbs:.1f} GB/s = {apply_gbs / copy_gbs:.0%} of copy), reply {ms['reply']:.2f} ms"
+    )
 
 
 def _cores_busy(r: dict) -> float:
@@ -109,16 +129,22 @@ def _of_floor(r: dict) -> str:
 
 def _write(out: Path, rows: list[dict], copy_gbs: float, args) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "copy_gbs": copy_gbs,
-            "command": "python -m bench.dense_push " + " ".join(sys.argv[1:])}
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "copy_gbs": copy_gbs,
+        "command": "python -m bench.dense_push " + " ".join(sys.argv[1:]),
+    }
     (out / "dense_push.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
     lines = [
-        "# Dense push + AMSGrad + reply: taups vs torch.distributed.rpc", "",
+        "# Dense push + AMSGrad + reply: taups vs torch.distributed.rpc",
+        "",
         f"Measured {meta['date']} with `{meta['command']}` on this 2-core machine; "
         f"copy bandwidth in the same run {copy_gbs:.1f} GB/s (one thread, read + write). "
         f"Updates/s are medians of {args.repeats} interleaved trials (all trials in dense_push.json); "
-        "loopback runs on this shared 2-core machine vary by up to +-30% between trials.", "",
-        "| params | workers | taups upd/s | " + " | ".join(f"rpc/{t} upd/s | ratio" for t in args.rpc_transports)
+        "loopback runs on this shared 2-core machine vary by up to +-30% between trials.",
+        "",
+        "| params | workers | taups upd/s | "
+        + " | ".join(f"rpc/{t} upd/s | ratio" for t in args.rpc_transports)
         + " | target | server receive ms | apply ms | apply GB/s (% of copy) | reply ms | server idle | "
         f"CPU ms/update (server + workers) | cores busy (of {os.cpu_count()}) | 1-worker floor |",
         "|---|---|---|" + "---|---|" * len(args.rpc_transports) + "---|---|---|---|---|---|---|---|---|",
@@ -127,24 +153,30 @@ def _write(out: Path, rows: list[dict], copy_gbs: float, args) -> None:
         ms = r["server_per_update_ms"]
         gbs = AMSGRAD_BYTES_PER_PARAM * r["params"] / (ms["apply"] / 1e3) / 1e9 if ms["apply"] else 0.0
         rpc = " | ".join(f"{r['rpc_updates_per_s'][t]:.1f} | {r['ratio'][t]:.2f}x" for t in args.rpc_transports)
-        lines.append(f"| {r['params']} | {r['workers']} | {r['taups_updates_per_s']:.1f} | {rpc} | "
-                     f"{r['target_ratio'] or ''} | "
-                     f"{ms['receive']:.2f} | {ms['apply']:.2f} | {gbs:.1f} ({gbs / copy_gbs:.0%}) | "
-                     f"{ms['reply']:.2f} | {r['server_idle_fraction']:.0%} | {r['server_cpu_ms_per_update']:.2f} + "
-                     f"{r['worker_cpu_ms_per_push']:.2f} | {_cores_busy(r):.2f} | {_of_floor(r)} |")
+        lines.append(
+            f"| {r['params']} | {r['workers']} | {r['taups_updates_per_s']:.1f} | {rpc} | "
+            f"{r['target_ratio'] or ''} | "
+            f"{ms['receive']:.2f} | {ms['apply']:.2f} | {gbs:.1f} ({gbs / copy_gbs:.0%}) | "
+            f"{ms['reply']:.2f} | {r['server_idle_fraction']:.0%} | {r['server_cpu_ms_per_update']:.2f} + "
+            f"{r['worker_cpu_ms_per_push']:.2f} | {_cores_busy(r):.2f} | {_of_floor(r)} |"
+        )
     isolated = {r["params"]: r["isolated_step_ms"] for r in rows}
-    lines += ["", "apply = validate + AMSGrad step inside the server loop (36 bytes moved per parameter); "
-              "receive = reading the push off the socket into the preallocated buffer; reply = copying the "
-              "parameters into ZeroMQ (<= 4 MiB) or a pooled snapshot sent zero-copy (larger), and the send. "
-              "rpc/auto is TensorPipe's own choice, which between processes on one host is shared memory "
-              "(shm transport, cma channel); rpc/tcp pins it to the loopback TCP socket taups uses. "
-              "CPU ms/update = process CPU time (all threads, zmq's I/O threads included) of the server and of "
-              "the workers per update; cores busy = that times updates/s, against the machine's core count. "
-              "1-worker floor = the bare ZeroMQ round trip of the gradient and the parameters between two "
-              "processes (zero-copy, nothing else done) plus an isolated AMSGrad step, measured in this run: "
-              "a one-worker loop cannot be faster on this transport. "
-              "An isolated fused step (no other process running) takes "
-              + ", ".join(f"{ms:.2f} ms at {p}" for p, ms in isolated.items()) + "."]
+    lines += [
+        "",
+        "apply = validate + AMSGrad step inside the server loop (36 bytes moved per parameter); "
+        "receive = reading the push off the socket into the preallocated buffer; reply = copying the "
+        "parameters into ZeroMQ (<= 4 MiB) or a pooled snapshot sent zero-copy (larger), and the send. "
+        "rpc/auto is TensorPipe's own choice, which between processes on one host is shared memory "
+        "(shm transport, cma channel); rpc/tcp pins it to the loopback TCP socket taups uses. "
+        "CPU ms/update = process CPU time (all threads, zmq's I/O threads included) of the server and of "
+        "the workers per update; cores busy = that times updates/s, against the machine's core count. "
+        "1-worker floor = the bare ZeroMQ round trip of the gradient and the parameters between two "
+        "processes (zero-copy, nothing else done) plus an isolated AMSGrad step, measured in this run: "
+        "a one-worker loop cannot be faster on this transport. "
+        "An isolated fused step (no other process running) takes "
+        + ", ".join(f"{ms:.2f} ms at {p}" for p, ms in isolated.items())
+        + ".",
+    ]
     (out / "dense_push.md").write_text("\n".join(lines) + "\n")
 
 

@@ -28,8 +28,20 @@ from worker.ef import add_payload
 
 
 def _push(rank: int, seq: int, kind: str, p) -> Push:
-    return Push(rank=rank, seq=seq, base_version=0, kind=kind, encoding=p.encoding, numel=p.numel, loss=0.0,
-                samples=1, meta=p.meta, values=p.values, indices=p.indices, signs=p.signs)
+    return Push(
+        rank=rank,
+        seq=seq,
+        base_version=0,
+        kind=kind,
+        encoding=p.encoding,
+        numel=p.numel,
+        loss=0.0,
+        samples=1,
+        meta=p.meta,
+        values=p.values,
+        indices=p.indices,
+        signs=p.signs,
+    )
 
 
 def profile(params: int, repeats: int = 10, values: str = "float32", indices: str = "int32") -> dict:
@@ -61,8 +73,10 @@ def profile(params: int, repeats: int = 10, values: str = "float32", indices: st
         timed("worker: commit (decode into g_i)", lambda p=p: add_payload(g_i, p, scratch))
         staged = timed("server: EF21 stage (decode)", lambda p=p, i=i: ef.stage(_push(0, i + 1, "delta", p)))
         timed("server: EF21 apply (2 index_add)", lambda staged=staged: ef.apply(0, staged))
-        timed("server: dense stage (validate)", lambda grad=grad, i=i: dense.stage(_push(0, i, "grad",
-                                                                                          encode_dense(grad))))
+        timed(
+            "server: dense stage (validate)",
+            lambda grad=grad, i=i: dense.stage(_push(0, i, "grad", encode_dense(grad))),
+        )
         timed("server: AMSGrad step", lambda grad=grad: opt.step(grad, 1e-3))
     return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
 

@@ -18,23 +18,53 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_push_server(params: int, workers: int, warmup_s: float, seconds: float, endpoint: str,
-                    compression: dict | None = None) -> dict:
+def run_push_server(
+    params: int, workers: int, warmup_s: float, seconds: float, endpoint: str, compression: dict | None = None
+) -> dict:
     """`compression`: the config's compression section (server and workers use the same); None = dense."""
     compression = compression or {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cfg = {"name": "bench", "workers": workers, "compression": compression,
-               "server": {"endpoint": endpoint, "stop_grace_s": 1.0, "join_timeout_s": 60},
-               "run": {"max_updates": 10**9, "max_seconds": warmup_s + seconds + 1.0, "eval_every_s": 1e6}}
+        cfg = {
+            "name": "bench",
+            "workers": workers,
+            "compression": compression,
+            "server": {"endpoint": endpoint, "stop_grace_s": 1.0, "join_timeout_s": 60},
+            "run": {"max_updates": 10**9, "max_seconds": warmup_s + seconds + 1.0, "eval_every_s": 1e6},
+        }
         (tmp / "c.yaml").write_text(yaml.safe_dump(cfg))
-        server = subprocess.Popen([sys.executable, "-m", "ps", "--config", str(tmp / "c.yaml"), "--run-dir",
-                                   str(tmp / "run")], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "ps", "--config", str(tmp / "c.yaml"), "--run-dir", str(tmp / "run")],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         ep = server.stdout.readline().split()[1]
         flags = [f"--{key}={value}" for key, value in compression.items()]
-        procs = [subprocess.Popen([sys.executable, "-m", "bench.push_worker", "--server", ep, "--rank", str(r),
-                                   "--params", str(params), "--warmup-s", str(warmup_s), "--seconds", str(seconds),
-                                   "--out", str(tmp / f"w{r}.json"), *flags], cwd=ROOT) for r in range(workers)]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.push_worker",
+                    "--server",
+                    ep,
+                    "--rank",
+                    str(r),
+                    "--params",
+                    str(params),
+                    "--warmup-s",
+                    str(warmup_s),
+                    "--seconds",
+                    str(seconds),
+                    "--out",
+                    str(tmp / f"w{r}.json"),
+                    *flags,
+                ],
+                cwd=ROOT,
+            )
+            for r in range(workers)
+        ]
         server_cpu_s = _cpu_in_window(server.pid, warmup_s, seconds)
         for p in procs:
             p.wait(timeout=warmup_s + seconds + 120)
@@ -60,8 +90,9 @@ def summarize(results: list[dict], summary: dict) -> dict:
     split = summary["time_split_s"]
     n = max(1, summary["updates"])
     counted = max(1, sum(r["updates"] for r in results))
-    worker_split = {k.removesuffix("_s"): 1e3 * sum(r["split_s"][k] for r in results) / counted
-                    for k in results[0]["split_s"]}
+    worker_split = {
+        k.removesuffix("_s"): 1e3 * sum(r["split_s"][k] for r in results) / counted for k in results[0]["split_s"]
+    }
     return {
         "updates_per_s": sum(r["updates"] / r["window_s"] for r in results if r["window_s"] > 0),
         "per_update_ms": {k.removesuffix("_s"): 1e3 * v / n for k, v in split.items() if k != "idle_s"},

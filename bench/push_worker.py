@@ -37,8 +37,14 @@ def compression_args(ap: argparse.ArgumentParser) -> None:
 
 
 def compression_config(args) -> CompressionConfig:
-    cfg = CompressionConfig(method=args.method, compressor=args.compressor, ratio=args.ratio, values=args.values,
-                            indices=args.indices, selection=args.selection)
+    cfg = CompressionConfig(
+        method=args.method,
+        compressor=args.compressor,
+        ratio=args.ratio,
+        values=args.values,
+        indices=args.indices,
+        selection=args.selection,
+    )
     cfg.check()
     return cfg
 
@@ -64,8 +70,18 @@ def main() -> None:
     chan = Channel("dealer")
     chan.connect(args.server)
     alloc = lambda cls, spec: params  # every reply lands in the same buffer
-    chan.send(Hello(rank=args.rank, pid=0, host="bench", device="cpu", run_id="bench", uplink=uplink.uplink,
-                    signature=layout.signature(), init=params))
+    chan.send(
+        Hello(
+            rank=args.rank,
+            pid=0,
+            host="bench",
+            device="cpu",
+            run_id="bench",
+            uplink=uplink.uplink,
+            signature=layout.signature(),
+            init=params,
+        )
+    )
     while True:
         _, msg = chan.recv(120, alloc=alloc)
         if isinstance(msg, Welcome):
@@ -87,9 +103,22 @@ def push_loop(chan: Channel, uplink, grads: list, args, seq: int, version: int, 
         t0 = time.perf_counter()
         kind, p = uplink.prepare(grads[seq % len(grads)])
         t1 = time.perf_counter()
-        chan.send(Push(rank=args.rank, seq=seq, base_version=version, kind=kind, encoding=p.encoding,
-                       numel=args.params, loss=0.0, samples=1, meta=p.meta, values=p.values, indices=p.indices,
-                       signs=p.signs))
+        chan.send(
+            Push(
+                rank=args.rank,
+                seq=seq,
+                base_version=version,
+                kind=kind,
+                encoding=p.encoding,
+                numel=args.params,
+                loss=0.0,
+                samples=1,
+                meta=p.meta,
+                values=p.values,
+                indices=p.indices,
+                signs=p.signs,
+            )
+        )
         sent = chan.last_send_bytes
         _, reply = chan.recv(120, alloc=alloc)
         t2 = time.perf_counter()
@@ -107,8 +136,13 @@ def push_loop(chan: Channel, uplink, grads: list, args, seq: int, version: int, 
             pushed_bytes += sent
             for key, dt in (("prepare_s", t1 - t0), ("exchange_s", t2 - t1), ("commit_s", t3 - t2)):
                 split[key] += dt
-    return {"updates": counted, "window_s": (last - first) if counted > 1 else 0.0, "push_bytes": pushed_bytes,
-            "split_s": split, "cpu_s": cpu_last - cpu_first}
+    return {
+        "updates": counted,
+        "window_s": (last - first) if counted > 1 else 0.0,
+        "push_bytes": pushed_bytes,
+        "split_s": split,
+        "cpu_s": cpu_last - cpu_first,
+    }
 
 
 if __name__ == "__main__":

@@ -31,12 +31,14 @@ def _push(grad: torch.Tensor) -> torch.Tensor:
 TRANSPORTS = {"auto": {}, "tcp": {"_transports": ["uv"], "_channels": ["basic"]}}
 
 
-def _run(rank: int, world: int, params: int, warmup_s: float, seconds: float, port: int, out,
-         transport: str = "auto") -> None:
+def _run(
+    rank: int, world: int, params: int, warmup_s: float, seconds: float, port: int, out, transport: str = "auto"
+) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    opts = rpc.TensorPipeRpcBackendOptions(num_worker_threads=8, rpc_timeout=120, init_method=f"tcp://127.0.0.1:{port}",
-                                           **TRANSPORTS[transport])
+    opts = rpc.TensorPipeRpcBackendOptions(
+        num_worker_threads=8, rpc_timeout=120, init_method=f"tcp://127.0.0.1:{port}", **TRANSPORTS[transport]
+    )
     if rank == 0:
         x = torch.zeros(params)
         _state.update(x=x, opt=torch.optim.Adam([x], lr=1e-3, amsgrad=True, fused=True), lock=threading.Lock())
@@ -66,8 +68,10 @@ def measure(params: int, workers: int, warmup_s: float = 2.0, seconds: float = 5
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_run, args=(r, workers + 1, params, warmup_s, seconds, port, out, transport))
-             for r in range(workers + 1)]
+    procs = [
+        ctx.Process(target=_run, args=(r, workers + 1, params, warmup_s, seconds, port, out, transport))
+        for r in range(workers + 1)
+    ]
     for p in procs:
         p.start()
     rates = [out.get(timeout=warmup_s + seconds + 120) for _ in range(workers)]

@@ -47,8 +47,12 @@ def overrides(delays: list[int], seeds: list[int], updates: int) -> list[str]:
 def run_all(plan: Plan, base: Path) -> tuple[Sweep, Sweep]:
     torch_form = run_sweep(CONFIG, overrides(plan.delays, plan.seeds, plan.updates), base / "torch", plan.timeout_s)
     record_sweep(torch_form, base)
-    paper_form = run_sweep(CONFIG, [*overrides(plan.paper_delays, plan.paper_seeds, plan.updates),
-                                    "optimizer.form=paper"], base / "paper", plan.timeout_s)
+    paper_form = run_sweep(
+        CONFIG,
+        [*overrides(plan.paper_delays, plan.paper_seeds, plan.updates), "optimizer.form=paper"],
+        base / "paper",
+        plan.timeout_s,
+    )
     record_sweep(paper_form, base)
     return torch_form, paper_form
 
@@ -71,8 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="D = 1 and 6, one seed, 300 updates (a smoke test)")
     ap.add_argument("--out", type=Path, default=Path("docs/results"), help="report folder (images go to img/)")
     ap.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of the run folders")
-    ap.add_argument("--report-only", type=Path, metavar="DIR",
-                    help="rebuild the report from the runs of an earlier experiment folder (no new runs)")
+    ap.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="DIR",
+        help="rebuild the report from the runs of an earlier experiment folder (no new runs)",
+    )
     args = ap.parse_args(argv)
     if args.report_only:
         base = args.report_only

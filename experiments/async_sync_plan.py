@@ -37,13 +37,26 @@ class Plan:
     lr: float = 1e-3  # configs/async_vs_sync.yaml's
 
     def batches(self) -> list[str]:
-        return (["straggler"] + [f"lr_grid-{s}" for s in self.grid_seeds] + ["tuned"]
-                + [f"scaling-{s}" for s in self.scaling_seeds])
+        return (
+            ["straggler"]
+            + [f"lr_grid-{s}" for s in self.grid_seeds]
+            + ["tuned"]
+            + [f"scaling-{s}" for s in self.scaling_seeds]
+        )
 
 
 FULL = Plan((0, 1, 2), 3000, (1e-3, 3e-3, 1e-2), (100, 101), (1, 2, 4, 8), (0, 1), 40.0)
-QUICK = Plan((0,), 400, (1e-3, 3e-3), (100,), (1, 2), (0,), 6.0,
-             straggler_extra=("worker.compute_s=0.005",), scaling_extra=("worker.compute_s=0.01",))
+QUICK = Plan(
+    (0,),
+    400,
+    (1e-3, 3e-3),
+    (100,),
+    (1, 2),
+    (0,),
+    6.0,
+    straggler_extra=("worker.compute_s=0.005",),
+    scaling_extra=("worker.compute_s=0.01",),
+)
 
 
 def straggler_run(plan: Plan, batch: str, index: int, mode: str, seed: int, lr: float | None) -> RunSpec:
@@ -70,10 +83,22 @@ def batch_specs(plan: Plan, batch: str, base: Path) -> list[RunSpec]:
     if batch.startswith("scaling-"):
         seed = int(batch.removeprefix("scaling-"))
         pairs = [(n, m) for n in plan.scaling_workers for m in MODES]
-        return [RunSpec(batch, f"{i:02d}-{m}-workers={n}-seed={seed}", SCALING,
-                        (f"mode={m}", f"workers={n}", f"seed={seed}", f"run.max_seconds={plan.scaling_seconds:g}",
-                         *plan.scaling_extra), plan.scaling_seconds + RUN_GRACE_S)
-                for i, (n, m) in enumerate(pairs, 1)]
+        return [
+            RunSpec(
+                batch,
+                f"{i:02d}-{m}-workers={n}-seed={seed}",
+                SCALING,
+                (
+                    f"mode={m}",
+                    f"workers={n}",
+                    f"seed={seed}",
+                    f"run.max_seconds={plan.scaling_seconds:g}",
+                    *plan.scaling_extra,
+                ),
+                plan.scaling_seconds + RUN_GRACE_S,
+            )
+            for i, (n, m) in enumerate(pairs, 1)
+        ]
     raise ValueError(f"unknown batch {batch!r} (this plan has: {', '.join(plan.batches())})")
 
 

@@ -57,8 +57,10 @@ def target_times(groups: dict[str, list[RunFigures]]):
         if ts:
             ax.hlines(np.mean(ts), i - 0.3, i + 0.3, color="k", lw=1)
     ax.set_xticks(range(len(groups)), list(groups), fontsize=7)
-    ax.set(ylabel=f"seconds to {TARGET:.0%} test accuracy",
-           title="time to the target per run (line: mean; bar: since the previous evaluation)")
+    ax.set(
+        ylabel=f"seconds to {TARGET:.0%} test accuracy",
+        title="time to the target per run (line: mean; bar: since the previous evaluation)",
+    )
     _log_y_if_reached(ax)
     _plain(ax.yaxis)
     ax.title.set_fontsize(8)
@@ -79,8 +81,12 @@ def lr_grid(runs: list[RunFigures], lrs: tuple[float, ...]):
         means_a = [_mean([r.final_acc for r in mine if r.lr == lr]) for lr in lrs]
         ax_t.plot(lrs, means_t, "-", color=COLORS[mode], label=mode)
         ax_a.plot(lrs, means_a, "-", color=COLORS[mode], label=mode)
-    ax_t.set(xscale="log", xlabel="lr", ylabel=f"seconds to {TARGET:.0%}",
-             title="lr grid: time to the target (points: seeds; missing: not reached)")
+    ax_t.set(
+        xscale="log",
+        xlabel="lr",
+        ylabel=f"seconds to {TARGET:.0%}",
+        title="lr grid: time to the target (points: seeds; missing: not reached)",
+    )
     _log_y_if_reached(ax_t)
     ax_a.set(xscale="log", xlabel="lr", ylabel="final test accuracy", title="lr grid: final accuracy (same gradients)")
     _plain(ax_t.yaxis)
@@ -105,11 +111,20 @@ def scaling(runs: list[RunFigures], workers: tuple[int, ...]):
         ax_t.plot(ns, t, "o-", color=COLORS[mode], label=f"{mode} measured")
         if t and np.isfinite(t[0]):
             ax_t.plot(ns, t[0] * ns[0] / ns, "--", color=COLORS[mode], lw=1, label=f"{mode}: N=1 time / N")
-    ax_r.set(xscale="log", yscale="log", xlabel="workers N", ylabel="gradients/s",
-             title="throughput (samples/s = 32 x gradients/s)")
+    ax_r.set(
+        xscale="log",
+        yscale="log",
+        xlabel="workers N",
+        ylabel="gradients/s",
+        title="throughput (samples/s = 32 x gradients/s)",
+    )
     ax_e.set(xscale="log", xlabel="workers N", ylabel="measured / ideal", ylim=(0, 1.1), title="efficiency")
-    ax_t.set(xscale="log", xlabel="workers N", ylabel=f"seconds to {TARGET:.0%}",
-             title="time to the target (mean over seeds)")
+    ax_t.set(
+        xscale="log",
+        xlabel="workers N",
+        ylabel=f"seconds to {TARGET:.0%}",
+        title="time to the target (mean over seeds)",
+    )
     _log_y_if_reached(ax_t)
     _plain(ax_r.yaxis)
     _plain(ax_t.yaxis)
@@ -125,8 +140,9 @@ def scaling(runs: list[RunFigures], workers: tuple[int, ...]):
 
 
 def _positive_y(ax) -> list[float]:
-    return [float(y) for line in ax.lines for y in np.asarray(line.get_ydata(), dtype=float)
-            if np.isfinite(y) and y > 0]
+    return [
+        float(y) for line in ax.lines for y in np.asarray(line.get_ydata(), dtype=float) if np.isfinite(y) and y > 0
+    ]
 
 
 def _log_y_if_reached(ax) -> None:
@@ -148,7 +164,7 @@ def _ticks_125(ax) -> None:
     if ax.get_yscale() != "log" or not _positive_y(ax):  # nothing reached the target: matplotlib's ticks
         return
     lo, hi = ax.get_ylim()
-    ticks = [m * 10.0 ** e for e in range(-2, 5) for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
+    ticks = [m * 10.0**e for e in range(-2, 5) for m in (1, 2, 5) if lo <= m * 10.0**e <= hi]
     ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
 
 

@@ -14,9 +14,11 @@ from experiments.async_sync_scaling_notes import scaling_notes
 from experiments.async_sync_verdicts import faster, final_close, observations, scaling_lines
 from experiments.common import COMMANDS, header, pm, save_png, table
 
-TIMING = ("Wall times are the measurement here, so the batches should run on an otherwise idle machine: these ran "
-          "one batch at a time under the development machine's shared lock (`flock -x /tmp/taups-heavy.lock`), "
-          "which keeps other heavy jobs off it; the load average before each run is listed at the end.")
+TIMING = (
+    "Wall times are the measurement here, so the batches should run on an otherwise idle machine: these ran "
+    "one batch at a time under the development machine's shared lock (`flock -x /tmp/taups-heavy.lock`), "
+    "which keeps other heavy jobs off it; the load average before each run is listed at the end."
+)
 
 
 def write_report(plan: Plan, base: Path, out: Path, quick: bool) -> Path | None:
@@ -28,8 +30,11 @@ def write_report(plan: Plan, base: Path, out: Path, quick: bool) -> Path | None:
         return None
     best = best_lrs(plan, base)
     img = out / "img"
-    body = [*setup(plan, straggler, scaling), "## Expectations against the measurements",
-            "\n".join(expectations(plan, straggler, tuned, best, scaling, grid))]
+    body = [
+        *setup(plan, straggler, scaling),
+        "## Expectations against the measurements",
+        "\n".join(expectations(plan, straggler, tuned, best, scaling, grid)),
+    ]
     if straggler:
         save_png(plots.curves(straggler, f"lr {plan.lr:g}"), img / "async_vs_sync_straggler.png")
         body += straggler_section(plan, straggler, tuned, best)
@@ -41,14 +46,23 @@ def write_report(plan: Plan, base: Path, out: Path, quick: bool) -> Path | None:
         save_png(plots.scaling(scaling, plan.scaling_workers), img / "async_vs_sync_scaling.png")
         body += scaling_section(plan, scaling)
     notes = observations(straggler, scaling) + scaling_notes(scaling, plan.scaling_workers)
-    body += ["## What happened, and why", "\n".join(notes) or "(no runs)",
-             *runs_section(base)]
+    body += ["## What happened, and why", "\n".join(notes) or "(no runs)", *runs_section(base)]
     title = "Async (APAM) against sync (all-reduce AMSGrad): a straggler, and scaling" + (
-        " -- quick smoke run" if quick else "")
+        " -- quick smoke run" if quick else ""
+    )
     timing = "A quick smoke run: its times say nothing." if quick else TIMING
     commands = [c for c in recorded(base, COMMANDS).values()]
-    text = header(title, "python -m experiments.async_vs_sync" + (" --quick" if quick else ""), commands, base,
-                  timing, depth=2) + body
+    text = (
+        header(
+            title,
+            "python -m experiments.async_vs_sync" + (" --quick" if quick else ""),
+            commands,
+            base,
+            timing,
+            depth=2,
+        )
+        + body
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "async_vs_sync.md").write_text("\n\n".join(text) + "\n")
     return out / "async_vs_sync.md"
@@ -77,7 +91,8 @@ def setup(plan: Plan, straggler: list[RunFigures], scaling: list[RunFigures]) ->
             f"{1000 * v['compute_s']:g} ms of simulated compute, {1000 * max(v['slowdown']) * v['compute_s']:g} ms on "
             f"rank 3, on top of the real ~0.3 ms; without it the 2 shared cores (4 workers, server, evaluator, "
             f"launcher) would set the pace and a 4x straggler would be 4x of almost nothing. The CPU the runs "
-            f"used is measured below.")
+            f"used is measured below."
+        )
         lines.append(
             f"Every run stops after the same number of gradients, {plan.gradients} (async: {plan.gradients} pushes, "
             f"each one AMSGrad step on {v['batch_size']} samples; sync: {plan.gradients // v['workers']} steps, each "
@@ -85,7 +100,8 @@ def setup(plan: Plan, straggler: list[RunFigures], scaling: list[RunFigures]) ->
             f"{plan.gradients * v['batch_size'] / 1438:.0f} epochs: both modes see the same number of samples, "
             f"but sync makes {v['workers']}x fewer, larger-batch steps. At the same lr that favours async per "
             f"gradient, so the lr grid gives each mode its own best lr too. Seeds {list(plan.seeds)}, the modes "
-            f"interleaved ({_order(plan.seeds)}), so slow drift of the machine hits both.")
+            f"interleaved ({_order(plan.seeds)}), so slow drift of the machine hits both."
+        )
         lines.append(
             f"Time runs from the start of training (async: every worker joined; sync: the group's first "
             f"collective), so process start-up counts in neither mode. Time to {TARGET:.0%} = the training-clock "
@@ -93,7 +109,8 @@ def setup(plan: Plan, straggler: list[RunFigures], scaling: list[RunFigures]) ->
             f"`time_to_acc_s`). Snapshots are written every {r0.point.values['eval_every_s']:g} s "
             f"and the evaluator scores the newest about every 0.1 s: consecutive evaluations were a median "
             f"{np.median(gaps):.3f} s apart (up to the target; the largest gap just before a target: "
-            f"{_f(max(before) if before else None, 3)} s). That is the resolution of the times below.")
+            f"{_f(max(before) if before else None, 3)} s). That is the resolution of the times below."
+        )
     if scaling:
         v = scaling[0].point.values
         lines.append(
@@ -103,7 +120,8 @@ def setup(plan: Plan, straggler: list[RunFigures], scaling: list[RunFigures]) ->
             f"{v['max_seconds']:g} s each, seeds {_seeds(scaling, plan.scaling_seeds)}, for each seed N ascending "
             f"with the modes interleaved. gradients/s = gradients that went into the model / training wall time "
             f"(async: pushes applied; sync: steps x N); samples/s = {v['batch_size']} x gradients/s; the ideal "
-            f"is the rate if communication cost nothing, N / (compute_s + the measured compute per gradient).")
+            f"is the rate if communication cost nothing, N / (compute_s + the measured compute per gradient)."
+        )
     return lines
 
 
@@ -119,10 +137,13 @@ def expectations(plan: Plan, straggler, tuned, best, scaling, grid) -> list[str]
                 out += [faster(a, s, what), final_close(a, s, what)]
             else:  # the tuned batch has not run: say so, and what the grid seeds alone show at those lrs
                 ga, gs = _of(grid, "async", best.get("async", plan.lr)), _of(grid, "sync", best.get("sync", plan.lr))
-                out += [f"- **Tuned comparison** ({what}, seeds {list(plan.seeds)}): not run, the `tuned` batch is "
-                        f"missing from this folder. On the grid seeds alone, at those lrs (the seeds the lrs were "
-                        f"chosen on, so a biased look):",
-                        "  " + faster(ga, gs, what + ", grid seeds"), "  " + final_close(ga, gs, what + ", grid seeds")]
+                out += [
+                    f"- **Tuned comparison** ({what}, seeds {list(plan.seeds)}): not run, the `tuned` batch is "
+                    f"missing from this folder. On the grid seeds alone, at those lrs (the seeds the lrs were "
+                    f"chosen on, so a biased look):",
+                    "  " + faster(ga, gs, what + ", grid seeds"),
+                    "  " + final_close(ga, gs, what + ", grid seeds"),
+                ]
         elif best:
             out.append(f"- The lr grid picked lr {plan.lr:g} for both modes: the comparison above is the tuned one.")
     out += scaling_lines(scaling, plan.scaling_workers)
@@ -133,16 +154,39 @@ def run_rows(runs: list[RunFigures]) -> list[list]:
     rows = []
     for r in runs:
         t = "-" if r.t_target is None else f"{r.t_target:.2f} ({r.t_before or 0:.2f})"
-        rows.append([r.mode, r.seed, f"{r.lr:g}", t, r.grads_at_target or "-", _f(r.final_acc, 4), f"{r.wall_s:.1f}",
-                     f"{r.gradients_per_s:.1f} / {r.ideal_gradients_per_s:.1f}", f"{r.steps_per_s:.1f}",
-                     f"{r.staleness_mean:.1f} / {r.staleness_max}",
-                     _f(r.slow_share, 3) if r.mode == "async" else _f(r.collective_ms, 1), _f(r.cpu_cores, 2)])
+        rows.append(
+            [
+                r.mode,
+                r.seed,
+                f"{r.lr:g}",
+                t,
+                r.grads_at_target or "-",
+                _f(r.final_acc, 4),
+                f"{r.wall_s:.1f}",
+                f"{r.gradients_per_s:.1f} / {r.ideal_gradients_per_s:.1f}",
+                f"{r.steps_per_s:.1f}",
+                f"{r.staleness_mean:.1f} / {r.staleness_max}",
+                _f(r.slow_share, 3) if r.mode == "async" else _f(r.collective_ms, 1),
+                _f(r.cpu_cores, 2),
+            ]
+        )
     return rows
 
 
-RUN_HEADER = ["mode", "seed", "lr", f"s to {TARGET:.0%} (previous eval)", f"gradients to {TARGET:.0%}", "final acc",
-              "wall s", "gradients/s / ideal", "steps/s", "staleness mean / max",
-              "async: straggler share; sync: all-reduce ms", "CPU cores"]
+RUN_HEADER = [
+    "mode",
+    "seed",
+    "lr",
+    f"s to {TARGET:.0%} (previous eval)",
+    f"gradients to {TARGET:.0%}",
+    "final acc",
+    "wall s",
+    "gradients/s / ideal",
+    "steps/s",
+    "staleness mean / max",
+    "async: straggler share; sync: all-reduce ms",
+    "CPU cores",
+]
 
 
 def summary_rows(groups: dict[str, list[RunFigures]]) -> list[list]:
@@ -150,14 +194,31 @@ def summary_rows(groups: dict[str, list[RunFigures]]) -> list[list]:
     for label, runs in groups.items():
         ts = [r.t_target for r in runs]
         reached = [t for t in ts if t is not None]
-        rows.append([label, len(runs), pm(ts, 2), f"{min(reached):.2f} - {max(reached):.2f}" if reached else "-",
-                     pm([r.grads_at_target for r in runs], 0), pm([r.final_acc for r in runs], 4),
-                     pm([r.gradients_per_s for r in runs], 1), pm([r.ideal_gradients_per_s for r in runs], 1)])
+        rows.append(
+            [
+                label,
+                len(runs),
+                pm(ts, 2),
+                f"{min(reached):.2f} - {max(reached):.2f}" if reached else "-",
+                pm([r.grads_at_target for r in runs], 0),
+                pm([r.final_acc for r in runs], 4),
+                pm([r.gradients_per_s for r in runs], 1),
+                pm([r.ideal_gradients_per_s for r in runs], 1),
+            ]
+        )
     return rows
 
 
-SUMMARY_HEADER = ["mode, lr", "runs", f"s to {TARGET:.0%}", "min - max", f"gradients to {TARGET:.0%}", "final acc",
-                  "gradients/s", "ideal gradients/s"]
+SUMMARY_HEADER = [
+    "mode, lr",
+    "runs",
+    f"s to {TARGET:.0%}",
+    "min - max",
+    f"gradients to {TARGET:.0%}",
+    "final acc",
+    "gradients/s",
+    "ideal gradients/s",
+]
 
 
 def _time_groups(plan: Plan, tuned: list[RunFigures], best: dict) -> dict[str, list[RunFigures]]:
@@ -169,14 +230,16 @@ def _time_groups(plan: Plan, tuned: list[RunFigures], best: dict) -> dict[str, l
 
 
 def straggler_section(plan: Plan, straggler, tuned, best) -> list[str]:
-    return ["## Straggler: the runs",
-            f"Mean ± sample std over seeds (seeds {list(plan.seeds)}):\n\n"
-            + table(SUMMARY_HEADER, summary_rows(_time_groups(plan, tuned, best))),
-            "![test accuracy against wall time and gradients](img/async_vs_sync_straggler.png)\n\n"
-            "![time to the target per run](img/async_vs_sync_times.png)",
-            "Every run (time to the target: the first evaluation at or above it, in brackets the evaluation before "
-            "it; 'ideal' gradients/s: if communication cost nothing):\n\n"
-            + table(RUN_HEADER, run_rows(sorted(tuned, key=lambda r: (r.lr, r.seed, r.mode))))]
+    return [
+        "## Straggler: the runs",
+        f"Mean ± sample std over seeds (seeds {list(plan.seeds)}):\n\n"
+        + table(SUMMARY_HEADER, summary_rows(_time_groups(plan, tuned, best))),
+        "![test accuracy against wall time and gradients](img/async_vs_sync_straggler.png)\n\n"
+        "![time to the target per run](img/async_vs_sync_times.png)",
+        "Every run (time to the target: the first evaluation at or above it, in brackets the evaluation before "
+        "it; 'ideal' gradients/s: if communication cost nothing):\n\n"
+        + table(RUN_HEADER, run_rows(sorted(tuned, key=lambda r: (r.lr, r.seed, r.mode)))),
+    ]
 
 
 def grid_section(plan: Plan, grid: list[RunFigures], best: dict) -> list[str]:
@@ -186,21 +249,33 @@ def grid_section(plan: Plan, grid: list[RunFigures], best: dict) -> list[str]:
             runs = _of(grid, m, lr)
             if runs:
                 ts = ", ".join("-" if r.t_target is None else f"{r.t_target:.2f}" for r in runs)
-                rows.append([m, f"{lr:g}", ts, pm([r.t_target for r in runs], 2),
-                             pm([r.final_acc for r in runs], 4), "**best**" if best.get(m) == lr else ""])
+                rows.append(
+                    [
+                        m,
+                        f"{lr:g}",
+                        ts,
+                        pm([r.t_target for r in runs], 2),
+                        pm([r.final_acc for r in runs], 4),
+                        "**best**" if best.get(m) == lr else "",
+                    ]
+                )
     missing = sorted(set(plan.grid_seeds) - {r.seed for r in grid})
     chosen = ", ".join(f"{m} {lr:g}" for m, lr in best.items()) or (
-        f"none yet (grid seed {', '.join(map(str, missing))} not run)" if missing
-        else "none (no lr reached the target on every seed)")
-    return ["## Learning rate grid",
-            f"The straggler setup at lr {', '.join(f'{x:g}' for x in plan.lrs)} for each mode, on seeds "
-            f"{_seeds(grid, plan.grid_seeds)} (not the comparison's seeds, so the choice is not fitted to them). "
-            f"Each mode's best lr is the one with the least mean time to {TARGET:.0%} among those where every "
-            f"grid seed reached it: {chosen}. A mode whose best lr differs from {plan.lr:g} is rerun at it on "
-            f"seeds {list(plan.seeds)} (the 'tuned' rows above).\n\n"
-            + table(["mode", "lr", f"s to {TARGET:.0%} per seed", "mean", "final acc", ""], rows)
-            + _grid_gaps(plan, grid),
-            "![lr grid](img/async_vs_sync_lr_grid.png)"]
+        f"none yet (grid seed {', '.join(map(str, missing))} not run)"
+        if missing
+        else "none (no lr reached the target on every seed)"
+    )
+    return [
+        "## Learning rate grid",
+        f"The straggler setup at lr {', '.join(f'{x:g}' for x in plan.lrs)} for each mode, on seeds "
+        f"{_seeds(grid, plan.grid_seeds)} (not the comparison's seeds, so the choice is not fitted to them). "
+        f"Each mode's best lr is the one with the least mean time to {TARGET:.0%} among those where every "
+        f"grid seed reached it: {chosen}. A mode whose best lr differs from {plan.lr:g} is rerun at it on "
+        f"seeds {list(plan.seeds)} (the 'tuned' rows above).\n\n"
+        + table(["mode", "lr", f"s to {TARGET:.0%} per seed", "mean", "final acc", ""], rows)
+        + _grid_gaps(plan, grid),
+        "![lr grid](img/async_vs_sync_lr_grid.png)",
+    ]
 
 
 def _grid_gaps(plan: Plan, grid: list[RunFigures]) -> str:
@@ -211,8 +286,11 @@ def _grid_gaps(plan: Plan, grid: list[RunFigures]) -> str:
         fs = [r.final_acc for r in _of(grid, "sync", lr) if r.final_acc is not None]
         if fa and fs:
             parts.append(f"{100 * (np.mean(fa) - np.mean(fs)):+.2f} points at lr {lr:g}")
-    return ("\n\nFinal accuracy, async - sync, on the grid seeds (the same lr for both modes): " + ", ".join(parts)
-            + ".") if parts else ""
+    return (
+        ("\n\nFinal accuracy, async - sync, on the grid seeds (the same lr for both modes): " + ", ".join(parts) + ".")
+        if parts
+        else ""
+    )
 
 
 def scaling_section(plan: Plan, runs: list[RunFigures]) -> list[str]:
@@ -227,21 +305,49 @@ def scaling_section(plan: Plan, runs: list[RunFigures]) -> list[str]:
             t1 = [t for t in one if t is not None]
             speed = f"{np.mean(t1) / np.mean(tn):.2f}x" if t1 and tn else "-"
             rss = [sum(p["rss_peak_mb"] for p in (r.point.summary or {}).get("processes", {}).values()) for r in g]
-            rows.append([n, m, len(g), pm([r.gradients_per_s for r in g], 1),
-                         pm([r.ideal_gradients_per_s for r in g], 1), pm([r.efficiency for r in g], 2),
-                         pm([r.samples_per_s for r in g], 0),
-                         pm([r.steps_per_s for r in g], 1), pm([r.t_target for r in g], 2), speed,
-                         pm([r.final_acc for r in g], 4), pm([r.staleness_mean for r in g], 1),
-                         pm([r.collective_ms for r in g], 1) if m == "sync" else "-",
-                         pm([r.cpu_cores for r in g], 2), f"{max(rss):.0f}"])
-    header_row = ["N", "mode", "runs", "gradients/s", "ideal", "efficiency", "samples/s", "steps/s",
-                  f"s to {TARGET:.0%}", "speed-up vs N=1", "final acc", "staleness mean", "all-reduce ms",
-                  "CPU cores", "peak RSS MB (all)"]
-    return ["## Scaling with the number of workers",
-            "Mean ± sample std over seeds. 'all-reduce ms' is, per sync step, the least time any rank spent "
-            "inside the collective (the last rank to arrive waits least, so this is the all-reduce itself). "
-            "'peak RSS MB (all)' adds every process's peak (workers, server, evaluator).\n\n"
-            + table(header_row, rows), "![scaling](img/async_vs_sync_scaling.png)"]
+            rows.append(
+                [
+                    n,
+                    m,
+                    len(g),
+                    pm([r.gradients_per_s for r in g], 1),
+                    pm([r.ideal_gradients_per_s for r in g], 1),
+                    pm([r.efficiency for r in g], 2),
+                    pm([r.samples_per_s for r in g], 0),
+                    pm([r.steps_per_s for r in g], 1),
+                    pm([r.t_target for r in g], 2),
+                    speed,
+                    pm([r.final_acc for r in g], 4),
+                    pm([r.staleness_mean for r in g], 1),
+                    pm([r.collective_ms for r in g], 1) if m == "sync" else "-",
+                    pm([r.cpu_cores for r in g], 2),
+                    f"{max(rss):.0f}",
+                ]
+            )
+    header_row = [
+        "N",
+        "mode",
+        "runs",
+        "gradients/s",
+        "ideal",
+        "efficiency",
+        "samples/s",
+        "steps/s",
+        f"s to {TARGET:.0%}",
+        "speed-up vs N=1",
+        "final acc",
+        "staleness mean",
+        "all-reduce ms",
+        "CPU cores",
+        "peak RSS MB (all)",
+    ]
+    return [
+        "## Scaling with the number of workers",
+        "Mean ± sample std over seeds. 'all-reduce ms' is, per sync step, the least time any rank spent "
+        "inside the collective (the last rank to arrive waits least, so this is the all-reduce itself). "
+        "'peak RSS MB (all)' adds every process's peak (workers, server, evaluator).\n\n" + table(header_row, rows),
+        "![scaling](img/async_vs_sync_scaling.png)",
+    ]
 
 
 def runs_section(base: Path) -> list[str]:
@@ -249,12 +355,13 @@ def runs_section(base: Path) -> list[str]:
     invocations = (base / INVOCATIONS).read_text().splitlines() if (base / INVOCATIONS).exists() else []
     inv = "\n".join(f"    {line.partition(chr(9))[2]}    # {line.partition(chr(9))[0]}" for line in invocations)
     rows = [[key, *value.split()] for key, value in loads.items()]
-    return ["## Runs and machine load",
-            f"The script invocations that ran the batches into the folder, in order:\n\n{inv or '    (not recorded)'}",
-            "Load averages (1, 5, 15 minutes) just before each run started; they include the previous run of the "
-            "same batch (a run of these keeps about one core busy), so a 1-minute load well above 1 means "
-            "something else was running:\n\n"
-            + table(["run", "load 1 min", "5 min", "15 min"], rows)]
+    return [
+        "## Runs and machine load",
+        f"The script invocations that ran the batches into the folder, in order:\n\n{inv or '    (not recorded)'}",
+        "Load averages (1, 5, 15 minutes) just before each run started; they include the previous run of the "
+        "same batch (a run of these keeps about one core busy), so a 1-minute load well above 1 means "
+        "something else was running:\n\n" + table(["run", "load 1 min", "5 min", "15 min"], rows),
+    ]
 
 
 def _seeds(runs: list[RunFigures], planned: tuple[int, ...]) -> str:

@@ -85,9 +85,17 @@ def read_batch(base: Path, batch: str) -> list[Point]:
     for run in sorted(p for p in folder.iterdir() if p.is_dir() and ".failed-" not in p.name):
         cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
         summary = read_json(run / "summary.json")
-        points.append(Point(run, config_values(cfg), summary is not None,
-                            "" if summary else "no summary.json (the run failed or was stopped)",
-                            summary, read_metrics(run), read_updates(run)))
+        points.append(
+            Point(
+                run,
+                config_values(cfg),
+                summary is not None,
+                "" if summary else "no summary.json (the run failed or was stopped)",
+                summary,
+                read_metrics(run),
+                read_updates(run),
+            )
+        )
     return points
 
 
@@ -95,11 +103,18 @@ def config_values(cfg: dict) -> dict:
     """The settings the comparison varies, from a run's resolved config.yaml."""
     if not cfg:
         return {}
-    return {"mode": cfg["mode"], "workers": cfg["workers"], "seed": cfg["seed"], "lr": float(cfg["optimizer"]["lr"]),
-            "batch_size": cfg["task"]["batch_size"], "compute_s": float(cfg["worker"]["compute_s"]),
-            "slowdown": list(cfg["worker"]["slowdown"]), "max_updates": cfg["run"]["max_updates"],
-            "max_seconds": float(cfg["run"]["max_seconds"]),
-            "eval_every_s": float(cfg["run"]["eval_every_s"])}
+    return {
+        "mode": cfg["mode"],
+        "workers": cfg["workers"],
+        "seed": cfg["seed"],
+        "lr": float(cfg["optimizer"]["lr"]),
+        "batch_size": cfg["task"]["batch_size"],
+        "compute_s": float(cfg["worker"]["compute_s"]),
+        "slowdown": list(cfg["worker"]["slowdown"]),
+        "max_updates": cfg["run"]["max_updates"],
+        "max_seconds": float(cfg["run"]["max_seconds"]),
+        "eval_every_s": float(cfg["run"]["eval_every_s"]),
+    }
 
 
 def recorded(base: Path, name: str) -> dict[str, str]:

@@ -32,6 +32,7 @@ STOP_GRACE_S = 30  # after a timeout, the launcher gets this long to stop its pr
 @dataclass
 class Point:
     """One finished (or failed) point of a sweep: its swept values and its run folder."""
+
     folder: Path
     values: dict
     ok: bool
@@ -92,8 +93,17 @@ def read_points(sweep_dir: Path) -> list[Point]:
     for row in rows:
         run = sweep_dir / row["folder"]
         values = {k: yaml.safe_load(v) for k, v in row.items() if k not in known and not _is_figure(k)}
-        points.append(Point(run, values, row["status"] == "ok", row.get("error") or "",
-                            read_json(run / "summary.json"), read_metrics(run), read_updates(run)))
+        points.append(
+            Point(
+                run,
+                values,
+                row["status"] == "ok",
+                row.get("error") or "",
+                read_json(run / "summary.json"),
+                read_metrics(run),
+                read_updates(run),
+            )
+        )
     return points
 
 
@@ -169,15 +179,18 @@ def machine() -> str:
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cores} CPU cores ({cpu}), shared with other jobs; no GPU used; {platform.system()} "
-            f"{platform.release()}, Python {platform.python_version()}, torch {torch.__version__}")
+    return (
+        f"{cores} CPU cores ({cpu}), shared with other jobs; no GPU used; {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
+    )
 
 
 NO_WALL_TIMES = "Wall times are not reported: the cores were shared, so they say little."
 
 
-def header(title: str, script_command: str, commands: list[str], runs: Path, timing: str = NO_WALL_TIMES,
-           depth: int = 1) -> list[str]:
+def header(
+    title: str, script_command: str, commands: list[str], runs: Path, timing: str = NO_WALL_TIMES, depth: int = 1
+) -> list[str]:
     """The report's opening: date, machine, and the exact commands that produced it.
 
     `timing` says what the report makes of wall times; `depth` is how deep below `runs` the run
@@ -185,13 +198,15 @@ def header(title: str, script_command: str, commands: list[str], runs: Path, tim
     lines = "\n".join(f"    {c}" for c in commands)
     first = min((p.stat().st_mtime for p in runs.glob("*/" * depth + "config.yaml")), default=time.time())
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(first))
-    return [f"# {title}",
-            f"Sweeps started {started} by `{script_command}`; report written "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
-            f"Machine: {machine()}. {timing}",
-            f"The launcher commands it ran (run folders in `{shown(runs)}/`; `runs/` is not committed):\n\n{lines}\n\n"
-            f"The report is rebuilt from those folders, without new runs, by "
-            f"`{script_command} --report-only {shown(runs)}`."]
+    return [
+        f"# {title}",
+        f"Sweeps started {started} by `{script_command}`; report written "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
+        f"Machine: {machine()}. {timing}",
+        f"The launcher commands it ran (run folders in `{shown(runs)}/`; `runs/` is not committed):\n\n{lines}\n\n"
+        f"The report is rebuilt from those folders, without new runs, by "
+        f"`{script_command} --report-only {shown(runs)}`.",
+    ]
 
 
 def table(header_row: list[str], rows: list[list]) -> str:

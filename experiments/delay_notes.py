@@ -20,8 +20,10 @@ def _dips(groups, checkpoints: list[int]) -> list[str]:
                 dips.append(f"for D = {g.delay} from {a0:.3f} @{c0} to {a1:.3f} @{c1}")
     if not dips:
         return ["The mean test accuracy of every D rises from one early checkpoint to the next."]
-    return [f"Early accuracy is not monotone in time for the largest delays: the mean falls {'; '.join(dips)} "
-            f"(the curves show the dips; the seeds' spread there is large, see the std in the table)."]
+    return [
+        f"Early accuracy is not monotone in time for the largest delays: the mean falls {'; '.join(dips)} "
+        f"(the curves show the dips; the seeds' spread there is large, see the std in the table)."
+    ]
 
 
 def _paper_early(groups, paper, at: int) -> list[str]:
@@ -31,10 +33,12 @@ def _paper_early(groups, paper, at: int) -> list[str]:
     rows = [(d, p, t) for d, p, t in rows if p is not None and t is not None]
     if not rows:
         return []
-    return [f"At {at} updates the paper form is ahead of the torch form at D = "
-            f"{', '.join(str(d) for d, p, t in rows if p > t) or 'none'} "
-            f"({', '.join(f'D={d}: {p:.3f} vs {t:.3f}' for d, p, t in rows)}): without bias correction its first "
-            f"steps are larger."]
+    return [
+        f"At {at} updates the paper form is ahead of the torch form at D = "
+        f"{', '.join(str(d) for d, p, t in rows if p > t) or 'none'} "
+        f"({', '.join(f'D={d}: {p:.3f} vs {t:.3f}' for d, p, t in rows)}): without bias correction its first "
+        f"steps are larger."
+    ]
 
 
 def _evaluation_timing(groups, paper) -> list[str]:
@@ -42,7 +46,8 @@ def _evaluation_timing(groups, paper) -> list[str]:
     firsts = [f for f in firsts if f is not None]
     if not firsts:
         return []
-    return [f"The evaluator scores parameter snapshots on a clock, and it starts with the workers: the first "
-            f"evaluation of a run came at update {min(firsts)} to {max(firsts)}, so an early checkpoint can lack a "
-            f"seed (marked (k/n) in the tables)."]
-
+    return [
+        f"The evaluator scores parameter snapshots on a clock, and it starts with the workers: the first "
+        f"evaluation of a run came at update {min(firsts)} to {max(firsts)}, so an early checkpoint can lack a "
+        f"seed (marked (k/n) in the tables)."
+    ]

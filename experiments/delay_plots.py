@@ -39,8 +39,9 @@ def curves(groups, updates: int, label: str):
         zoom = grid <= ZOOM * updates
         ax_z.plot(grid[zoom], acc[zoom], label=f"D={g.delay}")
         ax_l.plot(grid, _mean_curve(g.ok, "train_loss", grid), label=f"D={g.delay}")
-    ax_a.set(title=f"test accuracy ({label}, mean over seeds)", xlabel="updates", ylabel="test accuracy",
-             ylim=(0.5, 1.0))
+    ax_a.set(
+        title=f"test accuracy ({label}, mean over seeds)", xlabel="updates", ylabel="test accuracy", ylim=(0.5, 1.0)
+    )
     ax_z.set(title=f"the first {ZOOM:.0%} of the updates", xlabel="updates", ylim=(0.3, 1.0))
     ax_l.set(title="training loss (full train set)", xlabel="updates", yscale="log")
     for ax in (ax_a, ax_z, ax_l):
@@ -71,8 +72,10 @@ def forms(groups, paper, updates: int, early_at: int):
     fig, (ax_f, ax_e, ax_c) = plt.subplots(1, 3, figsize=(12, 3.6))
     for gs, label, shift in ((groups, "torch form", -0.03), (paper, "paper form", 0.03)):
         ds = np.array([g.delay for g in gs], dtype=float)
-        for ax, values in ((ax_f, lambda g: g.finals()),
-                           (ax_e, lambda g: [value_at(p.metrics, "test_acc", early_at) for p in g.ok])):
+        for ax, values in (
+            (ax_f, lambda g: g.finals()),
+            (ax_e, lambda g: [value_at(p.metrics, "test_acc", early_at) for p in g.ok]),
+        ):
             stats = [mean_std(values(g)) for g in gs]
             means = [np.nan if m is None else m for m, _, _ in stats]
             errs = [0.0 if s is None else s for _, s, _ in stats]

@@ -25,8 +25,13 @@ BLOWUP = 1e6  # |x| beyond this is divergence; stop the trajectory there
 
 
 def _config(workers: int, lr: float, staleness: dict, optimizer: dict):
-    return make_config(workers=workers, optimizer={"name": "sgd", "lr": lr, **optimizer}, staleness=staleness,
-                       run={"max_updates": 10**9, "eval_every_s": 1e6}, server={"stop_grace_s": 0.05})
+    return make_config(
+        workers=workers,
+        optimizer={"name": "sgd", "lr": lr, **optimizer},
+        staleness=staleness,
+        run={"max_updates": 10**9, "eval_every_s": 1e6},
+        server={"stop_grace_s": 0.05},
+    )
 
 
 def delay_trajectory(lr: float, tau: int, steps: int) -> list[float]:
@@ -69,8 +74,8 @@ def grows(xs: list[float]) -> bool:
         return True
     half, n = len(xs) // 2, len(xs)
     window = max(50, n // 10)  # longer than the slowest oscillation's period (2 (2 tau + 1) steps at the edge)
-    mid = max(map(abs, xs[half - window:half]))
-    end = max(map(abs, xs[n - window:]))
+    mid = max(map(abs, xs[half - window : half]))
+    end = max(map(abs, xs[n - window :]))
     return end > mid
 
 

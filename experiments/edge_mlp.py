@@ -49,8 +49,11 @@ class MlpRuns:
 
 
 def pick_lr0(points: list[Point]) -> float:
-    scored = [(p.values["optimizer.lr"], p.summary["final_test_acc"]) for p in points
-              if p.ok and p.summary and p.summary.get("final_test_acc") is not None]
+    scored = [
+        (p.values["optimizer.lr"], p.summary["final_test_acc"])
+        for p in points
+        if p.ok and p.summary and p.summary.get("final_test_acc") is not None
+    ]
     if not scored:
         raise RuntimeError("no run of the lr grid finished; cannot pick lr0")
     best = max(acc for _, acc in scored)
@@ -58,19 +61,37 @@ def pick_lr0(points: list[Point]) -> float:
 
 
 def run(plan: MlpPlan, base_dir: Path) -> MlpRuns:
-    grid = run_sweep(CONFIG, [f"sweep.optimizer.lr={plan.lr_grid}", "sweep.staleness.delay_versions=[1]",
-                              "sweep.staleness.lr_rule=[constant]", "sweep.seed=[0]",
-                              f"run.max_updates={plan.grid_updates}"],
-                     base_dir / "lr_grid", plan.timeout_s(len(plan.lr_grid), plan.grid_updates))
+    grid = run_sweep(
+        CONFIG,
+        [
+            f"sweep.optimizer.lr={plan.lr_grid}",
+            "sweep.staleness.delay_versions=[1]",
+            "sweep.staleness.lr_rule=[constant]",
+            "sweep.seed=[0]",
+            f"run.max_updates={plan.grid_updates}",
+        ],
+        base_dir / "lr_grid",
+        plan.timeout_s(len(plan.lr_grid), plan.grid_updates),
+    )
     lr0 = pick_lr0(grid.points)
     print(f"lr0 = {lr0:g} (largest grid lr within {PICK_TOL:g} of the best tau = 0 accuracy)", flush=True)
     common = [f"sweep.seed={plan.seeds}", f"optimizer.lr={lr0:g}", f"run.max_updates={plan.updates}"]
-    base = run_sweep(CONFIG, ["sweep.staleness.delay_versions=[1]", "sweep.staleness.lr_rule=[constant]", *common],
-                     base_dir / "tau0", plan.timeout_s(len(plan.seeds), plan.updates))
-    delayed = run_sweep(CONFIG, [f"sweep.staleness.delay_versions={[t + 1 for t in plan.taus]}",
-                                 f"sweep.staleness.lr_rule=[{', '.join(plan.rules)}]", *common],
-                        base_dir / "delayed",
-                        plan.timeout_s(len(plan.taus) * len(plan.rules) * len(plan.seeds), plan.updates))
+    base = run_sweep(
+        CONFIG,
+        ["sweep.staleness.delay_versions=[1]", "sweep.staleness.lr_rule=[constant]", *common],
+        base_dir / "tau0",
+        plan.timeout_s(len(plan.seeds), plan.updates),
+    )
+    delayed = run_sweep(
+        CONFIG,
+        [
+            f"sweep.staleness.delay_versions={[t + 1 for t in plan.taus]}",
+            f"sweep.staleness.lr_rule=[{', '.join(plan.rules)}]",
+            *common,
+        ],
+        base_dir / "delayed",
+        plan.timeout_s(len(plan.taus) * len(plan.rules) * len(plan.seeds), plan.updates),
+    )
     for sweep in (grid, base, delayed):
         record_sweep(sweep, base_dir)
     return measured(base_dir, grid, base, delayed)

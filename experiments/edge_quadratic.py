@@ -67,8 +67,11 @@ def measure(plan: QuadPlan, log=print) -> tuple[list[Edge], list[Edge], dict]:
         steps = round_robin_steps(tau)
         start = next((e.bracket.mid for e in part_a if e.tau == tau), 0.1)
         for mode, beta in (("none", 0.0), ("server", BETA), ("shifted", BETA)):
-            b = stable_lr(lambda lr, t=tau, m=mode, be=beta, n=steps: round_robin_trajectory(lr, t, n, be, m),
-                          start, plan.bisections)
+            b = stable_lr(
+                lambda lr, t=tau, m=mode, be=beta, n=steps: round_robin_trajectory(lr, t, n, be, m),
+                start,
+                plan.bisections,
+            )
             label = f"round robin, {'no momentum' if beta == 0 else f'{mode} momentum {beta:g}'}"
             part_c.append(Edge(label, mode, tau, b, theory_threshold(tau, beta, mode), steps))
             log(f"  tau {tau} {label}: stable lr in [{b.lo:.5g}, {b.hi:.5g}]")
@@ -77,15 +80,17 @@ def measure(plan: QuadPlan, log=print) -> tuple[list[Edge], list[Edge], dict]:
 
 def examples(part_a: list[Edge]) -> dict[str, list[float]]:
     edge = next((e for e in part_a if e.tau == EXAMPLE_TAU), part_a[-1])
-    return {f"{f:g} x measured edge": delay_trajectory(f * edge.bracket.mid, edge.tau, edge.steps)
-            for f in EXAMPLE_FACTORS} | {"tau": [edge.tau]}
+    return {
+        f"{f:g} x measured edge": delay_trajectory(f * edge.bracket.mid, edge.tau, edge.steps) for f in EXAMPLE_FACTORS
+    } | {"tau": [edge.tau]}
 
 
 def save(path: Path, part_a: list[Edge], part_c: list[Edge], example: dict) -> None:
     """The measured edges and example trajectories, so a report can be rebuilt without re-measuring."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"a": [asdict(e) for e in part_a], "c": [asdict(e) for e in part_c],
-                                "example": example}))
+    path.write_text(
+        json.dumps({"a": [asdict(e) for e in part_a], "c": [asdict(e) for e in part_c], "example": example})
+    )
 
 
 def load(path: Path) -> tuple[list[Edge], list[Edge], dict]:
@@ -98,17 +103,39 @@ def load(path: Path) -> tuple[list[Edge], list[Edge], dict]:
 
 
 def edge_table(edges: list[Edge], theory_name: str) -> str:
-    rows = [[e.setting, e.tau, f"{e.theory:.5g}", f"[{e.bracket.lo:.5g}, {e.bracket.hi:.5g}]", f"{e.error * 100:+.2f}%",
-             e.bracket.trajectories, e.steps] for e in edges]
-    return table(["setting", "tau", theory_name, "measured stable lr: [stable, unstable]",
-                  "midpoint vs theory", "trajectories", "steps each"], rows)
+    rows = [
+        [
+            e.setting,
+            e.tau,
+            f"{e.theory:.5g}",
+            f"[{e.bracket.lo:.5g}, {e.bracket.hi:.5g}]",
+            f"{e.error * 100:+.2f}%",
+            e.bracket.trajectories,
+            e.steps,
+        ]
+        for e in edges
+    ]
+    return table(
+        [
+            "setting",
+            "tau",
+            theory_name,
+            "measured stable lr: [stable, unstable]",
+            "midpoint vs theory",
+            "trajectories",
+            "steps each",
+        ],
+        rows,
+    )
 
 
 def verdicts(part_a: list[Edge], part_c: list[Edge]) -> list[str]:
     worst = max(part_a, key=lambda e: abs(e.error))
-    out = [f"**Stable lr follows 2 sin(pi/(2(2 tau + 1)))** (every measured edge within {NEAR:.0%}): largest "
-           f"deviation {worst.error * 100:+.2f}% at tau = {worst.tau} -> "
-           f"{'holds' if abs(worst.error) <= NEAR else 'does not hold'}."]
+    out = [
+        f"**Stable lr follows 2 sin(pi/(2(2 tau + 1)))** (every measured edge within {NEAR:.0%}): largest "
+        f"deviation {worst.error * 100:+.2f}% at tau = {worst.tau} -> "
+        f"{'holds' if abs(worst.error) <= NEAR else 'does not hold'}."
+    ]
     for tau in sorted({e.tau for e in part_c}):
         by = {e.mode: e for e in part_c if e.tau == tau}
         if {"none", "server", "shifted"} <= set(by):
@@ -119,7 +146,8 @@ def verdicts(part_a: list[Edge], part_c: list[Edge]) -> list[str]:
                 f"{none.theory / server.theory:.1f}x); shifted (per-worker) buffers tolerate "
                 f"{shifted.bracket.mid / server.bracket.mid:.2f}x the server buffer's lr (theory "
                 f"{shifted.theory / server.theory:.2f}x); every round-robin edge within {NEAR:.0%} of its roots: "
-                f"{'yes' if all(abs(e.error) <= NEAR for e in by.values()) else 'no'}.")
+                f"{'yes' if all(abs(e.error) <= NEAR for e in by.values()) else 'no'}."
+            )
     return ["- " + v for v in out]
 
 
@@ -127,21 +155,43 @@ def figure(part_a: list[Edge], part_c: list[Edge], example: dict):
     fig, (ax, ax_x) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 2]})
     taus = np.arange(0, max(e.tau for e in part_a) + 1)
     ax.plot(taus, [stable_lr_threshold(t) for t in taus], "k-", lw=1, label="2 sin(pi/(2(2tau+1)))")
-    ax.plot([e.tau for e in part_a], [e.bracket.mid for e in part_a], "o", color="tab:blue", ms=6,
-            label="measured: delay, no momentum")
+    ax.plot(
+        [e.tau for e in part_a],
+        [e.bracket.mid for e in part_a],
+        "o",
+        color="tab:blue",
+        ms=6,
+        label="measured: delay, no momentum",
+    )
     styles = {"server": ("tab:red", "s"), "shifted": ("tab:green", "^"), "none": ("tab:blue", "x")}
     for mode, (color, marker) in styles.items():
         mine = [e for e in part_c if e.mode == mode]
         if mode != "none":
-            ax.plot(taus, [theory_threshold(int(t), BETA, mode) for t in taus], "--", color=color, lw=1,
-                    label=f"roots: {mode} momentum {BETA:g}")
+            ax.plot(
+                taus,
+                [theory_threshold(int(t), BETA, mode) for t in taus],
+                "--",
+                color=color,
+                lw=1,
+                label=f"roots: {mode} momentum {BETA:g}",
+            )
         if mine:
-            ax.plot([e.tau for e in mine], [e.bracket.mid for e in mine], marker, color=color, ms=7,
-                    label=f"measured: round robin, {mode if mode != 'none' else 'no'} momentum")
+            ax.plot(
+                [e.tau for e in mine],
+                [e.bracket.mid for e in mine],
+                marker,
+                color=color,
+                ms=7,
+                label=f"measured: round robin, {mode if mode != 'none' else 'no'} momentum",
+            )
     ax.set_xscale("symlog", linthresh=1)  # tau = 0, 1, 2, 4, ... 64 evenly apart
     ax.set_xticks([e.tau for e in part_a], [str(e.tau) for e in part_a])
-    ax.set(yscale="log", xlabel="staleness tau", ylabel="largest stable lr x curvature",
-           title="delayed SGD on x^2/2 through the server: stable lr vs tau")
+    ax.set(
+        yscale="log",
+        xlabel="staleness tau",
+        ylabel="largest stable lr x curvature",
+        title="delayed SGD on x^2/2 through the server: stable lr vs tau",
+    )
     ax.legend(fontsize=7)
     for label, xs in example.items():
         if label != "tau":

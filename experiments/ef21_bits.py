@@ -38,14 +38,21 @@ def bits_per_round(point: Point) -> np.ndarray:
 
 def curve(point: Point) -> Curve:
     cum = bits_per_round(point)
-    evals = [(int(m["updates"]), float(m["grad_norm_sq"])) for m in point.metrics
-             if m.get("grad_norm_sq") is not None and m.get("updates") is not None]
+    evals = [
+        (int(m["updates"]), float(m["grad_norm_sq"]))
+        for m in point.metrics
+        if m.get("grad_norm_sq") is not None and m.get("updates") is not None
+    ]
     evals = sorted({r: g for r, g in evals if r < len(cum)}.items())  # one value per version (the last scored)
     rounds = np.array([r for r, _ in evals], dtype=int)
     later = np.asarray(point.updates.get("base_version", []), dtype=float) > 0
     sizes = np.asarray(point.updates.get("bytes", []), dtype=float)[later]
-    return Curve(cum[rounds] if rounds.size else np.zeros(0), np.array([g for _, g in evals]), rounds,
-                 float(np.median(sizes)) if sizes.size else float("nan"))
+    return Curve(
+        cum[rounds] if rounds.size else np.zeros(0),
+        np.array([g for _, g in evals]),
+        rounds,
+        float(np.median(sizes)) if sizes.size else float("nan"),
+    )
 
 
 def final(c: Curve, budget: float) -> float | None:

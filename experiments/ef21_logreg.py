@@ -64,21 +64,46 @@ def _pow2(*exponents: int) -> list[float]:
 # batch 1 got a fourth, 2^1, after its best was the grid edge 2^-1 (the baseline must not be under-tuned).
 FULL = Plan(
     rounds={1: 800, 128: 400},
-    grids={(1, "ef21"): _pow2(-5, -3, -1, 1), (1, "ef21-sgdm"): _pow2(-9, -7, -5), (1, "ef21-sgd2m"): _pow2(-9, -7, -5),
-           (1, "ef14"): _pow2(-9, -6),
-           (128, "ef21"): _pow2(-7, -4), (128, "ef21-sgdm"): _pow2(-7, -4), (128, "ef21-sgd2m"): _pow2(-7, -4),
-           (128, "ef14"): _pow2(-7, -4)},
-    tune_seed=0, repeat_seeds=[1, 2])
+    grids={
+        (1, "ef21"): _pow2(-5, -3, -1, 1),
+        (1, "ef21-sgdm"): _pow2(-9, -7, -5),
+        (1, "ef21-sgd2m"): _pow2(-9, -7, -5),
+        (1, "ef14"): _pow2(-9, -6),
+        (128, "ef21"): _pow2(-7, -4),
+        (128, "ef21-sgdm"): _pow2(-7, -4),
+        (128, "ef21-sgd2m"): _pow2(-7, -4),
+        (128, "ef14"): _pow2(-7, -4),
+    },
+    tune_seed=0,
+    repeat_seeds=[1, 2],
+)
 QUICK = Plan(  # the poster's step sizes, one seed, 150 rounds: exercises every step of the script; the 10 workers
     rounds={1: 150, 128: 150},  # share one process (threads), so a run does not spend ~30 s starting 10 of them
-    grids={(1, "ef21"): [2**-6], (1, "ef21-sgdm"): [2**-7], (1, "ef21-sgd2m"): [2**-5], (1, "ef14"): [2**-4],
-           (128, "ef21"): [2**-6], (128, "ef21-sgdm"): [2**-3], (128, "ef21-sgd2m"): [2**-4], (128, "ef14"): [2**-2]},
-    tune_seed=0, repeat_seeds=[], extra=("worker.per_process=10",))
+    grids={
+        (1, "ef21"): [2**-6],
+        (1, "ef21-sgdm"): [2**-7],
+        (1, "ef21-sgd2m"): [2**-5],
+        (1, "ef14"): [2**-4],
+        (128, "ef21"): [2**-6],
+        (128, "ef21-sgdm"): [2**-3],
+        (128, "ef21-sgd2m"): [2**-4],
+        (128, "ef14"): [2**-2],
+    },
+    tune_seed=0,
+    repeat_seeds=[],
+    extra=("worker.per_process=10",),
+)
 
 
 def overrides(plan: Plan, batch: int, method: str, lrs: list[float], seeds: list[int]) -> list[str]:
-    return [f"task.batch_size={batch}", f"compression.method={method}", f"run.max_updates={plan.rounds[batch]}",
-            f"sweep.optimizer.lr={lrs}", f"sweep.seed={seeds}", *plan.extra]
+    return [
+        f"task.batch_size={batch}",
+        f"compression.method={method}",
+        f"run.max_updates={plan.rounds[batch]}",
+        f"sweep.optimizer.lr={lrs}",
+        f"sweep.seed={seeds}",
+        *plan.extra,
+    ]
 
 
 def run_one(plan: Plan, name: str, base: Path) -> Sweep:
@@ -92,8 +117,9 @@ def run_one(plan: Plan, name: str, base: Path) -> Sweep:
         lrs, seeds = [best], plan.repeat_seeds
     else:
         lrs, seeds = plan.grids[(batch, method)], [plan.tune_seed]
-    sweep = run_sweep(CONFIG, overrides(plan, batch, method, lrs, seeds), base / name,
-                      plan.timeout_s(batch, len(lrs) * len(seeds)))
+    sweep = run_sweep(
+        CONFIG, overrides(plan, batch, method, lrs, seeds), base / name, plan.timeout_s(batch, len(lrs) * len(seeds))
+    )
     record_sweep(sweep, base)
     return sweep
 
@@ -132,10 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("docs/results"), help="report folder (images go to img/)")
     ap.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of the experiment folder")
     ap.add_argument("--base", type=Path, help="experiment folder to run into (default: a new one under --runs)")
-    ap.add_argument("--only", help="comma-separated sweep names to run now, e.g. b1-ef21,b1-ef21-repeat "
-                                   "(default: every sweep not yet in the folder)")
-    ap.add_argument("--report-only", type=Path, metavar="DIR",
-                    help="write the report from an earlier experiment folder (no new runs)")
+    ap.add_argument(
+        "--only",
+        help="comma-separated sweep names to run now, e.g. b1-ef21,b1-ef21-repeat "
+        "(default: every sweep not yet in the folder)",
+    )
+    ap.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="DIR",
+        help="write the report from an earlier experiment folder (no new runs)",
+    )
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.report_only:

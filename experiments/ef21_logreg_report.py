@@ -15,8 +15,16 @@ from experiments.ef21_logreg_text import reading_text, setup_text
 COLORS = {"ef21": "tab:red", "ef21-sgdm": "tab:blue", "ef21-sgd2m": "tab:green", "ef14": "tab:gray"}
 MOMENTUM = ("ef21-sgdm", "ef21-sgd2m")
 POSTER = {1: (20, 30), 128: (3, 10)}  # the ratio EF21-SGD / momentum method the poster's curves show (RESEARCH R4)
-POSTER_LR = {(1, "ef21"): 2**-6, (1, "ef21-sgd2m"): 2**-5, (1, "ef21-sgdm"): 2**-7, (1, "ef14"): 2**-4,
-             (128, "ef21"): 2**-6, (128, "ef21-sgd2m"): 2**-4, (128, "ef21-sgdm"): 2**-3, (128, "ef14"): 2**-2}
+POSTER_LR = {
+    (1, "ef21"): 2**-6,
+    (1, "ef21-sgd2m"): 2**-5,
+    (1, "ef21-sgdm"): 2**-7,
+    (1, "ef14"): 2**-4,
+    (128, "ef21"): 2**-6,
+    (128, "ef21-sgd2m"): 2**-4,
+    (128, "ef21-sgdm"): 2**-3,
+    (128, "ef14"): 2**-2,
+}
 
 
 @dataclass
@@ -36,6 +44,7 @@ class Run:
 @dataclass
 class Result:
     """One (batch, method) sweep: its runs, and the bits/n budget they are compared at."""
+
     batch: int
     method: str
     runs: list[Run]
@@ -77,10 +86,22 @@ def tuning_table(tuned: dict[tuple[int, str], Result]) -> str:
             m = mean_std(res.finals(lr))[0]
             text = "stopped early" if m is None else f"{m:.3g}"
             cells.append(f"**{text}**" if lr == best else text)
-        edge = "" if best is None or best not in (min(r.lr for r in res.runs), max(r.lr for r in res.runs)) \
-            or len({r.lr for r in res.runs}) == 1 else " (grid edge)"
-        rows.append([batch, NAMES[method], *cells, "-" if best is None else _lr_text(best) + edge,
-                     _lr_text(POSTER_LR[(batch, method)])])
+        edge = (
+            ""
+            if best is None
+            or best not in (min(r.lr for r in res.runs), max(r.lr for r in res.runs))
+            or len({r.lr for r in res.runs}) == 1
+            else " (grid edge)"
+        )
+        rows.append(
+            [
+                batch,
+                NAMES[method],
+                *cells,
+                "-" if best is None else _lr_text(best) + edge,
+                _lr_text(POSTER_LR[(batch, method)]),
+            ]
+        )
     return table(["B", "method", *(_lr_text(lr) for lr in lrs), "best gamma", "poster's gamma"], rows)
 
 
@@ -102,11 +123,27 @@ def results_table(batch: int, best: dict[str, tuple[float | None, list[Run]]], b
         values = final_of(runs, budget)
         m = mean_std(values)[0]
         ratio = "-" if m is None or ref is None else f"{ref / m:.2f}x"
-        rows.append([NAMES[method], "-" if lr is None else _lr_text(lr), ", ".join(str(r.seed) for r in runs),
-                     _sci(values),
-                     _sci([min(r.curve.grad_norm_sq) for r in runs]), ratio])
-    return table(["method", "gamma", "seeds", "final ||grad f||^2 (mean ± std over seeds)",
-                  "lowest evaluation seen", "EF21-SGD final / this"], rows)
+        rows.append(
+            [
+                NAMES[method],
+                "-" if lr is None else _lr_text(lr),
+                ", ".join(str(r.seed) for r in runs),
+                _sci(values),
+                _sci([min(r.curve.grad_norm_sq) for r in runs]),
+                ratio,
+            ]
+        )
+    return table(
+        [
+            "method",
+            "gamma",
+            "seeds",
+            "final ||grad f||^2 (mean ± std over seeds)",
+            "lowest evaluation seen",
+            "EF21-SGD final / this",
+        ],
+        rows,
+    )
 
 
 def _sci(values: list[float | None]) -> str:
@@ -116,8 +153,9 @@ def _sci(values: list[float | None]) -> str:
     return f"{m:.3g}" + ("" if s is None else f" ± {s:.2g}") + ("" if n == len(values) else f" ({n}/{len(values)})")
 
 
-def verdicts(best_by_batch: dict[int, dict[str, tuple[float | None, list[Run]]]],
-             budgets: dict[int, float]) -> list[str]:
+def verdicts(
+    best_by_batch: dict[int, dict[str, tuple[float | None, list[Run]]]], budgets: dict[int, float]
+) -> list[str]:
     lines = []
     for batch, best in best_by_batch.items():
         if "ef21" not in best:
@@ -138,11 +176,22 @@ def verdicts(best_by_batch: dict[int, dict[str, tuple[float | None, list[Run]]]]
             lines.append(
                 f"- **B = {batch}: {NAMES[method]} below EF21-SGD at {budgets[batch]:.3g} bits/n**: "
                 f"{m:.3g} against {ref:.3g}, ratio {ref / m:.2f}x (poster: about {lo}-{hi}x) -> "
-                + ("holds" if below and separated else "holds on the means, but the seeds overlap" if below
-                   else "does not hold")
-                + ("" if not below else "; the ratio is " + ("inside" if lo <= ref / m <= hi else
-                                                               "above" if ref / m > hi else "below")
-                   + " the poster's range") + ".")
+                + (
+                    "holds"
+                    if below and separated
+                    else "holds on the means, but the seeds overlap"
+                    if below
+                    else "does not hold"
+                )
+                + (
+                    ""
+                    if not below
+                    else "; the ratio is "
+                    + ("inside" if lo <= ref / m <= hi else "above" if ref / m > hi else "below")
+                    + " the poster's range"
+                )
+                + "."
+            )
     return lines
 
 
@@ -156,8 +205,14 @@ def figure_curves(best_by_batch, budgets: dict[int, float]):
             ys = np.array([on_grid(r.curve, grid) for r in runs])
             with np.errstate(all="ignore"):
                 mean = np.nanmean(ys, axis=0) if len(runs) > 1 else ys[0]
-            ax.plot(grid, mean, color=COLORS[method], lw=1.1, ls="--" if method == "ef14" else "-",
-                    label=f"{NAMES[method]} gamma {lr:g}")
+            ax.plot(
+                grid,
+                mean,
+                color=COLORS[method],
+                lw=1.1,
+                ls="--" if method == "ef14" else "-",
+                label=f"{NAMES[method]} gamma {lr:g}",
+            )
         ax.set_yscale("log")
         ax.set_xlabel("bits / n (uplink, per worker)")
         ax.set_ylabel("||grad f(x)||^2")
@@ -187,8 +242,9 @@ def figure_tuning(tuned: dict[tuple[int, str], Result]):
     return fig
 
 
-def report_body(plan, tune: dict[tuple[int, str], Sweep],
-                repeat: dict[tuple[int, str], Sweep]) -> tuple[list[str], dict]:
+def report_body(
+    plan, tune: dict[tuple[int, str], Sweep], repeat: dict[tuple[int, str], Sweep]
+) -> tuple[list[str], dict]:
     """tune and repeat: the sweeps by (batch, method)."""
     tuned = {key: Result.of(s, *key) for key, s in tune.items()}
     repeats = {key: Result.of(s, *key) for key, s in repeat.items()}
@@ -199,13 +255,19 @@ def report_body(plan, tune: dict[tuple[int, str], Sweep],
         best_by_batch[batch] = best
         ends = [r.curve.bits[-1] for _, runs in best.values() for r in runs if r.curve.bits.size]
         budgets[batch] = max(ends) if ends else 0.0  # as in Result.of
-    body = [*setup_text(plan, tuned),
-            "## Tuning (seed 0)", tuning_table(tuned), "![final gradient norm against the step size]"
-            "(img/ef21_logreg_tuning.png)",
-            "## Best step size per method, repeated over seeds"]
+    body = [
+        *setup_text(plan, tuned),
+        "## Tuning (seed 0)",
+        tuning_table(tuned),
+        "![final gradient norm against the step size](img/ef21_logreg_tuning.png)",
+        "## Best step size per method, repeated over seeds",
+    ]
     for batch in batches:
         body += [f"### Batch {batch}", results_table(batch, best_by_batch[batch], budgets[batch])]
-    body += ["![gradient norm against bits per worker](img/ef21_logreg_curves.png)",
-             "## Expectations against the measurements", "\n".join(verdicts(best_by_batch, budgets)),
-             *reading_text(best_by_batch, budgets)]
+    body += [
+        "![gradient norm against bits per worker](img/ef21_logreg_curves.png)",
+        "## Expectations against the measurements",
+        "\n".join(verdicts(best_by_batch, budgets)),
+        *reading_text(best_by_batch, budgets),
+    ]
     return body, {"curves": figure_curves(best_by_batch, budgets), "tuning": figure_tuning(tuned)}

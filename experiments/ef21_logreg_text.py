@@ -30,29 +30,31 @@ def setup_text(plan, tuned) -> list[str]:
     per_eval = [np.median(np.diff(r.curve.rounds)) for r in runs if r.curve.rounds.size > 2]
     evals = [r.curve.rounds.size for r in runs]
     rounds = ", ".join(f"{r} at batch {b}" for b, r in plan.rounds.items())
-    return ["## Setup",
-            f"Softmax regression (`task.model: logreg`) on scikit-learn's 8x8 digits, d = {d} parameters, with the "
-            f"non-convex regulariser lambda sum_j x_j^2/(1+x_j^2), lambda = {task['reg_lambda']:g}. n = {n} workers, "
-            f"each sampling only its own shard of one fixed permutation of the 1438 training samples "
-            f"(`sampling: shard`, 143-144 samples each); batch B = 1 or 128 per worker per round. Top-K over the "
-            f"whole vector with "
-            f"K = {k} (1% of d, floor), momentum eta = {comp['eta']:g} for EF21-SGDM and EF21-SGD2M. Synchronous "
-            f"rounds (`staleness.apply_every: {n}`, `barrier: true`): the server steps x <- x - gamma g once per round "
-            f"on g = mean_i g_i (EF21 family; every worker's first push is its dense g_i^0 = v_i^0 = u_i^0 = the first "
-            f"minibatch gradient) or on the mean of the compressed EF14 messages, with plain SGD.",
-            f"Budget: a fixed number of rounds per run ({rounds}), so every method sends the same messages. "
-            f"bits/n is measured: 8 x the bytes the server received, per worker, message headers included. A "
-            f"compressed push is {push:.0f} bytes on the wire, of which {payload} are the K values and indices, so "
-            f"the axis is about {push / payload:.0f}x the payload-only count of the papers (the dense first push, "
-            f"{4 * d} bytes of values, is counted too). Equal bits/n is therefore equal rounds here.",
-            f"||grad f||^2 is the full gradient of the training objective over all 1438 training samples, regulariser "
-            f"included (`run.eval_grad_norm: true`), scored by the evaluator on parameter snapshots taken every "
-            f"{cfg['run']['eval_every_s']:g} s of wall time: a median of {np.median(per_eval):.0f} rounds between "
-            f"evaluations and {int(np.median(evals))} evaluations per run. **Final** = the mean of ||grad f||^2 "
-            f"over the evaluations in the last {TAIL:.0%} of the bits budget (the iterates fluctuate at batch 1, "
-            f"one evaluation is noisy); the best step size is the one "
-            f"with the lowest final value on seed {plan.tune_seed}, and for the EF21 methods it is then run on seeds "
-            f"{', '.join(map(str, plan.repeat_seeds)) or '(none in this run)'} (EF14-SGD, a reference, has one seed)."]
+    return [
+        "## Setup",
+        f"Softmax regression (`task.model: logreg`) on scikit-learn's 8x8 digits, d = {d} parameters, with the "
+        f"non-convex regulariser lambda sum_j x_j^2/(1+x_j^2), lambda = {task['reg_lambda']:g}. n = {n} workers, "
+        f"each sampling only its own shard of one fixed permutation of the 1438 training samples "
+        f"(`sampling: shard`, 143-144 samples each); batch B = 1 or 128 per worker per round. Top-K over the "
+        f"whole vector with "
+        f"K = {k} (1% of d, floor), momentum eta = {comp['eta']:g} for EF21-SGDM and EF21-SGD2M. Synchronous "
+        f"rounds (`staleness.apply_every: {n}`, `barrier: true`): the server steps x <- x - gamma g once per round "
+        f"on g = mean_i g_i (EF21 family; every worker's first push is its dense g_i^0 = v_i^0 = u_i^0 = the first "
+        f"minibatch gradient) or on the mean of the compressed EF14 messages, with plain SGD.",
+        f"Budget: a fixed number of rounds per run ({rounds}), so every method sends the same messages. "
+        f"bits/n is measured: 8 x the bytes the server received, per worker, message headers included. A "
+        f"compressed push is {push:.0f} bytes on the wire, of which {payload} are the K values and indices, so "
+        f"the axis is about {push / payload:.0f}x the payload-only count of the papers (the dense first push, "
+        f"{4 * d} bytes of values, is counted too). Equal bits/n is therefore equal rounds here.",
+        f"||grad f||^2 is the full gradient of the training objective over all 1438 training samples, regulariser "
+        f"included (`run.eval_grad_norm: true`), scored by the evaluator on parameter snapshots taken every "
+        f"{cfg['run']['eval_every_s']:g} s of wall time: a median of {np.median(per_eval):.0f} rounds between "
+        f"evaluations and {int(np.median(evals))} evaluations per run. **Final** = the mean of ||grad f||^2 "
+        f"over the evaluations in the last {TAIL:.0%} of the bits budget (the iterates fluctuate at batch 1, "
+        f"one evaluation is noisy); the best step size is the one "
+        f"with the lowest final value on seed {plan.tune_seed}, and for the EF21 methods it is then run on seeds "
+        f"{', '.join(map(str, plan.repeat_seeds)) or '(none in this run)'} (EF14-SGD, a reference, has one seed).",
+    ]
 
 
 def reading_text(best_by_batch, budgets) -> list[str]:
@@ -65,6 +67,9 @@ def reading_text(best_by_batch, budgets) -> list[str]:
             level = "-" if m is None else f"{m:.3g}"
             lines.append(f"| {batch} | {NAMES[method]} | {level} | {poster} |")
     head = "| B | method | final here | poster (MNIST, read off the figure) |\n| --- | --- | --- | --- |"
-    return ["### Absolute levels next to the poster's",
-            "The poster's problem is MNIST (d = 7850) and its bits axis counts payload only, so only the order of "
-            "magnitude is comparable.", head + "\n" + "\n".join(lines)]
+    return [
+        "### Absolute levels next to the poster's",
+        "The poster's problem is MNIST (d = 7850) and its bits axis counts payload only, so only the order of "
+        "magnitude is comparable.",
+        head + "\n" + "\n".join(lines),
+    ]

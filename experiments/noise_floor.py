@@ -39,6 +39,7 @@ class Setting:
 @dataclass(frozen=True)
 class Part:
     """One launcher sweep: a setting, n workers, and the methods it sweeps."""
+
     name: str
     overrides: list[str]
     points: int
@@ -70,16 +71,35 @@ class Plan:
                     rounds += [f"staleness.apply_every={n}", "staleness.barrier=true"]
                 methods = f"sweep.compression.method={listed(self.methods)}"
                 out.append(Part(f"{s.name}-n{n}-ef", [*base, *rounds, methods], len(self.methods), self.rounds[n], n))
-                out.append(Part(f"{s.name}-n{n}-sgdm", [*base, *rounds, "compression.method=ef21-sgdm",
-                                                        f"sweep.compression.eta={listed(self.etas)}"],
-                                len(self.etas), self.rounds[n], n))
+                out.append(
+                    Part(
+                        f"{s.name}-n{n}-sgdm",
+                        [*base, *rounds, "compression.method=ef21-sgdm", f"sweep.compression.eta={listed(self.etas)}"],
+                        len(self.etas),
+                        self.rounds[n],
+                        n,
+                    )
+                )
         if self.async_workers:
             s, n = self.settings[0], self.async_workers
             steps = self.rounds[n] * n  # as many pushes per worker as the synchronous runs, one step each
-            out.append(Part(f"{s.name}-async{n}", [
-                f"task.synthetic.dim={s.dim}", f"optimizer.lr={s.lr / n:g}", f"worker.per_process={self.per_process}",
-                f"workers={n}", f"run.max_updates={steps}", f"compression.eta={self.etas[0]}",
-                "sweep.compression.method=[ef21, ef21-sgdm]"], 2, steps // n, n))
+            out.append(
+                Part(
+                    f"{s.name}-async{n}",
+                    [
+                        f"task.synthetic.dim={s.dim}",
+                        f"optimizer.lr={s.lr / n:g}",
+                        f"worker.per_process={self.per_process}",
+                        f"workers={n}",
+                        f"run.max_updates={steps}",
+                        f"compression.eta={self.etas[0]}",
+                        "sweep.compression.method=[ef21, ef21-sgdm]",
+                    ],
+                    2,
+                    steps // n,
+                    n,
+                )
+            )
         return out
 
 
@@ -109,14 +129,21 @@ def finished_parts(plan: Plan, base: Path) -> dict[str, Sweep]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.noise_floor", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="d = 100, n = 1 and 3, 300 rounds, one eta (a smoke test)")
-    ap.add_argument("--parts", default="*",
-                    help="comma-separated names or patterns of the parts to run, e.g. 'd100-n100-*' (see --list)")
+    ap.add_argument(
+        "--parts",
+        default="*",
+        help="comma-separated names or patterns of the parts to run, e.g. 'd100-n100-*' (see --list)",
+    )
     ap.add_argument("--list", action="store_true", help="list the parts and exit")
     ap.add_argument("--into", type=Path, metavar="DIR", help="add the runs to this experiment folder")
     ap.add_argument("--out", type=Path, default=Path("docs/results"), help="report folder (images go to img/)")
     ap.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of the run folders")
-    ap.add_argument("--report-only", type=Path, metavar="DIR",
-                    help="rebuild the report from the runs of an earlier experiment folder (no new runs)")
+    ap.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="DIR",
+        help="rebuild the report from the runs of an earlier experiment folder (no new runs)",
+    )
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.list:
@@ -133,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.parts != "*":  # run in pieces: the report lists the invocations that filled the folder
             base.mkdir(parents=True, exist_ok=True)
             with open(base / INVOCATIONS, "a") as f:
-                f.write(f"python -m experiments.noise_floor{' --quick' if args.quick else ''} "
-                        f"--parts '{args.parts}' --into {shown(base)}\n")
+                f.write(
+                    f"python -m experiments.noise_floor{' --quick' if args.quick else ''} "
+                    f"--parts '{args.parts}' --into {shown(base)}\n"
+                )
         run_parts(chosen, base)
     sweeps = finished_parts(plan, base)
     if not any(p.ok for s in sweeps.values() for p in s.points):

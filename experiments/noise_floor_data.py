@@ -97,9 +97,21 @@ def curve(part: str, point: Point) -> Curve:
     order = np.argsort(base[keep], kind="stable")
     rounds = base[keep][order] / (1 if sync else n)
     evals = [(m["updates"], m["train_loss"]) for m in point.metrics if m.get("train_loss") is not None]
-    return Curve(part, cfg.compression.method, cfg.compression.eta, n, cfg.task.synthetic.dim, cfg.optimizer.lr,
-                 cfg.task.synthetic.noise, sync, cfg.worker.per_process, rounds, loss[keep][order], evals,
-                 point.summary or {})
+    return Curve(
+        part,
+        cfg.compression.method,
+        cfg.compression.eta,
+        n,
+        cfg.task.synthetic.dim,
+        cfg.optimizer.lr,
+        cfg.task.synthetic.noise,
+        sync,
+        cfg.worker.per_process,
+        rounds,
+        loss[keep][order],
+        evals,
+        point.summary or {},
+    )
 
 
 def sgd_floor(dim: int, lr: float, sigma: float, n: int) -> float:
@@ -137,14 +149,18 @@ def verdicts(curves: list[Curve]) -> list[str]:
         ratios = {n: sgd[n].plateau() / series[n].plateau() for n in common}
         ok = bool(ratios) and all(r >= RATIO for r in ratios.values())
         shown = ", ".join(f"n={n}: {r:.1f}x" for n, r in ratios.items()) or "not measured"
-        lines.append(f"- {verdict(ok, bool(ratios))} **{label} at least {RATIO:g}x below EF21-SGD at every n**: "
-                     f"EF21-SGD / {label} plateau = {shown}.")
+        lines.append(
+            f"- {verdict(ok, bool(ratios))} **{label} at least {RATIO:g}x below EF21-SGD at every n**: "
+            f"EF21-SGD / {label} plateau = {shown}."
+        )
     if len(ns) >= 2:
         first, last = sgd[ns[0]].plateau(), sgd[ns[-1]].plateau()
         ok = last >= first / NOT_SHRINKING
-        lines.append(f"- {verdict(ok)} **EF21-SGD's plateau does not shrink with n** (n={ns[-1]} at least "
-                     f"1/{NOT_SHRINKING:g} of n={ns[0]}): {_series(sgd)}; n={ns[0]} / n={ns[-1]} = "
-                     f"{first / last:.1f}x, exponent {slope(sgd):+.2f} (plateau ~ n^b).")
+        lines.append(
+            f"- {verdict(ok)} **EF21-SGD's plateau does not shrink with n** (n={ns[-1]} at least "
+            f"1/{NOT_SHRINKING:g} of n={ns[0]}): {_series(sgd)}; n={ns[0]} / n={ns[-1]} = "
+            f"{first / last:.1f}x, exponent {slope(sgd):+.2f} (plateau ~ n^b)."
+        )
     else:
         lines.append("- NOT MEASURED **EF21-SGD's plateau does not shrink with n**: fewer than two n.")
     for label, series in sgdm.items():
@@ -154,9 +170,10 @@ def verdicts(curves: list[Curve]) -> list[str]:
             continue
         steps = [series[a].plateau() / series[b].plateau() for a, b in zip(ks, ks[1:])]
         ok = all(s >= SHRINKING for s in steps)
-        lines.append(f"- {verdict(ok)} **{label} shrinks as n grows** (by at least {SHRINKING:g}x per step in n): "
-                     f"{_series(series)}; steps " + ", ".join(f"{s:.1f}x" for s in steps)
-                     + f", exponent {slope(series):+.2f}.")
+        lines.append(
+            f"- {verdict(ok)} **{label} shrinks as n grows** (by at least {SHRINKING:g}x per step in n): "
+            f"{_series(series)}; steps " + ", ".join(f"{s:.1f}x" for s in steps) + f", exponent {slope(series):+.2f}."
+        )
     return lines
 
 

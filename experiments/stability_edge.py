@@ -31,21 +31,24 @@ def part_a_c(plan: edge_quadratic.QuadPlan, base: Path, report_only: bool) -> tu
         print("(a)/(c): stable lr of delayed SGD on x^2/2 through the in-process server", flush=True)
         part_a, part_c, example = edge_quadratic.measure(plan)
         edge_quadratic.save(base / QUADRATIC, part_a, part_c, example)
-    text = ["## (a) Stable lr against tau: the quadratic through the server",
-            "One fake worker pushes the gradient of f(x) = x^2/2 (curvature 1) at the parameters it was sent; the "
-            "server (`staleness.delay: constant`, D = tau + 1, SGD, `lr_rule: constant`) answers with its tau-old "
-            "version, so x_{t+1} = x_t - lr x_{t-tau}. A trajectory is unstable when it passes |x| = 1e6 or the "
-            "envelope of |x| over its last tenth exceeds the one before its middle. The edge is bracketed by "
-            "halving/doubling from the previous tau's edge and then bisected in log space; 'stable' is the largest "
-            "lr seen stable, 'unstable' the smallest seen unstable.",
-            edge_quadratic.edge_table(part_a, "closed form 2 sin(pi/(2(2tau+1)))"),
-            f"## (c) Momentum {edge_quadratic.BETA:g}: server buffer against shifted (per-worker) buffers",
-            "Round robin over W = tau + 1 fake workers (each computes at the parameters of its own last reply, so "
-            "every push is tau stale), SGD momentum through `optimizer.momentum_mode: server` (one buffer) or "
-            "`shifted` (one buffer per worker). The theory column is where the largest root of each recursion's "
-            "characteristic polynomial leaves the unit circle (numpy roots, RESEARCH 3b).",
-            edge_quadratic.edge_table(part_c, "theory (roots)"),
-            "### Expectations against the measurements (a, c)", "\n".join(edge_quadratic.verdicts(part_a, part_c))]
+    text = [
+        "## (a) Stable lr against tau: the quadratic through the server",
+        "One fake worker pushes the gradient of f(x) = x^2/2 (curvature 1) at the parameters it was sent; the "
+        "server (`staleness.delay: constant`, D = tau + 1, SGD, `lr_rule: constant`) answers with its tau-old "
+        "version, so x_{t+1} = x_t - lr x_{t-tau}. A trajectory is unstable when it passes |x| = 1e6 or the "
+        "envelope of |x| over its last tenth exceeds the one before its middle. The edge is bracketed by "
+        "halving/doubling from the previous tau's edge and then bisected in log space; 'stable' is the largest "
+        "lr seen stable, 'unstable' the smallest seen unstable.",
+        edge_quadratic.edge_table(part_a, "closed form 2 sin(pi/(2(2tau+1)))"),
+        f"## (c) Momentum {edge_quadratic.BETA:g}: server buffer against shifted (per-worker) buffers",
+        "Round robin over W = tau + 1 fake workers (each computes at the parameters of its own last reply, so "
+        "every push is tau stale), SGD momentum through `optimizer.momentum_mode: server` (one buffer) or "
+        "`shifted` (one buffer per worker). The theory column is where the largest root of each recursion's "
+        "characteristic polynomial leaves the unit circle (numpy roots, RESEARCH 3b).",
+        edge_quadratic.edge_table(part_c, "theory (roots)"),
+        "### Expectations against the measurements (a, c)",
+        "\n".join(edge_quadratic.verdicts(part_a, part_c)),
+    ]
     return text, {"tau": edge_quadratic.figure(part_a, part_c, example)}
 
 
@@ -65,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="few tau, few bisections, 300-update runs (a smoke test)")
     ap.add_argument("--out", type=Path, default=Path("docs/results"), help="report folder (images go to img/)")
     ap.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of the run folders")
-    ap.add_argument("--report-only", type=Path, metavar="DIR",
-                    help="rebuild the report from an earlier experiment folder (runs/stability_edge-*), no new runs")
+    ap.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="DIR",
+        help="rebuild the report from an earlier experiment folder (runs/stability_edge-*), no new runs",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # the in-process server and the Hessian products share two cores with the runs
     base = args.report_only or args.runs / f"stability_edge-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -78,11 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         save_png(fig, args.out / "img" / f"stability_edge_{name}.png")
     title = "At Stability's Edge on small problems (RESEARCH R5)" + (" -- quick smoke run" if quick else "")
     command = "python -m experiments.stability_edge" + (" --quick" if quick else "")
-    text = [*header(title, command, commands, base),
-            "Parts (a) and (c) run the server in this process (`experiments/delayed_quadratic.py`); part (b) runs "
-            "the launcher's sweeps above.", *quad_text,
-            "![stable lr against tau](img/stability_edge_tau.png)", *mlp_text,
-            "![digits MLP under delay](img/stability_edge_mlp.png)"]
+    text = [
+        *header(title, command, commands, base),
+        "Parts (a) and (c) run the server in this process (`experiments/delayed_quadratic.py`); part (b) runs "
+        "the launcher's sweeps above.",
+        *quad_text,
+        "![stable lr against tau](img/stability_edge_tau.png)",
+        *mlp_text,
+        "![digits MLP under delay](img/stability_edge_mlp.png)",
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "stability_edge.md").write_text("\n\n".join(text) + "\n")
     print(f"report: {shown(args.out / 'stability_edge.md')}; runs: {shown(base)}")

@@ -44,8 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     (run_dir / "config.yaml").write_text(resolved_yaml(cfg))
     print(f"run folder: {run_dir}")
-    print(f"{cfg.workers} workers, {cfg.task.model} on {cfg.task.dataset}, {cfg.optimizer.name} "
-          f"lr {cfg.optimizer.lr:g}, until {cfg.run.max_updates} updates or {cfg.run.max_seconds:g}s", flush=True)
+    print(
+        f"{cfg.workers} workers, {cfg.task.model} on {cfg.task.dataset}, {cfg.optimizer.name} "
+        f"lr {cfg.optimizer.lr:g}, until {cfg.run.max_updates} updates or {cfg.run.max_seconds:g}s",
+        flush=True,
+    )
     try:
         summary = run_experiment(cfg, run_dir, quiet=args.quiet)
     except RunFailed as err:
@@ -61,10 +64,12 @@ def main(argv: list[str] | None = None) -> int:
 def format_summary(s: dict, run_dir) -> str:
     acc = s.get("final_test_acc")
     acc_txt = f"test_acc {acc:.4f}" if acc is not None else f"test_loss {s.get('final_test_loss')}"
-    return (f"done: {s['updates']} updates in {s['wall_s']:.1f}s ({s['updates_per_s']:.1f}/s), {acc_txt}, "
-            f"staleness mean {s['staleness_mean']:.2f} max {s['staleness_max']}, "
-            f"uplink {s['uplink_bytes'] / 2**20:.1f} MiB, {s['pushes_rejected']} pushes not applied\n"
-            f"results: {run_dir}/summary.json, plots in {run_dir}/plots/")
+    return (
+        f"done: {s['updates']} updates in {s['wall_s']:.1f}s ({s['updates_per_s']:.1f}/s), {acc_txt}, "
+        f"staleness mean {s['staleness_mean']:.2f} max {s['staleness_max']}, "
+        f"uplink {s['uplink_bytes'] / 2**20:.1f} MiB, {s['pushes_rejected']} pushes not applied\n"
+        f"results: {run_dir}/summary.json, plots in {run_dir}/plots/"
+    )
 
 
 if __name__ == "__main__":

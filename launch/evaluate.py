@@ -33,8 +33,13 @@ class Evaluator:
         meta, params = read_snapshot(path)
         t0 = time.monotonic()
         m = self.task.evaluate(params, self.cfg.run.eval_max_samples, grad_norm=self.cfg.run.eval_grad_norm)
-        line = {"wall_s": round(meta["wall_s"], 4), "updates": meta["version"], **m,
-                "train_loss_pushed": meta.get("train_loss_pushed"), "eval_s": round(time.monotonic() - t0, 4)}
+        line = {
+            "wall_s": round(meta["wall_s"], 4),
+            "updates": meta["version"],
+            **m,
+            "train_loss_pushed": meta.get("train_loss_pushed"),
+            "eval_s": round(time.monotonic() - t0, 4),
+        }
         if meta.get("final"):
             line["final"] = True
         with open(self.out, "a") as f:

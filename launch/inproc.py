@@ -28,8 +28,9 @@ def make_config(**sections) -> ExperimentConfig:
 
 @contextlib.contextmanager
 def running_server(cfg: ExperimentConfig, run_dir: Path | None = None, endpoint: str = "tcp://127.0.0.1:0"):
-    chan = Channel("router", chunk_bytes=cfg.server.chunk_bytes, max_message_bytes=cfg.server.max_message_bytes,
-                   send_timeout_s=5)
+    chan = Channel(
+        "router", chunk_bytes=cfg.server.chunk_bytes, max_message_bytes=cfg.server.max_message_bytes, send_timeout_s=5
+    )
     bound = chan.bind(endpoint)
     server = ParameterServer(cfg, chan, run_dir=run_dir)
     result: dict = {}
@@ -62,8 +63,16 @@ class FakeWorker:
         return self.recv_welcome()
 
     def send_hello(self, init: torch.Tensor | None = None, **overrides) -> None:
-        fields = dict(rank=self.rank, pid=0, host="test", device="cpu", run_id="t", uplink="grad",
-                      signature=self.layout.signature(), init=init)
+        fields = dict(
+            rank=self.rank,
+            pid=0,
+            host="test",
+            device="cpu",
+            run_id="t",
+            uplink="grad",
+            signature=self.layout.signature(),
+            init=init,
+        )
         fields.update(overrides)
         self.chan.send(Hello(**fields))
 
@@ -73,11 +82,25 @@ class FakeWorker:
             self.seq, self.version, self.params = reply.next_seq, reply.version, reply.params
         return reply
 
-    def push(self, values: torch.Tensor, base_version: int | None = None, seq: int | None = None,
-             advance: bool = True, **overrides) -> Message:
-        fields = dict(rank=self.rank, seq=self.seq if seq is None else seq,
-                      base_version=self.version if base_version is None else base_version, kind="grad",
-                      encoding="dense", numel=values.numel(), loss=1.0, samples=1, values=values)
+    def push(
+        self,
+        values: torch.Tensor,
+        base_version: int | None = None,
+        seq: int | None = None,
+        advance: bool = True,
+        **overrides,
+    ) -> Message:
+        fields = dict(
+            rank=self.rank,
+            seq=self.seq if seq is None else seq,
+            base_version=self.version if base_version is None else base_version,
+            kind="grad",
+            encoding="dense",
+            numel=values.numel(),
+            loss=1.0,
+            samples=1,
+            values=values,
+        )
         fields.update(overrides)
         reply = self.request(Push(**fields))
         if advance and reply.TYPE == "reply":

@@ -39,8 +39,12 @@ def plot_runs(runs: list[tuple[str, Path]], out_dir: Path) -> Plots:
     out_dir.mkdir(parents=True, exist_ok=True)
     data = [(label, read_metrics(path), read_updates(path)) for label, path in runs]
     plots = Plots()
-    for name, draw in (("metrics", _metrics), ("staleness", _staleness), ("bytes", _bytes),
-                       ("accuracy_bytes", _accuracy_bytes)):
+    for name, draw in (
+        ("metrics", _metrics),
+        ("staleness", _staleness),
+        ("bytes", _bytes),
+        ("accuracy_bytes", _accuracy_bytes),
+    ):
         fig = draw(data)
         plots.series[name] = _series(fig)
         plots.paths.append(_save(fig, out_dir / f"{name}.png"))
@@ -64,8 +68,7 @@ def _metrics(data):
             if any(a is not None for a in acc):
                 axes[0, col].plot(xs, [a if a is not None else float("nan") for a in acc], label=label)
             line = axes[1, col].plot(xs, [x["test_loss"] for x in m], label=f"{label} test")
-            axes[1, col].plot(xs, [x["train_loss"] for x in m], "--", color=line[0].get_color(),
-                              label=f"{label} train")
+            axes[1, col].plot(xs, [x["train_loss"] for x in m], "--", color=line[0].get_color(), label=f"{label} train")
             axes[1, col].set_xlabel(xlabel)
     axes[0, 0].set_ylabel("test accuracy")
     axes[1, 0].set_ylabel("loss")
@@ -76,8 +79,9 @@ def _metrics(data):
     for ax, size in ((axes[0, 1], 8), (axes[1, 1], 7)):
         if ax.get_legend_handles_labels()[0]:  # a regression run draws no accuracy
             ax.legend(fontsize=size)
-    for ax, title in zip(axes.flat, ("test accuracy vs wall time", "test accuracy vs updates", "loss vs wall time",
-                                      "loss vs updates")):
+    for ax, title in zip(
+        axes.flat, ("test accuracy vs wall time", "test accuracy vs updates", "loss vs wall time", "loss vs updates")
+    ):
         ax.set_title(title, fontsize=9)
     fig.suptitle("evaluation of parameter snapshots")
     return fig
@@ -90,8 +94,11 @@ def _staleness(data):
     for label, _, upd in data:
         if not upd.get("staleness"):
             continue
-        rows = [(w, s, t, lr) for w, s, t, lr, a in zip(upd["worker"], upd["staleness"], upd["wall_s"], upd["lr"],
-                                                          upd["applied"]) if a == 1]
+        rows = [
+            (w, s, t, lr)
+            for w, s, t, lr, a in zip(upd["worker"], upd["staleness"], upd["wall_s"], upd["lr"], upd["applied"])
+            if a == 1
+        ]
         if not rows:
             continue
         stal = [r[1] for r in rows]

@@ -39,14 +39,18 @@ class Progress:
             self.stream.flush()
 
 
-def format_line(status: dict | None, metric: dict | None, max_updates: int,
-                starting: str = "starting the server...") -> str:
+def format_line(
+    status: dict | None, metric: dict | None, max_updates: int, starting: str = "starting the server..."
+) -> str:
     if not status:
         return starting
     if not status.get("started"):
         return f"waiting for workers to join: {status.get('workers_joined', 0)}/{status.get('workers', '?')}"
-    parts = [f"[{status['wall_s']:7.1f}s]", f"updates {status['updates']}/{max_updates}",
-             f"({status.get('updates_per_s') or 0:.1f}/s)"]
+    parts = [
+        f"[{status['wall_s']:7.1f}s]",
+        f"updates {status['updates']}/{max_updates}",
+        f"({status.get('updates_per_s') or 0:.1f}/s)",
+    ]
     if status.get("loss") is not None:
         parts.append(f"loss {status['loss']:.4f}")
     if status.get("staleness_mean") is not None:

@@ -87,8 +87,9 @@ class Run:
 
     # -- shared --------------------------------------------------------------------------------------------
     def _start_evaluator(self) -> None:
-        self.sup.start("evaluator", "launch.evaluate",
-                       ["--config", str(self.config_path), "--run-dir", str(self.run_dir)])
+        self.sup.start(
+            "evaluator", "launch.evaluate", ["--config", str(self.config_path), "--run-dir", str(self.run_dir)]
+        )
 
     def _watch(self) -> None:
         hard_limit, tick = self._hard_limit_s(), 0
@@ -126,14 +127,17 @@ class Run:
             self._proc_rows.writerow([f"{wall:.2f}", name, pid, f"{cpu:.1f}", f"{rss / 2**20:.1f}"])
         if not self.quiet:
             metrics = read_metrics(self.run_dir) if (self.run_dir / "metrics.jsonl").exists() else []
-            self.progress.show(read_json(self.run_dir / "status.json"), metrics[-1] if metrics else None,
-                               force=force_progress)
+            self.progress.show(
+                read_json(self.run_dir / "status.json"), metrics[-1] if metrics else None, force=force_progress
+            )
 
     def _fail(self, child: Child, when: str, failed: list[Child] | None = None) -> None:
         also = [f"{c.name} {c.describe_exit()}" for c in failed or [] if c is not child]
         then = f"\n(after it: {'; '.join(also)})" if also else ""
-        raise RunFailed(f"{child.name} (pid {child.pid}) {child.describe_exit()} {when}; "
-                        f"last lines of {child.log_path}:\n{child.log_tail()}{then}")
+        raise RunFailed(
+            f"{child.name} (pid {child.pid}) {child.describe_exit()} {when}; "
+            f"last lines of {child.log_path}:\n{child.log_tail()}{then}"
+        )
 
     def _workers(self) -> list[str]:
         return [n for n in self.sup.children if n.startswith("worker")]
@@ -147,9 +151,21 @@ class AsyncRun(Run):
         self._start_evaluator()
         for ranks in self.cfg.worker_processes():
             name, which = worker_process(ranks)
-            self.sup.start(name, "worker",
-                           ["--config", str(self.config_path), *which, "--server", endpoint,
-                            "--run-dir", str(self.run_dir), "--run-id", self.run_dir.name])
+            self.sup.start(
+                name,
+                "worker",
+                [
+                    "--config",
+                    str(self.config_path),
+                    *which,
+                    "--server",
+                    endpoint,
+                    "--run-dir",
+                    str(self.run_dir),
+                    "--run-id",
+                    self.run_dir.name,
+                ],
+            )
 
     def _start_server(self) -> str:
         server = self.sup.start("server", "ps", ["--config", str(self.config_path), "--run-dir", str(self.run_dir)])
@@ -184,9 +200,12 @@ class SyncRun(Run):
         self._start_evaluator()
         group = {"WORLD_SIZE": str(self.cfg.workers), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
         for rank in range(self.cfg.workers):
-            self.sup.start(f"worker{rank}", "worker.sync",
-                           ["--config", str(self.config_path), "--run-dir", str(self.run_dir)],
-                           env={**group, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+            self.sup.start(
+                f"worker{rank}",
+                "worker.sync",
+                ["--config", str(self.config_path), "--run-dir", str(self.run_dir)],
+                env={**group, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            )
 
     def _training_over(self) -> bool:
         return all(self.sup.children[name].returncode == 0 for name in self._workers())

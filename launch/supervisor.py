@@ -71,8 +71,12 @@ class Supervisor:
         log_path = self.log_dir / f"{name}.log"
         log = open(log_path, "w")
         popen = subprocess.Popen(
-            [sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT,
-            env={**self.env, **(env or {})}, start_new_session=True, cwd=os.getcwd(),
+            [sys.executable, "-m", module, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**self.env, **(env or {})},
+            start_new_session=True,
+            cwd=os.getcwd(),
         )
         log.close()  # the child holds its own copy of the descriptor
         child = Child(name, popen, log_path, time.monotonic())

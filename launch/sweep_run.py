@@ -29,8 +29,13 @@ SMALL_SWEEP = 8  # up to this many points share one set of plots; more get one s
 Runner = Callable[[ExperimentConfig, Path, bool], dict]
 
 
-def run_sweep(cfg: ExperimentConfig, points: list[SweepPoint], sweep_dir: Path, quiet: bool = False,
-              runner: Runner = run_experiment) -> list[PointResult]:
+def run_sweep(
+    cfg: ExperimentConfig,
+    points: list[SweepPoint],
+    sweep_dir: Path,
+    quiet: bool = False,
+    runner: Runner = run_experiment,
+) -> list[PointResult]:
     """Run every point into sweep_dir; tables are rewritten after each. KeyboardInterrupt propagates."""
     results: list[PointResult] = []
     for point in points:
@@ -103,12 +108,14 @@ def sweep_command(cfg: ExperimentConfig, run_dir: str | None, quiet: bool) -> in
     try:
         results = run_sweep(cfg, points, sweep_dir, quiet)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: every process was stopped; finished points are in {sweep_dir}/sweep.md",
-              file=sys.stderr)
+        print(f"\ninterrupted: every process was stopped; finished points are in {sweep_dir}/sweep.md", file=sys.stderr)
         return 130
     failed = [r for r in results if not r.ok]
-    print(f"sweep done: {len(results) - len(failed)} of {len(results)} points succeeded; "
-          f"results: {sweep_dir}/sweep.md, sweep.csv", flush=True)
+    print(
+        f"sweep done: {len(results) - len(failed)} of {len(results)} points succeeded; "
+        f"results: {sweep_dir}/sweep.md, sweep.csv",
+        flush=True,
+    )
     if failed:
         print(f"error: {len(failed)} point(s) failed: {', '.join(r.point.folder for r in failed)}", file=sys.stderr)
         return 1

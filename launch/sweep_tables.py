@@ -51,8 +51,13 @@ def group_results(results: list[PointResult]) -> list[Group]:
     return list(groups.values())
 
 
-def write_tables(sweep_dir: Path, sweep: dict[str, list], results: list[PointResult],
-                 total: int, reports: list[tuple[str, Path]] = ()) -> None:
+def write_tables(
+    sweep_dir: Path,
+    sweep: dict[str, list],
+    results: list[PointResult],
+    total: int,
+    reports: list[tuple[str, Path]] = (),
+) -> None:
     keys = sweep_keys(sweep)
     group_keys = [k for k in keys if k != "seed"]
     groups = group_results(results)
@@ -84,17 +89,31 @@ def _group_row(g: Group) -> list:
 
 def _markdown(sweep_dir, keys, group_keys, results, groups, total, reports) -> str:
     failed = [r for r in results if not r.ok]
-    parts = [f"# Sweep {sweep_dir.name}",
-             f"{len(results)} of {total} points run, {len(failed)} failed; swept: {', '.join(keys)}.",
-             "## Points",
-             markdown_table(["#", *keys, "status", *FIGURES],
-                            [[r.point.index, *(show(v) for _, v in r.point.combo), _status(r),
-                              *(fmt(figures(r.summary)[k]) for k in FIGURES)] for r in results]),
-             "## Mean ± sample std over seeds",
-             markdown_table([*group_keys, "n", *FIGURES],
-                            [[*(show(v) for v in g.values), _n(g), *(fmt_stat(s, len(g.succeeded))
-                                                                      for s in g.stats().values())]
-                             for g in groups])]
+    parts = [
+        f"# Sweep {sweep_dir.name}",
+        f"{len(results)} of {total} points run, {len(failed)} failed; swept: {', '.join(keys)}.",
+        "## Points",
+        markdown_table(
+            ["#", *keys, "status", *FIGURES],
+            [
+                [
+                    r.point.index,
+                    *(show(v) for _, v in r.point.combo),
+                    _status(r),
+                    *(fmt(figures(r.summary)[k]) for k in FIGURES),
+                ]
+                for r in results
+            ],
+        ),
+        "## Mean ± sample std over seeds",
+        markdown_table(
+            [*group_keys, "n", *FIGURES],
+            [
+                [*(show(v) for v in g.values), _n(g), *(fmt_stat(s, len(g.succeeded)) for s in g.stats().values())]
+                for g in groups
+            ],
+        ),
+    ]
     if failed:
         parts.append("## Failed points")
         parts += [f"{r.point.index}. `{r.point.folder}` ({r.point.label}):\n\n```\n{r.error}\n```" for r in failed]

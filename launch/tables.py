@@ -12,8 +12,16 @@ from pathlib import Path
 
 from launch.summary import ACC_TARGETS
 
-FIGURES = ("final_test_acc", "final_test_loss", "wall_s", "updates", "updates_per_s",
-           *(f"time_to_acc_{t}" for t in ACC_TARGETS), "uplink_bytes", "staleness_mean")
+FIGURES = (
+    "final_test_acc",
+    "final_test_loss",
+    "wall_s",
+    "updates",
+    "updates_per_s",
+    *(f"time_to_acc_{t}" for t in ACC_TARGETS),
+    "uplink_bytes",
+    "staleness_mean",
+)
 
 
 def figures(summary: dict | None) -> dict[str, float | None]:

@@ -77,8 +77,9 @@ class Channel:
                 os.unlink(path)
 
     # -- send ------------------------------------------------------------------------------------
-    def send(self, msg: Message, to: bytes | None = None, track: bool = False,
-             copy: bool = False) -> zmq.MessageTracker | None:
+    def send(
+        self, msg: Message, to: bytes | None = None, track: bool = False, copy: bool = False
+    ) -> zmq.MessageTracker | None:
         """Send zero-copy. With track=True the returned tracker says when the tensor memory is free again.
 
         copy=True copies the tensors into ZeroMQ's own buffers before returning (the caller may then

@@ -47,8 +47,11 @@ class SyntheticConfig:
         require(self.dim >= 1, "dim", "must be >= 1")
         require(self.dim <= 1 << 28, "dim", "must be <= 2^28 (1 GiB of float32)")
         require(self.samples >= 10, "samples", "must be >= 10")
-        require(self.kind == "quadratic" or self.samples * self.dim <= 1 << 28, "samples",
-                "samples * dim must be <= 2^28 floats (1 GiB)")
+        require(
+            self.kind == "quadratic" or self.samples * self.dim <= 1 << 28,
+            "samples",
+            "samples * dim must be <= 2^28 floats (1 GiB)",
+        )
         require(self.optimum_scale >= 0, "optimum_scale", "must be >= 0")
         require(self.init_scale >= 0, "init_scale", "must be >= 0")
         require(self.classes >= 2, "classes", "must be >= 2")
@@ -77,10 +80,16 @@ class TaskConfig:
         require(all(c >= 1 for c in self.channels) and self.channels, "channels", "must be >= 1")
         require(0 < self.test_fraction < 1, "test_fraction", "must be in (0, 1)")
         require(self.reg_lambda >= 0, "reg_lambda", "must be >= 0")
-        require(self.model != "cnn" or self.dataset in ("digits", "mnist"), "model",
-                "cnn needs an image data set (digits or mnist)")
-        require(self.dataset not in FILE_DATASETS or self.path != "", "path",
-                f"is required for dataset {self.dataset} (no download: point it at local files)")
+        require(
+            self.model != "cnn" or self.dataset in ("digits", "mnist"),
+            "model",
+            "cnn needs an image data set (digits or mnist)",
+        )
+        require(
+            self.dataset not in FILE_DATASETS or self.path != "",
+            "path",
+            f"is required for dataset {self.dataset} (no download: point it at local files)",
+        )
         require(self.test_path == "" or self.dataset == "libsvm", "test_path", "applies to dataset libsvm only")
         require(self.features >= 0, "features", "must be >= 0 (0 = infer from the files)")
         require(self.features == 0 or self.dataset == "libsvm", "features", "applies to dataset libsvm only")
@@ -129,8 +138,11 @@ class OptimizerConfig:
         require(0 <= self.dampening <= 1, "dampening", "must be in [0, 1]")
         require(self.form == "torch" or self.name == "amsgrad", "form", "'paper' applies to amsgrad only")
         require(self.momentum == 0 or self.name == "sgd", "momentum", "applies to sgd only")
-        require(self.momentum_mode != "none" or self.momentum == 0, "momentum_mode",
-                "is none but optimizer.momentum is not 0")
+        require(
+            self.momentum_mode != "none" or self.momentum == 0,
+            "momentum_mode",
+            "is none but optimizer.momentum is not 0",
+        )
 
 
 @dataclass(frozen=True)
@@ -185,8 +197,11 @@ class CompressionConfig:
         require(1 <= self.levels <= 127, "levels", "must be in [1, 127]")
         require(0 < self.eta <= 1, "eta", "must be in (0, 1]")
         require(self.resync_every >= 1, "resync_every", "must be >= 1")
-        require(self.method != "none" or self.compressor == "identity", "compressor",
-                "method 'none' pushes dense gradients; pick an error-feedback method (e.g. ef21) to compress")
+        require(
+            self.method != "none" or self.compressor == "identity",
+            "compressor",
+            "method 'none' pushes dense gradients; pick an error-feedback method (e.g. ef21) to compress",
+        )
 
     @property
     def ef21(self) -> bool:
@@ -208,13 +223,22 @@ class ServerConfig:
     status_every_s: float = 0.5  # how often the server publishes its counters (status.json)
 
     def check(self) -> None:
-        require(re.fullmatch(r"(tcp://[^:]+:(\d+|\*)|ipc://.+)", self.endpoint) is not None, "endpoint",
-                f"must look like tcp://127.0.0.1:0 or ipc:///tmp/name, got {self.endpoint!r}")
+        require(
+            re.fullmatch(r"(tcp://[^:]+:(\d+|\*)|ipc://.+)", self.endpoint) is not None,
+            "endpoint",
+            f"must look like tcp://127.0.0.1:0 or ipc:///tmp/name, got {self.endpoint!r}",
+        )
         require(self.threads >= 1, "threads", "must be >= 1")
         require(1 << 10 <= self.chunk_bytes <= 1 << 30, "chunk_bytes", "must be in [1 KiB, 1 GiB]")
         require(self.max_message_bytes >= 1 << 16, "max_message_bytes", "must be >= 64 KiB")
-        for key in ("send_timeout_s", "reply_timeout_s", "connect_timeout_s", "join_timeout_s", "stop_grace_s",
-                    "status_every_s"):
+        for key in (
+            "send_timeout_s",
+            "reply_timeout_s",
+            "connect_timeout_s",
+            "join_timeout_s",
+            "stop_grace_s",
+            "status_every_s",
+        ):
             require(getattr(self, key) > 0, key, "must be > 0")
 
 
@@ -257,26 +281,47 @@ class ExperimentConfig:
     sweep: dict[str, list[Any]] = field(default_factory=dict)
 
     def check(self) -> None:
-        require(re.fullmatch(r"[A-Za-z0-9_.-]+", self.name) is not None, "name",
-                "use letters, digits, '_', '.', '-' only (it names the run folder)")
+        require(
+            re.fullmatch(r"[A-Za-z0-9_.-]+", self.name) is not None,
+            "name",
+            "use letters, digits, '_', '.', '-' only (it names the run folder)",
+        )
         require(1 <= self.workers <= 256, "workers", "must be in [1, 256]")
         require(len(self.worker.slowdown) <= self.workers, "worker.slowdown", "has more entries than workers")
         st = self.staleness
-        require(not st.barrier or st.apply_every <= self.workers, "staleness.apply_every",
-                "with a barrier it cannot exceed the number of workers (they would wait forever)")
-        require(st.delay == "none" or (st.ssp is None and st.apply_every == 1), "staleness.delay",
-                "the artificial delay cannot be combined with ssp or apply_every")
+        require(
+            not st.barrier or st.apply_every <= self.workers,
+            "staleness.apply_every",
+            "with a barrier it cannot exceed the number of workers (they would wait forever)",
+        )
+        require(
+            st.delay == "none" or (st.ssp is None and st.apply_every == 1),
+            "staleness.delay",
+            "the artificial delay cannot be combined with ssp or apply_every",
+        )
         if self.mode == "sync":  # the baseline runs torch.optim (worker/sync.py); nothing in it is ever stale
-            require(self.optimizer.form == "torch", "optimizer.form",
-                    "'paper' is not available in sync mode (it steps with torch.optim); use form torch")
+            require(
+                self.optimizer.form == "torch",
+                "optimizer.form",
+                "'paper' is not available in sync mode (it steps with torch.optim); use form torch",
+            )
             require(st.delay == "none", "staleness.delay", "does not apply in sync mode (nothing is stale)")
-            require(st.apply_every == 1, "staleness.apply_every",
-                    "does not apply in sync mode (every step already averages all workers)")
-            require(self.worker.per_process == 1, "worker.per_process",
-                    "must be 1 in sync mode (every torch.distributed rank is its own process)")
+            require(
+                st.apply_every == 1,
+                "staleness.apply_every",
+                "does not apply in sync mode (every step already averages all workers)",
+            )
+            require(
+                self.worker.per_process == 1,
+                "worker.per_process",
+                "must be 1 in sync mode (every torch.distributed rank is its own process)",
+            )
         for key, values in self.sweep.items():
-            require(_is_setting(ExperimentConfig, key), f"sweep.{key}",
-                    "is not a setting of the config (use a dotted path such as optimizer.lr; sections cannot be swept)")
+            require(
+                _is_setting(ExperimentConfig, key),
+                f"sweep.{key}",
+                "is not a setting of the config (use a dotted path such as optimizer.lr; sections cannot be swept)",
+            )
             require(len(values) > 0, f"sweep.{key}", "needs at least one value")
 
     def slowdown(self, rank: int) -> float:

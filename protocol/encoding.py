@@ -71,8 +71,9 @@ def narrow(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def encode_sparse(indices: torch.Tensor, values: torch.Tensor, numel: int, value_dtype: str = "float32",
-                  index_coding: str = "auto") -> Payload:
+def encode_sparse(
+    indices: torch.Tensor, values: torch.Tensor, numel: int, value_dtype: str = "float32", index_coding: str = "auto"
+) -> Payload:
     """Sparse payload; `indices` must be strictly increasing (the compressors guarantee it)."""
     indices, values = indices.cpu(), values.cpu()
     coding = _choose_coding(indices, numel) if index_coding == "auto" else index_coding
@@ -90,8 +91,7 @@ def encode_sparse(indices: torch.Tensor, values: torch.Tensor, numel: int, value
     else:
         raise ValueError(f"unknown index coding {coding!r}")
     wire_values = narrow(values, torch.empty(values.numel(), dtype=VALUE_DTYPES[value_dtype]))
-    return Payload("sparse", numel, wire_values, indices=coded,
-                   meta={"index_coding": coding})
+    return Payload("sparse", numel, wire_values, indices=coded, meta={"index_coding": coding})
 
 
 def encode_natural(x: torch.Tensor) -> Payload:

@@ -42,8 +42,10 @@ def unpack(buf: torch.Tensor, header_len: int) -> Message:
         raise ProtocolError("bad_header", f"header length {header_len} does not fit a buffer of {len(raw)} bytes")
     cls, fields, specs = wire.decode_header(bytes(raw[:header_len]))
     if header_len + sum(s.nbytes for s in specs) != len(raw):
-        raise ProtocolError("truncated", f"{cls.TYPE}: {len(raw) - header_len} tensor bytes, the header declares "
-                                         f"{sum(s.nbytes for s in specs)}")
+        raise ProtocolError(
+            "truncated",
+            f"{cls.TYPE}: {len(raw) - header_len} tensor bytes, the header declares {sum(s.nbytes for s in specs)}",
+        )
     tensors, pos = {}, header_len
     for spec in specs:
         t = torch.empty(spec.shape, dtype=wire.DTYPES[spec.dtype])

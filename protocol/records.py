@@ -13,8 +13,19 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-UPDATE_COLUMNS = ("version", "worker", "base_version", "staleness", "lr", "bytes", "applied", "loss",
-                  "seq", "reason", "wall_s")
+UPDATE_COLUMNS = (
+    "version",
+    "worker",
+    "base_version",
+    "staleness",
+    "lr",
+    "bytes",
+    "applied",
+    "loss",
+    "seq",
+    "reason",
+    "wall_s",
+)
 
 
 @dataclass
@@ -91,8 +102,9 @@ class Counters:
             "staleness_p99": quantile(self.staleness_hist, 0.99),
             "pushes_dropped_stale": self.reasons.get("stale", 0),
             "staleness_hist": {str(k): v for k, v in sorted(self.staleness_hist.items())},
-            "staleness_hist_by_worker": {str(w): {str(k): v for k, v in sorted(h.items())}
-                                         for w, h in sorted(self.staleness_by_worker.items())},
+            "staleness_hist_by_worker": {
+                str(w): {str(k): v for k, v in sorted(h.items())} for w, h in sorted(self.staleness_by_worker.items())
+            },
         }
 
 

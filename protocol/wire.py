@@ -147,8 +147,9 @@ def _check_fields(cls: type[Message], fields: object) -> dict:
             if kind is int and float in kinds:  # msgpack packs 1.0 as a float, but peers may send ints
                 fields[name] = float(value)
                 continue
-            raise ProtocolError("bad_field", f"{cls.TYPE}.{name}: {kind.__name__} is not one of "
-                                             f"{sorted(k.__name__ for k in kinds)}")
+            raise ProtocolError(
+                "bad_field", f"{cls.TYPE}.{name}: {kind.__name__} is not one of {sorted(k.__name__ for k in kinds)}"
+            )
     return fields
 
 

@@ -38,8 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(cfg.server.threads)
     if args.run_dir:
         args.run_dir.mkdir(parents=True, exist_ok=True)
-    chan = Channel("router", chunk_bytes=cfg.server.chunk_bytes, max_message_bytes=cfg.server.max_message_bytes,
-                   send_timeout_s=cfg.server.send_timeout_s)
+    chan = Channel(
+        "router",
+        chunk_bytes=cfg.server.chunk_bytes,
+        max_message_bytes=cfg.server.max_message_bytes,
+        send_timeout_s=cfg.server.send_timeout_s,
+    )
     try:
         endpoint = chan.bind(args.endpoint or cfg.server.endpoint)
     except Exception as err:
@@ -52,15 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_dir:
         (args.run_dir / "server.json").write_text(json.dumps({"endpoint": endpoint}))
     print(f"TAUPS_SERVER_READY {endpoint}", flush=True)
-    log.info("serving %d workers at %s (optimizer %s, lr %g)", cfg.workers, endpoint, cfg.optimizer.name,
-             cfg.optimizer.lr)
+    log.info(
+        "serving %d workers at %s (optimizer %s, lr %g)", cfg.workers, endpoint, cfg.optimizer.name, cfg.optimizer.lr
+    )
     try:
         summary = server.serve()
     finally:
         chan.close()
-    log.info("stopped (%s) after %d updates in %.1fs: %d pushes received, %d applied, %d rejected",
-             summary["stop_reason"], summary["updates"], summary["wall_s"], summary["pushes_received"],
-             summary["pushes_applied"], summary["pushes_rejected"])
+    log.info(
+        "stopped (%s) after %d updates in %.1fs: %d pushes received, %d applied, %d rejected",
+        summary["stop_reason"],
+        summary["updates"],
+        summary["wall_s"],
+        summary["pushes_received"],
+        summary["pushes_applied"],
+        summary["pushes_rejected"],
+    )
     return 0 if summary["stop_reason"] in ("max_updates", "max_seconds") else 3
 
 

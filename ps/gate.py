@@ -34,8 +34,11 @@ class ReplyGate:
 
     def _release(self) -> list[int]:
         slowest = min(self.clock.values())
-        out = [r for r in self.held if r not in self._at_barrier
-               and (self.ssp is None or self.clock[r] - slowest <= self.ssp)]
+        out = [
+            r
+            for r in self.held
+            if r not in self._at_barrier and (self.ssp is None or self.clock[r] - slowest <= self.ssp)
+        ]
         self.held = [r for r in self.held if r not in out]
         return out
 

@@ -56,9 +56,19 @@ class TorchAdam(ServerOptimizer):
         self._step += 1
         b1, b2 = self.cfg.betas
         torch._fused_adam_(
-            [self.params], [direction], [self.m], [self.v], [self.v_hat] if self.amsgrad else [], [self._step],
-            lr=lr, beta1=b1, beta2=b2, weight_decay=self.cfg.weight_decay, eps=self.cfg.eps,
-            amsgrad=self.amsgrad, maximize=False,
+            [self.params],
+            [direction],
+            [self.m],
+            [self.v],
+            [self.v_hat] if self.amsgrad else [],
+            [self._step],
+            lr=lr,
+            beta1=b1,
+            beta2=b2,
+            weight_decay=self.cfg.weight_decay,
+            eps=self.cfg.eps,
+            amsgrad=self.amsgrad,
+            maximize=False,
         )
         self.steps += 1
 

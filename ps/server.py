@@ -174,9 +174,15 @@ class ParameterServer:
     def _welcome(self, identity: bytes, info: WorkerInfo) -> None:
         settings = {"workers": self.cfg.workers, "optimizer": self.cfg.optimizer.name, "uplink": self.agg.uplink}
         assert self.layout is not None
-        self._send_params(identity, Welcome(
-            version=self.version, next_seq=info.last_seq + 1, layout=self.layout.to_wire(), settings=settings,
-        ))
+        self._send_params(
+            identity,
+            Welcome(
+                version=self.version,
+                next_seq=info.last_seq + 1,
+                layout=self.layout.to_wire(),
+                settings=settings,
+            ),
+        )
 
     def _check_hello(self, hello: Hello) -> None:
         if not 0 <= hello.rank < self.cfg.workers:
@@ -186,8 +192,11 @@ class ParameterServer:
             raise ProtocolError("bad_shape", f"rank {hello.rank}'s model does not match the served layout")
         expected = "ef21" if self.cfg.compression.ef21 else "grad"
         if hello.uplink != expected:
-            raise ProtocolError("bad_encoding", f"rank {hello.rank} pushes '{hello.uplink}', server expects "
-                                                f"'{expected}' (compression.method {self.cfg.compression.method})")
+            raise ProtocolError(
+                "bad_encoding",
+                f"rank {hello.rank} pushes '{hello.uplink}', server expects "
+                f"'{expected}' (compression.method {self.cfg.compression.method})",
+            )
         if self.params is None:
             if hello.init is None or hello.init.numel() != layout.total or hello.init.dtype != torch.float32:
                 raise ProtocolError("bad_shape", "the first hello must carry float32 initial parameters")
@@ -200,15 +209,17 @@ class ParameterServer:
         if st.delay != "none":  # checked before anything is set: a refused hello leaves no half-state
             need = ParamHistory.memory_mb(numel, st.delay_versions)
             if need > st.delay_memory_mb:
-                raise ProtocolError("config", f"staleness.delay_versions={st.delay_versions} needs {need:.0f} MB "
-                                              f"for {numel} parameters, over staleness.delay_memory_mb="
-                                              f"{st.delay_memory_mb:g}")
+                raise ProtocolError(
+                    "config",
+                    f"staleness.delay_versions={st.delay_versions} needs {need:.0f} MB "
+                    f"for {numel} parameters, over staleness.delay_memory_mb="
+                    f"{st.delay_memory_mb:g}",
+                )
         assert hello.init is not None
         self.layout = layout
         self.params = hello.init.reshape(-1).clone()
         self.opt = make_optimizer(self.params, self.cfg.optimizer)
-        self.agg = make_aggregator(self.cfg.compression.ef21, numel, self.cfg.compression.resync_every,
-                                   st.apply_every)
+        self.agg = make_aggregator(self.cfg.compression.ef21, numel, self.cfg.compression.resync_every, st.apply_every)
         if st.delay != "none":
             self.history = ParamHistory(numel, st.delay_versions, st.delay, self.cfg.seed)
             self.history.record(0, self.params)
@@ -220,8 +231,19 @@ class ParameterServer:
     # -- pushes ------------------------------------------------------------------------------------
     def _on_push(self, identity: bytes, push: Push) -> None:
         nbytes = self.chan.last_recv_bytes
-        record = PushRecord(self.version, push.rank, push.base_version, self.version - push.base_version,
-                            0.0, nbytes, False, push.loss, push.seq, "ok", self.wall())
+        record = PushRecord(
+            self.version,
+            push.rank,
+            push.base_version,
+            self.version - push.base_version,
+            0.0,
+            nbytes,
+            False,
+            push.loss,
+            push.seq,
+            "ok",
+            self.wall(),
+        )
         self.counters.uplink_bytes += nbytes
         if self.stop_reason is not None:
             record.reason = "stopped"
@@ -251,8 +273,13 @@ class ParameterServer:
             record.reason = decision.reason
         self._record(record)
         t1 = time.perf_counter()
-        self._replies[push.rank] = Reply(applied=decision.accept, reason=record.reason,
-                                         staleness=record.staleness, version=self.version, lr=record.lr)
+        self._replies[push.rank] = Reply(
+            applied=decision.accept,
+            reason=record.reason,
+            staleness=record.staleness,
+            version=self.version,
+            lr=record.lr,
+        )
         for rank in self.gate.pushed(push.rank, stepped):
             self._release(rank)
         self.timing["apply_s"] += t1 - t0
@@ -379,12 +406,19 @@ class ParameterServer:
     def status(self) -> dict:
         c = self.counters
         return {
-            "wall_s": self.wall(), "version": self.version, "updates": c.pushes_applied,
-            "pushes_received": c.pushes_received, "pushes_rejected": c.pushes_rejected,
-            "messages_rejected": c.messages_rejected, "workers_joined": len(self.workers),
-            "workers": self.cfg.workers, "started": self.t_start is not None,
+            "wall_s": self.wall(),
+            "version": self.version,
+            "updates": c.pushes_applied,
+            "pushes_received": c.pushes_received,
+            "pushes_rejected": c.pushes_rejected,
+            "messages_rejected": c.messages_rejected,
+            "workers_joined": len(self.workers),
+            "workers": self.cfg.workers,
+            "started": self.t_start is not None,
             "pushes_refused": c.pushes_rejected - c.reasons.get("stopped", 0),
-            "staleness_max": c.staleness_max, "stopping": self.stop_reason, **c.window(),
+            "staleness_max": c.staleness_max,
+            "stopping": self.stop_reason,
+            **c.window(),
         }
 
     def _compression_summary(self) -> dict:
@@ -402,11 +436,16 @@ class ParameterServer:
         if self.params is not None and hasattr(self.agg, "recompute"):
             self.agg.recompute()  # measure the drift left at the end too
         summary = {
-            "updates": self.version, "stop_reason": self.stop_reason, "wall_s": self.wall(),
-            "num_params": self.layout.total if self.layout else 0, **self.counters.summary(),
+            "updates": self.version,
+            "stop_reason": self.stop_reason,
+            "wall_s": self.wall(),
+            "num_params": self.layout.total if self.layout else 0,
+            **self.counters.summary(),
             **self._compression_summary(),
-            "workers": {r: {"pid": w.pid, "host": w.host, "device": w.device, "pushes": w.pushes,
-                            "applied": w.applied} for r, w in sorted(self.workers.items())},
+            "workers": {
+                r: {"pid": w.pid, "host": w.host, "device": w.device, "pushes": w.pushes, "applied": w.applied}
+                for r, w in sorted(self.workers.items())
+            },
             "server": {"pid": os.getpid(), "host": socket.gethostname()},
             "time_split_s": {k: round(v, 4) for k, v in self.timing.items()},
         }

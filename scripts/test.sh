@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=$(bash scripts/setup.sh | tail -n 1)
 "$PY" -m ruff check .
+"$PY" -m ruff format --check .
 "$PY" -m pytest -q "$@"

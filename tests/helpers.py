@@ -12,8 +12,17 @@ __all__ = ["TIMEOUT_S", "FakeWorker", "join_all", "make_config", "push_frames", 
 
 
 def push_frames(rank: int, seq: int, base_version: int, values: torch.Tensor, **fields) -> list:
-    msg = Push(rank=rank, seq=seq, base_version=base_version, kind="grad", encoding="dense",
-               numel=values.numel(), loss=0.0, samples=1, values=values)
+    msg = Push(
+        rank=rank,
+        seq=seq,
+        base_version=base_version,
+        kind="grad",
+        encoding="dense",
+        numel=values.numel(),
+        loss=0.0,
+        samples=1,
+        values=values,
+    )
     for k, v in fields.items():
         setattr(msg, k, v)
     return [bytes(f) for f in wire.encode(msg)]

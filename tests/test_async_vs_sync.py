@@ -11,22 +11,49 @@ from experiments.async_sync_plan import FULL, QUICK, batch_specs, best_lrs
 from experiments.async_sync_runs import read_batch, recorded
 
 
-def make_run(folder, mode="async", workers=4, seed=0, lr=1e-3, slowdown=(1, 1, 1, 4), compute_s=0.02,
-             accs=((0.0, 0.5), (0.1, 0.94), (0.2, 0.951), (0.3, 0.96)), pushes=100, per_rank_compute=0.0003):
+def make_run(
+    folder,
+    mode="async",
+    workers=4,
+    seed=0,
+    lr=1e-3,
+    slowdown=(1, 1, 1, 4),
+    compute_s=0.02,
+    accs=((0.0, 0.5), (0.1, 0.94), (0.2, 0.951), (0.3, 0.96)),
+    pushes=100,
+    per_rank_compute=0.0003,
+):
     folder.mkdir(parents=True)
-    cfg = {"mode": mode, "workers": workers, "seed": seed, "optimizer": {"lr": lr}, "task": {"batch_size": 32},
-           "worker": {"compute_s": compute_s, "slowdown": list(slowdown)},
-           "run": {"max_updates": 1000, "max_seconds": 300.0, "eval_every_s": 0.05}}
+    cfg = {
+        "mode": mode,
+        "workers": workers,
+        "seed": seed,
+        "optimizer": {"lr": lr},
+        "task": {"batch_size": 32},
+        "worker": {"compute_s": compute_s, "slowdown": list(slowdown)},
+        "run": {"max_updates": 1000, "max_seconds": 300.0, "eval_every_s": 0.05},
+    }
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
     steps = pushes // workers if mode == "sync" else pushes
-    (folder / "summary.json").write_text(json.dumps({
-        "wall_s": 10.0, "updates": steps, "pushes_applied": pushes, "final_test_acc": accs[-1][1],
-        "staleness_mean": 3.0 if mode == "async" else 0.0, "staleness_max": 12 if mode == "async" else 0}))
-    (folder / "metrics.jsonl").write_text("".join(
-        json.dumps({"wall_s": t, "updates": 10 * i, "test_acc": a}) + "\n" for i, (t, a) in enumerate(accs)))
+    (folder / "summary.json").write_text(
+        json.dumps(
+            {
+                "wall_s": 10.0,
+                "updates": steps,
+                "pushes_applied": pushes,
+                "final_test_acc": accs[-1][1],
+                "staleness_mean": 3.0 if mode == "async" else 0.0,
+                "staleness_max": 12 if mode == "async" else 0,
+            }
+        )
+    )
+    (folder / "metrics.jsonl").write_text(
+        "".join(json.dumps({"wall_s": t, "updates": 10 * i, "test_acc": a}) + "\n" for i, (t, a) in enumerate(accs))
+    )
     for rank in range(workers):
-        (folder / f"worker-{rank}.json").write_text(json.dumps(
-            {"pushes": 10, "compute_s": 10 * per_rank_compute, "wait_s": 0.01 * (rank + 1)}))
+        (folder / f"worker-{rank}.json").write_text(
+            json.dumps({"pushes": 10, "compute_s": 10 * per_rank_compute, "wait_s": 0.01 * (rank + 1)})
+        )
     rows = ["version,worker,base_version,staleness,lr,bytes,applied,loss,seq,reason,wall_s"]
     rows += [f"{i},{i % workers},{i},0,0.001,10,1,1.0,{i},ok,0.1" for i in range(pushes)]
     (folder / "updates.csv").write_text("\n".join(rows) + "\n")
@@ -36,8 +63,13 @@ def make_run(folder, mode="async", workers=4, seed=0, lr=1e-3, slowdown=(1, 1, 1
 def test_straggler_batch_interleaves_modes_within_each_seed_with_the_same_gradients(tmp_path):
     specs = batch_specs(FULL, "straggler", tmp_path)
     assert [(s.name.split("-")[1], s.overrides[1]) for s in specs] == [
-        ("async", "seed=0"), ("sync", "seed=0"), ("async", "seed=1"), ("sync", "seed=1"),
-        ("async", "seed=2"), ("sync", "seed=2")]
+        ("async", "seed=0"),
+        ("sync", "seed=0"),
+        ("async", "seed=1"),
+        ("sync", "seed=1"),
+        ("async", "seed=2"),
+        ("sync", "seed=2"),
+    ]
     assert "run.max_updates=3000" in specs[0].overrides and "run.max_updates=750" in specs[1].overrides
     assert [s.name for s in specs] == sorted(s.name for s in specs)  # folders sort in run order
 
@@ -45,7 +77,8 @@ def test_straggler_batch_interleaves_modes_within_each_seed_with_the_same_gradie
 def test_scaling_batches_cover_every_worker_count_and_mode(tmp_path):
     specs = batch_specs(FULL, "scaling-1", tmp_path)
     assert [(o[0], o[1]) for o in (s.overrides for s in specs)] == [
-        (f"mode={m}", f"workers={n}") for n in (1, 2, 4, 8) for m in ("async", "sync")]
+        (f"mode={m}", f"workers={n}") for n in (1, 2, 4, 8) for m in ("async", "sync")
+    ]
     assert all("seed=1" in s.overrides and s.config == "configs/scaling.yaml" for s in specs)
     with pytest.raises(ValueError, match="unknown batch"):
         batch_specs(FULL, "scaling", tmp_path)
@@ -93,9 +126,10 @@ def test_late_accuracy_averages_the_evaluations_of_the_last_fifth_of_the_run():
 def test_best_lr_is_the_fastest_to_the_target_among_lrs_every_grid_seed_reached(tmp_path):
     fast, slow = ((0.0, 0.5), (0.1, 0.96)), ((0.0, 0.5), (0.5, 0.96))
     never = ((0.0, 0.5), (0.5, 0.9))
-    for i, (mode, lr, seed, accs) in enumerate([
-            ("async", 1e-3, 100, slow), ("async", 3e-3, 100, fast), ("sync", 1e-3, 100, slow),
-            ("sync", 3e-3, 100, never)], 1):
+    for i, (mode, lr, seed, accs) in enumerate(
+        [("async", 1e-3, 100, slow), ("async", 3e-3, 100, fast), ("sync", 1e-3, 100, slow), ("sync", 3e-3, 100, never)],
+        1,
+    ):
         make_run(tmp_path / f"lr_grid-{seed}" / f"{i:02d}-{mode}", mode=mode, lr=lr, seed=seed, accs=accs)
     assert best_lrs(QUICK, tmp_path) == {"async": 3e-3, "sync": 1e-3}
     tuned = batch_specs(QUICK, "tuned", tmp_path)  # only async moves off the config's lr
@@ -111,6 +145,7 @@ def test_recorded_reads_back_one_value_per_run(tmp_path):
 
 def test_scaling_notes_count_sync_steps_as_gradients_over_n(tmp_path):
     from experiments.async_sync_scaling_notes import scaling_notes
+
     runs = []
     for i, (mode, n) in enumerate([("async", 1), ("sync", 1), ("async", 2), ("sync", 2)], 1):
         make_run(tmp_path / "s" / f"{i:02d}-{mode}-{n}", mode=mode, workers=n, slowdown=(), pushes=40)
@@ -127,14 +162,36 @@ def test_plots_draw_when_no_run_reached_the_target(tmp_path):
     from experiments.common import save_png
 
     def run(mode, n, lr):
-        return RunFigures(point=None, mode=mode, workers=n, seed=0, lr=lr, batch_size=32, wall_s=1.0, steps=10,
-                          gradients=10 * n, ideal_gradients_per_s=12.0 * n, t_target=None, t_before=None,
-                          grads_at_target=None, final_acc=0.5, eval_gap_s=0.1, cpu_cores=0.3, staleness_mean=0.0,
-                          staleness_max=0, collective_ms=None, slow_share=None, late_acc=None)
+        return RunFigures(
+            point=None,
+            mode=mode,
+            workers=n,
+            seed=0,
+            lr=lr,
+            batch_size=32,
+            wall_s=1.0,
+            steps=10,
+            gradients=10 * n,
+            ideal_gradients_per_s=12.0 * n,
+            t_target=None,
+            t_before=None,
+            grads_at_target=None,
+            final_acc=0.5,
+            eval_gap_s=0.1,
+            cpu_cores=0.3,
+            staleness_mean=0.0,
+            staleness_max=0,
+            collective_ms=None,
+            slow_share=None,
+            late_acc=None,
+        )
 
     runs = [run(m, n, 1e-3) for m in ("async", "sync") for n in (1, 2)]
-    for name, fig in (("scaling", scaling(runs, (1, 2))), ("lr", lr_grid(runs, (1e-3,))),
-                      ("times", target_times({"same lr": runs}))):
+    for name, fig in (
+        ("scaling", scaling(runs, (1, 2))),
+        ("lr", lr_grid(runs, (1e-3,))),
+        ("times", target_times({"same lr": runs})),
+    ):
         axes = [ax for ax in fig.axes if "time to the target" in ax.get_title()]
         assert axes and all(ax.get_yscale() == "linear" and ax.texts for ax in axes), name
         save_png(fig, tmp_path / f"{name}.png")

@@ -104,8 +104,11 @@ def test_topk_narrowed_search_gives_the_full_search_indices():
     d = 1 << 20
     gen = torch.Generator().manual_seed(15)
     sparse = torch.randn(d, generator=gen) * (torch.rand(d, generator=gen) < 0.05)  # 95% zeros
-    vectors = {"gaussian": torch.randn(d, generator=gen), "mostly_zero": sparse,
-               "integers": torch.randint(-50, 51, (d,), generator=gen).float()}  # ~10k ties per value
+    vectors = {
+        "gaussian": torch.randn(d, generator=gen),
+        "mostly_zero": sparse,
+        "integers": torch.randint(-50, 51, (d,), generator=gen).float(),
+    }  # ~10k ties per value
     mask = torch.empty(d, dtype=torch.bool)
     for name, x in vectors.items():
         mag = x.abs()
@@ -141,7 +144,7 @@ def test_topk_per_tensor_keeps_k_l_in_each_tensor():
     idx, _ = decode_sparse(comp.compress(x), layout.total)
     for e, k_l in zip(layout.entries, (100, 2, 20, 1)):  # max(1, floor(0.05 * d_l))
         inside = idx[(idx >= e.offset) & (idx < e.stop)]
-        assert torch.equal(inside, reference_topk(x[e.offset:e.stop], k_l) + e.offset), e.name
+        assert torch.equal(inside, reference_topk(x[e.offset : e.stop], k_l) + e.offset), e.name
     assert comp.last_kept == 123
     assert comp.alpha == pytest.approx(min(100 / 2000, 2 / 40, 20 / 400, 1 / 10))
     global_idx, _ = decode_sparse(make(layout, compressor="topk", ratio=0.05).compress(x), layout.total)

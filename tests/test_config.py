@@ -24,30 +24,33 @@ def test_every_shipped_config_is_valid_and_every_key_commented(path):
             assert "#" in line, f"{path.name}:{n} has no comment: {line!r}"
 
 
-@pytest.mark.parametrize("data,key", [
-    ({"wrokers": 2}, "wrokers"),
-    ({"workers": 0}, "workers"),
-    ({"workers": "many"}, "workers"),
-    ({"optimizer": {"lr": -1}}, "optimizer.lr"),
-    ({"optimizer": {"betas": [0.9]}}, "optimizer.betas"),
-    ({"optimizer": {"name": "adamw"}}, "optimizer.name"),
-    ({"optimizer": {"name": "sgd", "form": "paper"}}, "optimizer.form"),
-    ({"task": {"model": "cnn", "dataset": "synthetic"}}, "task.model"),
-    ({"task": {"hidden": [0]}}, "task.hidden"),
-    ({"task": {"synthetic": {"dim": 0}}}, "task.synthetic.dim"),
-    ({"task": {"batch_size": 1.5}}, "task.batch_size"),
-    ({"worker": {"device": "tpu"}}, "worker.device"),
-    ({"worker": {"slowdown": [1, 0.5]}}, "worker.slowdown"),
-    ({"workers": 2, "worker": {"slowdown": [1, 1, 4]}}, "worker.slowdown"),
-    ({"worker": {"per_process": 0}}, "worker.per_process"),
-    ({"worker": {"per_process": 1.5}}, "worker.per_process"),
-    ({"mode": "sync", "worker": {"per_process": 2}}, "worker.per_process"),
-    ({"server": {"endpoint": "http://x"}}, "server.endpoint"),
-    ({"run": {"max_updates": 0}}, "run.max_updates"),
-    ({"run": {"plots": "yes"}}, "run.plots"),
-    ({"run": 5}, "run"),
-    ({"name": "a b"}, "name"),
-])
+@pytest.mark.parametrize(
+    "data,key",
+    [
+        ({"wrokers": 2}, "wrokers"),
+        ({"workers": 0}, "workers"),
+        ({"workers": "many"}, "workers"),
+        ({"optimizer": {"lr": -1}}, "optimizer.lr"),
+        ({"optimizer": {"betas": [0.9]}}, "optimizer.betas"),
+        ({"optimizer": {"name": "adamw"}}, "optimizer.name"),
+        ({"optimizer": {"name": "sgd", "form": "paper"}}, "optimizer.form"),
+        ({"task": {"model": "cnn", "dataset": "synthetic"}}, "task.model"),
+        ({"task": {"hidden": [0]}}, "task.hidden"),
+        ({"task": {"synthetic": {"dim": 0}}}, "task.synthetic.dim"),
+        ({"task": {"batch_size": 1.5}}, "task.batch_size"),
+        ({"worker": {"device": "tpu"}}, "worker.device"),
+        ({"worker": {"slowdown": [1, 0.5]}}, "worker.slowdown"),
+        ({"workers": 2, "worker": {"slowdown": [1, 1, 4]}}, "worker.slowdown"),
+        ({"worker": {"per_process": 0}}, "worker.per_process"),
+        ({"worker": {"per_process": 1.5}}, "worker.per_process"),
+        ({"mode": "sync", "worker": {"per_process": 2}}, "worker.per_process"),
+        ({"server": {"endpoint": "http://x"}}, "server.endpoint"),
+        ({"run": {"max_updates": 0}}, "run.max_updates"),
+        ({"run": {"plots": "yes"}}, "run.plots"),
+        ({"run": 5}, "run"),
+        ({"name": "a b"}, "name"),
+    ],
+)
 def test_bad_values_fail_naming_the_key(data, key):
     with pytest.raises(ConfigError) as info:
         build(ExperimentConfig, data)
@@ -86,9 +89,21 @@ def test_resolved_config_round_trips(tmp_path):
 
 
 def test_launcher_exits_2_naming_the_key_before_starting_anything(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "launch", str(ROOT / "configs" / "quickstart.yaml"),
-                          "optimizer.lr=-1", "--run-dir", str(tmp_path / "run")],
-                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            "optimizer.lr=-1",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert out.returncode == 2
     assert "optimizer.lr" in out.stderr
     assert not (tmp_path / "run").exists()

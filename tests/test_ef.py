@@ -20,11 +20,19 @@ class Cluster:
     (the EF21 papers' schedule): every worker pushes at the same x, then the server steps once."""
 
     def __init__(self, method, compressor, n, d, lr, opt="sgd", momentum=0.0, ratio=None, k=0, eta=0.1, seed=0):
-        self.cfg = CompressionConfig(method=method, compressor=compressor, k=k, ratio=ratio or 0.01, eta=eta,
-                                     resync_every=50)
+        self.cfg = CompressionConfig(
+            method=method, compressor=compressor, k=k, ratio=ratio or 0.01, eta=eta, resync_every=50
+        )
         layout = Layout.from_shapes([("x", (d,))])
-        self.uplinks = [make_uplink(self.cfg, d, make_compressor(self.cfg, layout, seed + i) if method != "none"
-                                    else None, torch.device("cpu")) for i in range(n)]
+        self.uplinks = [
+            make_uplink(
+                self.cfg,
+                d,
+                make_compressor(self.cfg, layout, seed + i) if method != "none" else None,
+                torch.device("cpu"),
+            )
+            for i in range(n)
+        ]
         self.agg = make_aggregator(self.cfg.ef21, d, self.cfg.resync_every)
         self.x = torch.zeros(d)
         self.opt = make_optimizer(self.x, OptimizerConfig(name=opt, lr=lr, momentum=momentum))
@@ -33,8 +41,20 @@ class Cluster:
 
     def push(self, rank, grad):
         kind, p = self.uplinks[rank].prepare(grad)
-        msg = Push(rank=rank, seq=self.seq[rank], base_version=0, kind=kind, encoding=p.encoding, numel=p.numel,
-                   loss=0.0, samples=1, meta=p.meta, values=p.values, indices=p.indices, signs=p.signs)
+        msg = Push(
+            rank=rank,
+            seq=self.seq[rank],
+            base_version=0,
+            kind=kind,
+            encoding=p.encoding,
+            numel=p.numel,
+            loss=0.0,
+            samples=1,
+            meta=p.meta,
+            values=p.values,
+            indices=p.indices,
+            signs=p.signs,
+        )
         self.seq[rank] += 1
         direction = self.agg.apply(rank, self.agg.stage(msg))
         self.uplinks[rank].commit(True)
@@ -148,8 +168,20 @@ def test_server_g_equals_mean_of_worker_g_i_over_thousands_of_compressed_pushes(
     for step in range(3000):
         rank = step % n if step % 7 else (step * 3) % n  # not a fixed order
         kind, p = ups[rank].prepare(grad(rank, x))
-        push = Push(rank=rank, seq=step, base_version=0, kind=kind, encoding=p.encoding, numel=d, loss=0.0,
-                    samples=1, meta=p.meta, values=p.values, indices=p.indices, signs=p.signs)
+        push = Push(
+            rank=rank,
+            seq=step,
+            base_version=0,
+            kind=kind,
+            encoding=p.encoding,
+            numel=d,
+            loss=0.0,
+            samples=1,
+            meta=p.meta,
+            values=p.values,
+            indices=p.indices,
+            signs=p.signs,
+        )
         x -= 0.01 * agg.apply(rank, agg.stage(push))
         ups[rank].commit(True)
         if len(agg.g_i) == n:
@@ -198,8 +230,18 @@ def test_direct_decode_scratch_rezeroes_only_what_the_last_sparse_push_wrote():
     sparse = lambda k: encode_sparse(torch.randperm(d, generator=gen)[:k].sort().values, torch.randn(k), d)
     bad = encode_sparse(torch.tensor([3, 5]), torch.tensor([1.0, float("nan")]), d)
     scratch = DecodeScratch(d)
-    payloads = [sparse(10), sparse(50), encode_dense(torch.randn(d), "bfloat16"), sparse(5), bad, sparse(7),
-                encode_qsgd(torch.randint(-4, 5, (d,)), 2.0, 4), sparse(3), encode_dense(torch.randn(d)), sparse(1)]
+    payloads = [
+        sparse(10),
+        sparse(50),
+        encode_dense(torch.randn(d), "bfloat16"),
+        sparse(5),
+        bad,
+        sparse(7),
+        encode_qsgd(torch.randint(-4, 5, (d,)), 2.0, 4),
+        sparse(3),
+        encode_dense(torch.randn(d)),
+        sparse(1),
+    ]
     for p in payloads:
         try:
             got = scratch.decode(p).clone()

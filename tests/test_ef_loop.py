@@ -15,11 +15,21 @@ JUMP_AT = 60  # rank 1's sequence number jumps after this many replies
 
 
 def _config(workers, updates, values="float32", resync_every=100):
-    return make_config(workers=workers, seed=1, task={"model": "logreg", "batch_size": 16},
-                       optimizer={"name": "sgd", "lr": 0.05},
-                       compression={"method": "ef21-sgdm", "compressor": "topk", "ratio": 0.02, "values": values,
-                                    "resync_every": resync_every},
-                       run={"max_updates": updates, "eval_every_s": 1000}, server={"stop_grace_s": 2})
+    return make_config(
+        workers=workers,
+        seed=1,
+        task={"model": "logreg", "batch_size": 16},
+        optimizer={"name": "sgd", "lr": 0.05},
+        compression={
+            "method": "ef21-sgdm",
+            "compressor": "topk",
+            "ratio": 0.02,
+            "values": values,
+            "resync_every": resync_every,
+        },
+        run={"max_updates": updates, "eval_every_s": 1000},
+        server={"stop_grace_s": 2},
+    )
 
 
 def _train(cfg, loops_of, run_dir=None):
@@ -74,7 +84,7 @@ def test_a_seq_jump_is_refused_and_resynchronised_with_a_dense_reset(tmp_path):
     assert kinds.count("reset") == 2 and kinds[0] == "reset"  # the first push, and the resync
     resync = kinds.index("reset", 1)
     assert resync == JUMP_AT + 1  # the refused delta, then at once a dense reset
-    assert set(kinds[1:resync]) == set(kinds[resync + 1:]) == {"delta"}
+    assert set(kinds[1:resync]) == set(kinds[resync + 1 :]) == {"delta"}
     assert loops[0].stats.rejected == 0 and [k for k, _ in loops[0].kinds].count("reset") == 1
     assert result["updates"] == 400 and result["ef_drift_max"] < 1e-5, result
     for rank, loop in enumerate(loops):  # both sides hold the same g_i, bit for bit

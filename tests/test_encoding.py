@@ -75,8 +75,10 @@ def test_delta16_codes_gaps_up_to_65535_and_falls_back_to_int32():
         assert decode_sparse(p, d)[0].tolist() == idx
 
 
-@pytest.mark.parametrize("d,k,seed", [(1000, 10, 0), (1000, 500, 1), (1_000_000, 3, 2), (100_000, 100, 3),
-                                      (64, 1, 4), (200_000, 2, 5), (10, 0, 6)])
+@pytest.mark.parametrize(
+    "d,k,seed",
+    [(1000, 10, 0), (1000, 500, 1), (1_000_000, 3, 2), (100_000, 100, 3), (64, 1, 4), (200_000, 2, 5), (10, 0, 6)],
+)
 def test_auto_picks_the_smallest_valid_coding(d, k, seed):
     idx, vals = random_indices(d, k, seed), torch.ones(k)
     sizes = {}
@@ -164,28 +166,35 @@ BAD = {
     "dense_int": (Payload("dense", 10, torch.ones(10, dtype=torch.int32)), "bad_encoding"),
     "numel_mismatch": (Payload("dense", 11, torch.ones(11)), "bad_shape"),
     "unknown_encoding": (Payload("gzip", 10, torch.ones(10)), "bad_encoding"),
-    "natural_255": (Payload("natural", 10, torch.full((10,), 255, dtype=torch.uint8),
-                            signs=torch.zeros(2, dtype=torch.uint8)), "nonfinite"),
-    "natural_dtype": (Payload("natural", 10, torch.zeros(10, dtype=torch.int8),
-                              signs=torch.zeros(2, dtype=torch.uint8)), "bad_shape"),
+    "natural_255": (
+        Payload("natural", 10, torch.full((10,), 255, dtype=torch.uint8), signs=torch.zeros(2, dtype=torch.uint8)),
+        "nonfinite",
+    ),
+    "natural_dtype": (
+        Payload("natural", 10, torch.zeros(10, dtype=torch.int8), signs=torch.zeros(2, dtype=torch.uint8)),
+        "bad_shape",
+    ),
     "natural_signs": (Payload("natural", 10, torch.zeros(10, dtype=torch.uint8), signs=None), "bad_shape"),
     "qsgd_level_above_s": (encode_qsgd(torch.tensor([0, 4] + [0] * 8), 1.0, 3), "bad_encoding"),
     "qsgd_level_below_minus_s": (encode_qsgd(torch.tensor([-4] + [0] * 9), 1.0, 3), "bad_encoding"),
     "qsgd_no_norm": (Payload("qsgd", 10, torch.zeros(10, dtype=torch.int8), meta={"levels": 3}), "bad_encoding"),
     "qsgd_nan_norm": (encode_qsgd(torch.zeros(10), float("nan"), 3), "bad_encoding"),
     "qsgd_inf_norm": (encode_qsgd(torch.zeros(10), float("inf"), 3), "bad_encoding"),
-    "qsgd_str_norm": (Payload("qsgd", 10, torch.zeros(10, dtype=torch.int8), meta={"levels": 3, "norm": "1"}),
-                      "bad_encoding"),
+    "qsgd_str_norm": (
+        Payload("qsgd", 10, torch.zeros(10, dtype=torch.int8), meta={"levels": 3, "norm": "1"}),
+        "bad_encoding",
+    ),
     "qsgd_no_levels": (Payload("qsgd", 10, torch.zeros(10, dtype=torch.int8), meta={"norm": 1.0}), "bad_encoding"),
     "qsgd_levels_0": (encode_qsgd(torch.zeros(10), 1.0, 0), "bad_encoding"),
     "qsgd_levels_128": (encode_qsgd(torch.zeros(10), 1.0, 128), "bad_encoding"),
     "qsgd_levels_bool": (encode_qsgd(torch.zeros(10), 1.0, True), "bad_encoding"),
-    "qsgd_shape": (Payload("qsgd", 10, torch.zeros(9, dtype=torch.int8), meta={"norm": 1.0, "levels": 3}),
-                   "bad_shape"),
+    "qsgd_shape": (Payload("qsgd", 10, torch.zeros(9, dtype=torch.int8), meta={"norm": 1.0, "levels": 3}), "bad_shape"),
     "sign_no_scale": (Payload("sign", 10, signs=torch.zeros(2, dtype=torch.uint8)), "bad_encoding"),
     "sign_nan_scale": (encode_sign(torch.zeros(10, dtype=torch.bool), float("nan")), "bad_encoding"),
-    "sign_bits_length": (Payload("sign", 10, signs=torch.zeros(1, dtype=torch.uint8), meta={"scale": 1.0}),
-                         "bad_shape"),
+    "sign_bits_length": (
+        Payload("sign", 10, signs=torch.zeros(1, dtype=torch.uint8), meta={"scale": 1.0}),
+        "bad_shape",
+    ),
 }
 
 

@@ -44,16 +44,23 @@ def _distributed(cfg, run_dir):
     return rows, stats, result, final
 
 
-@pytest.mark.parametrize("optimizer", [
-    {"name": "amsgrad", "lr": 3e-3},
-    {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-])
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        {"name": "amsgrad", "lr": 3e-3},
+        {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    ],
+)
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_one_worker_reproduces_single_process_training(tmp_path, optimizer, model):
-    cfg = make_config(workers=1, seed=3, task={"dataset": "digits", "model": model, "hidden": [32],
-                                               "channels": [4], "batch_size": 16},
-                      optimizer=optimizer, run={"max_updates": STEPS, "eval_every_s": 1000},
-                      server={"stop_grace_s": 1})
+    cfg = make_config(
+        workers=1,
+        seed=3,
+        task={"dataset": "digits", "model": model, "hidden": [32], "channels": [4], "batch_size": 16},
+        optimizer=optimizer,
+        run={"max_updates": STEPS, "eval_every_s": 1000},
+        server={"stop_grace_s": 1},
+    )
     ref_losses, ref_params = _reference(cfg)
     rows, stats, result, final = _distributed(cfg, tmp_path)
     assert result["updates"] == STEPS and stats.applied == STEPS

@@ -25,8 +25,12 @@ def _check_report(out, report: str, prefix: str, sections: list[str]) -> None:
 def test_artificial_delay_quick_writes_report_and_plots(tmp_path):
     out = tmp_path / "out"
     assert artificial_delay.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
-    _check_report(out, "artificial_delay.md", "artificial_delay_",
-                  ["## Torch form", "## Paper form", "## Measured staleness", "Staleness uniform on 0..D-1"])
+    _check_report(
+        out,
+        "artificial_delay.md",
+        "artificial_delay_",
+        ["## Torch form", "## Paper form", "## Measured staleness", "Staleness uniform on 0..D-1"],
+    )
     assert len(list((tmp_path / "runs").glob("artificial_delay-*/torch/0*"))) == 2  # one run folder per D
 
 
@@ -35,8 +39,12 @@ def test_artificial_delay_quick_writes_report_and_plots(tmp_path):
 def test_stability_edge_quick_writes_report_and_plots(tmp_path):
     out = tmp_path / "out"
     assert stability_edge.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
-    _check_report(out, "stability_edge.md", "stability_edge_",
-                  ["## (a) Stable lr against tau", "## (c) Momentum", "## (b) Digits MLP", "lr x lambda"])
+    _check_report(
+        out,
+        "stability_edge.md",
+        "stability_edge_",
+        ["## (a) Stable lr against tau", "## (c) Momentum", "## (b) Digits MLP", "lr x lambda"],
+    )
 
 
 @pytest.mark.slow
@@ -44,8 +52,14 @@ def test_stability_edge_quick_writes_report_and_plots(tmp_path):
 def test_noise_floor_quick_writes_report_and_plots(tmp_path):
     out, runs = tmp_path / "out", tmp_path / "runs"
     assert noise_floor.main(["--quick", "--out", str(out), "--runs", str(runs)]) == 0
-    sections = ["## Setup", "## Setting d100", "### The claims, setting d100", "## Plateau against n",
-                "## Run details and cross-checks", "## What the numbers say"]
+    sections = [
+        "## Setup",
+        "## Setting d100",
+        "### The claims, setting d100",
+        "## Plateau against n",
+        "## Run details and cross-checks",
+        "## What the numbers say",
+    ]
     _check_report(out, "noise_floor.md", "noise_floor_", sections)
     folders = sorted(runs.glob("noise_floor-*/d100-n3-*/0*"))
     assert len(folders) == 2  # EF21-SGD and EF21-SGDM with n = 3 workers...
@@ -61,9 +75,19 @@ def test_noise_floor_quick_writes_report_and_plots(tmp_path):
 def test_ef21_logreg_quick_writes_report_and_plots(tmp_path):
     out = tmp_path / "out"
     assert ef21_logreg.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
-    _check_report(out, "ef21_logreg.md", "ef21_logreg_",
-                  ["## Tuning (seed 0)", "### Batch 1", "### Batch 128", "## Expectations against the measurements",
-                   "B = 1: EF21-SGDM below EF21-SGD", "B = 128: EF21-SGD2M below EF21-SGD"])
+    _check_report(
+        out,
+        "ef21_logreg.md",
+        "ef21_logreg_",
+        [
+            "## Tuning (seed 0)",
+            "### Batch 1",
+            "### Batch 128",
+            "## Expectations against the measurements",
+            "B = 1: EF21-SGDM below EF21-SGD",
+            "B = 128: EF21-SGD2M below EF21-SGD",
+        ],
+    )
     assert len(list((tmp_path / "runs").glob("ef21_logreg-*/b*/0*"))) == 8  # one run per (batch, method)
 
 
@@ -72,9 +96,19 @@ def test_ef21_logreg_quick_writes_report_and_plots(tmp_path):
 def test_async_vs_sync_quick_writes_report_and_plots(tmp_path):
     out = tmp_path / "out"
     assert async_vs_sync.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
-    _check_report(out, "async_vs_sync.md", "async_vs_sync_",
-                  ["## Expectations against the measurements", "## Straggler: the runs", "## Learning rate grid",
-                   "## Scaling with the number of workers", "## What happened, and why", "mode=sync"])
+    _check_report(
+        out,
+        "async_vs_sync.md",
+        "async_vs_sync_",
+        [
+            "## Expectations against the measurements",
+            "## Straggler: the runs",
+            "## Learning rate grid",
+            "## Scaling with the number of workers",
+            "## What happened, and why",
+            "mode=sync",
+        ],
+    )
     (base,) = (tmp_path / "runs").glob("async_vs_sync-quick-*")
     straggler = sorted(p.name for p in (base / "straggler").iterdir())
     assert [name.split("-")[1] for name in straggler] == ["async", "sync"]  # interleaved, async first

@@ -17,8 +17,10 @@ from worker.tasks.data import MNIST_MEAN, MNIST_STD, check_data, load_dataset
 from worker.tasks.files import IDX_IMAGES, IDX_LABELS, read_idx, read_libsvm, read_mnist_pair
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+NAMES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
@@ -69,14 +71,20 @@ def test_idx_round_trip_plain_and_gzip(tmp_path, gz):
 GOOD = idx_bytes(np.zeros((3, 4, 5)), IDX_IMAGES)
 
 
-@pytest.mark.parametrize("data,message", [
-    (b"\x12\x34\x56\x78" + GOOD[4:], r"img: bad magic 0x12345678: not an IDX file \(expected 0x00000803\)"),
-    (GOOD[:2] + b"\x0d\x03" + GOOD[4:], r"img: IDX data type code 0x0d is not supported"),
-    (idx_bytes(np.zeros(60), IDX_LABELS), r"img: bad magic 0x00000801: 1 dimensions, but an MNIST images file has 3"),
-    (GOOD[:-7], r"img: header says 3 x 4 x 5 = 60 bytes of data, the file holds 53 \(truncated"),
-    (GOOD + b"\0", r"img: header says 3 x 4 x 5 = 60 bytes of data, the file holds 61"),
-    (GOOD[:9], r"img: 9 bytes is too short for an IDX header"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (b"\x12\x34\x56\x78" + GOOD[4:], r"img: bad magic 0x12345678: not an IDX file \(expected 0x00000803\)"),
+        (GOOD[:2] + b"\x0d\x03" + GOOD[4:], r"img: IDX data type code 0x0d is not supported"),
+        (
+            idx_bytes(np.zeros(60), IDX_LABELS),
+            r"img: bad magic 0x00000801: 1 dimensions, but an MNIST images file has 3",
+        ),
+        (GOOD[:-7], r"img: header says 3 x 4 x 5 = 60 bytes of data, the file holds 53 \(truncated"),
+        (GOOD + b"\0", r"img: header says 3 x 4 x 5 = 60 bytes of data, the file holds 61"),
+        (GOOD[:9], r"img: 9 bytes is too short for an IDX header"),
+    ],
+)
 def test_malformed_idx_is_refused_naming_the_file(tmp_path, data, message):
     path = write(tmp_path / "img", data)
     error = _error(read_idx, path, IDX_IMAGES)
@@ -138,18 +146,21 @@ def test_libsvm_multiclass_labels_map_in_sorted_order_and_test_file_shares_them(
     assert d.x_train.shape == (3, 4) and d.x_test.shape == (2, 4)  # features: largest index of both files
 
 
-@pytest.mark.parametrize("text,line,message", [
-    ("1 1:1\n-1 2:1 oops\n", 2, "bad token 'oops' (expected index:value)"),
-    ("1 1:1\n\n-1 0:1\n", 3, "feature index 0 (indices are 1-based)"),
-    ("1 3:1 2:1\n-1 1:1\n", 1, "feature index 2 after 3 (indices must increase)"),
-    ("1 3:1 3:1\n-1 1:1\n", 1, "feature index 3 after 3 (indices must increase)"),
-    ("1 1:1\n-1 2:abc\n", 2, "value 'abc' of feature 2 is not a number"),
-    ("1 1:nan\n-1 2:1\n", 1, "value 'nan' of feature 1 is not a number"),
-    ("yes 1:1\n-1 2:1\n", 1, "label 'yes' is not a number"),
-    ("1 x:1\n-1 2:1\n", 1, "feature index 'x' is not a positive integer"),
-    ("1 -3:1\n-1 2:1\n", 1, "feature index '-3' is not a positive integer"),
-    ("1 1:1\n-1 2:1 9:1\n", 2, "feature index 9 exceeds the number of features (5)"),
-])
+@pytest.mark.parametrize(
+    "text,line,message",
+    [
+        ("1 1:1\n-1 2:1 oops\n", 2, "bad token 'oops' (expected index:value)"),
+        ("1 1:1\n\n-1 0:1\n", 3, "feature index 0 (indices are 1-based)"),
+        ("1 3:1 2:1\n-1 1:1\n", 1, "feature index 2 after 3 (indices must increase)"),
+        ("1 3:1 3:1\n-1 1:1\n", 1, "feature index 3 after 3 (indices must increase)"),
+        ("1 1:1\n-1 2:abc\n", 2, "value 'abc' of feature 2 is not a number"),
+        ("1 1:nan\n-1 2:1\n", 1, "value 'nan' of feature 1 is not a number"),
+        ("yes 1:1\n-1 2:1\n", 1, "label 'yes' is not a number"),
+        ("1 x:1\n-1 2:1\n", 1, "feature index 'x' is not a positive integer"),
+        ("1 -3:1\n-1 2:1\n", 1, "feature index '-3' is not a positive integer"),
+        ("1 1:1\n-1 2:1 9:1\n", 2, "feature index 9 exceeds the number of features (5)"),
+    ],
+)
 def test_malformed_libsvm_names_file_and_line(tmp_path, text, line, message):
     path = tmp_path / "a9a"
     path.write_text(text)
@@ -160,13 +171,17 @@ def test_libsvm_unknown_test_label_is_refused(tmp_path):
     (tmp_path / "train").write_text("-1 1:1\n+1 2:1\n")
     (tmp_path / "test").write_text("1 1:1\n# c\n2 2:1\n")
     assert _error(read_libsvm, tmp_path / "train", 0, tmp_path / "test") == (
-        f"{tmp_path / 'test'}:3: label 2 does not occur in the training file {tmp_path / 'train'} (labels: -1, 1)")
+        f"{tmp_path / 'test'}:3: label 2 does not occur in the training file {tmp_path / 'train'} (labels: -1, 1)"
+    )
 
 
-@pytest.mark.parametrize("text,message", [
-    ("# nothing\n\n", "no samples (every line is blank or a comment)"),
-    ("1 1:1\n1 2:1\n", "only one label (1); classification needs at least two"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("# nothing\n\n", "no samples (every line is blank or a comment)"),
+        ("1 1:1\n1 2:1\n", "only one label (1); classification needs at least two"),
+    ],
+)
 def test_libsvm_needs_samples_of_two_classes(tmp_path, text, message):
     path = tmp_path / "f"
     path.write_text(text)
@@ -177,8 +192,15 @@ def test_libsvm_dataset_without_test_file_is_split_with_a_fixed_seed(tmp_path):
     rng = np.random.default_rng(1)
     lines = [f"{rng.choice([-1, 1])} " + " ".join(f"{j}:{rng.normal():.3f}" for j in range(1, 8)) for _ in range(50)]
     (tmp_path / "train").write_text("\n".join(lines) + "\n")
-    cfg = make_config(task={"dataset": "libsvm", "path": str(tmp_path / "train"), "model": "logreg",
-                            "test_fraction": 0.2, "features": 10})
+    cfg = make_config(
+        task={
+            "dataset": "libsvm",
+            "path": str(tmp_path / "train"),
+            "model": "logreg",
+            "test_fraction": 0.2,
+            "features": 10,
+        }
+    )
     a, b = load_dataset(cfg.task), load_dataset(cfg.task)
     assert len(a.x_train) == 40 and len(a.x_test) == 10 and a.input_shape == (10,) and a.num_classes == 2
     assert torch.equal(a.x_test, b.x_test)
@@ -187,14 +209,17 @@ def test_libsvm_dataset_without_test_file_is_split_with_a_fixed_seed(tmp_path):
 # ---- config validation and the pre-launch check ----
 
 
-@pytest.mark.parametrize("task,key", [
-    ({"dataset": "mnist"}, "task.path"),
-    ({"dataset": "libsvm"}, "task.path"),
-    ({"dataset": "libsvm", "path": "f", "model": "cnn"}, "task.model"),
-    ({"dataset": "mnist", "path": "d", "test_path": "t"}, "task.test_path"),
-    ({"dataset": "mnist", "path": "d", "features": 3}, "task.features"),
-    ({"dataset": "libsvm", "path": "f", "features": -1}, "task.features"),
-])
+@pytest.mark.parametrize(
+    "task,key",
+    [
+        ({"dataset": "mnist"}, "task.path"),
+        ({"dataset": "libsvm"}, "task.path"),
+        ({"dataset": "libsvm", "path": "f", "model": "cnn"}, "task.model"),
+        ({"dataset": "mnist", "path": "d", "test_path": "t"}, "task.test_path"),
+        ({"dataset": "mnist", "path": "d", "features": 3}, "task.features"),
+        ({"dataset": "libsvm", "path": "f", "features": -1}, "task.features"),
+    ],
+)
 def test_file_data_sets_validate_their_keys(task, key):
     with pytest.raises(ConfigError) as info:
         make_config(task=task)
@@ -227,15 +252,31 @@ def test_check_data_reads_headers_and_first_lines(tmp_path):
     (tmp_path / "train").write_text("1 1:1\n-1 2:1\n")
     (tmp_path / "test").write_text("1 0:1\n")
     with pytest.raises(ConfigError, match=r"test:1: feature index 0") as info:
-        check_data(make_config(task={"dataset": "libsvm", "path": str(tmp_path / "train"),
-                                     "test_path": str(tmp_path / "test")}))
+        check_data(
+            make_config(
+                task={"dataset": "libsvm", "path": str(tmp_path / "train"), "test_path": str(tmp_path / "test")}
+            )
+        )
     assert info.value.key == "task.test_path"
 
 
 def test_launcher_refuses_missing_data_before_starting_anything(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "launch", str(ROOT / "configs" / "tiny.yaml"), "task.dataset=mnist",
-                          f"task.path={tmp_path / 'mnist'}", "--run-dir", str(tmp_path / "run")],
-                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "task.dataset=mnist",
+            f"task.path={tmp_path / 'mnist'}",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert out.returncode == 2, out.stderr
     assert "config key 'task.path'" in out.stderr and "is not a folder" in out.stderr
     assert not (tmp_path / "run").exists()
@@ -247,8 +288,7 @@ def test_launcher_refuses_missing_data_before_starting_anything(tmp_path):
 @pytest.mark.parametrize("model", ["logreg", "cnn"])
 def test_tiny_mnist_folder_trains_through_the_task(tmp_path, model):
     folder = make_mnist(tmp_path / "mnist", gz=model == "cnn")
-    cfg = make_config(task={"dataset": "mnist", "path": str(folder), "model": model, "channels": [4],
-                            "batch_size": 32})
+    cfg = make_config(task={"dataset": "mnist", "path": str(folder), "model": model, "channels": [4], "batch_size": 32})
     check_data(cfg)
     task = Task(cfg)
     d = task.data

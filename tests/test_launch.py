@@ -17,16 +17,44 @@ from launch.config import load_experiment
 from protocol.snapshot import read_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_FILES = ["config.yaml", "updates.csv", "metrics.jsonl", "summary.json", "processes.csv", "server_summary.json",
-             "logs/server.log", "logs/evaluator.log", "plots/metrics.png", "plots/staleness.png", "plots/bytes.png",
-             "snapshots/final.snap"]
-SUMMARY_KEYS = ["updates", "pushes_received", "pushes_applied", "pushes_rejected", "uplink_bytes", "downlink_bytes",
-                "wall_s", "final_test_acc", "final_test_loss", "staleness_mean", "staleness_max"]
+RUN_FILES = [
+    "config.yaml",
+    "updates.csv",
+    "metrics.jsonl",
+    "summary.json",
+    "processes.csv",
+    "server_summary.json",
+    "logs/server.log",
+    "logs/evaluator.log",
+    "plots/metrics.png",
+    "plots/staleness.png",
+    "plots/bytes.png",
+    "snapshots/final.snap",
+]
+SUMMARY_KEYS = [
+    "updates",
+    "pushes_received",
+    "pushes_applied",
+    "pushes_rejected",
+    "uplink_bytes",
+    "downlink_bytes",
+    "wall_s",
+    "final_test_acc",
+    "final_test_loss",
+    "staleness_mean",
+    "staleness_max",
+]
 
 
 def launch(args, run_dir, timeout=240, **kw):
-    return subprocess.run([sys.executable, "-m", "launch", *args, "--run-dir", str(run_dir), "--quiet"],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "launch", *args, "--run-dir", str(run_dir), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        **kw,
+    )
 
 
 def _rows(run_dir):
@@ -71,8 +99,13 @@ def test_quickstart_reaches_95_percent_on_digits(tmp_path):
 
 
 def _start(args, run_dir):
-    return subprocess.Popen([sys.executable, "-m", "launch", *args, "--run-dir", str(run_dir), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "launch", *args, "--run-dir", str(run_dir), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def _wait_for_updates(run_dir, proc, timeout=120):
@@ -144,8 +177,13 @@ def test_worker_that_cannot_reach_the_server_fails_clearly(tmp_path):
     text = (ROOT / "configs" / "tiny.yaml").read_text()
     cfg.write_text(text.replace("connect_timeout_s: 60", "connect_timeout_s: 2"))
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "worker", "--config", str(cfg), "--rank", "0",
-                          "--server", "tcp://127.0.0.1:9"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "worker", "--config", str(cfg), "--rank", "0", "--server", "tcp://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert out.returncode == 1
     assert "could not reach the parameter server at tcp://127.0.0.1:9 within 2s" in out.stderr
     assert time.monotonic() - t0 < 30
@@ -155,15 +193,25 @@ def test_worker_that_cannot_reach_the_server_fails_clearly(tmp_path):
 def test_each_role_runs_by_hand(tmp_path):
     cfg = ROOT / "configs" / "tiny.yaml"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "ps", "--config", str(cfg), "--run-dir", str(tmp_path)],
-                              stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ps", "--config", str(cfg), "--run-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
     try:
         line = server.stdout.readline()
         assert line.startswith("TAUPS_SERVER_READY tcp://127.0.0.1:")
         endpoint = line.split()[1]
-        workers = [subprocess.Popen([sys.executable, "-m", "worker", "--config", str(cfg), "--rank", str(r),
-                                     "--server", endpoint], cwd=ROOT, stdout=subprocess.DEVNULL)
-                   for r in range(3)]
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "worker", "--config", str(cfg), "--rank", str(r), "--server", endpoint],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+            )
+            for r in range(3)
+        ]
         assert [w.wait(timeout=120) for w in workers] == [0, 0, 0]
         assert server.wait(timeout=60) == 0
         assert json.loads((tmp_path / "server_summary.json").read_text())["updates"] == 300
@@ -215,8 +263,11 @@ def test_a_killed_multi_rank_process_is_named_and_the_other_leaves_cleanly(tmp_p
         lines = (run / "logs" / "workers0-2.log").read_text().splitlines()
         ended = " ".join(line for line in lines if "MainThread INFO" in line)
         left = re.search(r"ranks ([\d, -]+) were asked to stop", ended)
-        cancelled = {r for span in (left.group(1).split(", ") if left else [])
-                     for r in range(int(span.split("-")[0]), int(span.split("-")[-1]) + 1)}
+        cancelled = {
+            r
+            for span in (left.group(1).split(", ") if left else [])
+            for r in range(int(span.split("-")[0]), int(span.split("-")[-1]) + 1)
+        }
         assert all(f"rank {r} stopped" in ended or r in cancelled for r in range(3)), lines
     finally:
         if proc.poll() is None:

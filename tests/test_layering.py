@@ -14,8 +14,7 @@ ALLOWED = {
     "experiments": {"protocol", "ps", "worker", "launch", "experiments"},  # never tests/: it ships as a package
 }
 PROJECT = set(ALLOWED) | {"bench", "tests"}
-PURE = ["ps/optim.py", "ps/policy.py", "ps/aggregate.py", "worker/ef.py", "worker/compressors.py",
-        "worker/sparsify.py"]
+PURE = ["ps/optim.py", "ps/policy.py", "ps/aggregate.py", "worker/ef.py", "worker/compressors.py", "worker/sparsify.py"]
 IO_MODULES = {"zmq", "socket", "time", "logging", "subprocess", "threading"}
 
 

@@ -19,13 +19,13 @@ def _grads(steps, n, seed=0):
 def test_torch_form_equals_torch_adam_amsgrad_for_200_steps(eps, weight_decay):
     n = 257
     x0 = torch.randn(n, generator=torch.Generator().manual_seed(1))
-    cfg = OptimizerConfig(name="amsgrad", form="torch", lr=1e-2, betas=(0.9, 0.99), eps=eps,
-                          weight_decay=weight_decay)
+    cfg = OptimizerConfig(name="amsgrad", form="torch", lr=1e-2, betas=(0.9, 0.99), eps=eps, weight_decay=weight_decay)
     ours = x0.clone()
     opt = make_optimizer(ours, cfg)
     ref = x0.clone().requires_grad_(True)
-    ref_opt = torch.optim.Adam([ref], lr=1e-2, betas=(0.9, 0.99), eps=eps, weight_decay=weight_decay,
-                               amsgrad=True, foreach=False)  # the plain per-tensor reference loop
+    ref_opt = torch.optim.Adam(
+        [ref], lr=1e-2, betas=(0.9, 0.99), eps=eps, weight_decay=weight_decay, amsgrad=True, foreach=False
+    )  # the plain per-tensor reference loop
     for step, g in enumerate(_grads(200, n)):
         lr = 1e-2 * (1 + (step % 3))  # the server may change lr every push (staleness rules)
         ref_opt.param_groups[0]["lr"] = lr
@@ -99,8 +99,9 @@ def test_sgd_equals_torch_sgd(momentum, dampening, wd):
     n = 50
     x0 = torch.randn(n)
     ours = x0.clone()
-    opt = make_optimizer(ours, OptimizerConfig(name="sgd", lr=0.05, momentum=momentum, dampening=dampening,
-                                               weight_decay=wd))
+    opt = make_optimizer(
+        ours, OptimizerConfig(name="sgd", lr=0.05, momentum=momentum, dampening=dampening, weight_decay=wd)
+    )
     ref = x0.clone().requires_grad_(True)
     ref_opt = torch.optim.SGD([ref], lr=0.05, momentum=momentum, dampening=dampening, weight_decay=wd)
     for g in _grads(50, n, seed=7):
@@ -127,7 +128,10 @@ def test_adam_equals_torch_adam():
 def test_step_reads_but_never_writes_the_direction():
     d = torch.randn(20)
     keep = d.clone()
-    for cfg in (OptimizerConfig(), OptimizerConfig(form="paper", weight_decay=0.1),
-                OptimizerConfig(name="sgd", momentum=0.9, weight_decay=0.1)):
+    for cfg in (
+        OptimizerConfig(),
+        OptimizerConfig(form="paper", weight_decay=0.1),
+        OptimizerConfig(name="sgd", momentum=0.9, weight_decay=0.1),
+    ):
         make_optimizer(torch.randn(20), cfg).step(d, 0.1)
         assert torch.equal(d, keep)

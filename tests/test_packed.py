@@ -11,8 +11,18 @@ from protocol.packed import pack, unpack
 
 
 def _push(**tensors):
-    return Push(rank=2, seq=5, base_version=5, kind="delta", encoding="sparse", numel=1000, loss=0.25, samples=16,
-                meta={"index_coding": "delta16"}, **tensors)
+    return Push(
+        rank=2,
+        seq=5,
+        base_version=5,
+        kind="delta",
+        encoding="sparse",
+        numel=1000,
+        loss=0.25,
+        samples=16,
+        meta={"index_coding": "delta16"},
+        **tensors,
+    )
 
 
 def test_a_push_round_trips_with_the_size_it_has_on_the_wire():

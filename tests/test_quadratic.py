@@ -14,8 +14,14 @@ from worker.tasks import Task
 
 
 def quadratic(dim=200, noise=0.5, batch_size=1, seed=0, **synthetic):
-    return make_config(seed=seed, task={"dataset": "synthetic", "batch_size": batch_size,
-                                        "synthetic": {"kind": "quadratic", "dim": dim, "noise": noise, **synthetic}})
+    return make_config(
+        seed=seed,
+        task={
+            "dataset": "synthetic",
+            "batch_size": batch_size,
+            "synthetic": {"kind": "quadratic", "dim": dim, "noise": noise, **synthetic},
+        },
+    )
 
 
 def test_the_model_is_one_parameter_vector_started_near_the_optimum():
@@ -42,8 +48,15 @@ def test_exact_gradient_is_x_minus_x_star_and_the_loss_is_f():
 
 
 def test_regularizer_gradient_is_added_as_for_every_task():
-    cfg = make_config(task={"dataset": "synthetic", "batch_size": 0, "regularizer": "nonconvex", "reg_lambda": 0.1,
-                            "synthetic": {"kind": "quadratic", "dim": 40, "optimum_scale": 1.0}})
+    cfg = make_config(
+        task={
+            "dataset": "synthetic",
+            "batch_size": 0,
+            "regularizer": "nonconvex",
+            "reg_lambda": 0.1,
+            "synthetic": {"kind": "quadratic", "dim": 40, "optimum_scale": 1.0},
+        }
+    )
     task = Task(cfg)
     task.net.params.normal_()
     p = task.net.params.clone().requires_grad_(True)

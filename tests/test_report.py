@@ -22,9 +22,12 @@ def test_report_overlays_runs_and_tables_their_figures(tmp_path):
     assert s["metrics"]["test accuracy vs wall time"] == ["A", "B"]
     assert s["metrics"]["test accuracy vs updates"] == ["A", "B"]
     assert s["metrics"]["loss vs wall time"] == ["A test", "A train", "B test", "B train"]
-    assert s["staleness"] == {"staleness histogram": ["A", "B"], "staleness vs wall time": ["A", "B"],
-                              "applied lr vs wall time": ["A", "B"],
-                              "staleness histogram per worker": []}  # per worker only for a single run
+    assert s["staleness"] == {
+        "staleness histogram": ["A", "B"],
+        "staleness vs wall time": ["A", "B"],
+        "applied lr vs wall time": ["A", "B"],
+        "staleness histogram per worker": [],
+    }  # per worker only for a single run
     assert s["bytes"] == {"uplink vs pushes received": ["A", "B"], "uplink vs wall time": ["A", "B"]}
     assert s["accuracy_bytes"] == {"test accuracy vs uplink": ["A", "B"], "loss vs uplink": ["A test", "B test"]}
     md = report.markdown.read_text().splitlines()
@@ -33,8 +36,11 @@ def test_report_overlays_runs_and_tables_their_figures(tmp_path):
     assert "| A | [run-a](../run-a) | 0.9 | 0.42 | 0.2 | 20 | 100 | 0.2 | - | - | 21,000 | 1 |" in md
     assert "| B | [run-b](../run-b) | 0.8 | 0.42 | 0.2 | 20 | 100 | - | - | - | 6300 | 3 |" in md
     assert [line for line in md if line.startswith("![")] == [
-        "![metrics](metrics.png)", "![staleness](staleness.png)", "![bytes](bytes.png)",
-        "![accuracy_bytes](accuracy_bytes.png)"]
+        "![metrics](metrics.png)",
+        "![staleness](staleness.png)",
+        "![bytes](bytes.png)",
+        "![accuracy_bytes](accuracy_bytes.png)",
+    ]
 
 
 def test_a_run_without_accuracy_draws_only_losses(tmp_path):

@@ -218,9 +218,22 @@ def test_reply_carries_bytes_accounting(tmp_path):
         w = FakeWorker(endpoint, 0, LAYOUT)
         w.hello(torch.zeros(N))
         w.push(torch.ones(N))
-        push_bytes = sum(len(f) for f in wire.encode(Push(rank=0, seq=0, base_version=0, kind="grad",
-                                                          encoding="dense", numel=N, loss=1.0, samples=1,
-                                                          values=torch.ones(N))))
+        push_bytes = sum(
+            len(f)
+            for f in wire.encode(
+                Push(
+                    rank=0,
+                    seq=0,
+                    base_version=0,
+                    kind="grad",
+                    encoding="dense",
+                    numel=N,
+                    loss=1.0,
+                    samples=1,
+                    values=torch.ones(N),
+                )
+            )
+        )
         assert server.counters.uplink_bytes == push_bytes
     row = (tmp_path / "updates.csv").read_text().splitlines()[1].split(",")
     assert int(row[5]) == push_bytes

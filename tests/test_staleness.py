@@ -17,9 +17,13 @@ ONE = Layout.from_shapes([("x", (1,))])
 
 
 def _cfg(workers=1, lr=0.1, staleness=None, optimizer=None, max_updates=10**9):
-    return make_config(workers=workers, optimizer={"name": "sgd", "lr": lr, **(optimizer or {})},
-                       staleness=staleness or {}, run={"max_updates": max_updates, "eval_every_s": 1e6},
-                       server={"stop_grace_s": 0.5})
+    return make_config(
+        workers=workers,
+        optimizer={"name": "sgd", "lr": lr, **(optimizer or {})},
+        staleness=staleness or {},
+        run={"max_updates": max_updates, "eval_every_s": 1e6},
+        server={"stop_grace_s": 0.5},
+    )
 
 
 # -- rules ------------------------------------------------------------------------------------------
@@ -84,7 +88,7 @@ def test_artificial_delay_memory_is_bounded():
 def _envelopes(xs):
     half, n = len(xs) // 2, len(xs)
     window = max(50, n // 10)
-    return max(map(abs, xs[half - window:half])), max(map(abs, xs[n - window:]))
+    return max(map(abs, xs[half - window : half])), max(map(abs, xs[n - window :]))
 
 
 def _delayed_sgd_trajectory(lr, tau, steps):
@@ -201,4 +205,4 @@ def test_apply_every_groups_pushes_into_one_step(tmp_path, barrier):
     if barrier:  # a synchronous parameter server: every group has one push per worker, all fresh
         assert all(int(r["staleness"]) == 0 for r in rows)
         for g in range(len(rows) // k):
-            assert sorted(int(r["worker"]) for r in rows[g * k:(g + 1) * k]) == [0, 1, 2, 3]
+            assert sorted(int(r["worker"]) for r in rows[g * k : (g + 1) * k]) == [0, 1, 2, 3]

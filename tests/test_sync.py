@@ -40,22 +40,31 @@ def _rows(path: Path) -> list[dict]:
 def gloo_world_of_one(tmp_path, monkeypatch):
     """A gloo group of one rank in this process (file:// rendezvous: no TCP store; gloo on loopback)."""
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", loopback_interface() or "lo")
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1, timeout=timedelta(seconds=60)
+    )
     yield
     dist.destroy_process_group()
 
 
 # -- (1) one sync worker == one async worker with staleness 0 ----------------------------------------------
-@pytest.mark.parametrize("optimizer", [
-    {"name": "amsgrad", "lr": 3e-3},
-    {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-])
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        {"name": "amsgrad", "lr": 3e-3},
+        {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    ],
+)
 def test_one_sync_worker_equals_one_async_worker(tmp_path, gloo_world_of_one, optimizer):
     steps = 120
-    sections = dict(workers=1, seed=3, task={"dataset": "digits", "model": "mlp", "hidden": [32], "batch_size": 16},
-                    optimizer=optimizer, run={"max_updates": steps, "eval_every_s": 1000},
-                    server={"stop_grace_s": 1})
+    sections = dict(
+        workers=1,
+        seed=3,
+        task={"dataset": "digits", "model": "mlp", "hidden": [32], "batch_size": 16},
+        optimizer=optimizer,
+        run={"max_updates": steps, "eval_every_s": 1000},
+        server={"stop_grace_s": 1},
+    )
     (tmp_path / "async").mkdir()
     async_rows, _, result, async_final = _distributed(make_config(**sections), tmp_path / "async")
     (tmp_path / "sync").mkdir()
@@ -85,16 +94,27 @@ def run_ranks(cfg, tmp_path: Path) -> list[torch.Tensor]:
     """Run cfg.workers ranks of tests/sync_rank.py; every rank's final parameters, in rank order."""
     config = tmp_path / "config.yaml"
     config.write_text(resolved_yaml(cfg))
-    base = {**os.environ, "WORLD_SIZE": str(cfg.workers), "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(_free_port()), "PYTHONUNBUFFERED": "1"}
+    base = {
+        **os.environ,
+        "WORLD_SIZE": str(cfg.workers),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "PYTHONUNBUFFERED": "1",
+    }
     procs, logs = [], []
     try:
         for rank in range(cfg.workers):
             logs.append(tmp_path / f"rank{rank}.log")
             with open(logs[-1], "w") as log:
-                procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "sync_rank.py"), str(config),
-                                               str(tmp_path)], env={**base, "RANK": str(rank)}, cwd=ROOT,
-                                              stdout=log, stderr=subprocess.STDOUT))
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, str(ROOT / "tests" / "sync_rank.py"), str(config), str(tmp_path)],
+                        env={**base, "RANK": str(rank)},
+                        cwd=ROOT,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         codes = [p.wait(timeout=RANK_TIMEOUT_S) for p in procs]
     finally:
         for p in procs:
@@ -106,11 +126,16 @@ def run_ranks(cfg, tmp_path: Path) -> list[torch.Tensor]:
 
 
 def _sections(workers: int, steps: int, **compression) -> dict:
-    return dict(mode="sync", workers=workers, seed=5,
-                task={"dataset": "digits", "model": "logreg", "batch_size": 16},
-                optimizer={"name": "amsgrad", "lr": 1e-2}, compression=compression,
-                worker={"slowdown": [1, 3][:workers], "compute_s": 0.001, "jitter": 0.5},  # math unchanged
-                run={"max_updates": steps, "eval_every_s": 0.05})
+    return dict(
+        mode="sync",
+        workers=workers,
+        seed=5,
+        task={"dataset": "digits", "model": "logreg", "batch_size": 16},
+        optimizer={"name": "amsgrad", "lr": 1e-2},
+        compression=compression,
+        worker={"slowdown": [1, 3][:workers], "compute_s": 0.001, "jitter": 0.5},  # math unchanged
+        run={"max_updates": steps, "eval_every_s": 0.05},
+    )
 
 
 def _averaged_reference(cfg, steps: int) -> tuple[torch.Tensor, list[list[float]]]:
@@ -133,7 +158,8 @@ def _assert_consistent_run(run: Path, cfg, steps: int, ref_losses: list[list[flo
     rows = _rows(run / "updates.csv")
     assert len(rows) == steps * cfg.workers
     assert [(int(r["version"]), int(r["worker"])) for r in rows] == [
-        (v, w) for v in range(1, steps + 1) for w in range(cfg.workers)]
+        (v, w) for v in range(1, steps + 1) for w in range(cfg.workers)
+    ]
     if ref_losses is not None:
         got = torch.tensor([float(r["loss"]) for r in rows])
         torch.testing.assert_close(got, torch.tensor(ref_losses).reshape(-1), rtol=1e-4, atol=1e-6)
@@ -164,19 +190,37 @@ def _ef21_reference(cfg, steps: int) -> torch.Tensor:
         for rank in range(n):
             loss = task.gradient(samplers[rank].next())
             kind, p = uplinks[rank].prepare(task.net.grad)
-            push = Push(rank=rank, seq=step, base_version=step, kind=kind, encoding=p.encoding, numel=p.numel,
-                        loss=loss, samples=16, meta=p.meta, values=p.values, indices=p.indices, signs=p.signs)
+            push = Push(
+                rank=rank,
+                seq=step,
+                base_version=step,
+                kind=kind,
+                encoding=p.encoding,
+                numel=p.numel,
+                loss=loss,
+                samples=16,
+                meta=p.meta,
+                values=p.values,
+                indices=p.indices,
+                signs=p.signs,
+            )
             direction = agg.apply(rank, agg.stage(push))
             uplinks[rank].commit(True)
         opt.step(direction, cfg.optimizer.lr)
     return task.net.params.clone()
 
 
-@pytest.mark.parametrize("workers,compression", [
-    (3, {"method": "ef21", "compressor": "topk", "ratio": 0.05}),
-    pytest.param(2, {"method": "ef21-sgdm", "compressor": "randk", "ratio": 0.1, "eta": 0.5, "values": "bfloat16"},
-                 marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "workers,compression",
+    [
+        (3, {"method": "ef21", "compressor": "topk", "ratio": 0.05}),
+        pytest.param(
+            2,
+            {"method": "ef21-sgdm", "compressor": "randk", "ratio": 0.1, "eta": 0.5, "values": "bfloat16"},
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
 def test_ef21_sync_ranks_never_diverge_and_equal_the_servers_arithmetic(tmp_path, workers, compression):
     steps = 30
     cfg = make_config(**_sections(workers, steps, **compression))
@@ -190,11 +234,14 @@ def test_ef21_sync_ranks_never_diverge_and_equal_the_servers_arithmetic(tmp_path
 
 
 # -- config -----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("sections,key", [
-    ({"optimizer": {"form": "paper"}}, "optimizer.form"),
-    ({"staleness": {"delay": "uniform", "delay_versions": 3}}, "staleness.delay"),
-    ({"staleness": {"apply_every": 2}}, "staleness.apply_every"),
-])
+@pytest.mark.parametrize(
+    "sections,key",
+    [
+        ({"optimizer": {"form": "paper"}}, "optimizer.form"),
+        ({"staleness": {"delay": "uniform", "delay_versions": 3}}, "staleness.delay"),
+        ({"staleness": {"apply_every": 2}}, "staleness.apply_every"),
+    ],
+)
 def test_sync_mode_refuses_what_it_cannot_do_naming_the_key(sections, key):
     make_config(**sections)  # fine in async mode
     with pytest.raises(ConfigError) as info:

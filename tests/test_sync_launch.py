@@ -30,7 +30,8 @@ def test_tiny_sync_run_leaves_a_consistent_run_folder(tmp_path, workers):
     rows = _rows(run)
     assert s["updates"] == 300 and s["pushes_applied"] == s["pushes_received"] == len(rows) == 300 * workers
     assert [(int(r["version"]), int(r["worker"])) for r in rows] == [
-        (v, w) for v in range(1, 301) for w in range(workers)]
+        (v, w) for v in range(1, 301) for w in range(workers)
+    ]
     assert all(r["applied"] == "1" and r["staleness"] == "0" and r["reason"] == "ok" for r in rows)
     assert all(int(r["base_version"]) == int(r["version"]) - 1 for r in rows)
     assert s["uplink_bytes"] == sum(int(r["bytes"]) for r in rows)

@@ -40,9 +40,12 @@ def test_backward_fills_the_flat_gradient_in_place(model):
     expected = torch.cat([p.grad.reshape(-1) for p in ref.net.model.parameters()])
     torch.testing.assert_close(net.grad, expected)
     net.params.add_(1.0)  # writing the flat vector moves the model
-    assert all((p.data == v).all() for p, v in zip(net.model.parameters(),
-                                                   [net.params[e.offset:e.stop].view(e.shape)
-                                                    for e in net.layout.entries]))
+    assert all(
+        (p.data == v).all()
+        for p, v in zip(
+            net.model.parameters(), [net.params[e.offset : e.stop].view(e.shape) for e in net.layout.entries]
+        )
+    )
 
 
 def test_same_seed_same_model_every_process():
@@ -74,8 +77,14 @@ def test_full_batch_returns_all_local_data():
 
 @pytest.mark.parametrize("kind", ["logistic", "lstsq"])
 def test_synthetic_tasks_scale_and_learn(kind):
-    cfg = make_config(task={"dataset": "synthetic", "model": "logreg", "batch_size": 0,
-                            "synthetic": {"kind": kind, "dim": 50, "samples": 500}})
+    cfg = make_config(
+        task={
+            "dataset": "synthetic",
+            "model": "logreg",
+            "batch_size": 0,
+            "synthetic": {"kind": kind, "dim": 50, "samples": 500},
+        }
+    )
     task = Task(cfg)
     assert task.net.numel == 50 * (2 if kind == "logistic" else 1) + (2 if kind == "logistic" else 1)
     before = task.evaluate(task.net.params.clone(), 10000)
@@ -89,8 +98,9 @@ def test_synthetic_tasks_scale_and_learn(kind):
 
 
 def test_synthetic_size_reaches_millions_of_parameters():
-    cfg = make_config(task={"dataset": "synthetic", "model": "mlp", "hidden": [2048, 2048],
-                            "synthetic": {"dim": 100, "samples": 100}})
+    cfg = make_config(
+        task={"dataset": "synthetic", "model": "mlp", "hidden": [2048, 2048], "synthetic": {"dim": 100, "samples": 100}}
+    )
     assert Task(cfg).net.numel > 4_000_000
 
 

@@ -27,11 +27,31 @@ def pair():
 def _examples():
     t = torch.arange(10, dtype=torch.float32)
     return [
-        Hello(rank=1, pid=2, host="h", device="cpu", run_id="r", uplink="grad", signature=[["w", [2, 5], "float32"]],
-              resume={"a": 1}, init=t),
+        Hello(
+            rank=1,
+            pid=2,
+            host="h",
+            device="cpu",
+            run_id="r",
+            uplink="grad",
+            signature=[["w", [2, 5], "float32"]],
+            resume={"a": 1},
+            init=t,
+        ),
         Welcome(version=3, next_seq=4, layout=[["w", [2, 5], 0]], settings={"workers": 2}, params=t),
-        Push(rank=0, seq=5, base_version=7, kind="delta", encoding="sparse", numel=10, loss=0.5, samples=32,
-             meta={"k": 2}, values=t[:2].clone(), indices=torch.tensor([1, 7], dtype=torch.int32)),
+        Push(
+            rank=0,
+            seq=5,
+            base_version=7,
+            kind="delta",
+            encoding="sparse",
+            numel=10,
+            loss=0.5,
+            samples=32,
+            meta={"k": 2},
+            values=t[:2].clone(),
+            indices=torch.tensor([1, 7], dtype=torch.int32),
+        ),
         Reply(applied=True, reason="ok", staleness=2, version=9, lr=1e-3, params=t),
         Pull(rank=3),
         Reject(code="bad_seq", message="x", rank=1, seq=2, expected_seq=3),
@@ -65,8 +85,19 @@ def test_every_message_type_round_trips(pair):
 def test_every_dtype_round_trips_across_frames(pair, dtype, numel):
     router, dealer = pair
     values = (torch.randn(numel) * 100).to(dtype)
-    dealer.send(Push(rank=0, seq=0, base_version=0, kind="grad", encoding="dense", numel=numel, loss=0.0,
-                     samples=1, values=values))
+    dealer.send(
+        Push(
+            rank=0,
+            seq=0,
+            base_version=0,
+            kind="grad",
+            encoding="dense",
+            numel=numel,
+            loss=0.0,
+            samples=1,
+            values=values,
+        )
+    )
     _, got = router.recv(5)
     assert got.values.dtype == dtype and torch.equal(got.values, values)
 
@@ -90,8 +121,22 @@ def test_receive_into_preallocated_buffer(pair):
 
 
 def _bad_cases():
-    good = [bytes(f) for f in wire.encode(Push(rank=0, seq=0, base_version=0, kind="grad", encoding="dense",
-                                                numel=8, loss=0.0, samples=1, values=torch.ones(8)))]
+    good = [
+        bytes(f)
+        for f in wire.encode(
+            Push(
+                rank=0,
+                seq=0,
+                base_version=0,
+                kind="grad",
+                encoding="dense",
+                numel=8,
+                loss=0.0,
+                samples=1,
+                values=torch.ones(8),
+            )
+        )
+    ]
     header = msgpack.unpackb(good[0])
 
     def with_header(**changes):
@@ -141,8 +186,22 @@ def test_malformed_messages_are_refused_and_the_channel_stays_usable(pair, case)
 def test_fuzzed_frames_never_crash_the_receiver(pair):
     router, dealer = pair
     rng = random.Random(0)
-    good = [bytes(f) for f in wire.encode(Push(rank=0, seq=0, base_version=0, kind="grad", encoding="dense",
-                                                numel=16, loss=0.0, samples=1, values=torch.ones(16)))]
+    good = [
+        bytes(f)
+        for f in wire.encode(
+            Push(
+                rank=0,
+                seq=0,
+                base_version=0,
+                kind="grad",
+                encoding="dense",
+                numel=16,
+                loss=0.0,
+                samples=1,
+                values=torch.ones(16),
+            )
+        )
+    ]
     outcomes = {"ok": 0, "refused": 0}
     for _ in range(300):
         frames = [bytearray(f) for f in good]
@@ -163,8 +222,19 @@ def test_fuzzed_frames_never_crash_the_receiver(pair):
 
 def test_allocator_may_refuse_before_receiving(pair):
     router, dealer = pair
-    dealer.send(Push(rank=0, seq=0, base_version=0, kind="grad", encoding="dense", numel=8, loss=0.0, samples=1,
-                     values=torch.ones(8)))
+    dealer.send(
+        Push(
+            rank=0,
+            seq=0,
+            base_version=0,
+            kind="grad",
+            encoding="dense",
+            numel=8,
+            loss=0.0,
+            samples=1,
+            values=torch.ones(8),
+        )
+    )
 
     def refuse(cls, spec):
         raise ProtocolError("oversized", "no room")
@@ -214,8 +284,9 @@ def test_send_pool_reuses_buffers_once_zeromq_released_them(pair):
     identity, _ = router.recv(5)
     for _ in range(5):
         buf = pool.snapshot(src)
-        tracker = router.send(Reply(applied=True, reason="ok", staleness=0, version=0, lr=0.0, params=buf),
-                              to=identity, track=True)
+        tracker = router.send(
+            Reply(applied=True, reason="ok", staleness=0, version=0, lr=0.0, params=buf), to=identity, track=True
+        )
         pool.sent(buf, tracker)
         _, got = dealer.recv(5)
         assert torch.equal(got.params, src)

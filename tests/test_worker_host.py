@@ -19,20 +19,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def quadratic(workers: int, updates: int, **more):
-    return make_config(workers=workers, task={"dataset": "synthetic", "batch_size": 1,
-                                              "synthetic": {"kind": "quadratic", "dim": 20, "noise": 1.0}},
-                       optimizer={"name": "sgd", "lr": 0.05}, run={"max_updates": updates},
-                       compression={"method": "ef21-sgdm", "compressor": "topk", "k": 1},
-                       server={"stop_grace_s": 2, "join_timeout_s": 30}, **more)
+    return make_config(
+        workers=workers,
+        task={"dataset": "synthetic", "batch_size": 1, "synthetic": {"kind": "quadratic", "dim": 20, "noise": 1.0}},
+        optimizer={"name": "sgd", "lr": 0.05},
+        run={"max_updates": updates},
+        compression={"method": "ef21-sgdm", "compressor": "topk", "k": 1},
+        server={"stop_grace_s": 2, "join_timeout_s": 30},
+        **more,
+    )
 
 
-@pytest.mark.parametrize("workers,k,blocks", [
-    (6, 3, [(0, 3), (3, 6)]),
-    (100, 34, [(0, 33), (33, 66), (66, 100)]),  # ceil(100/34) = 3 processes, as even as possible
-    (10, 4, [(0, 3), (3, 6), (6, 10)]),
-    (3, 1, [(0, 1), (1, 2), (2, 3)]),
-    (2, 8, [(0, 2)]),  # more per process than workers: one process
-])
+@pytest.mark.parametrize(
+    "workers,k,blocks",
+    [
+        (6, 3, [(0, 3), (3, 6)]),
+        (100, 34, [(0, 33), (33, 66), (66, 100)]),  # ceil(100/34) = 3 processes, as even as possible
+        (10, 4, [(0, 3), (3, 6), (6, 10)]),
+        (3, 1, [(0, 1), (1, 2), (2, 3)]),
+        (2, 8, [(0, 2)]),  # more per process than workers: one process
+    ],
+)
 def test_worker_processes_are_even_blocks_of_at_most_per_process(workers, k, blocks):
     cfg = make_config(workers=workers, worker={"per_process": k})
     got = cfg.worker_processes()
@@ -57,9 +64,23 @@ def test_exit_code_is_the_first_failure_then_cancelled_then_zero():
 
 
 def test_worker_refuses_bad_ranks_before_starting(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "worker", "--config", str(ROOT / "configs" / "tiny.yaml"),
-                          "--ranks", "1-3", "--server", "tcp://127.0.0.1:9"], capture_output=True, text=True,
-                         timeout=60, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "--config",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "--ranks",
+            "1-3",
+            "--server",
+            "tcp://127.0.0.1:9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert out.returncode == 2 and "--ranks" in out.stderr and "3 is outside 0..2" in out.stderr
 
 

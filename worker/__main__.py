@@ -48,15 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", type=Path, help="where to write worker-<rank>.json")
     ap.add_argument("--run-id", default="")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(threadName)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(threadName)s %(levelname)s %(message)s"
+    )
     try:
         ranks = [args.rank] if args.ranks is None else parse_ranks(args.ranks)
         cfg = load(args.config)
         bad = [r for r in ranks if not 0 <= r < cfg.workers]
         if bad:
-            raise ConfigError("--rank" if args.ranks is None else "--ranks",
-                              f"{bad[0]} is outside 0..{cfg.workers - 1}")
+            raise ConfigError(
+                "--rank" if args.ranks is None else "--ranks", f"{bad[0]} is outside 0..{cfg.workers - 1}"
+            )
     except (ConfigError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -85,9 +87,19 @@ def report(results: list[RankResult], run_dir: Path | None) -> None:
     for r in results:
         if r.code == 0 and r.stats is not None:
             st = r.stats
-            log.info("rank %d stopped (%s): %d pushes, %d applied, %d dropped, %d rejected; compute %.2fs, "
-                     "simulated %.2fs, waiting %.2fs", r.rank, st.stop_reason, st.pushes, st.applied, st.dropped,
-                     st.rejected, st.compute_s, st.simulated_s, st.wait_s)
+            log.info(
+                "rank %d stopped (%s): %d pushes, %d applied, %d dropped, %d rejected; compute %.2fs, "
+                "simulated %.2fs, waiting %.2fs",
+                r.rank,
+                st.stop_reason,
+                st.pushes,
+                st.applied,
+                st.dropped,
+                st.rejected,
+                st.compute_s,
+                st.simulated_s,
+                st.wait_s,
+            )
             if run_dir:
                 out = {k: v for k, v in asdict(st).items() if k != "staleness"}
                 (run_dir / f"worker-{r.rank}.json").write_text(json.dumps(out, indent=1))

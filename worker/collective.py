@@ -103,8 +103,9 @@ class DenseAllReduce:
     def combine(self, grad: torch.Tensor, loss: float, samples: int, step: int, stop_code: int) -> Round:
         n, world = self.numel, self.world
         # compression.values rounds the gradient as an async dense push would (decode(encode(grad)))
-        self.buf[:n].copy_(grad if self.value_dtype == torch.float32
-                           else narrow(grad, torch.empty_like(grad, dtype=self.value_dtype)))
+        self.buf[:n].copy_(
+            grad if self.value_dtype == torch.float32 else narrow(grad, torch.empty_like(grad, dtype=self.value_dtype))
+        )
         self.buf[n:].zero_()
         self.buf[n + self.rank] = loss
         self.buf[n + world + self.rank] = stop_code
@@ -127,8 +128,20 @@ class GatheredPushes:
 
     def combine(self, grad: torch.Tensor, loss: float, samples: int, step: int, stop_code: int) -> Round:
         kind, p = self.uplink.prepare(grad)
-        push = Push(rank=self.rank, seq=step, base_version=step, kind=kind, encoding=p.encoding, numel=p.numel,
-                    loss=loss, samples=samples, meta=dict(p.meta), values=p.values, indices=p.indices, signs=p.signs)
+        push = Push(
+            rank=self.rank,
+            seq=step,
+            base_version=step,
+            kind=kind,
+            encoding=p.encoding,
+            numel=p.numel,
+            loss=loss,
+            samples=samples,
+            meta=dict(p.meta),
+            values=p.values,
+            indices=p.indices,
+            signs=p.signs,
+        )
         packed, header_len = pack(push, self._send)
         sizes = self.comm.all_gather(torch.tensor([packed.numel(), header_len, stop_code], dtype=torch.int64))
         sizes = sizes.clone()  # the next all_gather of int64 would reuse its buffer
@@ -142,8 +155,9 @@ class GatheredPushes:
         direction = self._combine(pushes)
         self.uplink.commit(True)  # every push of a sync step is applied
         received = sizes.numel() * sizes.element_size() + gathered.numel()
-        return Round(direction, [q.loss for q in pushes], sizes[:, 0].tolist(), received,
-                     first_stop(sizes[:, 2].tolist()))
+        return Round(
+            direction, [q.loss for q in pushes], sizes[:, 0].tolist(), received, first_stop(sizes[:, 2].tolist())
+        )
 
     def _combine(self, pushes: list[Push]) -> torch.Tensor:
         payloads = [Payload(q.encoding, q.numel, q.values, q.indices, q.signs, q.meta) for q in pushes]

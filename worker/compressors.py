@@ -48,8 +48,9 @@ class Compressor(ABC):
 
     def compress(self, x: torch.Tensor) -> Payload:
         if x.dim() != 1 or x.numel() != self.numel or x.dtype != torch.float32:
-            raise ValueError(f"{self.name} compresses flat float32 vectors of {self.numel}, got {x.dtype} "
-                             f"of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"{self.name} compresses flat float32 vectors of {self.numel}, got {x.dtype} of shape {tuple(x.shape)}"
+            )
         return self._compress(x.detach())
 
     @abstractmethod
@@ -104,8 +105,7 @@ class TopK(_Sparsifier):
 
     name, omega = "topk", None
 
-    def __init__(self, segments, numel, values="float32", indices="auto", exact=True, sample_fraction=0.01,
-                 seed=0):
+    def __init__(self, segments, numel, values="float32", indices="auto", exact=True, sample_fraction=0.01, seed=0):
         super().__init__(segments, numel, values, indices, seed)
         self.exact, self.sample_fraction = exact, sample_fraction
         self.alpha = min(k / n for _, n, k in segments) if exact and segments else None
@@ -119,7 +119,7 @@ class TopK(_Sparsifier):
         mag = torch.abs(x, out=self._mag)
         idx, vals = [], []
         for off, n, k in self.segments:
-            seg, mask = mag[off:off + n], self._mask[off:off + n]
+            seg, mask = mag[off : off + n], self._mask[off : off + n]
             if self.exact:
                 sel = sparsify.topk_exact(seg, k, mask, self._gen(x.device))
             else:
@@ -167,8 +167,9 @@ class Natural(Compressor):
 
     def _compress(self, x: torch.Tensor) -> Payload:
         bits = x.contiguous().view(torch.int32)
-        draw = torch.randint(0, 1 << 23, (x.numel(),), generator=self._gen(x.device), device=x.device,
-                             dtype=torch.int32)
+        draw = torch.randint(
+            0, 1 << 23, (x.numel(),), generator=self._gen(x.device), device=x.device, dtype=torch.int32
+        )
         up = draw < (bits & 0x7FFFFF)  # probability mantissa / 2^23
         down = bits & -(1 << 23)  # sign and exponent bits alone: +-2^floor(log2|x|), or 0
         up &= (down & 0x7F800000) < (254 << 23)  # exponent 254 cannot go up (255 codes inf)
@@ -246,8 +247,9 @@ def make_compressor(cfg: CompressionConfig, layout: Layout, seed: int) -> Compre
     if cfg.compressor == "identity":
         return Identity(d, cfg.values)
     if cfg.compressor == "topk":
-        return TopK(segments(cfg, layout), d, cfg.values, cfg.indices, cfg.selection == "exact",
-                    cfg.sample_fraction, seed)
+        return TopK(
+            segments(cfg, layout), d, cfg.values, cfg.indices, cfg.selection == "exact", cfg.sample_fraction, seed
+        )
     if cfg.compressor == "randk":
         return RandK(segments(cfg, layout), d, cfg.values, cfg.indices, cfg.scaled, seed)
     if cfg.compressor == "natural":

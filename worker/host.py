@@ -55,8 +55,12 @@ class RankHost:
         for rank in ranks:
             task = Task(cfg, device=cfg.worker.device, data=data)
             data = task.data  # one copy of the data set for every rank of this process
-            chan = Channel("dealer", chunk_bytes=cfg.server.chunk_bytes,
-                           max_message_bytes=cfg.server.max_message_bytes, send_timeout_s=cfg.server.send_timeout_s)
+            chan = Channel(
+                "dealer",
+                chunk_bytes=cfg.server.chunk_bytes,
+                max_message_bytes=cfg.server.max_message_bytes,
+                send_timeout_s=cfg.server.send_timeout_s,
+            )
             chan.connect(endpoint)
             self.channels.append(chan)
             self.loops.append(WorkerLoop(cfg, rank, chan, task=task, run_id=run_id, cancel=self.cancel_event))
@@ -66,8 +70,10 @@ class RankHost:
         self.cancel_event.set()
 
     def start(self) -> None:
-        self.threads = [threading.Thread(target=self._run_rank, args=(loop,), name=f"worker{loop.rank}",
-                                         daemon=True) for loop in self.loops]
+        self.threads = [
+            threading.Thread(target=self._run_rank, args=(loop,), name=f"worker{loop.rank}", daemon=True)
+            for loop in self.loops
+        ]
         for t in self.threads:
             t.start()
 
@@ -82,8 +88,11 @@ class RankHost:
                 self._deadline = time.monotonic() + CANCEL_GRACE_S
             if self._deadline is not None and time.monotonic() > self._deadline:
                 ended = {r.rank for r in self.results}
-                self.results += [RankResult(loop.rank, EXIT_CANCELLED, "did not leave in time", still_running=True)
-                                 for loop in self.loops if loop.rank not in ended]
+                self.results += [
+                    RankResult(loop.rank, EXIT_CANCELLED, "did not leave in time", still_running=True)
+                    for loop in self.loops
+                    if loop.rank not in ended
+                ]
                 break
             try:
                 result = self._done.get(timeout=0.2)  # short waits: signal handlers run in between

@@ -71,8 +71,17 @@ class WorkerStats:
 
 
 class WorkerLoop:
-    def __init__(self, cfg: ExperimentConfig, rank: int, channel: Channel, task: Task | None = None,
-                 run_id: str = "", clock=time.monotonic, sleep=time.sleep, cancel: threading.Event | None = None):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        rank: int,
+        channel: Channel,
+        task: Task | None = None,
+        run_id: str = "",
+        clock=time.monotonic,
+        sleep=time.sleep,
+        cancel: threading.Event | None = None,
+    ):
         self.cfg, self.rank, self.chan = cfg, rank, channel
         self.clock, self.sleep = clock, sleep
         self.run_id = run_id
@@ -104,10 +113,20 @@ class WorkerLoop:
             self._check_cancel()
             loss, samples = self._compute()
             kind, payload = self.uplink.prepare(self._push_source)
-            push = Push(rank=self.rank, seq=self.seq, base_version=self.version, kind=kind,
-                        encoding=payload.encoding, numel=payload.numel, loss=loss, samples=samples,
-                        meta=self._meta(payload, kind), values=payload.values, indices=payload.indices,
-                        signs=payload.signs)
+            push = Push(
+                rank=self.rank,
+                seq=self.seq,
+                base_version=self.version,
+                kind=kind,
+                encoding=payload.encoding,
+                numel=payload.numel,
+                loss=loss,
+                samples=samples,
+                meta=self._meta(payload, kind),
+                values=payload.values,
+                indices=payload.indices,
+                signs=payload.signs,
+            )
             reply = self._exchange(push)
             self.stats.pushes += 1
             if isinstance(reply, Stop):
@@ -178,9 +197,16 @@ class WorkerLoop:
         net = self.task.net
         if self.host_params is not net.params:
             self.host_params.copy_(net.params)
-        hello = Hello(rank=self.rank, pid=os.getpid(), host=socket.gethostname(), device=str(net.params.device),
-                      run_id=self.run_id, uplink=self.uplink.uplink, signature=net.layout.signature(),
-                      init=self.host_params)
+        hello = Hello(
+            rank=self.rank,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            device=str(net.params.device),
+            run_id=self.run_id,
+            uplink=self.uplink.uplink,
+            signature=net.layout.signature(),
+            init=self.host_params,
+        )
         try:
             reply = self._exchange(hello, timeout_s=self.cfg.server.connect_timeout_s)
         except TimeoutError:
@@ -199,8 +225,9 @@ class WorkerLoop:
             raise WorkerError("the server serves a different parameter layout than this worker's model")
         self.version, self.seq = reply.version, reply.next_seq
         self._load_params()
-        log.info("rank %d joined at version %d (%d parameters on %s)", self.rank, self.version, net.numel,
-                 net.params.device)
+        log.info(
+            "rank %d joined at version %d (%d parameters on %s)", self.rank, self.version, net.numel, net.params.device
+        )
         return True
 
     def _load_params(self) -> None:
@@ -239,7 +266,10 @@ class WorkerLoop:
         """Parameters go straight into the (host) parameter buffer: no allocation per reply."""
         if spec.name == "params":
             if spec.dtype != "float32" or spec.numel != self.host_params.numel():
-                raise ProtocolError("bad_shape", f"server sent {spec.numel} {spec.dtype} parameters, "
-                                                 f"the model has {self.host_params.numel()} float32")
+                raise ProtocolError(
+                    "bad_shape",
+                    f"server sent {spec.numel} {spec.dtype} parameters, "
+                    f"the model has {self.host_params.numel()} float32",
+                )
             return self.host_params
         return self._fallback(cls, spec)

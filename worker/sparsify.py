@@ -59,18 +59,17 @@ def topk_exact(mag: torch.Tensor, k: int, mask: torch.Tensor, gen: torch.Generat
             if int(keep.sum()) == k:  # no ties beyond the k-th: cand is sorted, so is cand[keep]
                 return cand[keep]
             above = cand[vals > t]
-            ties = cand[vals == t][:k - above.numel()]
+            ties = cand[vals == t][: k - above.numel()]
             return torch.cat([above, ties]).sort().values
     t = torch.topk(mag, k, sorted=False).values.min()
     torch.gt(mag, t, out=mask)
     above = _nonzero(mask)
     torch.eq(mag, t, out=mask)
-    ties = _nonzero(mask)[:k - above.numel()]  # at least one: t itself is among the k largest
+    ties = _nonzero(mask)[: k - above.numel()]  # at least one: t itself is among the k largest
     return torch.cat([above, ties]).sort().values
 
 
-def topk_sampled(mag: torch.Tensor, k: int, fraction: float, gen: torch.Generator,
-                 mask: torch.Tensor) -> torch.Tensor:
+def topk_sampled(mag: torch.Tensor, k: int, fraction: float, gen: torch.Generator, mask: torch.Tensor) -> torch.Tensor:
     """Approximate Top-K: a threshold estimated from a seeded random sample, then every |x| >= it.
 
     The threshold is the (1 - k/d) quantile of m = max(fraction * d, MIN_RANK * d / k) magnitudes drawn

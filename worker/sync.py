@@ -76,17 +76,33 @@ def torch_optimizer(params: torch.Tensor, o: OptimizerConfig) -> torch.optim.Opt
     if o.form != "torch":
         raise ValueError("sync mode runs the torch form only (the config check refuses optimizer.form paper)")
     if o.name in ("amsgrad", "adam"):
-        return torch.optim.Adam([params], lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
-                                amsgrad=o.name == "amsgrad", fused=True)
+        return torch.optim.Adam(
+            [params],
+            lr=o.lr,
+            betas=o.betas,
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            amsgrad=o.name == "amsgrad",
+            fused=True,
+        )
     if o.name == "sgd":
-        return torch.optim.SGD([params], lr=o.lr, momentum=o.momentum, dampening=o.dampening,
-                               weight_decay=o.weight_decay)
+        return torch.optim.SGD(
+            [params], lr=o.lr, momentum=o.momentum, dampening=o.dampening, weight_decay=o.weight_decay
+        )
     raise ValueError(f"unknown optimizer {o.name!r}")
 
 
 class SyncWorker:
-    def __init__(self, cfg: ExperimentConfig, rank: int, world: int, device: str | torch.device = "cpu",
-                 run_dir: Path | None = None, clock=time.monotonic, sleep=time.sleep):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        rank: int,
+        world: int,
+        device: str | torch.device = "cpu",
+        run_dir: Path | None = None,
+        clock=time.monotonic,
+        sleep=time.sleep,
+    ):
         if world != cfg.workers:
             raise ConfigError("workers", f"is {cfg.workers}, but the process group has {world} ranks")
         self.cfg, self.rank, self.world = cfg, rank, world
@@ -166,8 +182,13 @@ class SyncWorker:
 
     def time_split(self) -> dict:
         s = self.stats
-        return {"compute_s": s.compute_s, "simulated_s": s.simulated_s, "communicate_s": s.wait_s,
-                "apply_s": s.apply_s, "record_s": self.record_s}
+        return {
+            "compute_s": s.compute_s,
+            "simulated_s": s.simulated_s,
+            "communicate_s": s.wait_s,
+            "apply_s": s.apply_s,
+            "record_s": self.record_s,
+        }
 
     # -- the group's first and last collectives ------------------------------------------------------
     def _hello(self) -> list[dict]:
@@ -178,8 +199,13 @@ class SyncWorker:
         out = []
         for row in rows:
             pid, host, dev = HELLO.unpack(row.numpy().tobytes())
-            out.append({"pid": pid, "host": host.rstrip(b"\0").decode(errors="replace"),
-                        "device": dev.rstrip(b"\0").decode(errors="replace")})
+            out.append(
+                {
+                    "pid": pid,
+                    "host": host.rstrip(b"\0").decode(errors="replace"),
+                    "device": dev.rstrip(b"\0").decode(errors="replace"),
+                }
+            )
         return out
 
     def _ranks_agree(self) -> bool:
@@ -201,12 +227,18 @@ def rank_device(cfg: ExperimentConfig, local_rank: int, world: int) -> torch.dev
         raise ConfigError("worker.device", f"is {d}, but no CUDA device is visible")
     if d == "cuda":  # nccl needs one GPU per rank: rank i on this host takes cuda:LOCAL_RANK
         if local_rank >= torch.cuda.device_count():
-            raise ConfigError("worker.device", f"local rank {local_rank} needs cuda:{local_rank}, this host has "
-                                               f"{torch.cuda.device_count()} GPU(s) (nccl needs one GPU per rank)")
+            raise ConfigError(
+                "worker.device",
+                f"local rank {local_rank} needs cuda:{local_rank}, this host has "
+                f"{torch.cuda.device_count()} GPU(s) (nccl needs one GPU per rank)",
+            )
         return torch.device("cuda", local_rank)
     if world > 1:
-        raise ConfigError("worker.device", f"{d} would put every rank on one GPU (nccl needs one GPU per rank); "
-                                           "use cuda: rank i takes cuda:LOCAL_RANK")
+        raise ConfigError(
+            "worker.device",
+            f"{d} would put every rank on one GPU (nccl needs one GPU per rank); "
+            "use cuda: rank i takes cuda:LOCAL_RANK",
+        )
     return torch.device(d)
 
 
@@ -260,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", type=Path, help="rank 0 writes the run's records here; every rank its worker json")
     args = ap.parse_args(argv)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format=f"%(asctime)s sync{rank} %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stdout, format=f"%(asctime)s sync{rank} %(levelname)s %(message)s"
+    )
     try:
         if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
             raise ConfigError("MASTER_ADDR", "and MASTER_PORT must be set (the launcher or torchrun sets them)")
@@ -277,8 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         join_group(rank, world, device, cfg)
     except (RuntimeError, OSError) as err:
-        print(f"error: rank {rank}: could not form the process group at {os.environ['MASTER_ADDR']}:"
-              f"{os.environ['MASTER_PORT']}: {err}", file=sys.stderr, flush=True)
+        print(
+            f"error: rank {rank}: could not form the process group at {os.environ['MASTER_ADDR']}:"
+            f"{os.environ['MASTER_PORT']}: {err}",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
     signal.signal(signal.SIGTERM, lambda *_: setattr(worker, "stop_request", "terminated"))
     signal.signal(signal.SIGINT, lambda *_: setattr(worker, "stop_request", "interrupted"))
@@ -291,8 +328,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         dist.destroy_process_group()
-    log.info("stopped (%s) after %d steps: compute %.2fs, simulated %.2fs, collectives %.2fs, apply %.2fs",
-             stats.stop_reason, stats.pushes, stats.compute_s, stats.simulated_s, stats.wait_s, stats.apply_s)
+    log.info(
+        "stopped (%s) after %d steps: compute %.2fs, simulated %.2fs, collectives %.2fs, apply %.2fs",
+        stats.stop_reason,
+        stats.pushes,
+        stats.compute_s,
+        stats.simulated_s,
+        stats.wait_s,
+        stats.apply_s,
+    )
     if args.run_dir:
         (args.run_dir / f"worker-{rank}.json").write_text(json.dumps(asdict(stats), indent=1))
     return exit_code(stats.stop_reason, worker.stop_request)

@@ -69,25 +69,39 @@ class SyncRecorder:
             (t0, s0), (t1, s1) = self._recent_steps[0], self._recent_steps[-1]
             window["updates_per_s"] = (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
         return {
-            "wall_s": self.wall_s, "version": self.steps, "updates": self.steps,
-            "pushes_received": c.pushes_received, "pushes_rejected": 0, "messages_rejected": 0,
-            "workers_joined": self.world, "workers": self.world, "started": True, "pushes_refused": 0,
-            "staleness_max": 0, "stopping": self.stopping, **window,
+            "wall_s": self.wall_s,
+            "version": self.steps,
+            "updates": self.steps,
+            "pushes_received": c.pushes_received,
+            "pushes_rejected": 0,
+            "messages_rejected": 0,
+            "workers_joined": self.world,
+            "workers": self.world,
+            "started": True,
+            "pushes_refused": 0,
+            "staleness_max": 0,
+            "stopping": self.stopping,
+            **window,
         }
 
     def _snapshot_meta(self) -> dict:
         return {"version": self.steps, "wall_s": self.wall_s, "train_loss_pushed": self.counters.window()["loss"]}
 
-    def finish(self, params: torch.Tensor, stop_reason: str, ranks: list[dict], time_split: dict,
-               ranks_agree: bool) -> dict:
+    def finish(
+        self, params: torch.Tensor, stop_reason: str, ranks: list[dict], time_split: dict, ranks_agree: bool
+    ) -> dict:
         """Final snapshot, status.json and server_summary.json (the async server's keys); returns the summary."""
         self.stopping = stop_reason
         self.log.close()
         c = self.counters
         summary = {
-            "updates": self.steps, "stop_reason": stop_reason, "wall_s": self.wall_s, "num_params": self.numel,
+            "updates": self.steps,
+            "stop_reason": stop_reason,
+            "wall_s": self.wall_s,
+            "num_params": self.numel,
             **c.summary(),
-            "method": self.cfg.compression.method, "compressor": self.cfg.compression.compressor,
+            "method": self.cfg.compression.method,
+            "compressor": self.cfg.compression.compressor,
             "compression_ratio": c.pushes_received * 4 * self.numel / c.uplink_bytes if c.uplink_bytes else None,
             "uplink_bits_per_worker": 8 * c.uplink_bytes / self.world,
             "ef_drift_max": 0.0,  # every rank holds the one g; nothing mirrors it, so nothing can drift

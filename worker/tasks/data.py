@@ -20,8 +20,10 @@ from worker.tasks.files import check_mnist_pair, read_libsvm, read_libsvm_rows, 
 
 DATASET_NAMES = ("digits", "synthetic", "mnist", "libsvm")
 SPLIT_SEED = 20240607  # fixed: the digits (and libsvm without a test file) train/test split never changes
-MNIST_SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+MNIST_SPLITS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the customary normalization of MNIST pixels in [0, 1]
 CHECK_LINES = 100  # pre-launch check of a LIBSVM file parses this many samples, not the whole file
 
@@ -40,8 +42,14 @@ class Dataset:
         return int(np.prod(self.input_shape))
 
     def to(self, device: torch.device) -> Dataset:
-        return Dataset(self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
-                       self.y_test.to(device), self.num_classes, self.input_shape)
+        return Dataset(
+            self.x_train.to(device),
+            self.y_train.to(device),
+            self.x_test.to(device),
+            self.y_test.to(device),
+            self.num_classes,
+            self.input_shape,
+        )
 
 
 def load_dataset(cfg: TaskConfig) -> Dataset:
@@ -127,9 +135,14 @@ def _mnist(folder: Path, image: bool) -> Dataset:
         raise ValueError(f"{folder}: training images are {train_x.shape[1:]}, test images {test_x.shape[1:]}")
     rows, cols = train_x.shape[1:]
     shape: tuple[int, ...] = (1, rows, cols) if image else (rows * cols,)
-    return Dataset(_pixels(train_x, shape), torch.from_numpy(train_y.astype(np.int64)),
-                   _pixels(test_x, shape), torch.from_numpy(test_y.astype(np.int64)), num_classes=10,
-                   input_shape=shape)
+    return Dataset(
+        _pixels(train_x, shape),
+        torch.from_numpy(train_y.astype(np.int64)),
+        _pixels(test_x, shape),
+        torch.from_numpy(test_y.astype(np.int64)),
+        num_classes=10,
+        input_shape=shape,
+    )
 
 
 def _pixels(images: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:

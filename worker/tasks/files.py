@@ -43,12 +43,16 @@ def idx_header(path: Path, data: bytes, magic: int) -> tuple[int, ...]:
     if data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path}: bad magic 0x{found:08x}: not an IDX file (expected 0x{magic:08x})")
     if data[2] != IDX_UBYTE:
-        raise ValueError(f"{path}: IDX data type code 0x{data[2]:02x} is not supported "
-                         f"(MNIST files hold unsigned bytes, 0x{IDX_UBYTE:02x})")
+        raise ValueError(
+            f"{path}: IDX data type code 0x{data[2]:02x} is not supported "
+            f"(MNIST files hold unsigned bytes, 0x{IDX_UBYTE:02x})"
+        )
     if data[3] != want_ndim:
         kind = "images" if want_ndim == 3 else "labels"
-        raise ValueError(f"{path}: bad magic 0x{found:08x}: {data[3]} dimensions, but an MNIST {kind} file "
-                         f"has {want_ndim} (magic 0x{magic:08x})")
+        raise ValueError(
+            f"{path}: bad magic 0x{found:08x}: {data[3]} dimensions, but an MNIST {kind} file "
+            f"has {want_ndim} (magic 0x{magic:08x})"
+        )
     return tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(want_ndim))
 
 
@@ -61,8 +65,10 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
     expected = math.prod(dims)
     if len(data) - start != expected:
         shape = " x ".join(map(str, dims))
-        raise ValueError(f"{path}: header says {shape} = {expected} bytes of data, the file holds "
-                         f"{len(data) - start} (truncated or not this file)")
+        raise ValueError(
+            f"{path}: header says {shape} = {expected} bytes of data, the file holds "
+            f"{len(data) - start} (truncated or not this file)"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=start).reshape(dims)
 
 
@@ -187,18 +193,23 @@ def read_libsvm(path: str | Path, features: int = 0, test_path: str | Path | Non
 
 def _dense(rows: SparseRows, n_features: int, class_of: dict[float, int], train_path: Path | None = None):
     if len(rows.labels) * n_features > MAX_DENSE_FLOATS:
-        raise ValueError(f"{rows.path}: {len(rows.labels)} samples x {n_features} features is too large "
-                         f"to hold densely (limit {MAX_DENSE_FLOATS} floats)")
+        raise ValueError(
+            f"{rows.path}: {len(rows.labels)} samples x {n_features} features is too large "
+            f"to hold densely (limit {MAX_DENSE_FLOATS} floats)"
+        )
     x = np.zeros((len(rows.labels), n_features), dtype=np.float32)
     y = np.empty(len(rows.labels), dtype=np.int64)
     for i, (label, idx, vals) in enumerate(zip(rows.labels, rows.indices, rows.values)):
         if label not in class_of:
             known = ", ".join(f"{c:g}" for c in class_of)
-            raise ValueError(f"{rows.path}:{rows.lines[i]}: label {label:g} does not occur in the training "
-                             f"file {train_path} (labels: {known})")
+            raise ValueError(
+                f"{rows.path}:{rows.lines[i]}: label {label:g} does not occur in the training "
+                f"file {train_path} (labels: {known})"
+            )
         if idx and idx[-1] > n_features:
-            raise ValueError(f"{rows.path}:{rows.lines[i]}: feature index {idx[-1]} exceeds the number of "
-                             f"features ({n_features})")
+            raise ValueError(
+                f"{rows.path}:{rows.lines[i]}: feature index {idx[-1]} exceeds the number of features ({n_features})"
+            )
         x[i, np.asarray(idx, dtype=np.int64) - 1] = vals
         y[i] = class_of[label]
     return x, y
