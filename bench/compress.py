@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from protocol.config import CompressionConfig
-from protocol.encoding import decode_into
-from protocol.layout import Layout
+from protocol.config.schema import CompressionConfig
+from protocol.wire.encoding import decode_into
+from protocol.wire.layout import Layout
 from worker import sparsify
 from worker.compressors import make_compressor
 
@@ -205,7 +205,7 @@ def _write(args, copy_ms: float, sel: list[dict], rows: list[dict]) -> None:
     lines += [
         "",
         "Sparse payloads use `indices: auto` (delta16 here: gaps are ~100). decode = "
-        "protocol.encoding.decode_into into a preallocated float32 buffer (the server side).",
+        "protocol.wire.encoding.decode_into into a preallocated float32 buffer (the server side).",
     ]
     (args.out / "compress.md").write_text("\n".join(lines) + "\n")
 

@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from protocol.config import CompressionConfig, OptimizerConfig
-from protocol.encoding import encode_dense
-from protocol.layout import Layout
-from protocol.messages import Push
+from protocol.config.schema import CompressionConfig, OptimizerConfig
+from protocol.wire.encoding import encode_dense
+from protocol.wire.layout import Layout
+from protocol.wire.messages import Push
 from ps.aggregate import make_aggregator
 from ps.optim import make_optimizer
 from worker.compressors import make_compressor

@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from protocol.channel import Channel
-from protocol.config import CompressionConfig
-from protocol.layout import Layout
-from protocol.messages import Hello, Push, Reply, Stop, Welcome
+from protocol.config.schema import CompressionConfig
+from protocol.wire.channel import Channel
+from protocol.wire.layout import Layout
+from protocol.wire.messages import Hello, Push, Reply, Stop, Welcome
 from worker.compressors import make_compressor
 from worker.ef import make_uplink
 

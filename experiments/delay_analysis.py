@@ -11,7 +11,7 @@ from scipy.stats import chi2
 from experiments.common import Point, mean_std, pm, table
 from experiments.delay_notes import observations
 from experiments.delay_plots import figures
-from launch.config import load_experiment
+from protocol.config.loader import load_experiment
 from worker.tasks.data import load_dataset
 
 EARLY = (0.05, 0.1, 0.2, 0.4)  # early checkpoints, as fractions of the run's updates

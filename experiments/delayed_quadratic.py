@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from launch.inproc import FakeWorker, join_all, make_config, running_server
-from protocol.layout import Layout
+from protocol.wire.layout import Layout
 
 ONE = Layout.from_shapes([("x", (1,))])
 BLOWUP = 1e6  # |x| beyond this is divergence; stop the trajectory there

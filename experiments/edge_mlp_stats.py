@@ -9,7 +9,7 @@ from functools import cached_property
 
 from experiments.common import Point, rolling
 from experiments.edge_mlp import MlpRuns
-from launch.config import load_experiment
+from protocol.config.loader import load_experiment
 from worker.tasks.data import load_dataset
 
 CHANCE = 0.9  # a final training loss above 0.9 ln(classes) has learnt next to nothing (uniform guess: ln(classes))

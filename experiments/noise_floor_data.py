@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from experiments.common import Point
-from launch.config import load_experiment
+from protocol.config.loader import load_experiment
 
 NOT_SHRINKING = 2.0  # "does not shrink with n": the n_max plateau is at least 1/2 of the n = 1 plateau
 SHRINKING = 2.0  # "shrinks as n grows": every step up in n lowers the plateau by at least 2x

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from launch.config import load_experiment
-from protocol.snapshot import read_snapshot
+from protocol.config.loader import load_experiment
+from protocol.runfolder.snapshot import read_snapshot
 from worker.tasks import Task
 
 

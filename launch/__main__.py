@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from launch.config import load_experiment, resolved_yaml
 from launch.run import RunFailed, run_experiment
 from launch.rundir import make_run_dir
 from launch.sweep_run import sweep_command
+from protocol.config.loader import load_experiment, resolved_yaml
 from protocol.errors import ConfigError
 from worker.tasks.data import check_data
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from protocol.config import ExperimentConfig, load
-from protocol.snapshot import read_snapshot
+from protocol.config.loader import load_experiment
+from protocol.config.schema import ExperimentConfig
+from protocol.runfolder.snapshot import read_snapshot
 from worker.tasks import Task
 
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    Evaluator(load(args.config), args.run_dir).run()
+    Evaluator(load_experiment(args.config), args.run_dir).run()
     return 0
 
 

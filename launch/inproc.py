@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from protocol.channel import Channel
-from protocol.config import ExperimentConfig
-from protocol.layout import Layout
-from protocol.messages import Hello, Message, Push
-from protocol.schema import build
+from protocol.config.schema import ExperimentConfig
+from protocol.config.typed import build
+from protocol.wire.channel import Channel
+from protocol.wire.layout import Layout
+from protocol.wire.messages import Hello, Message, Push
 from ps.server import ParameterServer
 
 TIMEOUT_S = 10.0

@@ -5,7 +5,7 @@ Run (both modes): start the processes; watch them (progress line, psutil samples
 AsyncRun: server -> wait until it has bound (server.json) -> evaluator and the worker processes (one per rank,
     or worker.per_process ranks on threads each: logs/workers0-32.log). The server stops
     at max_updates / max_seconds and tells the workers to stop; training is over when it exits 0.
-SyncRun: evaluator and N ranks of `python -m worker.sync` (RANK, WORLD_SIZE, MASTER_ADDR=127.0.0.1 and a
+SyncRun: evaluator and N ranks of `python -m sync` (RANK, WORLD_SIZE, MASTER_ADDR=127.0.0.1 and a
     free MASTER_PORT in their environment). Rank 0 decides the end and every rank learns it in the same
     collective; training is over when every rank has exited 0.
 """
@@ -23,7 +23,7 @@ from launch.progress import Progress
 from launch.rundir import read_json, read_metrics
 from launch.summary import build_summary
 from launch.supervisor import Child, Supervisor
-from protocol.config import ExperimentConfig
+from protocol.config.schema import ExperimentConfig
 
 TICK_S = 0.2
 START_TIMEOUT_S = 60.0  # server import + bind
@@ -202,7 +202,7 @@ class SyncRun(Run):
         for rank in range(self.cfg.workers):
             self.sup.start(
                 f"worker{rank}",
-                "worker.sync",
+                "sync",
                 ["--config", str(self.config_path), "--run-dir", str(self.run_dir)],
                 env={**group, "RANK": str(rank), "LOCAL_RANK": str(rank)},
             )

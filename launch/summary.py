@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from launch.rundir import read_json, read_metrics
-from protocol.config import ExperimentConfig
+from protocol.config.schema import ExperimentConfig
 
 ACC_TARGETS = (0.9, 0.95, 0.97)
 

@@ -15,10 +15,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from launch.config import set_path
-from protocol.config import ExperimentConfig
+from protocol.config.loader import set_path
+from protocol.config.schema import ExperimentConfig
+from protocol.config.typed import build, to_dict
 from protocol.errors import ConfigError
-from protocol.schema import build, to_dict
 from worker.tasks.data import check_data
 
 SEED_KEY = "seed"

@@ -15,13 +15,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from launch.config import resolved_yaml
 from launch.report import write_report
 from launch.run import RunFailed, run_experiment
 from launch.rundir import make_run_dir
 from launch.sweep import SweepPoint, combo_folder, expand_sweep
 from launch.sweep_tables import PointResult, group_results, write_tables
-from protocol.config import ExperimentConfig
+from protocol.config.loader import resolved_yaml
+from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
 
 SMALL_SWEEP = 8  # up to this many points share one set of plots; more get one set per group

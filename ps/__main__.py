@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from protocol.channel import Channel
-from protocol.config import load
+from protocol.config.loader import load_experiment
 from protocol.errors import ConfigError
+from protocol.wire.channel import Channel
 from ps.server import ParameterServer
 
 log = logging.getLogger("ps")
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s ps %(levelname)s %(message)s", stream=sys.stdout)
     try:
-        cfg = load(args.config)
+        cfg = load_experiment(args.config)
     except (ConfigError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-from protocol.encoding import Payload, decode_into, decode_sparse
 from protocol.errors import ProtocolError
-from protocol.messages import Push
+from protocol.wire.encoding import Payload, decode_into, decode_sparse
+from protocol.wire.messages import Push
 
 
 def payload_of(push: Push) -> Payload:

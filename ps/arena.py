@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import torch
 
-from protocol import wire
 from protocol.errors import ProtocolError
-from protocol.messages import Message, Push
+from protocol.wire import codec
+from protocol.wire.messages import Message, Push
 
 
 class RecvArena:
     def __init__(self, numel: int, fallback_bytes: int):
         cap = max(4 * numel, 64)
-        self._arenas = {name: torch.empty(cap, dtype=torch.uint8) for name in wire.tensor_fields(Push)}
-        self._fallback = wire.fresh_allocator(fallback_bytes)
+        self._arenas = {name: torch.empty(cap, dtype=torch.uint8) for name in codec.tensor_fields(Push)}
+        self._fallback = codec.fresh_allocator(fallback_bytes)
         self._hello_init = torch.empty(cap, dtype=torch.uint8)
 
-    def __call__(self, cls: type[Message], spec: wire.TensorSpec) -> torch.Tensor:
+    def __call__(self, cls: type[Message], spec: codec.TensorSpec) -> torch.Tensor:
         if cls is Push:
             return self._view(self._arenas[spec.name], spec)
         if cls.TYPE == "hello" and spec.name == "init":
@@ -28,7 +28,7 @@ class RecvArena:
         return self._fallback(cls, spec)
 
     @staticmethod
-    def _view(arena: torch.Tensor, spec: wire.TensorSpec) -> torch.Tensor:
+    def _view(arena: torch.Tensor, spec: codec.TensorSpec) -> torch.Tensor:
         if spec.nbytes > arena.numel():
             raise ProtocolError("oversized", f"tensor '{spec.name}' of {spec.nbytes} bytes exceeds {arena.numel()}")
-        return arena[: spec.nbytes].view(wire.DTYPES[spec.dtype])
+        return arena[: spec.nbytes].view(codec.DTYPES[spec.dtype])

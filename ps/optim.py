@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from protocol.config import OptimizerConfig
+from protocol.config.schema import OptimizerConfig
 
 TINY = torch.finfo(torch.float32).tiny
 

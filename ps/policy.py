@@ -15,7 +15,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from protocol.config import StalenessConfig
+from protocol.config.schema import StalenessConfig
 
 
 @dataclass(frozen=True)

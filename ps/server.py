@@ -18,16 +18,16 @@ from pathlib import Path
 
 import torch
 
-from protocol.buffers import SendPool
-from protocol.channel import Channel, ReceiveError
-from protocol.config import ExperimentConfig
-from protocol.encoding import require_finite
+from protocol.config.schema import ExperimentConfig
 from protocol.errors import ProtocolError
-from protocol.layout import Layout
-from protocol.messages import Heartbeat, Hello, Message, Pull, Push, Reject, Reply, Stop, Welcome
-from protocol.records import Counters, PushRecord, UpdateLog, write_json_atomic
-from protocol.snapshot import Snapshotter
-from protocol.wire import fresh_allocator
+from protocol.runfolder.records import Counters, PushRecord, UpdateLog, write_json_atomic
+from protocol.runfolder.snapshot import Snapshotter
+from protocol.wire.buffers import SendPool
+from protocol.wire.channel import Channel, ReceiveError
+from protocol.wire.codec import fresh_allocator
+from protocol.wire.encoding import require_finite
+from protocol.wire.layout import Layout
+from protocol.wire.messages import Heartbeat, Hello, Message, Pull, Push, Reject, Reply, Stop, Welcome
 from ps.aggregate import make_aggregator
 from ps.arena import RecvArena
 from ps.gate import ReplyGate

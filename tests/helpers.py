@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from launch.inproc import TIMEOUT_S, FakeWorker, join_all, make_config, running_server
-from protocol import wire
-from protocol.messages import Push
+from protocol.wire import codec
+from protocol.wire.messages import Push
 
 __all__ = ["TIMEOUT_S", "FakeWorker", "join_all", "make_config", "push_frames", "running_server"]
 
@@ -25,4 +25,4 @@ def push_frames(rank: int, seq: int, base_version: int, values: torch.Tensor, **
     )
     for k, v in fields.items():
         setattr(msg, k, v)
-    return [bytes(f) for f in wire.encode(msg)]
+    return [bytes(f) for f in codec.encode(msg)]

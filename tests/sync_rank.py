@@ -2,8 +2,8 @@
 
     RANK=i WORLD_SIZE=N MASTER_ADDR=127.0.0.1 MASTER_PORT=P python tests/sync_rank.py CONFIG OUT_DIR
 
-Forms the group as `python -m worker.sync` does (worker.sync.join_group), runs the SyncWorker (rank 0
-records into OUT_DIR/run), and writes OUT_DIR/rank<i>.snap (protocol/snapshot.py, no pickle).
+Forms the group as `python -m sync` does (sync.loop.join_group), runs the SyncWorker (rank 0
+records into OUT_DIR/run), and writes OUT_DIR/rank<i>.snap (protocol/runfolder/snapshot.py, no pickle).
 """
 
 import os
@@ -15,16 +15,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from protocol.config import load  # noqa: E402
-from protocol.snapshot import write_snapshot  # noqa: E402
-from worker.sync import SyncWorker, join_group  # noqa: E402
+from protocol.config.loader import load_experiment  # noqa: E402
+from protocol.runfolder.snapshot import write_snapshot  # noqa: E402
+from sync.loop import SyncWorker, join_group  # noqa: E402
 
 
 def main() -> int:
     config, out = sys.argv[1], Path(sys.argv[2])
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     torch.set_num_threads(1)
-    cfg = load(config)
+    cfg = load_experiment(config)
     (out / "run").mkdir(parents=True, exist_ok=True)
     worker = SyncWorker(cfg, rank, world, "cpu", run_dir=out / "run" if rank == 0 else None)
     join_group(rank, world, torch.device("cpu"), cfg)

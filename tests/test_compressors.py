@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 
-from protocol.config import COMPRESSORS, CompressionConfig
-from protocol.encoding import VALUE_DTYPES, decode_into, decode_sparse
-from protocol.layout import Layout
+from protocol.config.schema import COMPRESSORS, CompressionConfig
+from protocol.wire.encoding import VALUE_DTYPES, decode_into, decode_sparse
+from protocol.wire.layout import Layout
 from worker import sparsify
 from worker.compressors import COMPRESSOR_NAMES, make_compressor
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from launch.config import apply_overrides, load_experiment, read_yaml, resolved_yaml
-from protocol.config import ExperimentConfig
+from protocol.config.loader import apply_overrides, load_experiment, read_yaml, resolved_yaml
+from protocol.config.schema import ExperimentConfig
+from protocol.config.typed import build
 from protocol.errors import ConfigError
-from protocol.schema import build
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from protocol.config import CompressionConfig, OptimizerConfig
-from protocol.layout import Layout
-from protocol.messages import Push
+from protocol.config.schema import CompressionConfig, OptimizerConfig
+from protocol.wire.layout import Layout
+from protocol.wire.messages import Push
 from ps.aggregate import make_aggregator
 from ps.optim import make_optimizer
 from worker.compressors import make_compressor
@@ -221,8 +221,8 @@ def test_ef14_keeps_a_refused_push_in_its_residual():
 
 
 def test_direct_decode_scratch_rezeroes_only_what_the_last_sparse_push_wrote():
-    from protocol.encoding import decode_into, encode_dense, encode_qsgd, encode_sparse
     from protocol.errors import ProtocolError
+    from protocol.wire.encoding import decode_into, encode_dense, encode_qsgd, encode_sparse
     from ps.aggregate import DecodeScratch
 
     d = 1000

@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from protocol.channel import Channel
+from protocol.wire.channel import Channel
 from ps.aggregate import EF21Aggregator
 from tests.helpers import make_config, running_server
 from worker.loop import WorkerLoop

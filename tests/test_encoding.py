@@ -1,12 +1,13 @@
-"""protocol/encoding.py: every payload round-trips, and malformed ones are refused with nothing written."""
+"""protocol/wire/encoding.py: every payload round-trips, and malformed ones are refused with nothing written."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from protocol.config import CompressionConfig
-from protocol.encoding import (
+from protocol.config.schema import CompressionConfig
+from protocol.errors import ProtocolError
+from protocol.wire.encoding import (
     INDEX_CODINGS,
     VALUE_DTYPES,
     Payload,
@@ -20,8 +21,7 @@ from protocol.encoding import (
     pack_bits,
     unpack_bits,
 )
-from protocol.errors import ProtocolError
-from protocol.layout import Layout
+from protocol.wire.layout import Layout
 from worker.compressors import make_compressor
 
 SENTINEL = -7.0  # what `out` holds before a decode; a refused payload must leave it there

@@ -5,8 +5,8 @@ import csv
 import pytest
 import torch
 
-from protocol.channel import Channel
-from protocol.snapshot import read_snapshot
+from protocol.runfolder.snapshot import read_snapshot
+from protocol.wire.channel import Channel
 from tests.helpers import make_config, running_server
 from worker.loop import WorkerLoop
 from worker.tasks import Task

@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from launch.config import load_experiment
-from protocol.snapshot import read_snapshot
+from protocol.config.loader import load_experiment
+from protocol.runfolder.snapshot import read_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_FILES = [

@@ -10,8 +10,9 @@ ALLOWED = {
     "protocol": {"protocol"},
     "ps": {"protocol", "ps"},
     "worker": {"protocol", "worker"},
-    "launch": {"protocol", "ps", "worker", "launch"},
-    "experiments": {"protocol", "ps", "worker", "launch", "experiments"},  # never tests/: it ships as a package
+    "sync": {"protocol", "ps", "worker", "sync"},  # the sync role reuses the server's arithmetic
+    "launch": {"protocol", "ps", "worker", "sync", "launch"},
+    "experiments": {"protocol", "ps", "worker", "sync", "launch", "experiments"},  # never tests/: it ships as a package
 }
 PROJECT = set(ALLOWED) | {"bench", "tests"}
 PURE = ["ps/optim.py", "ps/policy.py", "ps/aggregate.py", "worker/ef.py", "worker/compressors.py", "worker/sparsify.py"]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from protocol.config import OptimizerConfig
+from protocol.config.schema import OptimizerConfig
 from ps.optim import PaperAMSGrad, make_optimizer
 
 

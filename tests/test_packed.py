@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from protocol import wire
-from protocol.encoding import encode_sparse
 from protocol.errors import ProtocolError
-from protocol.messages import Push, Stop
-from protocol.packed import pack, unpack
+from protocol.wire import codec
+from protocol.wire.encoding import encode_sparse
+from protocol.wire.messages import Push, Stop
+from protocol.wire.packed import pack, unpack
 
 
 def _push(**tensors):
@@ -29,7 +29,7 @@ def test_a_push_round_trips_with_the_size_it_has_on_the_wire():
     p = encode_sparse(torch.tensor([3, 70, 999]), torch.tensor([1.5, -2.0, 0.25]), 1000, "bfloat16", "delta16")
     msg = _push(values=p.values, indices=p.indices)
     buf, header_len = pack(msg)
-    frames = wire.encode(msg)
+    frames = codec.encode(msg)
     assert buf.dtype == torch.uint8 and buf.numel() == sum(len(f) for f in frames)
     assert header_len == len(frames[0])
     got = unpack(buf.clone(), header_len)

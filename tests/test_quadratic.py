@@ -7,8 +7,8 @@ import torch
 
 from launch.evaluate import Evaluator
 from launch.summary import build_summary
-from protocol.config import load
-from protocol.snapshot import write_snapshot
+from protocol.config.loader import load_experiment
+from protocol.runfolder.snapshot import write_snapshot
 from tests.helpers import make_config
 from worker.tasks import Task
 
@@ -139,6 +139,6 @@ def test_the_evaluator_writes_grad_norm_sq_and_the_summary_keeps_the_final_one(t
 def test_shipped_noise_floor_config_is_the_quadratic_at_its_optimum():
     from pathlib import Path
 
-    cfg = load(str(Path(__file__).resolve().parent.parent / "configs" / "quadratic_noise_floor.yaml"))
+    cfg = load_experiment(str(Path(__file__).resolve().parent.parent / "configs" / "quadratic_noise_floor.yaml"))
     task = Task(cfg)
     assert task.quadratic is not None and torch.equal(task.net.params, task.quadratic.x_star)

@@ -5,9 +5,9 @@ import threading
 import pytest
 import torch
 
-from protocol import wire
-from protocol.layout import Layout
-from protocol.messages import Pull, Push
+from protocol.wire import codec
+from protocol.wire.layout import Layout
+from protocol.wire.messages import Pull, Push
 from tests.helpers import FakeWorker, join_all, make_config, push_frames, running_server
 
 LAYOUT = Layout.from_shapes([("w", (4, 5)), ("b", (5,))])
@@ -220,7 +220,7 @@ def test_reply_carries_bytes_accounting(tmp_path):
         w.push(torch.ones(N))
         push_bytes = sum(
             len(f)
-            for f in wire.encode(
+            for f in codec.encode(
                 Push(
                     rank=0,
                     seq=0,

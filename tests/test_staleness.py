@@ -7,8 +7,8 @@ import threading
 import pytest
 import torch
 
-from protocol.config import StalenessConfig
-from protocol.layout import Layout
+from protocol.config.schema import StalenessConfig
+from protocol.wire.layout import Layout
 from ps.gate import ReplyGate
 from ps.policy import StalenessPolicy, lr_scale, stable_lr_threshold
 from tests.helpers import FakeWorker, join_all, make_config, running_server

@@ -1,4 +1,4 @@
-"""The synchronous baseline (worker/sync.py): the same training as async with one worker, the same as one
+"""The synchronous baseline (sync/loop.py): the same training as async with one worker, the same as one
 process averaging every rank's gradient (dense) or running the server's EF21 arithmetic (compressed),
 and ranks that never diverge. Multi-process runs bind to 127.0.0.1 on free ports and are bounded."""
 
@@ -15,16 +15,16 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from launch.config import resolved_yaml
+from protocol.config.loader import resolved_yaml
 from protocol.errors import ConfigError
-from protocol.messages import Push
-from protocol.snapshot import read_snapshot
+from protocol.runfolder.snapshot import read_snapshot
+from protocol.wire.messages import Push
 from ps.aggregate import EF21Aggregator
 from ps.optim import make_optimizer
+from sync.loop import SyncWorker, exit_code, loopback_interface, rank_device
 from tests.helpers import make_config
 from tests.test_equivalence import _distributed
 from worker.loop import rank_uplink
-from worker.sync import SyncWorker, exit_code, loopback_interface, rank_device
 from worker.tasks import Task
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,8 +7,8 @@ import time
 import psutil
 import pytest
 
-from launch.config import load_experiment
-from protocol.snapshot import read_snapshot
+from protocol.config.loader import load_experiment
+from protocol.runfolder.snapshot import read_snapshot
 from tests.test_launch import RUN_FILES, SUMMARY_KEYS, _children, _rows, _start, _wait_for_updates, launch
 
 SYNC_FILES = [f for f in RUN_FILES if f != "logs/server.log"]
@@ -56,7 +56,7 @@ def test_a_killed_sync_rank_stops_everything_and_is_named(tmp_path):
     try:
         _wait_for_updates(run, proc)
         children = _children(proc)
-        victim = next(c for c in children if c.environ().get("RANK") == "1" and "worker.sync" in c.cmdline())
+        victim = next(c for c in children if c.environ().get("RANK") == "1" and "sync" in c.cmdline())
         t0 = time.monotonic()
         victim.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=60)

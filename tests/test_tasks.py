@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from protocol.config import DATASETS, MODELS
+from protocol.config.schema import DATASETS, MODELS
 from tests.helpers import make_config
 from worker.tasks import BatchSampler, Task
 from worker.tasks.data import DATASET_NAMES

@@ -6,11 +6,11 @@ import msgpack
 import pytest
 import torch
 
-from protocol import wire
-from protocol.buffers import SendPool
-from protocol.channel import Channel, ReceiveError
 from protocol.errors import ProtocolError
-from protocol.messages import MESSAGE_TYPES, Heartbeat, Hello, Pull, Push, Reject, Reply, Stop, Welcome
+from protocol.wire import codec
+from protocol.wire.buffers import SendPool
+from protocol.wire.channel import Channel, ReceiveError
+from protocol.wire.messages import MESSAGE_TYPES, Heartbeat, Hello, Pull, Push, Reject, Reply, Stop, Welcome
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_every_message_type_round_trips(pair):
         assert type(back) is type(msg)
 
 
-@pytest.mark.parametrize("dtype", list(wire.DTYPES.values()))
+@pytest.mark.parametrize("dtype", list(codec.DTYPES.values()))
 @pytest.mark.parametrize("numel", [0, 1, 1023, 5000])  # 5000 floats span several 4 KiB frames
 def test_every_dtype_round_trips_across_frames(pair, dtype, numel):
     router, dealer = pair
@@ -103,9 +103,9 @@ def test_every_dtype_round_trips_across_frames(pair, dtype, numel):
 
 
 def test_header_starts_with_protocol_name_and_version():
-    header = msgpack.unpackb(wire.encode(Pull(rank=1))[0])
+    header = msgpack.unpackb(codec.encode(Pull(rank=1))[0])
     assert list(header)[:2] == ["proto", "ver"]
-    assert header["proto"] == wire.PROTOCOL and header["ver"] == wire.VERSION
+    assert header["proto"] == codec.PROTOCOL and header["ver"] == codec.VERSION
 
 
 def test_receive_into_preallocated_buffer(pair):
@@ -123,7 +123,7 @@ def test_receive_into_preallocated_buffer(pair):
 def _bad_cases():
     good = [
         bytes(f)
-        for f in wire.encode(
+        for f in codec.encode(
             Push(
                 rank=0,
                 seq=0,
@@ -165,7 +165,7 @@ def _bad_cases():
         "negative shape": (with_header(tensors=[["values", "float32", [-8], 1]]), "bad_tensor"),
         "oversized": (with_header(tensors=[["values", "float32", [1 << 30], 1]]), "oversized"),
         "zero frames": (with_header(tensors=[["values", "float32", [8], 0]]), "bad_tensor"),
-        "huge header": ([b"\x00" * (wire.MAX_HEADER_BYTES + 10)], "oversized"),
+        "huge header": ([b"\x00" * (codec.MAX_HEADER_BYTES + 10)], "oversized"),
     }
 
 
@@ -188,7 +188,7 @@ def test_fuzzed_frames_never_crash_the_receiver(pair):
     rng = random.Random(0)
     good = [
         bytes(f)
-        for f in wire.encode(
+        for f in codec.encode(
             Push(
                 rank=0,
                 seq=0,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from protocol.config import load
+from protocol.config.loader import load_experiment
 from protocol.errors import ConfigError
 from worker.host import EXIT_CANCELLED, RankHost, RankResult, exit_code
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         ranks = [args.rank] if args.ranks is None else parse_ranks(args.ranks)
-        cfg = load(args.config)
+        cfg = load_experiment(args.config)
         bad = [r for r in ranks if not 0 <= r < cfg.workers]
         if bad:
             raise ConfigError(

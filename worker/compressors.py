@@ -1,8 +1,8 @@
 """Compressors C: flat float32 vector -> wire payload (RESEARCH 2a). Pure math: no sockets, clocks, logging.
 
 Every compressor takes a flat float32 tensor on the CPU or a GPU (selection and rounding run on its
-device) and returns a protocol.encoding.Payload of CPU tensors ready to send. The vector a payload
-stands for is protocol.encoding.decode_into(payload): error feedback must track that one (values
+device) and returns a protocol.wire.encoding.Payload of CPU tensors ready to send. The vector a payload
+stands for is protocol.wire.encoding.decode_into(payload): error feedback must track that one (values
 rounded to bfloat16/float16 on the wire included), never the pre-quantisation vector.
 
 Constants, for the worst case over x (RESEARCH 2a):
@@ -24,9 +24,9 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from protocol.config import COMPRESSORS, CompressionConfig
-from protocol.encoding import Payload, encode_dense, encode_natural, encode_qsgd, encode_sign, encode_sparse
-from protocol.layout import Layout
+from protocol.config.schema import COMPRESSORS, CompressionConfig
+from protocol.wire.encoding import Payload, encode_dense, encode_natural, encode_qsgd, encode_sign, encode_sparse
+from protocol.wire.layout import Layout
 from worker import sparsify
 
 

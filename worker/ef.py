@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from protocol.config import CompressionConfig
-from protocol.encoding import Payload, decode_into, decode_sparse, encode_dense
+from protocol.config.schema import CompressionConfig
+from protocol.wire.encoding import Payload, decode_into, decode_sparse, encode_dense
 
 
 def add_payload(target: torch.Tensor, payload: Payload, scratch: torch.Tensor, alpha: float = 1.0) -> None:

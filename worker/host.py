@@ -22,8 +22,8 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from protocol.channel import Channel
-from protocol.config import ExperimentConfig
+from protocol.config.schema import ExperimentConfig
+from protocol.wire.channel import Channel
 from worker.loop import Cancelled, WorkerError, WorkerLoop, WorkerStats
 from worker.tasks import Task
 

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from protocol import wire
-from protocol.channel import Channel, ReceiveError
-from protocol.config import ExperimentConfig
+from protocol.config.schema import ExperimentConfig
 from protocol.errors import ProtocolError
-from protocol.messages import Heartbeat, Hello, Message, Push, Reject, Reply, Stop, Welcome
+from protocol.wire import codec
+from protocol.wire.channel import Channel, ReceiveError
+from protocol.wire.messages import Heartbeat, Hello, Message, Push, Reject, Reply, Stop, Welcome
 from worker.compressors import make_compressor
 from worker.ef import make_uplink
 from worker.straggler import extra_sleep_s
@@ -40,7 +40,7 @@ CANCEL_POLL_S = 0.5  # while waiting for a reply, look this often whether the ho
 def rank_uplink(cfg: ExperimentConfig, rank: int, net):
     """This rank's error-feedback uplink (and compressor, with its own random stream) for the model `net`.
 
-    The synchronous baseline (worker/sync.py) builds its uplinks here too, so both modes compress alike.
+    The synchronous baseline (sync/loop.py) builds its uplinks here too, so both modes compress alike.
     """
     comp = cfg.compression
     compressor = None
@@ -102,7 +102,7 @@ class WorkerLoop:
         self.seq = 0
         self.stats = WorkerStats()
         self._rng = random.Random(rank_seed(cfg.seed, rank))
-        self._fallback = wire.fresh_allocator(cfg.server.max_message_bytes)
+        self._fallback = codec.fresh_allocator(cfg.server.max_message_bytes)
         self._rejects_in_a_row = 0
 
     # -- main loop -----------------------------------------------------------------------------------
@@ -262,7 +262,7 @@ class WorkerLoop:
             self.stats.wait_s += self.clock() - t0
             return reply
 
-    def _alloc(self, cls: type[Message], spec: wire.TensorSpec) -> torch.Tensor:
+    def _alloc(self, cls: type[Message], spec: codec.TensorSpec) -> torch.Tensor:
         """Parameters go straight into the (host) parameter buffer: no allocation per reply."""
         if spec.name == "params":
             if spec.dtype != "float32" or spec.numel != self.host_params.numel():

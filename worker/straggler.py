@@ -1,13 +1,13 @@
 """Simulated stragglers and compute time: how long a step should look, given how long it took.
 
-Shared by the asynchronous worker (worker/loop.py) and the synchronous baseline (worker/sync.py), so
+Shared by the asynchronous worker (worker/loop.py) and the synchronous baseline (sync/loop.py), so
 that `worker.slowdown`, `worker.jitter` and `worker.compute_s` mean the same in both modes. Pure
 arithmetic: the caller draws the random number and sleeps.
 """
 
 from __future__ import annotations
 
-from protocol.config import WorkerConfig
+from protocol.config.schema import WorkerConfig
 
 
 def extra_sleep_s(w: WorkerConfig, factor: float, compute_s: float, u: float) -> float:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protocol.config import ExperimentConfig, TaskConfig
+from protocol.config.schema import ExperimentConfig, TaskConfig
 from protocol.errors import ConfigError
 from worker.tasks.files import check_mnist_pair, read_libsvm, read_libsvm_rows, read_mnist_pair
 

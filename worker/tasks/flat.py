@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from protocol.layout import Layout
+from protocol.wire.layout import Layout
 
 
 class FlatModel:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from protocol.config import TaskConfig
+from protocol.config.schema import TaskConfig
 from worker.tasks.data import Dataset
 
 MODEL_NAMES = ("logreg", "mlp", "cnn")

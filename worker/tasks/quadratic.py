@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from protocol.config import SyntheticConfig
+from protocol.config.schema import SyntheticConfig
 
 
 class Quadratic(nn.Module):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from protocol.config import ExperimentConfig, TaskConfig
+from protocol.config.schema import ExperimentConfig, TaskConfig
 from worker.tasks.data import Dataset, load_dataset
 from worker.tasks.flat import FlatModel
 from worker.tasks.models import build_model

@@ -1,7 +1,7 @@
 """The synchronous baseline: N workers as one torch.distributed group (gloo on CPU, nccl on CUDA).
 
-    python -m worker.sync --config X.yaml --run-dir D       (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT and,
-    torchrun --nproc_per_node N -m worker.sync --config X.yaml --run-dir D    for CUDA, LOCAL_RANK from the env)
+    python -m sync --config X.yaml --run-dir D       (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT and,
+    torchrun --nproc_per_node N -m sync --config X.yaml --run-dir D    for CUDA, LOCAL_RANK from the env)
 
 start: every rank builds the same Task (same seed: the same initial model) and rank i's own sampling,
        straggler and compressor streams, exactly as async rank i does; then the group forms and a
@@ -39,15 +39,16 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from protocol.config import ExperimentConfig, OptimizerConfig, load
+from protocol.config.loader import load_experiment
+from protocol.config.schema import ExperimentConfig, OptimizerConfig
 from protocol.errors import ConfigError
-from worker.collective import STOP_REASONS, Collective, make_combiner
+from sync.collective import STOP_REASONS, Collective, make_combiner
+from sync.records import SyncRecorder
 from worker.loop import rank_uplink
 from worker.straggler import extra_sleep_s
-from worker.sync_records import SyncRecorder
 from worker.tasks import Task, rank_seed
 
-log = logging.getLogger("worker.sync")
+log = logging.getLogger("sync")
 HELLO = struct.Struct("<q64s16s")  # pid, host, device: the first collective
 NORMAL_ENDS = ("max_updates", "max_seconds")
 
@@ -287,7 +288,7 @@ def loopback_interface() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m worker.sync", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m sync", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--run-dir", type=Path, help="rank 0 writes the run's records here; every rank its worker json")
     args = ap.parse_args(argv)
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
             raise ConfigError("MASTER_ADDR", "and MASTER_PORT must be set (the launcher or torchrun sets them)")
-        cfg = load(args.config)
+        cfg = load_experiment(args.config)
         device = rank_device(cfg, int(os.environ.get("LOCAL_RANK", rank)), world)
         torch.set_num_threads(cfg.worker.threads)
         if args.run_dir:

@@ -19,7 +19,7 @@ import msgpack
 import torch
 
 from protocol.errors import ProtocolError
-from protocol.messages import MESSAGE_TYPES, Message
+from protocol.wire.messages import MESSAGE_TYPES, Message
 
 PROTOCOL = "taups"
 VERSION = 1

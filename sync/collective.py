@@ -8,13 +8,13 @@ ride in the step's own collective, so a rank can never wait for a peer that has 
 DenseAllReduce (compression.method none): one all-reduce (sum) of the float32 buffer
     [gradient (numel) | one loss slot per rank | one stop slot per rank]; direction = sum / N.
 GatheredPushes (naive, ef14, ef21, ef21-sgdm, ef21-sgd2m): each rank's uplink makes the same Push an
-    async worker would send; it is packed into bytes (protocol/packed.py). All-gather 1: every
+    async worker would send; it is packed into bytes (protocol/wire/packed.py). All-gather 1: every
     rank's (bytes, header bytes, stop request); all-gather 2: the packed pushes, padded to the
     longest. Every rank decodes every push and combines them in rank order as the server would:
         naive, ef14   direction = mean_i decode(c_i)
         EF21 family   first step: every push is a dense reset, g = mean_i g_i (float64 accumulation,
                       as the server's recompute); then g += decode(c_i) / N for i = 0..N-1
-Tensors handed to nccl live on the rank's GPU; decoding happens on the host (protocol.encoding).
+Tensors handed to nccl live on the rank's GPU; decoding happens on the host (protocol.wire.encoding).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from protocol.config import ExperimentConfig
-from protocol.encoding import VALUE_DTYPES, Payload, decode_into, narrow
-from protocol.messages import Push
-from protocol.packed import pack, unpack
+from protocol.config.schema import ExperimentConfig
+from protocol.wire.encoding import VALUE_DTYPES, Payload, decode_into, narrow
+from protocol.wire.messages import Push
+from protocol.wire.packed import pack, unpack
 from worker.ef import add_payload
 
 STOP_REASONS = ("", "max_updates", "max_seconds", "terminated", "interrupted")  # code = index

@@ -1,7 +1,7 @@
 """Message dataclasses. Each is a msgpack header (the scalar fields) plus raw tensor frames.
 
 A field annotated `Tensor | None` travels as its own frame(s); every other field goes into the
-header. The codec (protocol/wire.py) checks every header field against these annotations, so a
+header. The codec (protocol/wire/codec.py) checks every header field against these annotations, so a
 message that decodes is a message whose fields have the declared types.
 """
 
@@ -52,7 +52,7 @@ class Push(Message):
 
     kind: "grad" (a gradient-like vector, applied as the direction), "delta" (EF21 increment
     c_i added to g_i) or "reset" (dense g_i replacing the server's copy). The tensors are
-    interpreted by `encoding` (see protocol/encoding.py).
+    interpreted by `encoding` (see protocol/wire/encoding.py).
     """
 
     TYPE: ClassVar[str] = "push"

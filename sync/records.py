@@ -8,7 +8,7 @@ status.json          every server.status_every_s, the keys the launcher's progre
 snapshots/           latest.snap every run.eval_every_s (background thread), final.snap at the end
 server_summary.json  the server's keys (staleness stats all 0, ef_drift_max 0), with this rank's time split
 
-Counters and writers come from protocol/records.py and protocol/snapshot.py, shared with ps/.
+Counters and writers come from protocol/runfolder/records.py and protocol/runfolder/snapshot.py, shared with ps/.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from protocol.config import ExperimentConfig
-from protocol.records import Counters, PushRecord, UpdateLog, write_json_atomic
-from protocol.snapshot import Snapshotter
-from worker.collective import Round
+from protocol.config.schema import ExperimentConfig
+from protocol.runfolder.records import Counters, PushRecord, UpdateLog, write_json_atomic
+from protocol.runfolder.snapshot import Snapshotter
+from sync.collective import Round
 
 
 class SyncRecorder:

@@ -299,7 +299,7 @@ class ExperimentConfig:
             "staleness.delay",
             "the artificial delay cannot be combined with ssp or apply_every",
         )
-        if self.mode == "sync":  # the baseline runs torch.optim (worker/sync.py); nothing in it is ever stale
+        if self.mode == "sync":  # the baseline runs torch.optim (sync/loop.py); nothing in it is ever stale
             require(
                 self.optimizer.form == "torch",
                 "optimizer.form",
@@ -344,17 +344,3 @@ def _is_setting(cls: type, dotted: str) -> bool:
     if dataclasses.is_dataclass(hint):
         return rest != "" and _is_setting(hint, rest)
     return rest == ""
-
-
-def load(path: str) -> ExperimentConfig:
-    """Read and validate an experiment YAML (the launcher adds command-line overrides on top)."""
-    import yaml  # config files only; the wire never sees YAML
-
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as exc:
-            raise ConfigError("<file>", f"{path} is not valid YAML: {exc}") from None
-    from protocol.schema import build
-
-    return build(ExperimentConfig, data)

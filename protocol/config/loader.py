@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml
 
-from protocol.config import ExperimentConfig
+from protocol.config.schema import ExperimentConfig
+from protocol.config.typed import build, to_dict
 from protocol.errors import ConfigError
-from protocol.schema import build, to_dict
 
 
 def read_yaml(path: str | Path) -> dict:

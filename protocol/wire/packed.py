@@ -2,7 +2,7 @@
 
 The synchronous baseline all-gathers every rank's compressed push through torch.distributed, which
 moves tensors of one dtype; this packs a message into one uint8 tensor and back. The bytes are
-wire.encode's: the msgpack header, then each tensor's raw bytes in the order the header lists them
+codec.encode's: the msgpack header, then each tensor's raw bytes in the order the header lists them
 (one frame per tensor), so a push packed here has exactly the size of the same push over ZeroMQ.
 The header's length travels beside the buffer (the sync baseline gathers (total, header) lengths
 before the buffers). Unpacking validates like a receive: header first, then sizes, then copies.
@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import torch
 
-from protocol import wire
 from protocol.errors import ProtocolError
-from protocol.messages import Message
+from protocol.wire import codec
+from protocol.wire.messages import Message
 
 ONE_FRAME = 1 << 62  # chunk size larger than any tensor: each tensor is one contiguous run of bytes
 
 
 def pack(msg: Message, out: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """(uint8 buffer holding the message, header length). Writes into `out` when it is large enough."""
-    frames = wire.encode(msg, chunk_bytes=ONE_FRAME)
+    frames = codec.encode(msg, chunk_bytes=ONE_FRAME)
     total = sum(len(f) for f in frames)
     if out is None or out.numel() < total:
         out = torch.empty(max(total, 1), dtype=torch.uint8)
-    view, pos = wire.byte_view(out), 0
+    view, pos = codec.byte_view(out), 0
     for frame in frames:
         view[pos : pos + len(frame)] = frame
         pos += len(frame)
@@ -37,10 +37,10 @@ def unpack(buf: torch.Tensor, header_len: int) -> Message:
 
     Raises ProtocolError when the header is bad or the bytes do not add up to what it declares.
     """
-    raw = wire.byte_view(buf.reshape(-1))
-    if not 0 < header_len <= min(len(raw), wire.MAX_HEADER_BYTES):
+    raw = codec.byte_view(buf.reshape(-1))
+    if not 0 < header_len <= min(len(raw), codec.MAX_HEADER_BYTES):
         raise ProtocolError("bad_header", f"header length {header_len} does not fit a buffer of {len(raw)} bytes")
-    cls, fields, specs = wire.decode_header(bytes(raw[:header_len]))
+    cls, fields, specs = codec.decode_header(bytes(raw[:header_len]))
     if header_len + sum(s.nbytes for s in specs) != len(raw):
         raise ProtocolError(
             "truncated",
@@ -48,11 +48,11 @@ def unpack(buf: torch.Tensor, header_len: int) -> Message:
         )
     tensors, pos = {}, header_len
     for spec in specs:
-        t = torch.empty(spec.shape, dtype=wire.DTYPES[spec.dtype])
-        wire.byte_view(t)[:] = raw[pos : pos + spec.nbytes]
+        t = torch.empty(spec.shape, dtype=codec.DTYPES[spec.dtype])
+        codec.byte_view(t)[:] = raw[pos : pos + spec.nbytes]
         tensors[spec.name] = t
         pos += spec.nbytes
     try:
-        return wire.build(cls, fields, tensors)
+        return codec.build(cls, fields, tensors)
     except TypeError as err:
         raise ProtocolError("bad_field", str(err)) from None

@@ -13,9 +13,9 @@ import re
 import torch
 import zmq
 
-from protocol import wire
 from protocol.errors import ProtocolError
-from protocol.messages import Message
+from protocol.wire import codec
+from protocol.wire.messages import Message
 
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 31
 
@@ -34,7 +34,7 @@ class Channel:
         self,
         kind: str,
         *,
-        chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
+        chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         send_timeout_s: float = 30.0,
         context: zmq.Context | None = None,
@@ -51,7 +51,7 @@ class Channel:
         self.sock.setsockopt(zmq.SNDTIMEO, int(send_timeout_s * 1000))
         if kind == "router":
             self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self._header_buf = bytearray(wire.MAX_HEADER_BYTES + 1)
+        self._header_buf = bytearray(codec.MAX_HEADER_BYTES + 1)
         self.endpoint: str | None = None
         self.bytes_sent = 0  # header + tensor frames, identity frames excluded
         self.bytes_received = 0
@@ -88,7 +88,7 @@ class Channel:
         Raises TimeoutError when the peer does not take the message within the send timeout, and
         ConnectionError when a ROUTER no longer knows the peer.
         """
-        frames = wire.encode(msg, self.chunk_bytes)
+        frames = codec.encode(msg, self.chunk_bytes)
         self.last_send_bytes = sum(len(f) for f in frames)
         if self.kind == "router":
             if to is None:
@@ -113,7 +113,7 @@ class Channel:
     def poll(self, timeout_s: float) -> bool:
         return bool(self.sock.poll(max(0, int(timeout_s * 1000)), zmq.POLLIN))
 
-    def recv(self, timeout_s: float, alloc: wire.Allocator | None = None) -> tuple[bytes | None, Message]:
+    def recv(self, timeout_s: float, alloc: codec.Allocator | None = None) -> tuple[bytes | None, Message]:
         """Receive one message. Raises TimeoutError, or ReceiveError after draining a bad message."""
         if not self.poll(timeout_s):
             raise TimeoutError(f"no message within {timeout_s:.1f}s")
@@ -127,13 +127,13 @@ class Channel:
             total = sum(s.nbytes for s in specs)
             if total > self.max_message_bytes:
                 raise ProtocolError("oversized", f"{total} tensor bytes exceed {self.max_message_bytes}")
-            alloc = alloc or wire.fresh_allocator(self.max_message_bytes)
+            alloc = alloc or codec.fresh_allocator(self.max_message_bytes)
             tensors = {s.name: self._recv_tensor(cls, s, alloc) for s in specs}
             if self.sock.get(zmq.RCVMORE):
                 raise ProtocolError("extra_frames", f"{cls.TYPE} has more frames than its header declares")
             self.last_recv_bytes = self._header_len + total
             self.bytes_received += self.last_recv_bytes
-            return identity, wire.build(cls, fields, tensors)
+            return identity, codec.build(cls, fields, tensors)
         except ProtocolError as err:
             self._drain()
             raise ReceiveError(err, identity, header) from None
@@ -144,15 +144,15 @@ class Channel:
     def _recv_header(self):
         n = self.sock.recv_into(self._header_buf)
         self._header_len = n
-        if n > wire.MAX_HEADER_BYTES:
-            raise ProtocolError("oversized", f"header of {n} bytes exceeds {wire.MAX_HEADER_BYTES}")
-        return wire.decode_header(bytes(self._header_buf[:n]))
+        if n > codec.MAX_HEADER_BYTES:
+            raise ProtocolError("oversized", f"header of {n} bytes exceeds {codec.MAX_HEADER_BYTES}")
+        return codec.decode_header(bytes(self._header_buf[:n]))
 
-    def _recv_tensor(self, cls: type[Message], spec: wire.TensorSpec, alloc: wire.Allocator) -> torch.Tensor:
+    def _recv_tensor(self, cls: type[Message], spec: codec.TensorSpec, alloc: codec.Allocator) -> torch.Tensor:
         dest = alloc(cls, spec)
-        if dest.dtype != wire.DTYPES[spec.dtype] or dest.numel() != spec.numel or not dest.is_contiguous():
+        if dest.dtype != codec.DTYPES[spec.dtype] or dest.numel() != spec.numel or not dest.is_contiguous():
             raise ProtocolError("bad_tensor", f"{cls.TYPE}.{spec.name}: allocator returned a mismatched buffer")
-        view, offset = wire.byte_view(dest), 0
+        view, offset = codec.byte_view(dest), 0
         for _ in range(spec.nframes):
             if not self.sock.get(zmq.RCVMORE):
                 raise ProtocolError("truncated", f"{cls.TYPE}.{spec.name}: fewer frames than declared")

@@ -2,7 +2,7 @@
 
 Rows are buffered and flushed on the status cadence, so recording costs a string format per push.
 It lives in `protocol` because both the parameter server and the synchronous baseline's rank 0
-(worker/sync.py) write these files, and ps and worker may not import each other; it holds no ML.
+(sync/loop.py) write these files, and ps and worker may not import each other; it holds no ML.
 """
 
 from __future__ import annotations
