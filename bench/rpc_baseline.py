@@ -1,4 +1,5 @@
-"""The same push + AMSGrad step + reply loop on torch.distributed.rpc (the reference point of DESIGN.md 9).
+"""The same push + AMSGrad step + reply loop on torch.distributed.rpc (the reference point in
+docs/performance.md, Machine facts).
 
 Rank 0 holds the parameters and a fused torch.optim.Adam(amsgrad=True); ranks 1..W call
 rpc_sync(push, grad) in a loop and receive the fresh parameters. A lock serialises the steps

@@ -1,4 +1,4 @@
-"""APAM under artificial delay (RESEARCH.md R2): python -m experiments.artificial_delay [--quick]
+"""APAM under artificial delay (R2 in docs/algorithms.md): python -m experiments.artificial_delay [--quick]
 
 One worker trains the digits MLP with the server's AMSGrad; the server answers every push with one of its
 last D parameter versions, drawn uniformly (staleness.delay: uniform), for D in {1, 6, 21, 51, 101}, the
@@ -62,7 +62,7 @@ def write_report(torch_form: Sweep, paper_form: Sweep, base: Path, out: Path, qu
     body, figures = report_body(by_delay(torch_form.points), by_delay(paper_form.points), updates)
     for name, fig in figures.items():
         save_png(fig, out / "img" / f"artificial_delay_{name}.png")
-    title = "APAM under artificial delay (RESEARCH R2)" + (" -- quick smoke run" if quick else "")
+    title = "APAM under artificial delay (R2 in docs/algorithms.md)" + (" -- quick smoke run" if quick else "")
     command = "python -m experiments.artificial_delay" + (" --quick" if quick else "")
     text = header(title, command, [torch_form.command, paper_form.command], base) + body
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@ this process with fake workers (the pattern of tests/test_staleness.py), and the
 Two ways to make every push tau versions stale:
 - delay: one worker, the server answers with its tau-old snapshot (staleness.delay: constant, D = tau + 1);
 - round robin: W = tau + 1 workers pushing in turn, each computing at the parameters of its last reply. With
-  SGD momentum this is where a server buffer and per-worker ("shifted") buffers differ (RESEARCH 3b).
+  SGD momentum this is where a server buffer and per-worker ("shifted") buffers differ (docs/algorithms.md,
+  Momentum under delay).
 The theory column comes from the roots of each recursion's characteristic polynomial (numpy), not a table.
 """
 

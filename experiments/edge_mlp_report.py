@@ -259,7 +259,7 @@ def report(runs: MlpRuns, updates: int) -> tuple[list[str], dict]:
         f"scores ln(classes)). 'Pushed loss': the worker's minibatch loss at the (stale) parameters it was sent, "
         f"from updates.csv, so spikes between evaluations show. Sharpness lambda: top eigenvalue of the "
         f"full-batch training-loss Hessian (power iteration on Hessian-vector products); delayed SGD's minimum is "
-        f"linearly stable when lr x lambda < 2 sin(pi/(2(2tau+1))). Against RESEARCH R5(b) (MNIST, the "
+        f"linearly stable when lr x lambda < 2 sin(pi/(2(2tau+1))). Against R5 (b) in docs/algorithms.md (MNIST, the "
         f"reference's fully connected net at width 256, batch 128, lr0 0.1, about 10 epochs): MNIST is not on "
         f"this machine and nothing is downloaded, so the digits MLP; lr0 is tuned at tau = 0 instead, and "
         f"{updates} updates of {t.batch_size} samples are {updates * t.batch_size / n_train:.0f} epochs."

@@ -1,4 +1,5 @@
-"""EF21 family on small-batch logistic regression (RESEARCH.md R4 (ii)): python -m experiments.ef21_logreg [--quick]
+"""EF21 family on small-batch logistic regression (R4 (ii) in docs/algorithms.md): python -m
+experiments.ef21_logreg [--quick]
 
 Softmax regression on the 8x8 digits with the non-convex regulariser 0.1 * sum x^2 / (1 + x^2), n = 10
 workers on equal shards, Top-K (K = 6 of d = 650), synchronous rounds; batch 1 and batch 128. For each batch
@@ -132,7 +133,7 @@ def write_report(plan: Plan, base: Path, out: Path, quick: bool) -> Path:
     body, figures = report_body(plan, tune, repeat)
     for fig_name, fig in figures.items():
         save_png(fig, out / "img" / f"ef21_logreg_{fig_name}.png")
-    title = "EF21 family on small-batch logistic regression (RESEARCH R4 (ii))"
+    title = "EF21 family on small-batch logistic regression (R4 (ii) in docs/algorithms.md)"
     title += " -- quick smoke run" if quick else ""
     command = "python -m experiments.ef21_logreg" + (" --quick" if quick else "")
     text = header(title, command, [sweeps[n].command for n in names], base) + body

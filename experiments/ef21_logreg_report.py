@@ -14,7 +14,8 @@ from experiments.ef21_logreg_text import reading_text, setup_text
 
 COLORS = {"ef21": "tab:red", "ef21-sgdm": "tab:blue", "ef21-sgd2m": "tab:green", "ef14": "tab:gray"}
 MOMENTUM = ("ef21-sgdm", "ef21-sgd2m")
-POSTER = {1: (20, 30), 128: (3, 10)}  # the ratio EF21-SGD / momentum method the poster's curves show (RESEARCH R4)
+POSTER = {1: (20, 30), 128: (3, 10)}  # the ratio EF21-SGD / momentum method the poster's curves show (R4 in
+# docs/algorithms.md)
 POSTER_LR = {
     (1, "ef21"): 2**-6,
     (1, "ef21-sgd2m"): 2**-5,

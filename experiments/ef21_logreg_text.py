@@ -9,7 +9,7 @@ import yaml
 from experiments.common import mean_std
 from experiments.ef21_bits import NAMES, TAIL, final
 
-# the levels RESEARCH R4 reads off the poster's MNIST curves: (low, high) of the final ||grad f||^2
+# the levels R4 in docs/algorithms.md reads off the poster's MNIST curves: (low, high) of the final ||grad f||^2
 POSTER_LEVELS = {
     1: {"ef21": (2e-1, 5e-1), "ef21-sgdm": (1e-2, 1e-2), "ef21-sgd2m": (1e-2, 1e-2), "ef14": (1e-2, 1e-2)},
     128: {"ef21": (3e-3, 3e-3), "ef21-sgdm": (5e-4, 1e-3), "ef21-sgd2m": (2e-4, 4e-4), "ef14": (3e-3, 3e-3)},

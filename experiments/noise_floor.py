@@ -1,10 +1,10 @@
-"""EF21-SGD against EF21-SGDM noise floors (RESEARCH.md R3): python -m experiments.noise_floor [--quick]
+"""EF21-SGD against EF21-SGDM noise floors (R3 in docs/algorithms.md): python -m experiments.noise_floor [--quick]
 
 f(x) = 1/2 ||x||^2 with stochastic gradients x + sigma xi (xi ~ N(0, I), sigma = 1), Top-1, started at the
 optimum, through the real server and n worker processes (worker.per_process hosts many ranks per process):
 EF21-SGD (method ef21), EF21-SGDM (eta 0.1 and 0.01) and EF14-SGD for n in {1, 10, 100} in the papers'
 synchronous rounds (apply_every = n with a barrier), in two settings: d = 100 with gamma = 0.01 (the
-repository's R3 config) and d = 10 with RESEARCH's gamma = 0.1; plus asynchronous n = 10 lines. The
+repository's R3 config) and d = 10 with R3's gamma = 0.1 (docs/algorithms.md); plus asynchronous n = 10 lines. The
 expectation (the EF21-SGDM poster): EF21-SGD plateaus at a level that does not shrink with n; EF21-SGDM
 sits at least 10x lower and shrinks as n grows.
 
@@ -109,7 +109,8 @@ def listed(values: list) -> str:
 
 
 SETTINGS = [Setting("d100", 100, 0.01), Setting("d10", 10, 0.1)]
-# 10^4 rounds (RESEARCH R3) where that is cheap; fewer where a round is n pushes through one server on a shared
+# 10^4 rounds (R3 in docs/algorithms.md) where that is cheap; fewer where a round is n pushes through one
+# server on a shared
 # 2-core machine (the report states the rounds run and checks that the averaged half is flat). EF14-SGD and the
 # asynchronous lines are in the code (methods, async_workers) but not in the plan, to keep it within ~15 minutes.
 FULL = Plan(SETTINGS, [1, 10, 100], ["ef21"], [0.1, 0.01], {1: 10000, 10: 5000, 100: 1000}, 0, 34)

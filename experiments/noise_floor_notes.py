@@ -53,14 +53,15 @@ def setup(curves: list[Curve], plan_parts: list[str], sweeps: dict[str, Sweep]) 
         + ", ".join(f"n = {n}: {k}" for n, k in sorted(per_proc.items()) if n)
         + ".",
         "Settings: **d100** is d = 100, gamma = 0.01, the repository's R3 config (`configs/quadratic_noise_floor"
-        ".yaml`, chosen before this experiment: according to that config's comment RESEARCH's gamma = 0.1 "
+        ".yaml`, chosen before this experiment: according to that config's comment R3's gamma = 0.1 "
+        "(docs/algorithms.md) "
         "diverges at d = 100 with Top-1, which this experiment did not re-check; 0.01 is 2x EF21's theoretical step "
         "1/(L + L sqrt(beta/theta)) at alpha = 1/d). **d10** is d = 10 with "
-        "RESEARCH's gamma = 0.1, at the smallest d RESEARCH allows, where that step is stable.",
+        "R3's gamma = 0.1 (docs/algorithms.md), at the smallest d R3 allows, where that step is stable.",
         "Rounds: "
         + "; ".join(f"n = {n}: {'/'.join(map(str, r))}" for n, r in rounds.items() if r)
         + (
-            f". RESEARCH's budget is 10^4 iterations; the runs with n = {', '.join(map(str, short))} are shorter "
+            f". R3's budget is 10^4 iterations; the runs with n = {', '.join(map(str, short))} are shorter "
             f"to keep the whole plan within ~15 minutes of a shared 2-core machine: a round is n pushes through one "
             f"server ({np.mean(rates):.1f} rounds/s measured at n = {big})."
             if short and rates
@@ -122,11 +123,13 @@ def _ef21_sgd(setting: str, sgd: dict[int, Curve], explained: bool) -> tuple[lis
         "With independent Gaussian noise, which is symmetric, the workers' errors have no common direction, so "
         "their mean shrinks with n much as plain SGD's noise does. A floor that does not shrink with n needs an "
         "error component shared by all workers, i.e. compressed stochastic gradients that are biased on average, "
-        "as in the constructed example behind the paper's lower bound for EF21-SGD-ideal (RESEARCH 2d); that "
+        "as in the constructed example behind the paper's lower bound for EF21-SGD-ideal (docs/algorithms.md, "
+        "EF21-SGD); that "
         "bound, (1/60) min{sigma^2, ||grad f(x^0)||^2}, is moreover 0 when started at the optimum as here. The "
-        "noise law, d, gamma and initial point of the poster's n-figure are not known (RESEARCH 2f marks them "
+        "noise law, d, gamma and initial point of the poster's n-figure are not known (docs/algorithms.md, R3, "
+        "marks them "
         "[U]), and its plateaus (1.6e-3 to 3e-3) are far below the ones measured here, so the setting differs; "
-        "with the Gaussian noise RESEARCH R3 prescribes, the claim fails."
+        "with the Gaussian noise R3 prescribes, the claim fails."
     ], True
 
 
@@ -158,7 +161,8 @@ def _momentum(setting: str, sync: dict[str, dict[int, Curve]]) -> list[str]:
     return [
         f"**{setting}, the momentum methods{' and EF14-SGD' if 'EF14-SGD' in sync else ''}** against plain "
         "SGD's floor "
-        "gamma d sigma^2 / (2 n (2 - gamma)) on the same problem without compression. RESEARCH 2e's bound for "
+        "gamma d sigma^2 / (2 n (2 - gamma)) on the same problem without compression. The EF21-SGDM bound "
+        "(docs/algorithms.md, EF21-SGDM) for "
         "EF21-SGDM has the terms eta^3 sigma^2/alpha^2 + eta^2 sigma^2/alpha + eta sigma^2/n (with unknown "
         "constants): the last shrinks with n, the others with eta.",
         "\n".join(lines),

@@ -1,6 +1,7 @@
 """The sharpness of a trained model: the top eigenvalue of the full-batch training loss's Hessian, by power
 iteration on Hessian-vector products (double backprop), as the reference code's hess_largest_eigenvalue
-(RESEARCH 3a). Linear stability of a minimum under delayed SGD needs lr * sharpness < 2 sin(pi/(2(2 tau + 1))).
+(docs/algorithms.md, Stability threshold). Linear stability of a minimum under delayed SGD needs lr * sharpness
+< 2 sin(pi/(2(2 tau + 1))).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""At Stability's Edge on small problems (RESEARCH.md R5): python -m experiments.stability_edge [--quick]
+"""At Stability's Edge on small problems (R5 in docs/algorithms.md): python -m experiments.stability_edge [--quick]
 
 (a) the largest stable lr of delayed SGD on the curvature-1 quadratic, measured by bisection through the real
     server for tau = 0..64, against the closed form 2 sin(pi/(2(2 tau + 1)));
@@ -44,7 +44,7 @@ def part_a_c(plan: edge_quadratic.QuadPlan, base: Path, report_only: bool) -> tu
         "Round robin over W = tau + 1 fake workers (each computes at the parameters of its own last reply, so "
         "every push is tau stale), SGD momentum through `optimizer.momentum_mode: server` (one buffer) or "
         "`shifted` (one buffer per worker). The theory column is where the largest root of each recursion's "
-        "characteristic polynomial leaves the unit circle (numpy roots, RESEARCH 3b).",
+        "characteristic polynomial leaves the unit circle (numpy roots, docs/algorithms.md, Momentum under delay).",
         edge_quadratic.edge_table(part_c, "theory (roots)"),
         "### Expectations against the measurements (a, c)",
         "\n".join(edge_quadratic.verdicts(part_a, part_c)),
@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     figs |= mlp_figs
     for name, fig in figs.items():
         save_png(fig, args.out / "img" / f"stability_edge_{name}.png")
-    title = "At Stability's Edge on small problems (RESEARCH R5)" + (" -- quick smoke run" if quick else "")
+    title = "At Stability's Edge on small problems (R5 in docs/algorithms.md)" + (
+        " -- quick smoke run" if quick else ""
+    )
     command = "python -m experiments.stability_edge" + (" --quick" if quick else "")
     text = [
         *header(title, command, commands, base),

@@ -14,9 +14,10 @@ DirectAggregator (uplink "grad": methods none, naive, ef14): the decoded push is
 EF21Aggregator (uplink "ef21": ef21, ef21-sgdm, ef21-sgd2m): keeps every worker's g_i and the mean g
 over workers that have joined. A "reset" push sets g_i densely (a worker's first push, or a resync);
 a "delta" push adds c to g_i and c/n to g. Every `resync_every` applied pushes g is recomputed
-exactly from the g_i, and the relative difference found is the float drift (RESEARCH 2h.4). Workers
+exactly from the g_i, and the relative difference found is the float drift (docs/algorithms.md, Lock-step and
+drift). Workers
 may send ||g_i||^2 (meta "g_sq", computed before this push) so the server can check that its copy
-of g_i matches the worker's own (RESEARCH 2h.2-3); the largest relative mismatch is drift too.
+of g_i matches the worker's own (docs/algorithms.md, Lock-step and drift); the largest relative mismatch is drift too.
 """
 
 from __future__ import annotations

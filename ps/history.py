@@ -1,4 +1,5 @@
-"""Artificial delay (APAM's artificial-delay study, RESEARCH.md 1c): the server keeps its last D parameter
+"""Artificial delay (APAM's artificial-delay study, docs/algorithms.md, Artificial delay): the server keeps its
+last D parameter
 versions and answers a worker with one of them, so the worker's next gradient is computed on parameters
 tau versions old while the step is applied to the newest. Pure tensors and a seeded generator, no I/O.
 

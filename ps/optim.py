@@ -4,7 +4,7 @@ Each `step(direction, lr, worker)` is one iteration on the current parameters (A
 arriving, possibly stale, direction as one AMSGrad iteration). Steps run as fused kernels or a few
 in-place passes over the flat buffers; nothing loops over parameters in Python.
 
-Forms of AMSGrad (RESEARCH.md 1a-1b):
+Forms of AMSGrad (docs/algorithms.md, AMSGrad forms):
 - torch: exactly torch.optim.Adam(amsgrad=True) (bias correction, eps added after sqrt(v_hat)/sqrt(bc2)),
   run through torch's fused kernel on the flat vector.
 - paper: APAM Algorithm 1: no bias correction, no eps, v_hat = max(v_hat, v) on the raw v. A coordinate
@@ -108,7 +108,7 @@ class SGD(ServerOptimizer):
 
     momentum_mode server: one buffer, updated by every push. shifted: one buffer per worker, updated
     only by that worker's pushes -- with delay tau and round-robin workers this is Stability's Edge's
-    shifted momentum, which tolerates larger steps than a server buffer (RESEARCH.md 3b).
+    shifted momentum, which tolerates larger steps than a server buffer (docs/algorithms.md, Momentum under delay).
     """
 
     def __init__(self, params: torch.Tensor, cfg: OptimizerConfig):

@@ -1,6 +1,6 @@
 """Staleness policy: what the server does with a push of staleness tau. Pure rules, no I/O.
 
-Learning-rate rules (RESEARCH.md section 3a), from each push's tau or the running mean of recent taus:
+Learning-rate rules (docs/algorithms.md, Learning-rate rules), from each push's tau or the running mean of recent taus:
     constant   lr0
     inverse    lr0 / max(1, tau)                          (Zhang et al. 2016)
     stability  lr0 * sin(pi / (2 (2 tau + 1)))            (At Stability's Edge: the delayed-SGD stability

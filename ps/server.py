@@ -1,5 +1,5 @@
 """The parameter server's main loop. One thread owns every piece of state; pushes are applied one by
-one in arrival order (DESIGN.md section 5).
+one in arrival order (docs/design.md, The server step).
 
 on Push(rank, seq, base_version, c):
     validate sender, seq, version, encoding, shape, finiteness  -> Reject; nothing changes

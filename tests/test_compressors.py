@@ -1,4 +1,5 @@
-"""Compressors (RESEARCH 5.7): contraction and variance bounds, tie rules, and what their payloads decode to.
+"""Compressors (docs/algorithms.md, Compressors and Test oracles, 7): contraction and variance bounds, tie
+rules, and what their payloads decode to.
 
 Monte-Carlo tolerances are stated where used; each is at least 5 standard deviations of the estimate,
 and the seeds are fixed, so the tests are deterministic.

@@ -1,5 +1,5 @@
 """Error feedback: the worker half (worker/ef.py) against the server half (ps/aggregate.py), with the
-real optimizer, on deterministic and stochastic problems (RESEARCH.md section 5, items 4-6 and 8)."""
+real optimizer, on deterministic and stochastic problems (docs/algorithms.md, Test oracles 4-6 and 8)."""
 
 import math
 

@@ -1,5 +1,5 @@
 """EF21 through the real server: the server in a thread, real WorkerLoops in threads, in-process objects
-inspected after the run (RESEARCH 2h.3-4 and oracle 6)."""
+inspected after the run (docs/algorithms.md, Lock-step and drift, and Test oracles 6)."""
 
 import threading
 

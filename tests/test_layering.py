@@ -1,4 +1,4 @@
-"""DESIGN.md section 3: import directions, and pure math holds no sockets, clocks or logging."""
+"""docs/design.md, Layers and import rules: import directions, and pure math holds no sockets, clocks or logging."""
 
 import ast
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Server optimizers against torch and the APAM paper's closed forms (RESEARCH.md section 5.1)."""
+"""Server optimizers against torch and the APAM paper's closed forms (docs/algorithms.md, Test oracles 1)."""
 
 import math
 

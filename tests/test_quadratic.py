@@ -1,4 +1,5 @@
-"""The noisy quadratic task (f(x) = 1/2 ||x - x*||^2, RESEARCH R3) and the ||grad f||^2 metric of evaluations."""
+"""The noisy quadratic task (f(x) = 1/2 ||x - x*||^2, R3 in docs/algorithms.md) and the ||grad f||^2 metric of "
+"evaluations."""
 
 import json
 

@@ -1,5 +1,5 @@
 """Staleness-aware training through the real server: lr rules, delay simulation, stability thresholds,
-and the bounds (max_staleness, ssp, apply_every) -- RESEARCH.md sections 3 and 5 (items 2 and 3)."""
+and the bounds (max_staleness, ssp, apply_every) -- docs/algorithms.md, Staleness and Test oracles 2 and 3."""
 
 import math
 import threading
@@ -31,7 +31,8 @@ def test_lr_rules():
     assert lr_scale("constant", 7) == 1.0
     assert lr_scale("inverse", 0) == 1.0 and lr_scale("inverse", 4) == 0.25
     assert lr_scale("stability", 0) == 1.0
-    assert lr_scale("stability", 4) == pytest.approx(0.17365, abs=1e-5)  # RESEARCH R5(b): 0.0174 at lr0 0.1
+    assert lr_scale("stability", 4) == pytest.approx(0.17365, abs=1e-5)  # R5 (b) in docs/algorithms.md: 0.0174
+    # at lr0 0.1
     assert lr_scale("stability", 1000) * 1000 == pytest.approx(math.pi / 4, rel=1e-3)  # ~0.785 lr0 / tau
     for tau, threshold in ((1, 1.0), (4, 0.3473), (16, 0.09516)):
         assert stable_lr_threshold(tau) == pytest.approx(threshold, abs=1e-4)

@@ -1,11 +1,12 @@
-"""Compressors C: flat float32 vector -> wire payload (RESEARCH 2a). Pure math: no sockets, clocks, logging.
+"""Compressors C: flat float32 vector -> wire payload (docs/algorithms.md, Compressors). Pure math: no sockets,
+clocks, logging.
 
 Every compressor takes a flat float32 tensor on the CPU or a GPU (selection and rounding run on its
 device) and returns a protocol.wire.encoding.Payload of CPU tensors ready to send. The vector a payload
 stands for is protocol.wire.encoding.decode_into(payload): error feedback must track that one (values
 rounded to bfloat16/float16 on the wire included), never the pre-quantisation vector.
 
-Constants, for the worst case over x (RESEARCH 2a):
+Constants, for the worst case over x (docs/algorithms.md, Compressors):
   alpha  contraction, E||C(x) - x||^2 <= (1 - alpha)||x||^2; None when C is not contractive. An unbiased
          C with omega < 1 also contracts, with alpha = 1 - omega (natural: 7/8), and declares it.
   omega  unbiased variance, E[C(x)] = x and E||C(x) - x||^2 <= omega ||x||^2; None when C is biased
@@ -68,7 +69,8 @@ class Identity(Compressor):
     """C(x) = x, dense in the configured value dtype.
 
     float32 on the CPU aliases x (no copy): the caller must not change x while a zero-copy send of the
-    payload may still be in flight (DESIGN 9). Every other payload is built from fresh tensors.
+    payload may still be in flight (docs/performance.md, Machine facts). Every other payload is built from
+    fresh tensors.
     """
 
     name, alpha, omega = "identity", 1.0, 0.0
@@ -156,7 +158,8 @@ class Natural(Compressor):
     """Natural compression: |x_j| rounded at random to a neighbouring power of two, unbiased, omega = 1/8.
 
     On the float32 bits: with mantissa field m (23 bits), round up to the next exponent with probability
-    m / 2^23 = (|x| - 2^floor) / 2^floor, else drop the mantissa. That is RESEARCH 2a's rule, exact in
+    m / 2^23 = (|x| - 2^floor) / 2^floor, else drop the mantissa. That is the rule of docs/algorithms.md,
+    Compressors, exact in
     integers. The same rule covers subnormals (|x| < 2^-126 becomes 0 or 2^-126, still unbiased; there
     the relative variance bound does not hold, but each such coordinate adds at most |x_j| 2^-126 of
     error). |x| in (2^127, 2^128) rounds down to 2^127 (2^128 is not a float32): biased, never inf.

@@ -1,4 +1,4 @@
-"""The worker half of error feedback (RESEARCH.md section 2). Pure math: no sockets, clocks or logging.
+"""The worker half of error feedback (docs/algorithms.md, Error feedback). Pure math: no sockets, clocks or logging.
 
 Two-phase, so state that mirrors the server's only moves when the server moved:
     kind, payload = ef.prepare(grad)     # what to push

@@ -1,4 +1,4 @@
-"""The worker's main loop (DESIGN.md section 6).
+"""The worker's main loop (docs/design.md, The worker step).
 
 join (Hello -> Welcome: parameters, version, next seq)
 loop: x, version = last reply

@@ -31,7 +31,7 @@ def require(ok: bool, key: str, message: str) -> None:
 @dataclass(frozen=True)
 class SyntheticConfig:
     # logistic: classification (softmax); lstsq: least squares; quadratic: f(x) = 1/2 ||x - x*||^2 on the
-    # parameter vector x itself (no data: the noisy quadratic of RESEARCH R3)
+    # parameter vector x itself (no data: the noisy quadratic of R3 in docs/algorithms.md)
     kind: Literal["logistic", "lstsq", "quadratic"] = "logistic"
     dim: int = 100  # input features (quadratic: the dimension of x)
     samples: int = 4000  # train + test samples, generated from data_seed (quadratic: unused)

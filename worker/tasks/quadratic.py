@@ -1,4 +1,4 @@
-"""The noisy quadratic of the EF21-SGDM paper's divergence experiment (RESEARCH 2f and R3).
+"""The noisy quadratic of the EF21-SGDM paper's divergence experiment (R3 in docs/algorithms.md).
 
 f(x) = 1/2 ||x - x*||^2 over one parameter tensor x of dimension synthetic.dim; there is no data. A
 worker's stochastic gradient is x - x* + s xi, xi ~ N(0, I) drawn from the rank's own sampling
