@@ -83,7 +83,7 @@ def main() -> None:
         )
     )
     while True:
-        _, msg = chan.recv(120, alloc=alloc)
+        _, msg, _ = chan.recv(120, alloc=alloc)
         if isinstance(msg, Welcome):
             break
     result = push_loop(chan, uplink, grads, args, msg.next_seq, msg.version, alloc)
@@ -103,7 +103,7 @@ def push_loop(chan: Channel, uplink, grads: list, args, seq: int, version: int, 
         t0 = time.perf_counter()
         kind, p = uplink.prepare(grads[seq % len(grads)])
         t1 = time.perf_counter()
-        chan.send(
+        sent = chan.send(
             Push(
                 rank=args.rank,
                 seq=seq,
@@ -118,9 +118,8 @@ def push_loop(chan: Channel, uplink, grads: list, args, seq: int, version: int, 
                 indices=p.indices,
                 signs=p.signs,
             )
-        )
-        sent = chan.last_send_bytes
-        _, reply = chan.recv(120, alloc=alloc)
+        ).nbytes
+        _, reply, _ = chan.recv(120, alloc=alloc)
         t2 = time.perf_counter()
         if isinstance(reply, Stop) or t2 > hi:
             break

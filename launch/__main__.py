@@ -18,6 +18,7 @@ from launch.rundir import make_run_dir
 from launch.sweep_run import sweep_command
 from protocol.config.loader import load_experiment, resolved_yaml
 from protocol.errors import ConfigError
+from protocol.runfolder.records import RunSummary
 from worker.tasks.data import check_data
 
 
@@ -61,13 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def format_summary(s: dict, run_dir) -> str:
-    acc = s.get("final_test_acc")
-    acc_txt = f"test_acc {acc:.4f}" if acc is not None else f"test_loss {s.get('final_test_loss')}"
+def format_summary(s: RunSummary, run_dir) -> str:
+    acc = s.final_test_acc
+    acc_txt = f"test_acc {acc:.4f}" if acc is not None else f"test_loss {s.final_test_loss}"
     return (
-        f"done: {s['updates']} updates in {s['wall_s']:.1f}s ({s['updates_per_s']:.1f}/s), {acc_txt}, "
-        f"staleness mean {s['staleness_mean']:.2f} max {s['staleness_max']}, "
-        f"uplink {s['uplink_bytes'] / 2**20:.1f} MiB, {s['pushes_rejected']} pushes not applied\n"
+        f"done: {s.updates} updates in {s.wall_s:.1f}s ({s.updates_per_s:.1f}/s), {acc_txt}, "
+        f"staleness mean {s.staleness_mean:.2f} max {s.staleness_max}, "
+        f"uplink {s.uplink_bytes / 2**20:.1f} MiB, {s.pushes_rejected} pushes not applied\n"
         f"results: {run_dir}/summary.json, plots in {run_dir}/plots/"
     )
 

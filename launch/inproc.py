@@ -13,9 +13,11 @@ import torch
 
 from protocol.config.schema import ExperimentConfig
 from protocol.config.typed import build
+from protocol.runfolder.records import as_dict
 from protocol.wire.channel import Channel
 from protocol.wire.layout import Layout
 from protocol.wire.messages import Hello, Message, Push
+from ps.outbox import server_channel
 from ps.server import ParameterServer
 
 TIMEOUT_S = 10.0
@@ -28,13 +30,11 @@ def make_config(**sections) -> ExperimentConfig:
 
 @contextlib.contextmanager
 def running_server(cfg: ExperimentConfig, run_dir: Path | None = None, endpoint: str = "tcp://127.0.0.1:0"):
-    chan = Channel(
-        "router", chunk_bytes=cfg.server.chunk_bytes, max_message_bytes=cfg.server.max_message_bytes, send_timeout_s=5
-    )
+    chan = server_channel(cfg.server)
     bound = chan.bind(endpoint)
     server = ParameterServer(cfg, chan, run_dir=run_dir)
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(server.serve()), daemon=True)
+    thread = threading.Thread(target=lambda: result.update(as_dict(server.serve())), daemon=True)
     thread.start()
     try:
         yield server, bound, result
@@ -119,7 +119,7 @@ class FakeWorker:
 
     def recv(self) -> Message:
         while True:
-            _, reply = self.chan.recv(TIMEOUT_S)
+            _, reply, _ = self.chan.recv(TIMEOUT_S)
             if reply.TYPE != "heartbeat":
                 return reply
 

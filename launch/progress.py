@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
+from protocol.runfolder.records import Status
+
 
 class Progress:
     def __init__(self, max_updates: int, every_s: float, stream=None, starting: str = "starting the server..."):
@@ -17,7 +19,7 @@ class Progress:
         self._drawn = False
         self._last = ""
 
-    def show(self, status: dict | None, metric: dict | None, force: bool = False) -> None:
+    def show(self, status: Status | None, metric: dict | None, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now < self._next:
             return
@@ -40,23 +42,23 @@ class Progress:
 
 
 def format_line(
-    status: dict | None, metric: dict | None, max_updates: int, starting: str = "starting the server..."
+    status: Status | None, metric: dict | None, max_updates: int, starting: str = "starting the server..."
 ) -> str:
-    if not status:
+    if status is None:
         return starting
-    if not status.get("started"):
-        return f"waiting for workers to join: {status.get('workers_joined', 0)}/{status.get('workers', '?')}"
+    if not status.started:
+        return f"waiting for workers to join: {status.workers_joined}/{status.workers}"
     parts = [
-        f"[{status['wall_s']:7.1f}s]",
-        f"updates {status['updates']}/{max_updates}",
-        f"({status.get('updates_per_s') or 0:.1f}/s)",
+        f"[{status.wall_s:7.1f}s]",
+        f"updates {status.updates}/{max_updates}",
+        f"({status.updates_per_s or 0:.1f}/s)",
     ]
-    if status.get("loss") is not None:
-        parts.append(f"loss {status['loss']:.4f}")
-    if status.get("staleness_mean") is not None:
-        parts.append(f"staleness mean {status['staleness_mean']:.1f} max {status['staleness_max']}")
-    if status.get("pushes_refused"):
-        parts.append(f"not applied {status['pushes_refused']}")
+    if status.loss is not None:
+        parts.append(f"loss {status.loss:.4f}")
+    if status.staleness_mean is not None:
+        parts.append(f"staleness mean {status.staleness_mean:.1f} max {status.staleness_max}")
+    if status.pushes_refused:
+        parts.append(f"not applied {status.pushes_refused}")
     if metric and metric.get("test_acc") is not None:
         parts.append(f"test_acc {metric['test_acc']:.4f} @{metric['updates']}")
     elif metric:

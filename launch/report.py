@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.plots import Plots, plot_runs
-from launch.rundir import read_json
 from launch.tables import FIGURES, figures, fmt, markdown_table
+from protocol.runfolder.records import RunSummary, read_record
 
 
 @dataclass
@@ -34,7 +34,7 @@ def write_report(runs: list[tuple[str, Path]], out_dir: Path, title: str = "Run 
     plots = plot_runs(runs, out_dir)
     rows = []
     for label, run_dir in runs:
-        f = figures(read_json(run_dir / "summary.json"))
+        f = figures(read_record(RunSummary, run_dir / "summary.json"))
         rows.append([label, f"[{run_dir.name}]({_rel(run_dir, out_dir)})", *(fmt(f[k]) for k in FIGURES)])
     images = [f"![{p.stem}]({p.name})" for p in plots.paths]
     text = "\n\n".join([f"# {title}", markdown_table(["run", "folder", *FIGURES], rows), *images]) + "\n"

@@ -13,7 +13,6 @@ SyncRun: evaluator and N ranks of `python -m sync` (RANK, WORLD_SIZE, MASTER_ADD
 from __future__ import annotations
 
 import csv
-import json
 import socket
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from launch.rundir import read_json, read_metrics
 from launch.summary import build_summary
 from launch.supervisor import Child, Supervisor
 from protocol.config.schema import ExperimentConfig
+from protocol.runfolder.records import RunSummary, Status, read_record, write_record
 
 TICK_S = 0.2
 START_TIMEOUT_S = 60.0  # server import + bind
@@ -52,7 +52,7 @@ class Run:
         self._exit_seen: dict[str, int] = {}  # child name -> watch tick at which it was first seen exited
         self.t0 = time.monotonic()
 
-    def execute(self) -> dict:
+    def execute(self) -> RunSummary:
         """Run to the end and return summary.json's content; raises RunFailed or KeyboardInterrupt."""
         try:
             self._start()
@@ -67,7 +67,7 @@ class Run:
             if not self.quiet:
                 self.progress.done()
         summary = build_summary(self.run_dir, self.cfg, self.sup.process_summary())
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_record(self.run_dir / "summary.json", summary)
         if self.cfg.run.plots:
             plot_run(self.run_dir)
         return summary
@@ -128,7 +128,9 @@ class Run:
         if not self.quiet:
             metrics = read_metrics(self.run_dir) if (self.run_dir / "metrics.jsonl").exists() else []
             self.progress.show(
-                read_json(self.run_dir / "status.json"), metrics[-1] if metrics else None, force=force_progress
+                read_record(Status, self.run_dir / "status.json"),
+                metrics[-1] if metrics else None,
+                force=force_progress,
             )
 
     def _fail(self, child: Child, when: str, failed: list[Child] | None = None) -> None:
@@ -235,7 +237,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 RUNS = {"async": AsyncRun, "sync": SyncRun}
 
 
-def run_experiment(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False) -> dict:
+def run_experiment(cfg: ExperimentConfig, run_dir: Path, quiet: bool = False) -> RunSummary:
     """Run one experiment (its mode decides how) into run_dir; returns summary.json's content.
 
     run_dir must exist and hold config.yaml (the resolved config). Raises RunFailed or KeyboardInterrupt.

@@ -23,6 +23,7 @@ from launch.sweep_tables import PointResult, group_results, write_tables
 from protocol.config.loader import resolved_yaml
 from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
+from protocol.runfolder.records import RunSummary
 
 SMALL_SWEEP = 8  # up to this many points share one set of plots; more get one set per group
 
@@ -64,10 +65,10 @@ def _run_point(point: SweepPoint, run_dir: Path, quiet: bool, runner: Runner) ->
 def _outcome(r: PointResult) -> str:
     if not r.ok:
         return f"failed: {r.error.splitlines()[0] if r.error else ''}"
-    s = r.summary or {}
-    acc = s.get("final_test_acc")
-    score = f"test_acc {acc:.4f}" if acc is not None else f"test_loss {s.get('final_test_loss')}"
-    return f"done: {score}, {s.get('updates', 0)} updates in {s.get('wall_s', 0.0):.1f}s -> {r.run_dir}"
+    s = r.summary or RunSummary()
+    acc = s.final_test_acc
+    score = f"test_acc {acc:.4f}" if acc is not None else f"test_loss {s.final_test_loss}"
+    return f"done: {score}, {s.updates} updates in {s.wall_s:.1f}s -> {r.run_dir}"
 
 
 def write_sweep_reports(sweep_dir: Path, results: list[PointResult]) -> list[tuple[str, Path]]:

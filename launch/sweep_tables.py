@@ -12,13 +12,14 @@ from pathlib import Path
 
 from launch.sweep import SweepPoint, combo_label, show, sweep_keys
 from launch.tables import FIGURES, Stat, figures, fmt, fmt_stat, markdown_table, stat, write_csv
+from protocol.runfolder.records import RunSummary
 
 
 @dataclass
 class PointResult:
     point: SweepPoint
     run_dir: Path
-    summary: dict | None  # summary.json's content; None when the point failed
+    summary: RunSummary | None  # summary.json's content; None when the point failed
     error: str | None = None
 
     @property

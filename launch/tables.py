@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.summary import ACC_TARGETS
+from protocol.runfolder.records import RunSummary
 
 FIGURES = (
     "final_test_acc",
@@ -24,16 +25,16 @@ FIGURES = (
 )
 
 
-def figures(summary: dict | None) -> dict[str, float | None]:
+def figures(summary: RunSummary | None) -> dict[str, float | None]:
     """The key figures of one summary.json (None where missing, e.g. an accuracy never reached)."""
-    summary = summary or {}
-    reached = summary.get("time_to_acc_s") or {}
+    if summary is None:
+        return dict.fromkeys(FIGURES)
     out = {}
     for name in FIGURES:
         if name.startswith("time_to_acc_"):
-            out[name] = reached.get(name.removeprefix("time_to_acc_"))
+            out[name] = summary.time_to_acc_s.get(name.removeprefix("time_to_acc_"))
         else:
-            out[name] = summary.get(name)
+            out[name] = getattr(summary, name)
     return out
 
 

@@ -17,7 +17,7 @@ import torch
 
 from protocol.config.loader import load_experiment
 from protocol.errors import ConfigError
-from protocol.wire.channel import Channel
+from ps.outbox import server_channel
 from ps.server import ParameterServer
 
 log = logging.getLogger("ps")
@@ -38,12 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(cfg.server.threads)
     if args.run_dir:
         args.run_dir.mkdir(parents=True, exist_ok=True)
-    chan = Channel(
-        "router",
-        chunk_bytes=cfg.server.chunk_bytes,
-        max_message_bytes=cfg.server.max_message_bytes,
-        send_timeout_s=cfg.server.send_timeout_s,
-    )
+    chan = server_channel(cfg.server)
     try:
         endpoint = chan.bind(args.endpoint or cfg.server.endpoint)
     except Exception as err:
@@ -65,14 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         chan.close()
     log.info(
         "stopped (%s) after %d updates in %.1fs: %d pushes received, %d applied, %d rejected",
-        summary["stop_reason"],
-        summary["updates"],
-        summary["wall_s"],
-        summary["pushes_received"],
-        summary["pushes_applied"],
-        summary["pushes_rejected"],
+        summary.stop_reason,
+        summary.updates,
+        summary.wall_s,
+        summary.pushes_received,
+        summary.pushes_applied,
+        summary.pushes_rejected,
     )
-    return 0 if summary["stop_reason"] in ("max_updates", "max_seconds") else 3
+    return 0 if summary.stop_reason in ("max_updates", "max_seconds") else 3
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ of g_i matches the worker's own (docs/algorithms.md, Lock-step and drift); the l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -41,6 +42,25 @@ class Staged:
     dense: torch.Tensor | None = None  # float32 (numel,)
     indices: torch.Tensor | None = None  # int64 (k,), sparse deltas
     values: torch.Tensor | None = None  # float32 (k,)
+
+
+class Aggregator(Protocol):
+    """Turns staged pushes into the optimizer's direction (the server and the sync baseline both use one)."""
+
+    uplink: str  # the push kind workers must send: "grad" or "ef21"
+    drift_max: float  # largest relative float drift of the EF21 mirror found so far (0 for direct pushes)
+
+    def stage(self, push: Push) -> Staged:
+        """Validate and decode; raises ProtocolError; changes no state."""
+        ...
+
+    def apply(self, rank: int, staged: Staged) -> torch.Tensor | None:
+        """Fold a staged push in; the direction when a group of apply_every pushes is complete, else None."""
+        ...
+
+    def recompute(self, measure: bool = True) -> float:
+        """Recompute any running mean exactly; returns the drift it removed."""
+        ...
 
 
 class DecodeScratch:
@@ -97,6 +117,9 @@ class DirectAggregator:
             return None
         self._count = 0
         return self._sum.div_(self.every)
+
+    def recompute(self, measure: bool = True) -> float:
+        return 0.0  # nothing is kept between pushes, so nothing can drift
 
 
 class EF21Aggregator:
@@ -174,5 +197,5 @@ class EF21Aggregator:
             self.drift_max = max(self.drift_max, rel)
 
 
-def make_aggregator(ef21: bool, numel: int, resync_every: int, every: int = 1):
+def make_aggregator(ef21: bool, numel: int, resync_every: int, every: int = 1) -> Aggregator:
     return EF21Aggregator(numel, resync_every, every) if ef21 else DirectAggregator(numel, every)

@@ -44,3 +44,13 @@ class ReplyGate:
 
     def waiting(self) -> list[int]:
         return list(self.held)
+
+    def forget(self, rank: int) -> None:
+        """The rank's connection was replaced (a rejoin): nothing is held for it any more."""
+        self.held = [r for r in self.held if r != rank]
+        self._at_barrier.discard(rank)
+
+    def clear(self) -> None:
+        """The run stopped: every held rank was told so."""
+        self.held.clear()
+        self._at_barrier.clear()

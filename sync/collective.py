@@ -10,10 +10,9 @@ DenseAllReduce (compression.method none): one all-reduce (sum) of the float32 bu
 GatheredPushes (naive, ef14, ef21, ef21-sgdm, ef21-sgd2m): each rank's uplink makes the same Push an
     async worker would send; it is packed into bytes (protocol/wire/packed.py). All-gather 1: every
     rank's (bytes, header bytes, stop request); all-gather 2: the packed pushes, padded to the
-    longest. Every rank decodes every push and combines them in rank order as the server would:
-        naive, ef14   direction = mean_i decode(c_i)
-        EF21 family   first step: every push is a dense reset, g = mean_i g_i (float64 accumulation,
-                      as the server's recompute); then g += decode(c_i) / N for i = 0..N-1
+    longest. Every rank feeds every push, in rank order, through the server's own aggregator
+    (ps/aggregate.py, apply_every = N): naive and ef14 steps on the mean of the decoded pushes; the EF21
+    family starts from the exact mean of the dense resets and then adds c_i / N for every rank.
 Tensors handed to nccl live on the rank's GPU; decoding happens on the host (protocol.wire.encoding).
 """
 
@@ -26,10 +25,10 @@ import torch
 import torch.distributed as dist
 
 from protocol.config.schema import ExperimentConfig
-from protocol.wire.encoding import VALUE_DTYPES, Payload, decode_into, narrow
+from protocol.wire.encoding import VALUE_DTYPES, narrow
 from protocol.wire.messages import Push
 from protocol.wire.packed import pack, unpack
-from worker.ef import add_payload
+from ps.aggregate import make_aggregator
 
 STOP_REASONS = ("", "max_updates", "max_seconds", "terminated", "interrupted")  # code = index
 
@@ -117,14 +116,17 @@ class DenseAllReduce:
 
 
 class GatheredPushes:
+    """Compressed pushes: every rank gathers every rank's packed Push and feeds them, in rank order, through
+    the server's own aggregation code (ps/aggregate.py), so both modes combine the same pushes alike."""
+
     def __init__(self, cfg: ExperimentConfig, rank: int, numel: int, comm: Collective, uplink, device):
         self.rank, self.numel, self.comm, self.uplink = rank, numel, comm, uplink
         self.world = comm.world
-        self.ef21 = cfg.compression.ef21
-        self.direction = torch.zeros(numel, dtype=torch.float32, device=device)  # g for the EF21 family
-        self._scratch = torch.empty(numel, dtype=torch.float32)  # host, for decoding
+        comp = cfg.compression
+        # one group of `world` pushes makes one step: the mean of the decoded pushes, or EF21's g
+        self.agg = make_aggregator(comp.ef21, numel, comp.resync_every, every=self.world)
+        self.direction = torch.zeros(numel, dtype=torch.float32, device=device)
         self._send: torch.Tensor | None = None  # reused; the first step (a dense reset for EF21) sizes it
-        self._started = False
 
     def combine(self, grad: torch.Tensor, loss: float, samples: int, step: int, stop_code: int) -> Round:
         kind, p = self.uplink.prepare(grad)
@@ -142,43 +144,35 @@ class GatheredPushes:
             indices=p.indices,
             signs=p.signs,
         )
+        sizes, gathered = self._gather(push, stop_code)
+        pushes = [unpack(gathered[i, : int(sizes[i, 0])], int(sizes[i, 1])) for i in range(self.world)]
+        self.direction.copy_(self._combine(pushes))
+        self.uplink.commit(True)  # every push of a sync step is applied
+        received = sizes.numel() * sizes.element_size() + gathered.numel()
+        return Round(
+            self.direction, [q.loss for q in pushes], sizes[:, 0].tolist(), received, first_stop(sizes[:, 2].tolist())
+        )
+
+    def _gather(self, push: Push, stop_code: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """All-gather 1: every rank's (bytes, header bytes, stop request); all-gather 2: the packed pushes,
+        padded to the longest (the bytes past a push's own are ignored)."""
         packed, header_len = pack(push, self._send)
         sizes = self.comm.all_gather(torch.tensor([packed.numel(), header_len, stop_code], dtype=torch.int64))
         sizes = sizes.clone()  # the next all_gather of int64 would reuse its buffer
         longest = int(sizes[:, 0].max())
-        send = room(self._send, longest, torch.uint8)  # pad to the longest: the bytes past ours are ignored
+        send = room(self._send, longest, torch.uint8)
         if send.data_ptr() != packed.data_ptr():
             send[: packed.numel()] = packed
         self._send = send
-        gathered = self.comm.all_gather(send[:longest])
-        pushes = [unpack(gathered[i, : int(sizes[i, 0])], int(sizes[i, 1])) for i in range(self.world)]
-        direction = self._combine(pushes)
-        self.uplink.commit(True)  # every push of a sync step is applied
-        received = sizes.numel() * sizes.element_size() + gathered.numel()
-        return Round(
-            direction, [q.loss for q in pushes], sizes[:, 0].tolist(), received, first_stop(sizes[:, 2].tolist())
-        )
+        return sizes, self.comm.all_gather(send[:longest])
 
     def _combine(self, pushes: list[Push]) -> torch.Tensor:
-        payloads = [Payload(q.encoding, q.numel, q.values, q.indices, q.signs, q.meta) for q in pushes]
-        kinds = {q.kind for q in pushes}
-        inv_n = 1.0 / self.world
-        if not self.ef21:
-            self.direction.zero_()
-        elif not self._started:  # every rank's first push is its dense g_i: g = the exact mean
-            if kinds != {"reset"}:
-                raise RuntimeError(f"the first EF21 step must be dense resets from every rank, got {sorted(kinds)}")
-            exact = torch.zeros(self.numel, dtype=torch.float64)
-            for p in payloads:
-                exact.add_(decode_into(p, self.numel, self._scratch))
-            self.direction.copy_(exact.div_(self.world))
-            self._started = True
-            return self.direction
-        elif kinds != {"delta"}:
-            raise RuntimeError(f"after the first step EF21 pushes are deltas, got {sorted(kinds)}")
-        for p in payloads:  # rank order, the server's arithmetic (g += c_i / n)
-            add_payload(self.direction, p, self._scratch, alpha=inv_n)
-        return self.direction
+        direction = None
+        for rank, push in enumerate(pushes):  # rank order, the server's arithmetic
+            direction = self.agg.apply(rank, self.agg.stage(push))
+        if direction is None:
+            raise RuntimeError(f"{self.world} pushes did not complete one step")
+        return direction
 
 
 def make_combiner(cfg: ExperimentConfig, rank: int, numel: int, comm: Collective, uplink, device: torch.device):

@@ -8,8 +8,8 @@ start: every rank builds the same Task (same seed: the same initial model) and r
        first collective (every rank's pid, host, device) is the barrier that starts the clock.
 loop:  grad = minibatch gradient at x ; simulated slowdown (a straggler makes everyone wait below)
        direction = combine(grad)        all-reduce mean, or all-gather of compressed pushes (collective.py)
-       the same optimizer step on every rank (torch.optim on the flat parameter vector)
-       rank 0 records the step as the server would (updates.csv, status.json, snapshots; sync_records.py)
+       the same optimizer step on every rank (the server's optimizers, ps/optim.py, on the flat vector)
+       rank 0 records the step as the server would (updates.csv, status.json, snapshots; sync/records.py)
 until the step's collective says stop: rank 0 asks at run.max_updates steps or run.max_seconds, any rank
        on SIGTERM/SIGINT; everyone learns it in the same collective, applies that step and leaves.
 end:   a checksum collective confirms every rank holds the same parameters; rank 0 writes final.snap
@@ -21,76 +21,27 @@ server.reply_timeout_s (a rank waits that long for its peers before failing).
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
-import json
 import logging
 import os
-import random
-import signal
 import socket
 import struct
-import sys
 import time
-from dataclasses import asdict, dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from protocol.config.loader import load_experiment
-from protocol.config.schema import ExperimentConfig, OptimizerConfig
+from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
+from protocol.runfolder.records import WorkerReport
+from ps.optim import make_optimizer
 from sync.collective import STOP_REASONS, Collective, make_combiner
 from sync.records import SyncRecorder
 from worker.loop import rank_uplink
-from worker.straggler import extra_sleep_s
-from worker.tasks import Task, rank_seed
+from worker.step import Stepper
+from worker.tasks import Task
 
 log = logging.getLogger("sync")
 HELLO = struct.Struct("<q64s16s")  # pid, host, device: the first collective
-NORMAL_ENDS = ("max_updates", "max_seconds")
-
-
-@dataclass
-class SyncStats:
-    """worker-<rank>.json: the async worker's keys (wait_s = time in collectives, stragglers included)."""
-
-    pushes: int = 0
-    applied: int = 0
-    dropped: int = 0
-    rejected: int = 0
-    compute_s: float = 0.0
-    simulated_s: float = 0.0
-    wait_s: float = 0.0
-    apply_s: float = 0.0  # decoding and combining pushes, and the optimizer step
-    stop_reason: str = ""
-
-
-def torch_optimizer(params: torch.Tensor, o: OptimizerConfig) -> torch.optim.Optimizer:
-    """The server's optimizers as torch.optim on the flat vector (tests pin the server's 'torch' forms to these).
-
-    sgd momentum_mode 'shifted' (one buffer per worker) equals one buffer here: every worker adds to every
-    step, and the mean of per-worker buffers is the buffer of the mean gradient (the update is linear).
-    """
-    if o.form != "torch":
-        raise ValueError("sync mode runs the torch form only (the config check refuses optimizer.form paper)")
-    if o.name in ("amsgrad", "adam"):
-        return torch.optim.Adam(
-            [params],
-            lr=o.lr,
-            betas=o.betas,
-            eps=o.eps,
-            weight_decay=o.weight_decay,
-            amsgrad=o.name == "amsgrad",
-            fused=True,
-        )
-    if o.name == "sgd":
-        return torch.optim.SGD(
-            [params], lr=o.lr, momentum=o.momentum, dampening=o.dampening, weight_decay=o.weight_decay
-        )
-    raise ValueError(f"unknown optimizer {o.name!r}")
 
 
 class SyncWorker:
@@ -110,29 +61,27 @@ class SyncWorker:
         self.clock, self.sleep = clock, sleep
         self.task = Task(cfg, device=device)
         net = self.task.net
-        self.sampler = self.task.sampler(rank, world)
-        self._rng = random.Random(rank_seed(cfg.seed, rank))  # the straggler jitter stream of async rank i
+        self.stats = WorkerReport()
+        self.step = Stepper(cfg, rank, self.task, self.stats, clock, sleep)  # async rank i's streams
         self.comm = Collective(world, net.params.device)  # gloo: host tensors; nccl: this rank's GPU
         self.combiner = make_combiner(cfg, rank, net.numel, self.comm, rank_uplink(cfg, rank, net), net.params.device)
-        self.opt = torch_optimizer(net.params, cfg.optimizer)
+        self.opt = make_optimizer(net.params, cfg.optimizer)  # the server's optimizer, on every rank
         self.recorder = SyncRecorder(cfg, run_dir, net.numel, world) if rank == 0 else None
-        self.stats = SyncStats()
         self.stop_request = ""  # set by a signal handler; the next step's collective carries it
         self.record_s = 0.0
 
     # -- main loop -----------------------------------------------------------------------------------
-    def run(self) -> SyncStats:
+    def run(self) -> WorkerReport:
         ranks = self._hello()
         t_start = self.clock()
         params = self.task.net.params
         step = 0
         while True:
-            loss, samples = self._compute()
+            loss, samples = self.step.gradient()
             stop_code = STOP_REASONS.index(self._stop_request(step, t_start))
             t0, in_collectives = time.perf_counter(), self.comm.seconds
             rnd = self.combiner.combine(self.task.net.grad, loss, samples, step, stop_code)
-            params.grad = rnd.direction
-            self.opt.step()
+            self.opt.step(rnd.direction, self.cfg.optimizer.lr)
             step += 1
             self._account(t0, in_collectives)
             if self.recorder is not None:
@@ -144,18 +93,6 @@ class SyncWorker:
         if self.recorder is not None:
             self.recorder.finish(params, rnd.stop_reason, ranks, self.time_split(), agree)
         return self.stats
-
-    def _compute(self) -> tuple[float, int]:
-        batch = self.sampler.next()
-        t0 = self.clock()
-        loss = self.task.gradient(batch)  # float(loss) waits for the device, backward included
-        compute = self.clock() - t0
-        self.stats.compute_s += compute
-        extra = extra_sleep_s(self.cfg.worker, self.cfg.slowdown(self.rank), compute, self._rng.random())
-        if extra > 0:
-            self.stats.simulated_s += extra
-            self.sleep(extra)
-        return loss, len(batch)
 
     def _stop_request(self, step: int, t_start: float) -> str:
         """What this rank asks for in this step's collective: '' (go on) or why the run should end after it."""
@@ -217,140 +154,3 @@ class SyncWorker:
         if not agree:
             log.error("ranks ended with different parameters (checksums %s)", sums.reshape(-1).tolist())
         return agree
-
-
-# -- process start: device, rendezvous, signals ---------------------------------------------------------
-def rank_device(cfg: ExperimentConfig, local_rank: int, world: int) -> torch.device:
-    d = cfg.worker.device
-    if d == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError("worker.device", f"is {d}, but no CUDA device is visible")
-    if d == "cuda":  # nccl needs one GPU per rank: rank i on this host takes cuda:LOCAL_RANK
-        if local_rank >= torch.cuda.device_count():
-            raise ConfigError(
-                "worker.device",
-                f"local rank {local_rank} needs cuda:{local_rank}, this host has "
-                f"{torch.cuda.device_count()} GPU(s) (nccl needs one GPU per rank)",
-            )
-        return torch.device("cuda", local_rank)
-    if world > 1:
-        raise ConfigError(
-            "worker.device",
-            f"{d} would put every rank on one GPU (nccl needs one GPU per rank); "
-            "use cuda: rank i takes cuda:LOCAL_RANK",
-        )
-    return torch.device(d)
-
-
-def join_group(rank: int, world: int, device: torch.device, cfg: ExperimentConfig) -> None:
-    """Form the process group (gloo for CPU ranks, nccl for GPU ranks)."""
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    timeout = timedelta(seconds=cfg.server.reply_timeout_s)  # each collective waits this long for its peers
-    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    _stay_on_loopback(addr)
-    if "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun hosts the store itself: env:// finds it
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, timeout=timeout)
-        return
-    # Rank 0 binds the store's port on MASTER_ADDR only (TCPStore by itself listens on every interface)
-    # and hands the socket to the store, which closes it with the group.
-    store_timeout = timedelta(seconds=cfg.server.connect_timeout_s)
-    if rank == 0:
-        fd = socket.create_server((addr, port), backlog=max(128, world)).detach()
-        store = dist.TCPStore(addr, port, world, True, timeout=store_timeout, master_listen_fd=fd)
-    else:
-        store = dist.TCPStore(addr, port, world, False, timeout=store_timeout)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
-
-
-def _stay_on_loopback(addr: str) -> None:
-    """With a loopback master every rank is on this host: gloo and nccl sockets bind to loopback only."""
-    try:
-        loopback = ipaddress.ip_address(socket.gethostbyname(addr)).is_loopback
-    except (OSError, ValueError):
-        return
-    name = loopback_interface() if loopback else None
-    if name:
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", name)
-        os.environ.setdefault("NCCL_SOCKET_IFNAME", name)
-
-
-def loopback_interface() -> str | None:
-    """The name of the network interface that holds 127.0.0.1 (lo on Linux, lo0 on macOS)."""
-    import psutil
-
-    for name, addrs in psutil.net_if_addrs().items():
-        if any(a.family == socket.AF_INET and a.address.startswith("127.") for a in addrs):
-            return name
-    return None
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sync", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--run-dir", type=Path, help="rank 0 writes the run's records here; every rank its worker json")
-    args = ap.parse_args(argv)
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stdout, format=f"%(asctime)s sync{rank} %(levelname)s %(message)s"
-    )
-    try:
-        if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-            raise ConfigError("MASTER_ADDR", "and MASTER_PORT must be set (the launcher or torchrun sets them)")
-        cfg = load_experiment(args.config)
-        device = rank_device(cfg, int(os.environ.get("LOCAL_RANK", rank)), world)
-        torch.set_num_threads(cfg.worker.threads)
-        if args.run_dir:
-            args.run_dir.mkdir(parents=True, exist_ok=True)
-        worker = SyncWorker(cfg, rank, world, device, run_dir=args.run_dir if rank == 0 else None)
-    except (ConfigError, OSError) as err:
-        print(f"error: rank {rank}: {err}", file=sys.stderr)
-        return 2
-    try:
-        join_group(rank, world, device, cfg)
-    except (RuntimeError, OSError) as err:
-        print(
-            f"error: rank {rank}: could not form the process group at {os.environ['MASTER_ADDR']}:"
-            f"{os.environ['MASTER_PORT']}: {err}",
-            file=sys.stderr,
-            flush=True,
-        )
-        return 1
-    signal.signal(signal.SIGTERM, lambda *_: setattr(worker, "stop_request", "terminated"))
-    signal.signal(signal.SIGINT, lambda *_: setattr(worker, "stop_request", "interrupted"))
-    try:
-        log.info("rank %d of %d on %s (%s)", rank, world, device, dist.get_backend())
-        stats = worker.run()
-    except RuntimeError as err:  # a peer died or stopped answering (gloo/nccl errors are RuntimeErrors)
-        log.exception("the step failed")
-        print(f"error: rank {rank}: {err}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        dist.destroy_process_group()
-    log.info(
-        "stopped (%s) after %d steps: compute %.2fs, simulated %.2fs, collectives %.2fs, apply %.2fs",
-        stats.stop_reason,
-        stats.pushes,
-        stats.compute_s,
-        stats.simulated_s,
-        stats.wait_s,
-        stats.apply_s,
-    )
-    if args.run_dir:
-        (args.run_dir / f"worker-{rank}.json").write_text(json.dumps(asdict(stats), indent=1))
-    return exit_code(stats.stop_reason, worker.stop_request)
-
-
-def exit_code(stop_reason: str, own_request: str) -> int:
-    """0 for a normal end; a signalled rank exits as the signal asks; a rank stopped by a peer's signal, 3."""
-    if stop_reason in NORMAL_ENDS:
-        return 0
-    if own_request:
-        return {"terminated": 143, "interrupted": 130}.get(own_request, 3)
-    return 3
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
     RANK=i WORLD_SIZE=N MASTER_ADDR=127.0.0.1 MASTER_PORT=P python tests/sync_rank.py CONFIG OUT_DIR
 
-Forms the group as `python -m sync` does (sync.loop.join_group), runs the SyncWorker (rank 0
+Forms the group as `python -m sync` does (sync.group.join_group), runs the SyncWorker (rank 0
 records into OUT_DIR/run), and writes OUT_DIR/rank<i>.snap (protocol/runfolder/snapshot.py, no pickle).
 """
 
@@ -17,7 +17,8 @@ import torch.distributed as dist  # noqa: E402
 
 from protocol.config.loader import load_experiment  # noqa: E402
 from protocol.runfolder.snapshot import write_snapshot  # noqa: E402
-from sync.loop import SyncWorker, join_group  # noqa: E402
+from sync.group import join_group  # noqa: E402
+from sync.loop import SyncWorker  # noqa: E402
 
 
 def main() -> int:

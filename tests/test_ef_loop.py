@@ -88,7 +88,7 @@ def test_a_seq_jump_is_refused_and_resynchronised_with_a_dense_reset(tmp_path):
     assert loops[0].stats.rejected == 0 and [k for k, _ in loops[0].kinds].count("reset") == 1
     assert result["updates"] == 400 and result["ef_drift_max"] < 1e-5, result
     for rank, loop in enumerate(loops):  # both sides hold the same g_i, bit for bit
-        assert torch.equal(server.agg.g_i[rank], loop.uplink.g), rank
+        assert torch.equal(server.model.agg.g_i[rank], loop.uplink.g), rank
 
 
 @pytest.mark.slow
@@ -111,5 +111,5 @@ def test_server_g_is_the_mean_of_the_workers_g_i_after_thousands_of_topk_pushes(
     rel = float((g_server.double() - mean).norm() / mean.norm())
     assert rel < 1e-5, rel
     for rank, loop in enumerate(loops):
-        assert torch.equal(server.agg.g_i[rank], loop.uplink.g), rank
+        assert torch.equal(server.model.agg.g_i[rank], loop.uplink.g), rank
     assert result["ef_drift_max"] < 1e-5

@@ -134,7 +134,7 @@ def test_the_evaluator_writes_grad_norm_sq_and_the_summary_keeps_the_final_one(t
     line = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert line["grad_norm_sq"] > 0 and line["final"]
     summary = build_summary(tmp_path, cfg, {})
-    assert summary["final_grad_norm_sq"] == line["grad_norm_sq"]
+    assert summary.final_grad_norm_sq == line["grad_norm_sq"]
 
 
 def test_shipped_noise_floor_config_is_the_quadratic_at_its_optimum():

@@ -58,14 +58,14 @@ def test_pushes_are_applied_to_the_current_parameters():
 
 
 def _state(server):
-    return server.params.clone(), {k: v.clone() for k, v in server.opt.state().items()}, server.version
+    return server.params.clone(), {k: v.clone() for k, v in server.model.opt.state().items()}, server.version
 
 
 def _assert_unchanged(server, before):
     params, state, version = before
     assert torch.equal(server.params, params)
     assert server.version == version
-    now = server.opt.state()
+    now = server.model.opt.state()
     assert set(now) == set(state) and all(torch.equal(now[k], state[k]) for k in state)
 
 
@@ -104,7 +104,7 @@ def test_bad_pushes_are_rejected_without_changing_state(tmp_path):
         assert reply.TYPE == "reply" and reply.applied
         w0.close()
         w1.close()
-    c = server.counters
+    c = server.report.counters
     assert c.pushes_received == c.pushes_applied + c.pushes_rejected
     assert c.pushes_applied == 2
     assert c.pushes_rejected + c.messages_rejected == len(cases)
@@ -190,11 +190,11 @@ def test_concurrent_workers_counters_add_up(tmp_path):
             t.join(timeout=60)
         assert not errors, errors
         status = server.status()
-    c = server.counters
+    c = server.report.counters
     assert c.pushes_received == workers * pushes
     assert c.pushes_applied == workers * pushes * 9 // 10 == server.version
     assert c.pushes_received == c.pushes_applied + c.pushes_rejected
-    assert status["updates"] == c.pushes_applied
+    assert status.updates == c.pushes_applied
     # all 4 workers each pushed -1 per coordinate per applied push at lr 0.1
     torch.testing.assert_close(server.params, torch.full((N,), -0.1 * server.version), rtol=1e-5, atol=0)
 
@@ -234,6 +234,6 @@ def test_reply_carries_bytes_accounting(tmp_path):
                 )
             )
         )
-        assert server.counters.uplink_bytes == push_bytes
+        assert server.report.counters.uplink_bytes == push_bytes
     row = (tmp_path / "updates.csv").read_text().splitlines()[1].split(",")
     assert int(row[5]) == push_bytes

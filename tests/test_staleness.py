@@ -167,8 +167,8 @@ def _threaded_run(cfg, workers, pushes, slow_rank=None, tmp_path=None):
         for t in threads:
             t.join(timeout=120)
         assert not any(t.is_alive() for t in threads)
-        summary = server.counters.summary()
-    server.log.flush()
+        summary = server.report.counters.summary_fields()
+    server.report.log.flush()
     with open(tmp_path / "updates.csv") as f:
         return list(csv.DictReader(f)), summary
 

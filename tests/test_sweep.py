@@ -12,6 +12,7 @@ from launch.run import RunFailed
 from launch.sweep import _blame, expand_sweep, grid, sweep_keys
 from launch.sweep_run import report_plan, run_sweep, write_sweep_reports
 from launch.sweep_tables import PointResult, group_results
+from protocol.runfolder.records import RunSummary
 from protocol.config.loader import load_experiment
 from protocol.config.typed import to_dict
 from protocol.errors import ConfigError
@@ -113,16 +114,16 @@ def _stand_in(cfg, run_dir, quiet):
     """A runner that fails one point and otherwise reports figures computed from the point's values."""
     if cfg.optimizer.lr == 0.2 and cfg.seed == 2:
         raise RunFailed("worker1 (pid 7) exited with code 1 during the run; last lines:\nboom")
-    return {
-        "final_test_acc": cfg.optimizer.lr + cfg.seed / 100,
-        "final_test_loss": 1.0,
-        "wall_s": 2.0 + cfg.seed,
-        "updates": 100,
-        "updates_per_s": 50.0,
-        "uplink_bytes": 1000 * cfg.workers,
-        "staleness_mean": 1.5,
-        "time_to_acc_s": {"0.9": 1.0 if cfg.seed else None, "0.95": None, "0.97": None},
-    }
+    return RunSummary(
+        final_test_acc=cfg.optimizer.lr + cfg.seed / 100,
+        final_test_loss=1.0,
+        wall_s=2.0 + cfg.seed,
+        updates=100,
+        updates_per_s=50.0,
+        uplink_bytes=1000 * cfg.workers,
+        staleness_mean=1.5,
+        time_to_acc_s={"0.9": 1.0 if cfg.seed else None, "0.95": None, "0.97": None},
+    )
 
 
 def test_sweep_runs_every_point_records_failures_and_tables_over_seeds(tmp_path, capsys):
@@ -160,10 +161,10 @@ def test_sweep_runs_every_point_records_failures_and_tables_over_seeds(tmp_path,
 
 def test_points_that_differ_only_in_seed_form_one_group():
     cfg = make_config(sweep={"seed": [0, 1], "workers": [1, 2]})
-    groups = group_results([PointResult(p, Path("."), {}) for p in expand_sweep(cfg)])
+    groups = group_results([PointResult(p, Path("."), RunSummary()) for p in expand_sweep(cfg)])
     assert [(g.label, len(g.results)) for g in groups] == [("workers=1", 2), ("workers=2", 2)]
     seeds_only = expand_sweep(make_config(sweep={"seed": [0, 1]}))
-    only_seeds = group_results([PointResult(p, Path("."), {}) for p in seeds_only])
+    only_seeds = group_results([PointResult(p, Path("."), RunSummary()) for p in seeds_only])
     assert [(g.label, len(g.results)) for g in only_seeds] == [("all points", 2)]
 
 
@@ -171,7 +172,7 @@ def test_large_sweeps_get_one_overlay_per_group(tmp_path, monkeypatch):
     monkeypatch.setattr("launch.sweep_run.SMALL_SWEEP", 2)  # keeps the test small: 3 points count as many
     points = expand_sweep(make_config(sweep={"optimizer.lr": [0.1, 0.2], "seed": [0, 1]}))
     folders = [tmp_path / p.folder for p in points]
-    results = [PointResult(p, folder, {}) for p, folder in zip(points, folders)]
+    results = [PointResult(p, folder, RunSummary()) for p, folder in zip(points, folders)]
     results[1].error = "failed"  # failed points are left out of the plots
     report = tmp_path / "report"
     assert report_plan(tmp_path, results) == [
@@ -186,7 +187,7 @@ def test_large_sweeps_get_one_overlay_per_group(tmp_path, monkeypatch):
 
 def test_sweep_report_overlays_the_points(tmp_path):
     points = expand_sweep(make_config(sweep={"seed": [0, 1]}))
-    results = [PointResult(p, fake_run(tmp_path / p.folder, acc_end=0.5 + p.index / 10), {}) for p in points]
+    results = [PointResult(p, fake_run(tmp_path / p.folder, acc_end=0.5 + p.index / 10), RunSummary()) for p in points]
     [(title, md)] = write_sweep_reports(tmp_path, results)
     assert title == "all points" and md == tmp_path / "report" / "report.md"
     rows = [line.split(" | ")[:3] for line in md.read_text().splitlines() if line.startswith("| seed=")]

@@ -21,7 +21,9 @@ from protocol.runfolder.snapshot import read_snapshot
 from protocol.wire.messages import Push
 from ps.aggregate import EF21Aggregator
 from ps.optim import make_optimizer
-from sync.loop import SyncWorker, exit_code, loopback_interface, rank_device
+from sync.__main__ import exit_code
+from sync.group import loopback_interface, rank_device
+from sync.loop import SyncWorker
 from tests.helpers import make_config
 from tests.test_equivalence import _distributed
 from worker.loop import rank_uplink
@@ -237,7 +239,6 @@ def test_ef21_sync_ranks_never_diverge_and_equal_the_servers_arithmetic(tmp_path
 @pytest.mark.parametrize(
     "sections,key",
     [
-        ({"optimizer": {"form": "paper"}}, "optimizer.form"),
         ({"staleness": {"delay": "uniform", "delay_versions": 3}}, "staleness.delay"),
         ({"staleness": {"apply_every": 2}}, "staleness.apply_every"),
     ],

@@ -66,7 +66,7 @@ def test_every_message_type_round_trips(pair):
     assert {type(m) for m in examples} == set(MESSAGE_TYPES.values())
     for msg in examples:
         dealer.send(msg)
-        identity, got = router.recv(5)
+        identity, got, _ = router.recv(5)
         assert identity is not None
         assert type(got) is type(msg)
         for name in msg.__dataclass_fields__:
@@ -76,7 +76,7 @@ def test_every_message_type_round_trips(pair):
             else:
                 assert a == b, name
         router.send(msg, to=identity)  # and back the other way
-        _, back = dealer.recv(5)
+        _, back, _ = dealer.recv(5)
         assert type(back) is type(msg)
 
 
@@ -98,7 +98,7 @@ def test_every_dtype_round_trips_across_frames(pair, dtype, numel):
             values=values,
         )
     )
-    _, got = router.recv(5)
+    _, got, _ = router.recv(5)
     assert got.values.dtype == dtype and torch.equal(got.values, values)
 
 
@@ -114,9 +114,9 @@ def test_receive_into_preallocated_buffer(pair):
     ptr = dest.data_ptr()
     router_msg = Reply(applied=True, reason="ok", staleness=0, version=1, lr=0.1, params=torch.arange(100.0))
     dealer.send(Pull(rank=0))
-    identity, _ = router.recv(5)
+    identity, _, _ = router.recv(5)
     router.send(router_msg, to=identity)
-    _, got = dealer.recv(5, alloc=lambda cls, spec: dest)
+    _, got, _ = dealer.recv(5, alloc=lambda cls, spec: dest)
     assert got.params.data_ptr() == ptr and torch.equal(dest, torch.arange(100.0))
 
 
@@ -179,7 +179,7 @@ def test_malformed_messages_are_refused_and_the_channel_stays_usable(pair, case)
     assert info.value.code == code, info.value
     assert info.value.identity is not None  # so the server can answer with a Reject
     dealer.send(Pull(rank=7))  # the next message decodes normally: nothing was left half-read
-    _, msg = router.recv(5)
+    _, msg, _ = router.recv(5)
     assert msg == Pull(rank=7)
 
 
@@ -259,7 +259,7 @@ def test_ipc_endpoints_work(tmp_path):
     dealer.connect(endpoint)
     try:
         dealer.send(Pull(rank=1))
-        _, msg = router.recv(5)
+        _, msg, _ = router.recv(5)
         assert msg == Pull(rank=1)
     finally:
         dealer.close()
@@ -281,14 +281,14 @@ def test_send_pool_reuses_buffers_once_zeromq_released_them(pair):
     src = torch.randn(50_000)
     pool = SendPool(src.numel())
     dealer.send(Pull(rank=0))
-    identity, _ = router.recv(5)
+    identity, _, _ = router.recv(5)
     for _ in range(5):
         buf = pool.snapshot(src)
         tracker = router.send(
             Reply(applied=True, reason="ok", staleness=0, version=0, lr=0.0, params=buf), to=identity, track=True
-        )
+        ).tracker
         pool.sent(buf, tracker)
-        _, got = dealer.recv(5)
+        _, got, _ = dealer.recv(5)
         assert torch.equal(got.params, src)
         tracker.wait(timeout=5)  # released by ZeroMQ's I/O thread, possibly just after the peer got the bytes
     assert pool.allocated == 1
@@ -301,16 +301,19 @@ class _Tracker:  # stands in for zmq.MessageTracker: the test decides when the s
         self.done = True
 
 
-def test_send_pool_never_hands_out_a_buffer_still_in_flight():
+def test_send_pool_never_hands_out_a_buffer_still_in_flight_nor_waits_for_one():
     pool = SendPool(8, max_buffers=2)
     first, tracker = pool.snapshot(torch.ones(8)), _Tracker()
     pool.sent(first, tracker)
     second = pool.snapshot(torch.zeros(8))
     assert second.data_ptr() != first.data_ptr() and torch.equal(first, torch.ones(8))  # in flight: untouched
     pool.sent(second, _Tracker())
-    third = pool.snapshot(torch.full((8,), 2.0))  # at max_buffers: waits for the oldest send, then reuses it
-    assert tracker.done and third.data_ptr() == first.data_ptr() and pool.allocated == 2
-    tracker2 = _Tracker()
-    pool.sent(third, tracker2)
-    tracker2.done = True
-    assert pool.snapshot(torch.ones(8)).data_ptr() == first.data_ptr()  # completed sends are reclaimed
+    # at max_buffers with every buffer in flight: no buffer, at once (a peer that never reads must not stall
+    # the server), and nothing in flight was touched
+    assert pool.snapshot(torch.full((8,), 2.0)) is None and pool.allocated == 2
+    assert torch.equal(first, torch.ones(8)) and torch.equal(second, torch.zeros(8))
+    tracker.done = True
+    third = pool.snapshot(torch.full((8,), 2.0))  # the completed send is reclaimed and reused
+    assert third.data_ptr() == first.data_ptr() and pool.allocated == 2
+    pool.unused(third)  # a snapshot that was not sent is free again at once
+    assert pool.snapshot(torch.ones(8)).data_ptr() == first.data_ptr()

@@ -11,19 +11,18 @@ exits with the failed rank's code.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
 import signal
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from protocol.config.loader import load_experiment
 from protocol.errors import ConfigError
+from protocol.runfolder.records import write_record
 from worker.host import EXIT_CANCELLED, RankHost, RankResult, exit_code
 
 log = logging.getLogger("worker")
@@ -101,8 +100,7 @@ def report(results: list[RankResult], run_dir: Path | None) -> None:
                 st.wait_s,
             )
             if run_dir:
-                out = {k: v for k, v in asdict(st).items() if k != "staleness"}
-                (run_dir / f"worker-{r.rank}.json").write_text(json.dumps(out, indent=1))
+                write_record(run_dir / f"worker-{r.rank}.json", st)
     cancelled = sorted(r.rank for r in results if r.code == EXIT_CANCELLED)
     if cancelled:
         log.info("ranks %s were asked to stop and left", spans(cancelled))

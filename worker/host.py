@@ -23,8 +23,9 @@ import traceback
 from dataclasses import dataclass
 
 from protocol.config.schema import ExperimentConfig
+from protocol.runfolder.records import WorkerReport
 from protocol.wire.channel import Channel
-from worker.loop import Cancelled, WorkerError, WorkerLoop, WorkerStats
+from worker.loop import Cancelled, WorkerError, WorkerLoop
 from worker.tasks import Task
 
 log = logging.getLogger("worker")
@@ -37,7 +38,7 @@ class RankResult:
     rank: int
     code: int  # 0 stopped by the server, 1 failed, EXIT_CANCELLED asked to leave
     error: str = ""
-    stats: WorkerStats | None = None
+    stats: WorkerReport | None = None
     still_running: bool = False  # did not leave within CANCEL_GRACE_S of a cancel
 
 

@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 
 import torch
 
 from protocol.config.schema import ExperimentConfig
 from protocol.errors import ProtocolError
+from protocol.runfolder.records import WorkerReport
 from protocol.wire import codec
 from protocol.wire.channel import Channel, ReceiveError
 from protocol.wire.messages import Heartbeat, Hello, Message, Push, Reject, Reply, Stop, Welcome
 from worker.compressors import make_compressor
 from worker.ef import make_uplink
-from worker.straggler import extra_sleep_s
+from worker.step import Stepper
 from worker.tasks import Task, rank_seed
 
 log = logging.getLogger("worker")
@@ -57,19 +56,6 @@ class Cancelled(Exception):
     """The process hosting this worker asked it to stop (a signal, or another rank of it failed)."""
 
 
-@dataclass
-class WorkerStats:
-    pushes: int = 0
-    applied: int = 0
-    dropped: int = 0
-    rejected: int = 0
-    compute_s: float = 0.0
-    simulated_s: float = 0.0
-    wait_s: float = 0.0
-    stop_reason: str = ""
-    staleness: list = field(default_factory=list)
-
-
 class WorkerLoop:
     def __init__(
         self,
@@ -87,7 +73,6 @@ class WorkerLoop:
         self.run_id = run_id
         self.cancel = cancel  # set by the hosting process: leave between steps or waits (raises Cancelled)
         self.task = task or Task(cfg, device=cfg.worker.device)
-        self.sampler = self.task.sampler(rank, cfg.workers)
         net = self.task.net
         on_cpu = net.params.device.type == "cpu"
         # The wire needs host memory: on the CPU the model's own flat buffers travel; on a GPU,
@@ -98,20 +83,21 @@ class WorkerLoop:
         self.uplink = rank_uplink(cfg, rank, net)
         # dense pushes travel from host memory; compressors work on the device gradient
         self._push_source = self.host_grad if comp.method == "none" else net.grad
+        self._host_copy = None if self._push_source is net.grad else self.host_grad  # what the step copies to
         self.version = 0
         self.seq = 0
-        self.stats = WorkerStats()
-        self._rng = random.Random(rank_seed(cfg.seed, rank))
+        self.stats = WorkerReport()
+        self.step = Stepper(cfg, rank, self.task, self.stats, clock, sleep)
         self._fallback = codec.fresh_allocator(cfg.server.max_message_bytes)
         self._rejects_in_a_row = 0
 
     # -- main loop -----------------------------------------------------------------------------------
-    def run(self) -> WorkerStats:
+    def run(self) -> WorkerReport:
         if not self._join():
             return self.stats
         while True:
             self._check_cancel()
-            loss, samples = self._compute()
+            loss, samples = self.step.gradient(self._host_copy)
             kind, payload = self.uplink.prepare(self._push_source)
             push = Push(
                 rank=self.rank,
@@ -146,24 +132,6 @@ class WorkerLoop:
             meta["g_sq"] = float(g.double().square().sum())
         return meta
 
-    def _compute(self) -> tuple[float, int]:
-        batch = self.sampler.next()
-        t0 = self.clock()
-        loss = self.task.gradient(batch)
-        if self.host_grad is not self.task.net.grad:
-            self.host_grad.copy_(self.task.net.grad)  # synchronous device -> host copy
-        compute = self.clock() - t0
-        self.stats.compute_s += compute
-        self._simulate(compute)
-        return loss, len(batch)
-
-    def _simulate(self, compute: float) -> None:
-        """Stragglers and simulated compute: sleep as if this step took longer."""
-        extra = extra_sleep_s(self.cfg.worker, self.cfg.slowdown(self.rank), compute, self._rng.random())
-        if extra > 0:
-            self.stats.simulated_s += extra
-            self.sleep(extra)
-
     def _handle(self, reply: Message) -> None:
         if isinstance(reply, Reply):
             self._rejects_in_a_row = 0
@@ -172,7 +140,6 @@ class WorkerLoop:
             self.uplink.commit(reply.applied)
             if reply.applied:
                 self.stats.applied += 1
-                self.stats.staleness.append(reply.staleness)
             else:
                 self.stats.dropped += 1
             self._load_params()
@@ -250,7 +217,7 @@ class WorkerLoop:
                     raise TimeoutError
                 raise WorkerError(f"no reply from the server within {timeout:.0f}s (server gone?)")
             try:
-                _, reply = self.chan.recv(min(remaining, CANCEL_POLL_S), alloc=self._alloc)
+                _, reply, _ = self.chan.recv(min(remaining, CANCEL_POLL_S), alloc=self._alloc)
             except TimeoutError:
                 self._check_cancel()
                 continue

@@ -220,6 +220,9 @@ class ServerConfig:
     wait_for_workers: bool = True  # start training only when all workers joined (fair timing, same start)
     join_timeout_s: float = 120.0  # ...but start with those present after this long
     stop_grace_s: float = 10.0  # after the end, how long the server waits to tell every worker to stop
+    # a worker silent this long (no push, no heartbeat, no reply waiting for it) is gone: its rank may be taken
+    # over by a new connection
+    worker_timeout_s: float = 60.0
     status_every_s: float = 0.5  # how often the server publishes its counters (status.json)
 
     def check(self) -> None:
@@ -237,6 +240,7 @@ class ServerConfig:
             "connect_timeout_s",
             "join_timeout_s",
             "stop_grace_s",
+            "worker_timeout_s",
             "status_every_s",
         ):
             require(getattr(self, key) > 0, key, "must be > 0")
@@ -299,12 +303,7 @@ class ExperimentConfig:
             "staleness.delay",
             "the artificial delay cannot be combined with ssp or apply_every",
         )
-        if self.mode == "sync":  # the baseline runs torch.optim (sync/loop.py); nothing in it is ever stale
-            require(
-                self.optimizer.form == "torch",
-                "optimizer.form",
-                "'paper' is not available in sync mode (it steps with torch.optim); use form torch",
-            )
+        if self.mode == "sync":  # the baseline steps with the server's optimizers; nothing in it is ever stale
             require(st.delay == "none", "staleness.delay", "does not apply in sync mode (nothing is stale)")
             require(
                 st.apply_every == 1,

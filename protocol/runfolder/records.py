@@ -1,153 +1,184 @@
-"""What a run records: one updates.csv row per push received, running counters, status.json.
+"""The run folder's JSON records, each defined once as a typed dataclass and built by keyword.
 
-Rows are buffered and flushed on the status cadence, so recording costs a string format per push.
-It lives in `protocol` because both the parameter server and the synchronous baseline's rank 0
-(sync/loop.py) write these files, and ps and worker may not import each other; it holds no ML.
+Writers (the server, the sync baseline's rank 0, the workers, the launcher) build a record and call
+`write_record`; readers (the launcher's progress line and summary, reports, sweeps, experiments) call
+`read_record(Type, path)` and use attributes, never string keys. A record read from an older run folder
+that lacks a field gets the field's default; keys this version does not know are ignored.
+
+status.json          Status         the server's live counters, rewritten every server.status_every_s
+server_summary.json  ServerSummary  the server's (or sync rank 0's) final counters and time split
+worker-<rank>.json   WorkerReport   one worker's pushes and where its time went
+summary.json         RunSummary     the run's final figures, written by the launcher
+updates.csv          PushRecord     one row per push received (see updates.py)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections import Counter, deque
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-UPDATE_COLUMNS = (
-    "version",
-    "worker",
-    "base_version",
-    "staleness",
-    "lr",
-    "bytes",
-    "applied",
-    "loss",
-    "seq",
-    "reason",
-    "wall_s",
-)
+R = typing.TypeVar("R")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PushRecord:
+    """One push as the server handled it: a row of updates.csv."""
+
     version: int  # server version after this push was handled
-    worker: int
-    base_version: int
-    staleness: int
+    worker: int  # rank
+    base_version: int  # version of the parameters the push was computed on
+    staleness: int  # version when handled - base_version
     lr: float  # the learning rate applied (0 when not applied)
     bytes: int  # bytes of the push message that crossed the socket (header + frames)
     applied: bool
-    loss: float
-    seq: int
-    reason: str  # "ok" or why it was not applied
-    wall_s: float
+    loss: float  # the worker's minibatch loss (NaN when it sent none)
+    seq: int  # the worker's sequence number
+    reason: str  # "ok" or why it was not applied (a Reject code, "stale", "stopped")
+    wall_s: float  # seconds since training started
 
 
 @dataclass
-class Counters:
+class Status:
+    """status.json: what the progress line shows while the run goes on."""
+
+    wall_s: float = 0.0
+    version: int = 0
+    updates: int = 0
+    pushes_received: int = 0
+    pushes_rejected: int = 0
+    pushes_refused: int = 0  # not applied for a reason other than arriving after the stop
+    messages_rejected: int = 0
+    workers_joined: int = 0
+    workers: int = 0
+    started: bool = False
+    stopping: str | None = None
+    staleness_max: int = 0
+    updates_per_s: float = 0.0  # over the most recent applied pushes
+    loss: float | None = None  # mean minibatch loss of the most recent applied pushes
+    staleness_mean: float | None = None
+    staleness_max_recent: int | None = None
+
+
+@dataclass
+class ServerSummary:
+    """server_summary.json: the final counters of the server (or of sync rank 0, mode 'sync')."""
+
+    updates: int = 0
+    stop_reason: str | None = None
+    wall_s: float = 0.0
+    num_params: int = 0
     pushes_received: int = 0
     pushes_applied: int = 0
     pushes_rejected: int = 0
     messages_rejected: int = 0  # undecodable messages (no push row can be written for them)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
     uplink_bytes: int = 0
     downlink_bytes: int = 0
-    staleness_sum: int = 0
+    staleness_mean: float = 0.0
     staleness_max: int = 0
-    reasons: Counter = field(default_factory=Counter)
-    staleness_hist: Counter = field(default_factory=Counter)
-    staleness_by_worker: dict = field(default_factory=dict)  # rank -> Counter of staleness
-    recent: deque = field(default_factory=lambda: deque(maxlen=512))  # (wall_s, staleness, loss) applied
-
-    def add(self, r: PushRecord) -> None:
-        self.pushes_received += 1
-        if r.applied:
-            self.pushes_applied += 1
-            self.staleness_sum += r.staleness
-            self.staleness_max = max(self.staleness_max, r.staleness)
-            self.staleness_hist[r.staleness] += 1
-            self.staleness_by_worker.setdefault(r.worker, Counter())[r.staleness] += 1
-            self.recent.append((r.wall_s, r.staleness, r.loss))
-        else:
-            self.pushes_rejected += 1
-            self.reasons[r.reason] += 1
-
-    def window(self) -> dict:
-        """Rate, loss and staleness over the most recent applied pushes (for the progress line)."""
-        if not self.recent:
-            return {"updates_per_s": 0.0, "loss": None, "staleness_mean": None, "staleness_max_recent": None}
-        times = [t for t, _, _ in self.recent]
-        span = times[-1] - times[0]
-        stal = [s for _, s, _ in self.recent]
-        losses = [loss for _, _, loss in self.recent if loss == loss]
-        return {
-            "updates_per_s": (len(times) - 1) / span if span > 0 else 0.0,
-            "loss": sum(losses) / len(losses) if losses else None,
-            "staleness_mean": sum(stal) / len(stal),
-            "staleness_max_recent": max(stal),
-        }
-
-    def summary(self) -> dict:
-        applied = self.pushes_applied
-        return {
-            "pushes_received": self.pushes_received,
-            "pushes_applied": applied,
-            "pushes_rejected": self.pushes_rejected,
-            "messages_rejected": self.messages_rejected,
-            "rejected_by_reason": dict(self.reasons),
-            "uplink_bytes": self.uplink_bytes,
-            "downlink_bytes": self.downlink_bytes,
-            "staleness_mean": self.staleness_sum / applied if applied else 0.0,
-            "staleness_max": self.staleness_max,
-            "staleness_p50": quantile(self.staleness_hist, 0.5),
-            "staleness_p99": quantile(self.staleness_hist, 0.99),
-            "pushes_dropped_stale": self.reasons.get("stale", 0),
-            "staleness_hist": {str(k): v for k, v in sorted(self.staleness_hist.items())},
-            "staleness_hist_by_worker": {
-                str(w): {str(k): v for k, v in sorted(h.items())} for w, h in sorted(self.staleness_by_worker.items())
-            },
-        }
+    staleness_p50: int | None = None
+    staleness_p99: int | None = None
+    pushes_dropped_stale: int = 0
+    staleness_hist: dict[str, int] = field(default_factory=dict)
+    staleness_hist_by_worker: dict[str, dict[str, int]] = field(default_factory=dict)
+    method: str = "none"
+    compressor: str = "identity"
+    compression_ratio: float | None = None  # dense float32 bytes of the pushes received / bytes on the wire
+    uplink_bits_per_worker: float = 0.0
+    ef_drift_max: float = 0.0
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)  # rank -> pid, host, device, pushes, applied
+    server: dict[str, Any] = field(default_factory=dict)  # pid, host (and role)
+    time_split_s: dict[str, float] = field(default_factory=dict)
+    mode: str = "async"
+    ranks_agree: bool | None = None  # sync: every rank ended with bitwise the same parameters
+    replies_dropped: int = 0  # replies and heartbeats a peer's full queue could not take (never waited for)
+    write_errors: list[str] = field(default_factory=list)  # run-folder files that could not be written
 
 
-def quantile(hist: Counter, q: float) -> int | None:
-    """The q-quantile of an integer histogram (smallest value with cumulative share >= q)."""
-    total = sum(hist.values())
-    if not total:
+@dataclass
+class WorkerReport:
+    """worker-<rank>.json: one worker's pushes and where its time went (sync: wait_s = time in collectives)."""
+
+    pushes: int = 0
+    applied: int = 0
+    dropped: int = 0
+    rejected: int = 0
+    compute_s: float = 0.0
+    simulated_s: float = 0.0
+    wait_s: float = 0.0
+    apply_s: float = 0.0  # sync only: decoding, combining and the optimizer step
+    stop_reason: str = ""
+
+
+@dataclass
+class RunSummary:
+    """summary.json: the run's final figures, from the server summary, the evaluations and psutil."""
+
+    name: str = ""
+    mode: str = "async"
+    workers: int = 0
+    optimizer: str = ""
+    num_params: int | None = None
+    stop_reason: str | None = None
+    updates: int = 0
+    pushes_received: int = 0
+    pushes_applied: int = 0
+    pushes_rejected: int = 0
+    messages_rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    method: str | None = None
+    compression_ratio: float | None = None
+    uplink_bits_per_worker: float | None = None
+    ef_drift_max: float | None = None
+    wall_s: float = 0.0
+    updates_per_s: float = 0.0
+    final_test_acc: float | None = None
+    final_test_loss: float | None = None
+    final_train_loss: float | None = None
+    final_grad_norm_sq: float | None = None  # None unless run.eval_grad_norm (or the quadratic)
+    best_test_acc: float | None = None
+    time_to_acc_s: dict[str, float | None] = field(default_factory=dict)  # "0.9" -> seconds (None: not reached)
+    staleness_mean: float = 0.0
+    staleness_max: int = 0
+    staleness_p50: int | None = None
+    staleness_p99: int | None = None
+    pushes_dropped_stale: int = 0
+    evaluations: int = 0
+    processes: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> pid, exit, cpu %, peak RSS
+
+
+def as_dict(record: Any) -> dict:
+    return dataclasses.asdict(record)
+
+
+def from_dict(cls: type[R], data: dict) -> R:
+    """A record from parsed JSON: known fields only; a missing field takes its default."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def write_record(path: Path, record: Any) -> None:
+    write_json_atomic(path, as_dict(record))
+
+
+def read_record(cls: type[R], path: Path) -> R | None:
+    """The record in `path`, or None when the file is missing, half-written or not a JSON object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
         return None
-    seen = 0
-    for value in sorted(hist):
-        seen += hist[value]
-        if seen >= q * total:
-            return value
-    return max(hist)
-
-
-class UpdateLog:
-    """updates.csv writer (or a no-op without a run folder)."""
-
-    def __init__(self, path: Path | None):
-        self._f = open(path, "w", buffering=1 << 20) if path else None
-        if self._f:
-            self._f.write(",".join(UPDATE_COLUMNS) + "\n")
-
-    def write(self, r: PushRecord) -> None:
-        if self._f:
-            loss = "" if r.loss != r.loss else f"{r.loss:.6g}"
-            self._f.write(
-                f"{r.version},{r.worker},{r.base_version},{r.staleness},{r.lr:.6g},{r.bytes},"
-                f"{int(r.applied)},{loss},{r.seq},{r.reason},{r.wall_s:.4f}\n"
-            )
-
-    def flush(self) -> None:
-        if self._f:
-            self._f.flush()
-
-    def close(self) -> None:
-        if self._f:
-            self._f.close()
-            self._f = None
+    return from_dict(cls, data) if isinstance(data, dict) else None
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
+    """Write to a temporary name, then rename: a reader sees the old file or the new one, never half."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)

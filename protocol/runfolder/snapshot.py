@@ -51,25 +51,32 @@ class Snapshotter:
     write is still running the snapshot is skipped, so a slow disk can never stall training.
     """
 
-    def __init__(self, folder: Path, numel: int):
+    def __init__(self, folder: Path, numel: int = 0):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self._buf = torch.empty(numel, dtype=torch.float32)
         self._thread: threading.Thread | None = None
         self.written = 0
         self.skipped = 0
+        self.error: str | None = None  # the last failed background write (a full disk), if any
 
     def offer(self, params: torch.Tensor, meta: dict) -> bool:
         if self._thread is not None and self._thread.is_alive():
             self.skipped += 1
             return False
+        if self._buf.numel() != params.numel():
+            self._buf = torch.empty(params.numel(), dtype=torch.float32)
         self._buf.copy_(params)
-        self._thread = threading.Thread(
-            target=write_snapshot, args=(self.folder / "latest.snap", self._buf, meta), daemon=True
-        )
+        self._thread = threading.Thread(target=self._write, args=(self._buf, meta), daemon=True)
         self._thread.start()
         self.written += 1
         return True
+
+    def _write(self, buf: torch.Tensor, meta: dict) -> None:
+        try:
+            write_snapshot(self.folder / "latest.snap", buf, meta)
+        except OSError as err:  # the evaluator misses one snapshot; training goes on
+            self.error = f"{type(err).__name__}: {err}"
 
     def final(self, params: torch.Tensor, meta: dict) -> None:
         self.wait()

@@ -21,11 +21,19 @@ class SendPool:
         self._busy: list[tuple[torch.Tensor, zmq.MessageTracker]] = []
         self.allocated = 0
 
-    def snapshot(self, src: torch.Tensor) -> torch.Tensor:
-        """A buffer holding a copy of `src`, safe to send zero-copy; hand it back with `sent`."""
+    def snapshot(self, src: torch.Tensor) -> torch.Tensor | None:
+        """A buffer holding a copy of `src`, safe to send zero-copy; hand it back with `sent` (or `unused`).
+
+        None when all max_buffers buffers are still in flight: the caller must not wait for one (a peer
+        that never reads keeps its buffers forever), so it skips the send instead."""
         buf = self._acquire()
-        buf.copy_(src)
+        if buf is not None:
+            buf.copy_(src)
         return buf
+
+    def unused(self, buf: torch.Tensor) -> None:
+        """A snapshot that was never sent: free again at once."""
+        self._free.append(buf)
 
     def sent(self, buf: torch.Tensor, tracker: zmq.MessageTracker | None) -> None:
         if tracker is None or tracker.done:
@@ -33,15 +41,12 @@ class SendPool:
         else:
             self._busy.append((buf, tracker))
 
-    def _acquire(self) -> torch.Tensor:
+    def _acquire(self) -> torch.Tensor | None:
         self._reclaim()
         if self._free:
             return self._free.pop()
-        if self.allocated >= self.max_buffers and self._busy:
-            # Every buffer is still in flight: wait for the oldest send rather than grow without bound.
-            buf, tracker = self._busy.pop(0)
-            tracker.wait(timeout=60)
-            return buf
+        if self.allocated >= self.max_buffers:
+            return None  # every buffer is in flight: never grow without bound, never wait
         self.allocated += 1
         return torch.empty(self.numel, dtype=self.dtype)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import NamedTuple
 
 import torch
 import zmq
@@ -18,6 +19,27 @@ from protocol.wire import codec
 from protocol.wire.messages import Message
 
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 31
+
+
+class Received(NamedTuple):
+    """One decoded message: who sent it (ROUTER; None on a DEALER), the message, and the bytes that crossed
+    the socket for it (header + tensor frames, identity frame excluded)."""
+
+    identity: bytes | None
+    msg: Message
+    nbytes: int
+
+
+class Sent(NamedTuple):
+    """One sent message: its bytes on the wire (header + tensor frames) and, for a tracked zero-copy send,
+    the tracker that says when ZeroMQ has released the tensor memory."""
+
+    nbytes: int
+    tracker: zmq.MessageTracker | None
+
+
+class PeerBusy(TimeoutError):
+    """A ROUTER peer's queue is full (it does not read): the message was not sent. Nothing was queued."""
 
 
 class ReceiveError(ProtocolError):
@@ -37,6 +59,7 @@ class Channel:
         chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         send_timeout_s: float = 30.0,
+        send_hwm: int = 1000,
         context: zmq.Context | None = None,
     ):
         if kind not in ("router", "dealer"):
@@ -48,15 +71,17 @@ class Channel:
         self.sock = self._ctx.socket(zmq.ROUTER if kind == "router" else zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
-        self.sock.setsockopt(zmq.SNDTIMEO, int(send_timeout_s * 1000))
+        self.sock.setsockopt(zmq.SNDHWM, send_hwm)
+        # A ROUTER (the server's one loop) never waits on a peer: a send that its queue cannot take now fails
+        # at once (PeerBusy). A DEALER (a worker, one peer) waits up to send_timeout_s.
+        self.sock.setsockopt(zmq.SNDTIMEO, 0 if kind == "router" else int(send_timeout_s * 1000))
         if kind == "router":
             self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._header_buf = bytearray(codec.MAX_HEADER_BYTES + 1)
+        self._header_len = 0
         self.endpoint: str | None = None
         self.bytes_sent = 0  # header + tensor frames, identity frames excluded
         self.bytes_received = 0
-        self.last_recv_bytes = 0
-        self.last_send_bytes = 0
 
     # -- connection ------------------------------------------------------------------------------
     def bind(self, endpoint: str) -> str:
@@ -77,19 +102,18 @@ class Channel:
                 os.unlink(path)
 
     # -- send ------------------------------------------------------------------------------------
-    def send(
-        self, msg: Message, to: bytes | None = None, track: bool = False, copy: bool = False
-    ) -> zmq.MessageTracker | None:
+    def send(self, msg: Message, to: bytes | None = None, track: bool = False, copy: bool = False) -> Sent:
         """Send zero-copy. With track=True the returned tracker says when the tensor memory is free again.
 
         copy=True copies the tensors into ZeroMQ's own buffers before returning (the caller may then
         modify them at once); for messages up to a few MiB that is cheaper than tracking a snapshot.
 
-        Raises TimeoutError when the peer does not take the message within the send timeout, and
-        ConnectionError when a ROUTER no longer knows the peer.
+        Raises TimeoutError when a DEALER's peer does not take the message within the send timeout,
+        PeerBusy (a TimeoutError) at once when a ROUTER peer's queue is full, and ConnectionError when a
+        ROUTER no longer knows the peer. A message that raised was not sent, not even in part.
         """
         frames = codec.encode(msg, self.chunk_bytes)
-        self.last_send_bytes = sum(len(f) for f in frames)
+        nbytes = sum(len(f) for f in frames)
         if self.kind == "router":
             if to is None:
                 raise ValueError("a ROUTER channel needs the peer identity to send")
@@ -99,22 +123,27 @@ class Channel:
         try:
             tracker = self.sock.send_multipart(frames, copy=copy and not track, track=track)
         except zmq.Again:
+            if self.kind == "router":
+                raise PeerBusy(f"peer {to!r} does not take {msg.TYPE} messages now (its queue is full)") from None
             raise TimeoutError(f"send of {msg.TYPE} timed out") from None
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
                 raise ConnectionError(f"peer {to!r} is gone") from None
             raise
-        self.bytes_sent += self.last_send_bytes
+        self.bytes_sent += nbytes
         if track:
-            return zmq.MessageTracker(*[f for f in frames if isinstance(f, zmq.Frame)])
-        return tracker
+            tracker = zmq.MessageTracker(*[f for f in frames if isinstance(f, zmq.Frame)])
+        return Sent(nbytes, tracker)
 
     # -- receive ---------------------------------------------------------------------------------
     def poll(self, timeout_s: float) -> bool:
         return bool(self.sock.poll(max(0, int(timeout_s * 1000)), zmq.POLLIN))
 
-    def recv(self, timeout_s: float, alloc: codec.Allocator | None = None) -> tuple[bytes | None, Message]:
-        """Receive one message. Raises TimeoutError, or ReceiveError after draining a bad message."""
+    def recv(self, timeout_s: float, alloc: codec.Allocator | None = None) -> Received:
+        """Receive one message. Raises TimeoutError, or ReceiveError after draining a bad message.
+
+        Anything a peer can send decodes or raises ReceiveError: no input reaches the caller as another
+        exception (a failed tensor view of a hostile shape, say, is a refused message, not a crash)."""
         if not self.poll(timeout_s):
             raise TimeoutError(f"no message within {timeout_s:.1f}s")
         identity = self.sock.recv() if self.kind == "router" else None
@@ -131,15 +160,15 @@ class Channel:
             tensors = {s.name: self._recv_tensor(cls, s, alloc) for s in specs}
             if self.sock.get(zmq.RCVMORE):
                 raise ProtocolError("extra_frames", f"{cls.TYPE} has more frames than its header declares")
-            self.last_recv_bytes = self._header_len + total
-            self.bytes_received += self.last_recv_bytes
-            return identity, codec.build(cls, fields, tensors)
+            nbytes = self._header_len + total
+            self.bytes_received += nbytes
+            return Received(identity, codec.build(cls, fields, tensors), nbytes)
         except ProtocolError as err:
             self._drain()
             raise ReceiveError(err, identity, header) from None
-        except TypeError as err:  # dataclass construction: should be caught by field checks
+        except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as err:  # a check that missed
             self._drain()
-            raise ReceiveError(ProtocolError("bad_field", str(err)), identity, header) from None
+            raise ReceiveError(ProtocolError("bad_message", f"{type(err).__name__}: {err}"), identity, header) from None
 
     def _recv_header(self):
         n = self.sock.recv_into(self._header_buf)

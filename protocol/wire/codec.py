@@ -25,6 +25,9 @@ PROTOCOL = "taups"
 VERSION = 1
 MAX_HEADER_BYTES = 1 << 16
 MAX_TENSOR_FRAMES = 1 << 16
+# Every dimension and the product of the non-zero ones stay below this: torch computes sizes and strides
+# as int64 products, and a zero-element shape like [2**39, 2**39, 0] would overflow them in a view.
+MAX_TENSOR_NUMEL = 1 << 48
 DEFAULT_CHUNK_BYTES = 1 << 20
 
 DTYPES: dict[str, torch.dtype] = {
@@ -168,6 +171,8 @@ def _check_specs(cls: type[Message], specs: object) -> list[TensorSpec]:
             raise ProtocolError("bad_tensor", f"{cls.TYPE}.{name}: unknown dtype {dtype!r}")
         if not (isinstance(shape, list) and len(shape) <= 8 and all(_nonneg_int(d) for d in shape)):
             raise ProtocolError("bad_tensor", f"{cls.TYPE}.{name}: bad shape {shape!r}")
+        if math.prod(max(d, 1) for d in shape) > MAX_TENSOR_NUMEL:
+            raise ProtocolError("bad_tensor", f"{cls.TYPE}.{name}: shape {shape!r} exceeds 2^48 elements")
         if not (_nonneg_int(nframes) and 1 <= nframes <= MAX_TENSOR_FRAMES):
             raise ProtocolError("bad_tensor", f"{cls.TYPE}.{name}: bad frame count {nframes!r}")
         seen.add(name)

@@ -227,10 +227,16 @@ def _expect(t: torch.Tensor | None, dtype: torch.dtype, numel: int, what: str) -
     return t
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def _meta_float(p: Payload, key: str) -> float:
+    """A header number that the decoder turns into float32: finite and within float32's range."""
     value = p.meta.get(key)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise ProtocolError("bad_encoding", f"{p.encoding} needs a finite meta.{key}")
+    if abs(value) > FLOAT32_MAX:
+        raise ProtocolError("bad_encoding", f"{p.encoding} meta.{key} = {value!r} is beyond float32's range")
     return float(value)
 
 

@@ -1,0 +1,133 @@
+"""Who is in the run: ranks, the connection that holds each, joining, liveness and who was told to stop.
+
+One module owns membership; the loop asks it. A rank is held by one connection at a time: a Hello for
+a rank whose holder is still connected is refused (`rank_in_use`), so a second process started with a
+live rank cannot take it over; once the holder is gone (its connection closed, or silent for
+server.worker_timeout_s) the rank may be taken again, and the new holder continues the rank's
+sequence numbers. Messages go out through the server's Outbox, which never waits on a peer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from protocol.config.schema import ExperimentConfig
+from protocol.errors import ProtocolError
+from protocol.wire.layout import Layout
+from protocol.wire.messages import Heartbeat, Hello, Stop, Welcome
+from ps.model import ServedModel
+from ps.outbox import Outbox
+
+
+@dataclass
+class Member:
+    rank: int
+    identity: bytes  # the ZeroMQ routing id of the connection that holds the rank
+    pid: int
+    host: str
+    device: str
+    last_seen: float  # clock() of its last message
+    last_seq: int = -1
+    pushes: int = 0
+    applied: int = 0
+
+    def report(self) -> dict[str, object]:
+        """What server_summary.json says of this worker."""
+        return {
+            "pid": self.pid,
+            "host": self.host,
+            "device": self.device,
+            "pushes": self.pushes,
+            "applied": self.applied,
+        }
+
+
+class Membership:
+    def __init__(self, cfg: ExperimentConfig, clock: Callable[[], float], out: Outbox):
+        self.cfg = cfg
+        self.clock = clock
+        self.out = out
+        self.members: dict[int, Member] = {}
+        self.pending: list[int] = []  # joined, waiting for the start (server.wait_for_workers)
+        self.stopped: set[int] = set()  # told to stop
+
+    def check_hello(self, hello: Hello, layout: Layout | None, uplink: str) -> Layout:
+        """The Hello's model layout, or ProtocolError naming why this Hello is refused."""
+        cfg = self.cfg
+        if not 0 <= hello.rank < cfg.workers:
+            raise ProtocolError("unknown_rank", f"rank {hello.rank} is outside 0..{cfg.workers - 1}")
+        theirs = Layout.from_signature(hello.signature)
+        if layout is not None and theirs != layout:
+            raise ProtocolError("bad_shape", f"rank {hello.rank}'s model does not match the served layout")
+        if hello.uplink != uplink:
+            raise ProtocolError(
+                "bad_encoding",
+                f"rank {hello.rank} pushes '{hello.uplink}', server expects '{uplink}' "
+                f"(compression.method {cfg.compression.method})",
+            )
+        return theirs
+
+    def check_free(self, rank: int, identity: bytes, reachable: Callable[[bytes], bool]) -> None:
+        """Raises rank_in_use when another connection holds the rank and is still there."""
+        old = self.members.get(rank)
+        if old is None or old.identity == identity:
+            return
+        silent = self.clock() - old.last_seen > self.cfg.server.worker_timeout_s
+        if not silent and reachable(old.identity):
+            raise ProtocolError(
+                "rank_in_use",
+                f"rank {rank} is held by a live connection (pid {old.pid} on {old.host}); start another rank, "
+                "or stop that process first",
+            )
+
+    def join(self, hello: Hello, identity: bytes) -> Member:
+        """Admit the Hello's connection as the rank's holder; a rejoin continues the rank's sequence."""
+        old = self.members.get(hello.rank)
+        member = Member(hello.rank, identity, hello.pid, hello.host, hello.device, last_seen=self.clock())
+        if old is not None:
+            member.last_seq, member.pushes, member.applied = old.last_seq, old.pushes, old.applied
+        self.members[hello.rank] = member
+        self.stopped.discard(hello.rank)
+        return member
+
+    def sender(self, rank: int, identity: bytes) -> Member:
+        """The member that sent a message as `rank` from `identity`, or unknown_rank."""
+        member = self.members.get(rank)
+        if member is None or member.identity != identity:
+            raise ProtocolError("unknown_rank", f"rank {rank} has not joined from this connection")
+        member.last_seen = self.clock()
+        return member
+
+    def rank_of(self, identity: bytes) -> int | None:
+        return next((r for r, m in self.members.items() if m.identity == identity), None)
+
+    def wait_for_start(self, rank: int) -> bool:
+        """Queue a rank that joined before the start; True when the run may start now."""
+        self.pending = [r for r in self.pending if r != rank] + [rank]
+        return not self.cfg.server.wait_for_workers or len(self.members) == self.cfg.workers
+
+    def told_everyone(self) -> bool:
+        return all(rank in self.stopped for rank in self.members)
+
+    def identity(self, rank: int) -> bytes:
+        return self.members[rank].identity
+
+    def welcome(self, member: Member, model: ServedModel, uplink: str) -> None:
+        settings = {"workers": self.cfg.workers, "optimizer": self.cfg.optimizer.name, "uplink": uplink}
+        welcome = Welcome(model.version, member.last_seq + 1, model.layout.to_wire(), settings)
+        self.out.send_params(member.identity, welcome, model.params, model.pool)
+
+    def welcome_pending(self, model: ServedModel, uplink: str) -> None:
+        """The start: every waiting worker gets the same parameters."""
+        for rank in self.pending:
+            self.welcome(self.members[rank], model, uplink)
+        self.pending.clear()
+
+    def heartbeat(self, ranks: list[int], version: int) -> None:
+        for rank in ranks:
+            self.out.send(self.members[rank].identity, Heartbeat(rank=-1, version=version))
+
+    def tell_stop(self, identity: bytes, rank: int, reason: str, version: int) -> None:
+        self.out.send(identity, Stop(reason=reason, version=version))
+        self.stopped.add(rank)

@@ -1,0 +1,90 @@
+"""The served model: parameters, their layout, the optimizer, the aggregator and the buffers around them.
+
+Created once (from the layout and the initial parameters) and held by the server as one object, so
+the loop never asks "initialised yet?" of each part. The two-phase push path lives here:
+    staged = model.stage(push)            # validate + decode; raises ProtocolError; changes nothing
+    stepped = model.apply(rank, staged)   # fold in; step the optimizer when a group is complete
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from protocol.config.schema import ExperimentConfig
+from protocol.errors import ProtocolError
+from protocol.wire.buffers import SendPool
+from protocol.wire.layout import Layout
+from protocol.wire.messages import Push
+from ps.aggregate import Aggregator, Staged, make_aggregator
+from ps.arena import RecvArena
+from ps.history import ParamHistory
+from ps.optim import ServerOptimizer, make_optimizer
+
+
+@dataclass
+class ServedModel:
+    layout: Layout
+    params: torch.Tensor  # flat float32 (layout.total,), updated in place by every step
+    opt: ServerOptimizer
+    agg: Aggregator
+    pool: SendPool  # snapshot buffers for zero-copy replies
+    arena: RecvArena  # preallocated receive buffers for pushes
+    history: ParamHistory | None = None  # artificial delay: the last D versions
+    version: int = 0  # optimizer steps taken
+    _group_lrs: list[float] = field(default_factory=list)  # lrs of the pushes folded into the next step
+
+    @classmethod
+    def create(cls, cfg: ExperimentConfig, layout: Layout, init: torch.Tensor) -> ServedModel:
+        """Raises ProtocolError (code 'config') when the artificial delay's history would exceed its memory cap;
+        nothing is allocated before that check."""
+        numel, st = layout.total, cfg.staleness
+        if st.delay != "none":
+            need = ParamHistory.memory_mb(numel, st.delay_versions)
+            if need > st.delay_memory_mb:
+                raise ProtocolError(
+                    "config",
+                    f"staleness.delay_versions={st.delay_versions} needs {need:.0f} MB for {numel} parameters, "
+                    f"over staleness.delay_memory_mb={st.delay_memory_mb:g}",
+                )
+        params = init.reshape(-1).to(torch.float32).clone()
+        model = cls(
+            layout=layout,
+            params=params,
+            opt=make_optimizer(params, cfg.optimizer),
+            agg=make_aggregator(cfg.compression.ef21, numel, cfg.compression.resync_every, st.apply_every),
+            pool=SendPool(numel, max_buffers=2 * cfg.workers + 4),  # one reply in flight per worker, and slack
+            arena=RecvArena(numel, cfg.server.max_message_bytes),
+        )
+        if st.delay != "none":
+            model.history = ParamHistory(numel, st.delay_versions, st.delay, cfg.seed)
+            model.history.record(0, params)
+        return model
+
+    @property
+    def numel(self) -> int:
+        return self.layout.total
+
+    def stage(self, push: Push) -> Staged:
+        return self.agg.stage(push)
+
+    def apply(self, rank: int, staged: Staged, lr: float) -> bool:
+        """Fold an accepted push in; step the optimizer when a group of apply_every pushes is complete."""
+        self._group_lrs.append(lr)
+        direction = self.agg.apply(rank, staged)
+        if direction is None:
+            return False
+        group_lr = sum(self._group_lrs) / len(self._group_lrs)  # apply_every: the mean lr of the group
+        self._group_lrs.clear()
+        self.opt.step(direction, group_lr, rank)
+        self.version += 1
+        if self.history is not None:
+            self.history.record(self.version, self.params)
+        return True
+
+    def outgoing(self, delayed: bool) -> tuple[int, torch.Tensor]:
+        """(version, parameters) a reply carries: now, or with an artificial delay an older stored version."""
+        if delayed and self.history is not None:
+            return self.history.pick(self.version)
+        return self.version, self.params

@@ -1,0 +1,81 @@
+"""Where a sync rank runs and how the group forms: the rank's device, the rendezvous, loopback pinning."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from protocol.config.schema import ExperimentConfig
+from protocol.errors import ConfigError
+
+
+def rank_device(cfg: ExperimentConfig, local_rank: int, world: int) -> torch.device:
+    d = cfg.worker.device
+    if d == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("worker.device", f"is {d}, but no CUDA device is visible")
+    if d == "cuda":  # nccl needs one GPU per rank: rank i on this host takes cuda:LOCAL_RANK
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                "worker.device",
+                f"local rank {local_rank} needs cuda:{local_rank}, this host has "
+                f"{torch.cuda.device_count()} GPU(s) (nccl needs one GPU per rank)",
+            )
+        return torch.device("cuda", local_rank)
+    if world > 1:
+        raise ConfigError(
+            "worker.device",
+            f"{d} would put every rank on one GPU (nccl needs one GPU per rank); "
+            "use cuda: rank i takes cuda:LOCAL_RANK",
+        )
+    return torch.device(d)
+
+
+def join_group(rank: int, world: int, device: torch.device, cfg: ExperimentConfig) -> None:
+    """Form the process group (gloo for CPU ranks, nccl for GPU ranks)."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    timeout = timedelta(seconds=cfg.server.reply_timeout_s)  # each collective waits this long for its peers
+    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    _stay_on_loopback(addr)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun hosts the store itself: env:// finds it
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, timeout=timeout)
+        return
+    # Rank 0 binds the store's port on MASTER_ADDR only (TCPStore by itself listens on every interface)
+    # and hands the socket to the store, which closes it with the group.
+    store_timeout = timedelta(seconds=cfg.server.connect_timeout_s)
+    if rank == 0:
+        fd = socket.create_server((addr, port), backlog=max(128, world)).detach()
+        store = dist.TCPStore(addr, port, world, True, timeout=store_timeout, master_listen_fd=fd)
+    else:
+        store = dist.TCPStore(addr, port, world, False, timeout=store_timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+
+
+def _stay_on_loopback(addr: str) -> None:
+    """With a loopback master every rank is on this host: gloo and nccl sockets bind to loopback only."""
+    try:
+        loopback = ipaddress.ip_address(socket.gethostbyname(addr)).is_loopback
+    except (OSError, ValueError):
+        return
+    name = loopback_interface() if loopback else None
+    if name:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", name)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", name)
+
+
+def loopback_interface() -> str | None:
+    """The name of the network interface that holds 127.0.0.1 (lo on Linux, lo0 on macOS)."""
+    import psutil
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address.startswith("127.") for a in addrs):
+            return name
+    return None
