@@ -77,7 +77,17 @@ def _class_node(cls: type) -> ast.ClassDef:
 
 
 def field_comments(cls: type) -> dict[str, str]:
-    """Each field's documentation: the comment lines directly above it, then its inline comment."""
+    """Each field's documentation: the comment lines directly above it, then its inline comment.
+
+    Fields inherited from dataclass bases are read from the base that declares them."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            out.update(_own_field_comments(klass))
+    return out
+
+
+def _own_field_comments(cls: type) -> dict[str, str]:
     _, comments, own_line = _module_source(cls.__module__)
     out = {}
     for node in _class_node(cls).body:
