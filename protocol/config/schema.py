@@ -60,16 +60,18 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
+    # digits: scikit-learn's bundled 8x8 digits; synthetic: generated (task.synthetic); mnist, libsvm: local files
     dataset: Literal["digits", "synthetic", "mnist", "libsvm"] = "digits"
+    # logreg: one linear layer; mlp: ReLU layers of task.hidden widths; cnn: 3x3 convs of task.channels (images only)
     model: Literal["logreg", "mlp", "cnn"] = "mlp"
     hidden: tuple[int, ...] = (128,)  # mlp hidden widths
     channels: tuple[int, ...] = (16, 32)  # cnn conv channels (3x3 convs, then one linear layer)
     batch_size: int = 32  # per worker per push; 0 = the worker's whole local data (full gradient)
     sampling: Literal["random", "shard"] = "random"  # random minibatches from all data, or own shard
-    test_fraction: float = 0.2
+    test_fraction: float = 0.2  # share of samples held out for testing (not mnist, nor libsvm with a test_path)
     regularizer: Literal["none", "l2", "nonconvex"] = "none"  # nonconvex: lambda * sum x^2 / (1 + x^2)
-    reg_lambda: float = 0.0
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    reg_lambda: float = 0.0  # lambda, the regularizer's weight
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # generated data (dataset synthetic)
     path: str = ""  # mnist: folder of the four IDX files (.gz or not); libsvm: the training file
     test_path: str = ""  # libsvm: test file (same labels); empty = hold out test_fraction of path
     features: int = 0  # libsvm: number of features; 0 = the largest index in the files
@@ -117,10 +119,10 @@ class WorkerConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    name: Literal["amsgrad", "adam", "sgd"] = "amsgrad"
+    name: Literal["amsgrad", "adam", "sgd"] = "amsgrad"  # the server's step (in sync mode, every rank's)
     form: Literal["torch", "paper"] = "torch"  # amsgrad: torch == torch.optim.Adam(amsgrad=True); paper: APAM Alg. 1
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr: float = 1e-3  # lr0; staleness.lr_rule may scale it per push
+    betas: tuple[float, float] = (0.9, 0.999)  # (beta1, beta2) of amsgrad and adam
     eps: float = 1e-8  # ignored by the paper form (it has no eps)
     weight_decay: float = 0.0  # L2 added to the direction before the step (as the APAM code does)
     momentum: float = 0.0  # sgd only
@@ -177,6 +179,7 @@ EF21_METHODS = ("ef21", "ef21-sgdm", "ef21-sgd2m")
 @dataclass(frozen=True)
 class CompressionConfig:
     method: Literal["none", "naive", "ef14", "ef21", "ef21-sgdm", "ef21-sgd2m"] = "none"  # error feedback
+    # C, applied to what the method pushes (docs/algorithms.md, Compressors); identity sends it uncompressed
     compressor: Literal["identity", "topk", "randk", "natural", "qsgd", "sign"] = "identity"
     ratio: float = 0.01  # topk/randk: fraction of coordinates kept, k = max(1, floor(ratio * d))
     k: int = 0  # topk/randk: explicit k (overrides ratio when > 0)
@@ -214,7 +217,7 @@ class ServerConfig:
     threads: int = 1  # torch intra-op threads in the server (the step is memory-bound)
     chunk_bytes: int = 1 << 20  # tensors travel as frames of at most this size (1 MiB moves fastest)
     max_message_bytes: int = 1 << 31  # larger messages are refused before allocation
-    send_timeout_s: float = 30.0
+    send_timeout_s: float = 30.0  # a send that cannot be queued for this long fails
     reply_timeout_s: float = 120.0  # a worker waits this long for a reply before failing
     connect_timeout_s: float = 30.0  # a worker gives up joining after this long (heartbeats extend it)
     wait_for_workers: bool = True  # start training only when all workers joined (fair timing, same start)
@@ -274,13 +277,15 @@ class ExperimentConfig:
     # async: parameter server; sync: the workers form a torch.distributed group and combine every step
     mode: Literal["async", "sync"] = "async"
     workers: int = 2  # number of workers (ranks); worker.per_process of them share one process
-    task: TaskConfig = field(default_factory=TaskConfig)
-    worker: WorkerConfig = field(default_factory=WorkerConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)  # the training problem: data, model, loss, minibatches
+    worker: WorkerConfig = field(default_factory=WorkerConfig)  # worker processes: device, threads, stragglers
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # the server's optimizer
+    # the uplink: error-feedback method, compressor and wire format (docs/algorithms.md, Error feedback)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    # stale pushes: lr rules, bounds, SSP, grouped steps, artificial delay (docs/algorithms.md, Staleness)
     staleness: StalenessConfig = field(default_factory=StalenessConfig)
-    server: ServerConfig = field(default_factory=ServerConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)  # the server's socket, message limits, timeouts
+    run: RunConfig = field(default_factory=RunConfig)  # when to stop, evaluation, the run folder
     # {dotted key: [values]}: run every combination (launch/sweep.py); empty = one run
     sweep: dict[str, list[Any]] = field(default_factory=dict)
 
