@@ -12,10 +12,10 @@ from launch.run import RunFailed
 from launch.sweep import _blame, expand_sweep, grid, sweep_keys
 from launch.sweep_run import report_plan, run_sweep, write_sweep_reports
 from launch.sweep_tables import PointResult, group_results
-from protocol.runfolder.records import RunSummary
 from protocol.config.loader import load_experiment
 from protocol.config.typed import to_dict
 from protocol.errors import ConfigError
+from protocol.runfolder.records import RunSummary
 from tests.helpers import make_config
 from tests.runfolders import fake_run
 

@@ -1,10 +1,9 @@
 """The experiment schema: the typed contract every process reads (server, workers, launcher).
 
-It lives in `protocol` because it is shared data, like a message: the server and the workers must
-not import each other, and both read the same resolved config.yaml. It holds no ML code; the
-choices it names are implemented in ps/ and worker/ (a test checks the two lists agree).
-Each field's comment is its documentation; README's config reference is generated from the same
-names (configs/*.yaml comment every key).
+Frozen dataclasses, one per config section; each `check()` refuses bad values with a ConfigError naming
+the key. The choices it names are implemented in ps/ and worker/ (a test checks the two lists agree).
+Each field's comment is its documentation: docs/config.md is generated from them
+(`python -m protocol.config.reference --write`; a test fails when it is stale).
 """
 
 from __future__ import annotations
@@ -149,7 +148,7 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class StalenessConfig:
-    lr_rule: Literal["constant", "inverse", "stability"] = "constant"  # lr from staleness tau (see README)
+    lr_rule: Literal["constant", "inverse", "stability"] = "constant"  # lr from staleness tau (see docs/algorithms.md)
     lr_from: Literal["push", "mean"] = "push"  # tau of each push, or the running mean of recent pushes
     mean_window: int = 100  # pushes in that running mean
     max_staleness: int | None = None  # pushes staler than this are dropped (or down-weighted)
