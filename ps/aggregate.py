@@ -78,8 +78,8 @@ class DecodeScratch:
     def decode(self, p: Payload) -> torch.Tensor:
         if p.encoding != "sparse":
             self._all_written = True  # even if it fails half way: the next sparse push zeroes everything
-            return decode_into(p, self.buf.numel(), self.buf)
-        idx, vals = decode_sparse(p, self.buf.numel())  # validates before anything is written
+            return decode_into(p, self.buf.numel(), self.buf, bounded=True)
+        idx, vals = decode_sparse(p, self.buf.numel(), bounded=True)  # validates before anything is written
         if self._all_written:
             self.buf.zero_()
             self._all_written = False
@@ -140,16 +140,16 @@ class EF21Aggregator:
         if push.kind == "reset":
             if p.encoding != "dense":
                 raise ProtocolError("bad_encoding", "a reset push must be dense")
-            return Staged("reset", dense=decode_into(p, self.numel, self._scratch))
+            return Staged("reset", dense=decode_into(p, self.numel, self._scratch, bounded=True))
         if push.kind != "delta":
             raise ProtocolError("bad_encoding", f"this server takes 'delta' or 'reset' pushes, got {push.kind!r}")
         if push.rank not in self.g_i:
             raise ProtocolError("bad_seq", f"rank {push.rank} must send a dense reset before deltas")
         self._check_mirror(push)
         if p.encoding == "sparse":
-            idx, vals = decode_sparse(p, self.numel)
+            idx, vals = decode_sparse(p, self.numel, bounded=True)
             return Staged("delta", indices=idx, values=vals)
-        return Staged("delta", dense=decode_into(p, self.numel, self._scratch))
+        return Staged("delta", dense=decode_into(p, self.numel, self._scratch, bounded=True))
 
     def apply(self, rank: int, staged: Staged) -> torch.Tensor | None:
         if staged.kind == "reset":

@@ -1,7 +1,9 @@
 """Preallocated receive buffers: every push tensor is written into one of these, never a fresh allocation.
 
 One byte arena per tensor name, sized for the largest legal tensor of that name (a dense float32
-vector of the model's size). A declared size above that is refused before any byte is received.
+vector of the model's size). A declared size above that is refused before any byte is received, and so
+is any tensor of a message type that carries none the server accepts (a Reply or Welcome sent to the
+server, say): memory for a message is bounded by the served model, never by what a peer declares.
 """
 
 from __future__ import annotations
@@ -10,25 +12,36 @@ import torch
 
 from protocol.errors import ProtocolError
 from protocol.wire import codec
-from protocol.wire.messages import Message, Push
+from protocol.wire.messages import Hello, Message, Push
 
 
 class RecvArena:
-    def __init__(self, numel: int, fallback_bytes: int):
+    def __init__(self, numel: int):
         cap = max(4 * numel, 64)
         self._arenas = {name: torch.empty(cap, dtype=torch.uint8) for name in codec.tensor_fields(Push)}
-        self._fallback = codec.fresh_allocator(fallback_bytes)
         self._hello_init = torch.empty(cap, dtype=torch.uint8)
 
     def __call__(self, cls: type[Message], spec: codec.TensorSpec) -> torch.Tensor:
         if cls is Push:
             return self._view(self._arenas[spec.name], spec)
-        if cls.TYPE == "hello" and spec.name == "init":
+        if cls is Hello and spec.name == "init":
             return self._view(self._hello_init, spec)
-        return self._fallback(cls, spec)
+        raise ProtocolError("bad_type", f"a server takes no tensors in {cls.TYPE} messages")
 
     @staticmethod
     def _view(arena: torch.Tensor, spec: codec.TensorSpec) -> torch.Tensor:
         if spec.nbytes > arena.numel():
             raise ProtocolError("oversized", f"tensor '{spec.name}' of {spec.nbytes} bytes exceeds {arena.numel()}")
         return arena[: spec.nbytes].view(codec.DTYPES[spec.dtype])
+
+
+def before_model(max_bytes: int) -> codec.Allocator:
+    """Before the served model exists only a Hello's initial parameters may carry a tensor."""
+    fresh = codec.fresh_allocator(max_bytes)
+
+    def alloc(cls: type[Message], spec: codec.TensorSpec) -> torch.Tensor:
+        if cls is Hello and spec.name == "init":
+            return fresh(cls, spec)
+        raise ProtocolError("not_ready", f"no model is served yet: {cls.TYPE}.{spec.name} refused")
+
+    return alloc

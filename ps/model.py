@@ -33,7 +33,10 @@ class ServedModel:
     arena: RecvArena  # preallocated receive buffers for pushes
     history: ParamHistory | None = None  # artificial delay: the last D versions
     version: int = 0  # optimizer steps taken
+    max_norm: float | None = None  # server.max_grad_norm: steps whose direction is longer are scaled down
+    steps_clipped: int = 0
     _group_lrs: list[float] = field(default_factory=list)  # lrs of the pushes folded into the next step
+    _clip: torch.Tensor | None = None  # the scaled direction (the aggregator's g must stay as it is)
 
     @classmethod
     def create(cls, cfg: ExperimentConfig, layout: Layout, init: torch.Tensor) -> ServedModel:
@@ -55,7 +58,8 @@ class ServedModel:
             opt=make_optimizer(params, cfg.optimizer),
             agg=make_aggregator(cfg.compression.ef21, numel, cfg.compression.resync_every, st.apply_every),
             pool=SendPool(numel, max_buffers=2 * cfg.workers + 4),  # one reply in flight per worker, and slack
-            arena=RecvArena(numel, cfg.server.max_message_bytes),
+            arena=RecvArena(numel),
+            max_norm=cfg.server.max_grad_norm,
         )
         if st.delay != "none":
             model.history = ParamHistory(numel, st.delay_versions, st.delay, cfg.seed)
@@ -77,11 +81,23 @@ class ServedModel:
             return False
         group_lr = sum(self._group_lrs) / len(self._group_lrs)  # apply_every: the mean lr of the group
         self._group_lrs.clear()
-        self.opt.step(direction, group_lr, rank)
+        self.opt.step(self._clipped(direction), group_lr, rank)
         self.version += 1
         if self.history is not None:
             self.history.record(self.version, self.params)
         return True
+
+    def _clipped(self, direction: torch.Tensor) -> torch.Tensor:
+        """The direction, scaled to norm max_norm when it is longer (torch's clip_grad_norm_ on one step)."""
+        if self.max_norm is None:
+            return direction
+        norm = float(torch.linalg.vector_norm(direction))
+        if norm <= self.max_norm:
+            return direction
+        self.steps_clipped += 1
+        if self._clip is None:
+            self._clip = torch.empty_like(direction)
+        return torch.mul(direction, self.max_norm / norm, out=self._clip)
 
     def outgoing(self, delayed: bool) -> tuple[int, torch.Tensor]:
         """(version, parameters) a reply carries: now, or with an artificial delay an older stored version."""

@@ -14,6 +14,7 @@ Forms of AMSGrad (docs/algorithms.md, AMSGrad forms):
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import torch
@@ -80,7 +81,13 @@ class TorchAdam(ServerOptimizer):
 
 
 class PaperAMSGrad(ServerOptimizer):
-    """APAM Algorithm 1: m, v EMAs, v_hat = max(v_hat, v), x -= lr * m / sqrt(v_hat)."""
+    """APAM Algorithm 1: m, v EMAs, v_hat = max(v_hat, v), x -= lr * m / sqrt(v_hat).
+
+    In exact arithmetic |m / sqrt(v_hat)| <= B = (1 - b1) / sqrt((1 - b2)(1 - b1^2 / b2)) (Cauchy-Schwarz on
+    the two EMAs, for b1^2 < b2). In float32, (1 - b2) g^2 underflows to 0 for |g| below about 1e-21 while
+    m does not, and the step would blow up to lr * m / 1.2e-38; the ratio is therefore clamped to B, which
+    never binds when nothing underflowed.
+    """
 
     def __init__(self, params: torch.Tensor, cfg: OptimizerConfig):
         super().__init__(params, cfg)
@@ -88,6 +95,7 @@ class PaperAMSGrad(ServerOptimizer):
         self.v = torch.zeros_like(params)
         self.v_hat = torch.zeros_like(params)
         self._scratch = torch.empty_like(params)
+        self.bound = ratio_bound(*cfg.betas)
 
     def step(self, direction: torch.Tensor, lr: float, worker: int = 0) -> None:
         b1, b2 = self.cfg.betas
@@ -95,8 +103,9 @@ class PaperAMSGrad(ServerOptimizer):
         self.m.mul_(b1).add_(g, alpha=1 - b1)
         self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
         torch.maximum(self.v_hat, self.v, out=self.v_hat)
-        denom = torch.sqrt(self.v_hat, out=self._scratch).clamp_min_(TINY)
-        self.params.addcdiv_(self.m, denom, value=-lr)
+        ratio = torch.sqrt(self.v_hat, out=self._scratch).clamp_min_(TINY)
+        torch.div(self.m, ratio, out=ratio).clamp_(-self.bound, self.bound)
+        self.params.add_(ratio, alpha=-lr)
         self.steps += 1
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -132,6 +141,13 @@ class SGD(ServerOptimizer):
 
     def state(self) -> dict[str, torch.Tensor]:
         return {f"momentum_{k}": v for k, v in self.buffers.items()}
+
+
+def ratio_bound(b1: float, b2: float) -> float:
+    """The largest |m / sqrt(v_hat)| exact arithmetic allows (inf when b1^2 >= b2: no bound)."""
+    if b2 <= 0 or b1 * b1 >= b2:
+        return math.inf
+    return (1 - b1) / math.sqrt((1 - b2) * (1 - b1 * b1 / b2))
 
 
 def _with_weight_decay(

@@ -7,6 +7,13 @@ Learning-rate rules (docs/algorithms.md, Learning-rate rules), from each push's 
                                                            bound; lr0 at tau = 0, ~0.785 lr0 / tau for large tau)
 Bound: pushes with tau > max_staleness are dropped (the worker continues from fresh parameters), or
 down-weighted: lr *= max_staleness / tau.
+
+What down-weighting means depends on the optimizer: the rules scale the step size of the one iteration
+the push makes, not the push's share of the optimizer's state. For SGD without momentum that is the same
+as scaling the gradient. For SGD with momentum and for Adam/AMSGrad the push still enters the momentum
+buffer (and m, v, v_hat) at full weight and moves later steps too. A weight of 0 (max_staleness: 0) is a
+drop: the push changes nothing at all. The running mean (lr_from: mean) holds the staleness of applied
+pushes only, so dropped pushes do not inflate it.
 """
 
 from __future__ import annotations
@@ -49,13 +56,13 @@ class StalenessPolicy:
 
     def decide(self, tau: int) -> Decision:
         cfg = self.cfg
-        self._recent.append(tau)
         scale = 1.0
         bound = cfg.max_staleness
         if bound is not None and tau > bound:
-            if cfg.over_bound == "drop":
+            scale = bound / tau if cfg.over_bound == "downweight" else 0.0
+            if scale == 0.0:  # drop, or a weight of 0: the push changes nothing
                 self.dropped += 1
                 return Decision(False, 0.0, "stale")
-            scale = bound / tau
+        self._recent.append(tau)  # applied pushes only
         basis = sum(self._recent) / len(self._recent) if cfg.lr_from == "mean" else tau
         return Decision(True, self.base_lr * scale * lr_scale(cfg.lr_rule, basis))

@@ -22,10 +22,10 @@ from protocol.config.schema import ExperimentConfig
 from protocol.errors import ProtocolError
 from protocol.runfolder.records import ServerSummary, Status
 from protocol.wire.channel import Channel, Received, ReceiveError
-from protocol.wire.codec import fresh_allocator
 from protocol.wire.encoding import require_finite
 from protocol.wire.layout import Layout
 from protocol.wire.messages import Heartbeat, Hello, Message, Pull, Push, Reject, Reply
+from ps.arena import before_model
 from ps.gate import ReplyGate
 from ps.membership import Member, Membership
 from ps.model import ServedModel
@@ -64,7 +64,7 @@ class ParameterServer:
         self._stop_at = 0.0
         self._signalled: str | None = None
         self._next_heartbeat = 0.0
-        self._fallback = fresh_allocator(cfg.server.max_message_bytes)
+        self._before_model = before_model(cfg.server.max_message_bytes)
         self._handlers = {Push: self._on_push, Hello: self._on_hello, Pull: self._on_pull, Heartbeat: self._on_beat}
 
     @property
@@ -91,7 +91,7 @@ class ParameterServer:
         if not ready:
             return
         try:
-            got = self.chan.recv(timeout_s=0, alloc=self.model.arena if self.model else self._fallback)
+            got = self.chan.recv(timeout_s=0, alloc=self.model.arena if self.model else self._before_model)
         except ReceiveError as err:
             self._on_bad_message(err)
             return
@@ -171,6 +171,7 @@ class ParameterServer:
             self._record(push, got.nbytes, tau, err.code)
             return self._reject_push(identity, push, err)
         member.last_seq, member.pushes = push.seq, member.pushes + 1
+        self.report.counters.note_clipped(push.meta.get("clipped"))
         decision = self.policy.decide(tau)
         stepped = decision.accept and self.model.apply(push.rank, staged, decision.lr)
         member.applied += decision.accept
@@ -295,6 +296,7 @@ class ParameterServer:
             wall_s=self.wall(),
             num_params=model.numel if model else 0,
             ef_drift_max=model.agg.drift_max if model else 0.0,
+            steps_clipped=model.steps_clipped if model else 0,
             workers={str(r): m.report() for r, m in sorted(self.members.members.items())},
             replies_dropped=self.out.dropped,
         )

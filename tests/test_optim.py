@@ -94,6 +94,40 @@ def test_paper_form_guards_zero_over_zero():
     assert x[0] < x0[0] and x[1] > x0[1]
 
 
+@pytest.mark.parametrize("tiny", [1e-22, 3e-22, 1e-30, -1e-25])
+def test_paper_form_steps_on_gradients_whose_squares_underflow_stay_within_the_exact_bound(tiny):
+    """(1 - b2) g^2 underflows to 0 in float32 for |g| below ~1e-21 while m does not: the step used to be
+    lr * m / 1.2e-38 (8.5e11 for g = 1e-22). Exact arithmetic bounds |m / sqrt(v_hat)| by B; the exact first
+    step is lr (1 - b1) / sqrt(1 - b2) = 3.16 lr."""
+    lr = 1e-3
+    x = torch.zeros(4)
+    opt = PaperAMSGrad(x, OptimizerConfig(form="paper", lr=lr))
+    g = torch.full((4,), tiny)
+    for _ in range(3):
+        opt.step(g, lr)
+        assert torch.isfinite(x).all()
+        assert float(x.abs().max()) <= 3 * lr * opt.bound * (1 + 1e-6)
+    assert bool((torch.sign(x) == -torch.sign(g)).all())  # it still moves downhill
+    assert opt.bound == pytest.approx(0.1 / math.sqrt(0.001 * (1 - 0.81 / 0.999)))
+
+
+def test_paper_form_bound_never_binds_on_ordinary_gradients():
+    """The clamp changes nothing when nothing underflows: the same iterates as the unclamped formula."""
+    torch.manual_seed(0)
+    x, ref = torch.randn(1000), None
+    ref = x.clone()
+    opt = PaperAMSGrad(x, OptimizerConfig(form="paper", lr=0.01))
+    m, v, v_hat = torch.zeros(1000), torch.zeros(1000), torch.zeros(1000)
+    for _ in range(50):
+        g = torch.randn(1000) * 10 ** torch.empty(1000).uniform_(-8, 3)
+        opt.step(g, 0.01)
+        m.mul_(0.9).add_(g, alpha=0.1)
+        v.mul_(0.999).addcmul_(g, g, value=0.001)
+        torch.maximum(v_hat, v, out=v_hat)
+        ref.add_(m / v_hat.sqrt().clamp_min(torch.finfo(torch.float32).tiny), alpha=-0.01)
+    torch.testing.assert_close(x, ref, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("momentum,dampening,wd", [(0.0, 0.0, 0.0), (0.9, 0.0, 0.0), (0.9, 0.9, 0.0), (0.5, 0.1, 0.01)])
 def test_sgd_equals_torch_sgd(momentum, dampening, wd):
     n = 50

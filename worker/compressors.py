@@ -26,7 +26,15 @@ from abc import ABC, abstractmethod
 import torch
 
 from protocol.config.schema import COMPRESSORS, CompressionConfig
-from protocol.wire.encoding import Payload, encode_dense, encode_natural, encode_qsgd, encode_sign, encode_sparse
+from protocol.wire.encoding import (
+    Payload,
+    encode_dense,
+    encode_natural,
+    encode_qsgd,
+    encode_sign,
+    encode_sparse,
+    is_finite,
+)
 from protocol.wire.layout import Layout
 from worker import sparsify
 
@@ -48,10 +56,14 @@ class Compressor(ABC):
         self._gens: dict[torch.device, torch.Generator] = {}
 
     def compress(self, x: torch.Tensor) -> Payload:
+        """Raises ValueError for a vector of another shape or dtype, or with NaN or inf: no compressor has a
+        meaning for those (Top-K, for one, would silently select nothing), so none is quietly sent."""
         if x.dim() != 1 or x.numel() != self.numel or x.dtype != torch.float32:
             raise ValueError(
                 f"{self.name} compresses flat float32 vectors of {self.numel}, got {x.dtype} of shape {tuple(x.shape)}"
             )
+        if not is_finite(x):
+            raise ValueError(f"{self.name} was given a vector with NaN or inf")
         return self._compress(x.detach())
 
     @abstractmethod

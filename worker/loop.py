@@ -24,6 +24,7 @@ from protocol.errors import ProtocolError
 from protocol.runfolder.records import WorkerReport
 from protocol.wire import codec
 from protocol.wire.channel import Channel, ReceiveError
+from protocol.wire.encoding import is_finite
 from protocol.wire.messages import Heartbeat, Hello, Message, Push, Reject, Reply, Stop, Welcome
 from worker.compressors import make_compressor
 from worker.ef import make_uplink
@@ -32,6 +33,8 @@ from worker.tasks import Task, rank_seed
 
 log = logging.getLogger("worker")
 MAX_CONSECUTIVE_REJECTS = 20
+MAX_NONFINITE = 20  # gradients with NaN/inf in a row before the worker gives up
+CLIPPED_WARN_AFTER = 100  # pushes in a row with values clipped to the wire dtype before a warning
 COMPRESSOR_STREAM = 1  # the compressor's random stream is independent of the sampling stream
 CANCEL_POLL_S = 0.5  # while waiting for a reply, look this often whether the hosting process wants us gone
 
@@ -90,6 +93,8 @@ class WorkerLoop:
         self.step = Stepper(cfg, rank, self.task, self.stats, clock, sleep)
         self._fallback = codec.fresh_allocator(cfg.server.max_message_bytes)
         self._rejects_in_a_row = 0
+        self._nonfinite_in_a_row = 0
+        self._clipped_in_a_row = 0
 
     # -- main loop -----------------------------------------------------------------------------------
     def run(self) -> WorkerReport:
@@ -98,7 +103,10 @@ class WorkerLoop:
         while True:
             self._check_cancel()
             loss, samples = self.step.gradient(self._host_copy)
+            if not self._finite_gradient(loss):
+                continue  # nothing is pushed and no error-feedback state moves; the next batch may be fine
             kind, payload = self.uplink.prepare(self._push_source)
+            self._note_clipping(payload.meta.get("clipped", 0))
             push = Push(
                 rank=self.rank,
                 seq=self.seq,
@@ -119,6 +127,38 @@ class WorkerLoop:
                 self.stats.stop_reason = reply.reason
                 return self.stats
             self._handle(reply)
+
+    def _finite_gradient(self, loss: float) -> bool:
+        """False (and counted) for a gradient with NaN or inf; fails after MAX_NONFINITE of them in a row."""
+        if is_finite(self.task.net.grad):
+            self._nonfinite_in_a_row = 0
+            return True
+        self.stats.skipped_nonfinite += 1
+        self._nonfinite_in_a_row += 1
+        log.warning("rank %d: the gradient has NaN or inf (loss %g); not pushed", self.rank, loss)
+        if self._nonfinite_in_a_row >= MAX_NONFINITE:
+            raise WorkerError(
+                f"the gradient was NaN or inf {MAX_NONFINITE} times in a row (last loss {loss:g}): the model has "
+                "diverged or the data holds NaN; try a lower optimizer.lr"
+            )
+        return False
+
+    def _note_clipping(self, clipped: int) -> None:
+        """Values beyond the wire dtype's range are clipped (error feedback keeps the rest); say so once when
+        it persists, because then the dtype is too small for these values (float16 tops out at 65504)."""
+        if not clipped:
+            self._clipped_in_a_row = 0
+            return
+        self.stats.pushes_clipped += 1
+        self._clipped_in_a_row += 1
+        if self._clipped_in_a_row == CLIPPED_WARN_AFTER:
+            log.warning(
+                "rank %d: %d pushes in a row had values clipped to compression.values=%s's range; "
+                "use float32 or bfloat16 values",
+                self.rank,
+                CLIPPED_WARN_AFTER,
+                self.cfg.compression.values,
+            )
 
     def _check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -212,13 +252,13 @@ class WorkerLoop:
         deadline = t0 + timeout
         while True:
             remaining = deadline - self.clock()
-            if remaining <= 0:
-                if isinstance(msg, Hello):
-                    raise TimeoutError
-                raise WorkerError(f"no reply from the server within {timeout:.0f}s (server gone?)")
-            try:
-                _, reply, _ = self.chan.recv(min(remaining, CANCEL_POLL_S), alloc=self._alloc)
+            try:  # past the deadline, one last look: a reply that came while this process was paused counts
+                _, reply, _ = self.chan.recv(min(max(remaining, 0.0), CANCEL_POLL_S), alloc=self._alloc)
             except TimeoutError:
+                if remaining <= 0:
+                    if isinstance(msg, Hello):
+                        raise TimeoutError from None
+                    raise WorkerError(f"no reply from the server within {timeout:.0f}s (server gone?)") from None
                 self._check_cancel()
                 continue
             except ReceiveError as err:

@@ -225,6 +225,10 @@ class ServerConfig:
     # a worker silent this long (no push, no heartbeat, no reply waiting for it) is gone: its rank may be taken
     # over by a new connection
     worker_timeout_s: float = 60.0
+    # scale the direction of any optimizer step whose L2 norm exceeds this down to it (as torch's
+    # clip_grad_norm_ does, per server step); null: no clipping. Pushes whose squares overflow float32 are
+    # always refused, clipping or not.
+    max_grad_norm: float | None = None
     status_every_s: float = 0.5  # how often the server publishes its counters (status.json)
 
     def check(self) -> None:
@@ -236,6 +240,7 @@ class ServerConfig:
         require(self.threads >= 1, "threads", "must be >= 1")
         require(1 << 10 <= self.chunk_bytes <= 1 << 30, "chunk_bytes", "must be in [1 KiB, 1 GiB]")
         require(self.max_message_bytes >= 1 << 16, "max_message_bytes", "must be >= 64 KiB")
+        require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be > 0 (or null)")
         for key in (
             "send_timeout_s",
             "reply_timeout_s",

@@ -17,6 +17,8 @@ class Counters:
     messages_rejected: int = 0  # undecodable messages (no push row can be written for them)
     uplink_bytes: int = 0
     downlink_bytes: int = 0
+    values_clipped: int = 0  # values workers clipped to the wire dtype's range (meta.clipped of the pushes)
+    pushes_clipped: int = 0
     staleness_sum: int = 0
     staleness_max: int = 0
     reasons: Counter = field(default_factory=Counter)
@@ -36,6 +38,12 @@ class Counters:
         else:
             self.pushes_rejected += 1
             self.reasons[r.reason] += 1
+
+    def note_clipped(self, clipped: object) -> None:
+        """A push's meta.clipped, if it is a count (anything else is ignored: it is only reported)."""
+        if type(clipped) is int and clipped > 0:
+            self.values_clipped += clipped
+            self.pushes_clipped += 1
 
     def window(self) -> dict[str, Any]:
         """Status fields over the most recent applied pushes: rate, loss, staleness (for the progress line)."""
@@ -63,6 +71,8 @@ class Counters:
             "rejected_by_reason": dict(self.reasons),
             "uplink_bytes": self.uplink_bytes,
             "downlink_bytes": self.downlink_bytes,
+            "values_clipped": self.values_clipped,
+            "pushes_clipped": self.pushes_clipped,
             "staleness_mean": self.staleness_sum / applied if applied else 0.0,
             "staleness_max": self.staleness_max,
             "staleness_p50": quantile(self.staleness_hist, 0.5),

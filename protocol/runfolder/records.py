@@ -79,6 +79,9 @@ class ServerSummary:
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     uplink_bytes: int = 0
     downlink_bytes: int = 0
+    values_clipped: int = 0  # values workers clipped to the wire dtype's range (compression.values float16)
+    pushes_clipped: int = 0
+    steps_clipped: int = 0  # optimizer steps whose direction server.max_grad_norm scaled down
     staleness_mean: float = 0.0
     staleness_max: int = 0
     staleness_p50: int | None = None
@@ -112,6 +115,8 @@ class WorkerReport:
     simulated_s: float = 0.0
     wait_s: float = 0.0
     apply_s: float = 0.0  # sync only: decoding, combining and the optimizer step
+    skipped_nonfinite: int = 0  # gradients with NaN or inf that were not pushed
+    pushes_clipped: int = 0  # pushes whose values were clipped to the wire dtype's range (float16: 65504)
     stop_reason: str = ""
 
 

@@ -42,6 +42,12 @@ class PeerBusy(TimeoutError):
     """A ROUTER peer's queue is full (it does not read): the message was not sent. Nothing was queued."""
 
 
+def frame_limit(chunk_bytes: int, max_message_bytes: int) -> int:
+    """The largest frame a peer may send: one chunk of a tensor, or a header (with room to spare, so that
+    a header a little over MAX_HEADER_BYTES is answered with a Reject rather than a dropped connection)."""
+    return min(max_message_bytes, max(chunk_bytes, 2 * codec.MAX_HEADER_BYTES))
+
+
 class ReceiveError(ProtocolError):
     """A message that arrived but could not be decoded; `identity` says who sent it (ROUTER)."""
 
@@ -70,7 +76,11 @@ class Channel:
         self._ctx = context or zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.ROUTER if kind == "router" else zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        # ZeroMQ holds a whole multipart message before handing over its first frame, bounding only each
+        # frame (MAXMSGSIZE; a larger one drops the connection before it is buffered). Every legal frame is a
+        # header or a chunk of at most chunk_bytes, so that is the bound; the message's total is checked on
+        # its header before any tensor byte is read.
+        self.sock.setsockopt(zmq.MAXMSGSIZE, frame_limit(chunk_bytes, max_message_bytes))
         self.sock.setsockopt(zmq.SNDHWM, send_hwm)
         # A ROUTER (the server's one loop) never waits on a peer: a send that its queue cannot take now fails
         # at once (PeerBusy). A DEALER (a worker, one peer) waits up to send_timeout_s.

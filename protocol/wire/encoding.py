@@ -51,24 +51,33 @@ class Payload:
 def encode_dense(vec: torch.Tensor, value_dtype: str = "float32", out: torch.Tensor | None = None) -> Payload:
     """Dense payload of a flat float32 vector. float32 on the CPU aliases `vec` (no copy)."""
     dtype = VALUE_DTYPES[value_dtype]
+    clipped = 0
     if dtype == torch.float32 and vec.device.type == "cpu" and out is None:
         values = vec
     else:
-        values = narrow(vec, out if out is not None else torch.empty(vec.numel(), dtype=dtype))
-    return Payload("dense", vec.numel(), values)
+        values, clipped = narrow_counted(vec, out if out is not None else torch.empty(vec.numel(), dtype=dtype))
+    return Payload("dense", vec.numel(), values, meta={"clipped": clipped} if clipped else {})
 
 
 def narrow(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """x cast into out's dtype, saturating finite values beyond its range at +-max instead of making them
     inf (float16 tops out at 65504): the server would refuse an inf, and error feedback absorbs the
     clipped part because the worker keeps exactly what was sent. A non-finite x stays non-finite."""
+    return narrow_counted(x, out)[0]
+
+
+def narrow_counted(x: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """narrow, and how many values it clipped (reported in the push's meta.clipped: persistent clipping
+    means the wire dtype is too small for these values)."""
     out.copy_(x)
-    if out.dtype != torch.float32:
-        limit = torch.finfo(out.dtype).max
-        over = (x.abs() > limit) & torch.isfinite(x)
-        if bool(over.any()):
-            out[over] = (x[over].sign() * limit).to(out.dtype)
-    return out
+    if out.dtype == torch.float32:
+        return out, 0
+    limit = torch.finfo(out.dtype).max
+    over = (x.abs() > limit) & torch.isfinite(x)
+    clipped = int(over.sum())
+    if clipped:
+        out[over] = (x[over].sign() * limit).to(out.dtype)
+    return out, clipped
 
 
 def encode_sparse(
@@ -90,8 +99,9 @@ def encode_sparse(
         coded = pack_bits(mask)
     else:
         raise ValueError(f"unknown index coding {coding!r}")
-    wire_values = narrow(values, torch.empty(values.numel(), dtype=VALUE_DTYPES[value_dtype]))
-    return Payload("sparse", numel, wire_values, indices=coded, meta={"index_coding": coding})
+    wire_values, clipped = narrow_counted(values, torch.empty(values.numel(), dtype=VALUE_DTYPES[value_dtype]))
+    meta: dict = {"index_coding": coding, **({"clipped": clipped} if clipped else {})}
+    return Payload("sparse", numel, wire_values, indices=coded, meta=meta)
 
 
 def encode_natural(x: torch.Tensor) -> Payload:
@@ -126,8 +136,8 @@ def _choose_coding(indices: torch.Tensor, numel: int) -> str:
 
 
 # -- decode (server side: untrusted input) -------------------------------------------------------
-def decode_sparse(p: Payload, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int64 indices, float32 values) of a sparse payload, validated."""
+def decode_sparse(p: Payload, numel: int, bounded: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int64 indices, float32 values) of a sparse payload, validated (bounded: see decode_into)."""
     _check_numel(p, numel)
     if p.encoding != "sparse":
         raise ProtocolError("bad_encoding", f"expected a sparse payload, got {p.encoding!r}")
@@ -153,25 +163,27 @@ def decode_sparse(p: Payload, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
         if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
             raise ProtocolError("bad_index", "indices must be strictly increasing")
     out = values.float()
-    require_finite(out, "sparse values")
+    _require_values(out, "sparse values", bounded)
     return idx, out
 
 
-def decode_into(p: Payload, numel: int, out: torch.Tensor) -> torch.Tensor:
+def decode_into(p: Payload, numel: int, out: torch.Tensor, bounded: bool = False) -> torch.Tensor:
     """The dense float32 vector any payload stands for, written into `out[:numel]` (validated).
 
-    A float32 dense payload is returned as is (no copy).
+    A float32 dense payload is returned as is (no copy). NaN and inf are refused (code nonfinite); with
+    bounded=True (the server) so are values whose squares overflow float32 (code overflow), in the same
+    single pass.
     """
     _check_numel(p, numel)
     dense = out[:numel]
     if p.encoding == "dense":
         values = _float_values(p, numel)
-        require_finite(values, "dense values")  # before the copy: a refused payload leaves `out` untouched
+        _require_values(values, "dense values", bounded)  # before the copy: a refused payload leaves `out` as is
         if values.dtype == torch.float32:
             return values
         return dense.copy_(values)
     elif p.encoding == "sparse":
-        idx, vals = decode_sparse(p, numel)  # validated, values finite: no pass over the dense vector
+        idx, vals = decode_sparse(p, numel, bounded)  # validated, values finite: no pass over the dense vector
         return dense.zero_().index_copy_(0, idx, vals)
     elif p.encoding == "natural":
         exponent = _expect(p.values, torch.uint8, numel, "exponents")
@@ -193,7 +205,7 @@ def decode_into(p: Payload, numel: int, out: torch.Tensor) -> torch.Tensor:
         dense[negative] = -scale
     else:
         raise ProtocolError("bad_encoding", f"unknown encoding {p.encoding!r}")
-    require_finite(dense, f"{p.encoding} values")
+    _require_values(dense, f"{p.encoding} values", bounded)
     return dense
 
 
@@ -228,6 +240,7 @@ def _expect(t: torch.Tensor | None, dtype: torch.dtype, numel: int, what: str) -
 
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+SQRT_FLOAT32_MAX = math.sqrt(FLOAT32_MAX)
 
 
 def _meta_float(p: Payload, key: str) -> float:
@@ -247,11 +260,36 @@ def _meta_int(p: Payload, key: str, lo: int, hi: int) -> int:
     return value
 
 
+def is_finite(t: torch.Tensor) -> bool:
+    """Whether every element is finite. sum() is ~100x faster than isfinite().all(), and a finite sum implies
+    every element is finite (any NaN or inf makes it NaN or inf); only a huge-but-finite vector whose sum
+    overflows takes the slow exact path."""
+    return not t.numel() or bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def require_finite(t: torch.Tensor, what: str) -> None:
-    # sum() is ~100x faster than isfinite().all(); a finite sum implies every element is finite
-    # (any NaN or inf makes it NaN or inf). Only a huge-but-finite vector takes the slow exact path.
-    if t.numel() and not torch.isfinite(t.sum()) and not bool(torch.isfinite(t).all()):
+    if not is_finite(t):
         raise ProtocolError("nonfinite", f"{what} contain NaN or inf")
+
+
+def _require_values(t: torch.Tensor, what: str, bounded: bool) -> None:
+    if bounded:
+        require_bounded(t, what)
+    else:
+        require_finite(t, what)
+
+
+def require_bounded(t: torch.Tensor, what: str) -> float:
+    """The float32 L2 norm of t, refusing NaN/inf (code nonfinite) and values whose squares overflow float32
+    (code overflow): an update that AMSGrad's v = b2 v + (1 - b2) g^2 would turn into inf, after which that
+    coordinate never moves again. Costs one pass, as the finiteness check it replaces."""
+    if not t.numel():
+        return 0.0
+    norm = float(torch.linalg.vector_norm(t, dtype=torch.float32))
+    if norm < SQRT_FLOAT32_MAX:  # whether or not the kernel rescales: the sum of squares fits float32
+        return norm
+    require_finite(t, what)
+    raise ProtocolError("overflow", f"{what} are too large: their squares overflow float32 (|x| > 1.8e19)")
 
 
 # -- bits ----------------------------------------------------------------------------------------
