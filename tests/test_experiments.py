@@ -1,11 +1,16 @@
 """Smoke tests of the reproduction scripts (experiments/): each runs in --quick mode through the real runtime
 into tmp_path and must write its markdown report and the images the report shows."""
 
+import importlib
 import re
 
 import pytest
 
-from experiments import artificial_delay, async_vs_sync, ef21_logreg, noise_floor, stability_edge
+# each study's entry point is its package's __main__ (python -m experiments.NAME)
+artificial_delay, async_vs_sync, ef21_logreg, noise_floor, stability_edge = (
+    importlib.import_module(f"experiments.{name}.__main__")
+    for name in ("artificial_delay", "async_vs_sync", "ef21_logreg", "noise_floor", "stability_edge")
+)
 
 
 def _check_report(out, report: str, prefix: str, sections: list[str]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments.common import Sweep
-from experiments.noise_floor_data import NOT_SHRINKING, RATIO, Curve, by_label, sgd_floor, slope
+from experiments.noise_floor.data import NOT_SHRINKING, RATIO, Curve, by_label, sgd_floor, slope
 
 METHODS = {
     "ef21": "`ef21` (with stochastic gradients this is EF21-SGD)",

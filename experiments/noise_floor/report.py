@@ -9,8 +9,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from experiments.common import Sweep, header, rolling, save_png, table
-from experiments.noise_floor_data import BLOCKS, Curve, by_label, curve, sgd_floor, slope, verdicts
-from experiments.noise_floor_notes import discussion, setup
+from experiments.noise_floor.data import BLOCKS, Curve, by_label, curve, sgd_floor, slope, verdicts
+from experiments.noise_floor.notes import discussion, setup
 
 SMOOTH = 100  # rounds in the rolling mean the curves are drawn with
 COLORS = {"EF21-SGD": "tab:red", "EF21-SGDM eta=0.1": "tab:blue", "EF21-SGDM eta=0.01": "tab:green", "EF14-SGD": "0.45"}

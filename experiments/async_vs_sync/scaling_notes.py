@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.async_sync_analysis import TARGET, RunFigures
+from experiments.async_vs_sync.analysis import TARGET, RunFigures
 
 
 def _mean(xs: list) -> float | None:

@@ -10,7 +10,7 @@
 3. Scaling: 1, 2, 4, 8 workers, both modes, 50 ms simulated compute per gradient (configs/scaling.yaml),
    40 s each: gradients/s against the ideal, time to 95% against the 1-worker time / N.
 
-Every run is its own launcher command (experiments/async_sync_runs.py). The runs are grouped in batches
+Every run is its own launcher command (experiments/async_vs_sync/runs.py). The runs are grouped in batches
 of under 10 minutes each, so a shared machine can run them one batch at a time:
     python -m experiments.async_vs_sync --batches straggler           (a new folder runs/async_vs_sync-*)
     python -m experiments.async_vs_sync --into runs/async_vs_sync-X --batches lr_grid-100
@@ -27,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.async_sync_plan import FULL, INVOCATIONS, QUICK, batch_specs
-from experiments.async_sync_runs import run_specs
+from experiments.async_vs_sync.plan import FULL, INVOCATIONS, QUICK, batch_specs
+from experiments.async_vs_sync.runs import run_specs
 from experiments.common import shown
 
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\t{command.strip()}\n")
         for batch in batches:
             failed += run_specs(batch_specs(plan, batch, base), base)
-    from experiments.async_sync_report import write_report  # matplotlib only when a report is written
+    from experiments.async_vs_sync.report import write_report  # matplotlib only when a report is written
 
     report = write_report(plan, base, args.out, args.quick)
     if report is None:

@@ -18,19 +18,19 @@ from pathlib import Path
 
 import torch
 
-from experiments import edge_mlp, edge_mlp_report, edge_quadratic
 from experiments.common import header, save_png, shown
+from experiments.stability_edge import mlp, mlp_report, quadratic
 
 QUADRATIC = "quadratic.json"  # parts (a) and (c) run in this process; their results are kept here
 
 
-def part_a_c(plan: edge_quadratic.QuadPlan, base: Path, report_only: bool) -> tuple[list[str], dict]:
+def part_a_c(plan: quadratic.QuadPlan, base: Path, report_only: bool) -> tuple[list[str], dict]:
     if report_only:
-        part_a, part_c, example = edge_quadratic.load(base / QUADRATIC)
+        part_a, part_c, example = quadratic.load(base / QUADRATIC)
     else:
         print("(a)/(c): stable lr of delayed SGD on x^2/2 through the in-process server", flush=True)
-        part_a, part_c, example = edge_quadratic.measure(plan)
-        edge_quadratic.save(base / QUADRATIC, part_a, part_c, example)
+        part_a, part_c, example = quadratic.measure(plan)
+        quadratic.save(base / QUADRATIC, part_a, part_c, example)
     text = [
         "## (a) Stable lr against tau: the quadratic through the server",
         "One fake worker pushes the gradient of f(x) = x^2/2 (curvature 1) at the parameters it was sent; the "
@@ -39,26 +39,26 @@ def part_a_c(plan: edge_quadratic.QuadPlan, base: Path, report_only: bool) -> tu
         "envelope of |x| over its last tenth exceeds the one before its middle. The edge is bracketed by "
         "halving/doubling from the previous tau's edge and then bisected in log space; 'stable' is the largest "
         "lr seen stable, 'unstable' the smallest seen unstable.",
-        edge_quadratic.edge_table(part_a, "closed form 2 sin(pi/(2(2tau+1)))"),
-        f"## (c) Momentum {edge_quadratic.BETA:g}: server buffer against shifted (per-worker) buffers",
+        quadratic.edge_table(part_a, "closed form 2 sin(pi/(2(2tau+1)))"),
+        f"## (c) Momentum {quadratic.BETA:g}: server buffer against shifted (per-worker) buffers",
         "Round robin over W = tau + 1 fake workers (each computes at the parameters of its own last reply, so "
         "every push is tau stale), SGD momentum through `optimizer.momentum_mode: server` (one buffer) or "
         "`shifted` (one buffer per worker). The theory column is where the largest root of each recursion's "
         "characteristic polynomial leaves the unit circle (numpy roots, docs/algorithms.md, Momentum under delay).",
-        edge_quadratic.edge_table(part_c, "theory (roots)"),
+        quadratic.edge_table(part_c, "theory (roots)"),
         "### Expectations against the measurements (a, c)",
-        "\n".join(edge_quadratic.verdicts(part_a, part_c)),
+        "\n".join(quadratic.verdicts(part_a, part_c)),
     ]
-    return text, {"tau": edge_quadratic.figure(part_a, part_c, example)}
+    return text, {"tau": quadratic.figure(part_a, part_c, example)}
 
 
-def part_b(plan: edge_mlp.MlpPlan, base: Path, report_only: bool) -> tuple[list[str], dict, list[str]]:
+def part_b(plan: mlp.MlpPlan, base: Path, report_only: bool) -> tuple[list[str], dict, list[str]]:
     if report_only:
-        runs = edge_mlp.recorded(base)
+        runs = mlp.recorded(base)
     else:
         print("(b): digits MLP, SGD, constant delay, lr rules", flush=True)
-        runs = edge_mlp.run(plan, base)
-    text, figs = edge_mlp_report.report(runs, max(int(p.summary["updates"]) for p in runs.base.points if p.ok))
+        runs = mlp.run(plan, base)
+    text, figs = mlp_report.report(runs, max(int(p.summary["updates"]) for p in runs.base.points if p.ok))
     commands = [runs.grid.command, runs.base.command, runs.delayed.command]
     return ["## (b) Digits MLP under a constant delay: lr rules", *text], figs, commands
 
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # the in-process server and the Hessian products share two cores with the runs
     base = args.report_only or args.runs / f"stability_edge-{time.strftime('%Y%m%d-%H%M%S')}"
     quick = args.quick
-    quad_text, figs = part_a_c(edge_quadratic.QUICK if quick else edge_quadratic.FULL, base, bool(args.report_only))
-    mlp_text, mlp_figs, commands = part_b(edge_mlp.QUICK if quick else edge_mlp.FULL, base, bool(args.report_only))
+    quad_text, figs = part_a_c(quadratic.QUICK if quick else quadratic.FULL, base, bool(args.report_only))
+    mlp_text, mlp_figs, commands = part_b(mlp.QUICK if quick else mlp.FULL, base, bool(args.report_only))
     figs |= mlp_figs
     for name, fig in figs.items():
         save_png(fig, args.out / "img" / f"stability_edge_{name}.png")
@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m experiments.stability_edge" + (" --quick" if quick else "")
     text = [
         *header(title, command, commands, base),
-        "Parts (a) and (c) run the server in this process (`experiments/delayed_quadratic.py`); part (b) runs "
-        "the launcher's sweeps above.",
+        "Parts (a) and (c) run the server in this process (`experiments/stability_edge/delayed_quadratic.py`); "
+        "part (b) runs the launcher's sweeps above.",
         *quad_text,
         "![stable lr against tau](img/stability_edge_tau.png)",
         *mlp_text,

@@ -11,7 +11,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments.common import table
-from experiments.delayed_quadratic import Bracket, delay_trajectory, round_robin_trajectory, stable_lr, theory_threshold
+from experiments.stability_edge.delayed_quadratic import (
+    Bracket,
+    delay_trajectory,
+    round_robin_trajectory,
+    stable_lr,
+    theory_threshold,
+)
 from ps.policy import stable_lr_threshold
 
 BETA = 0.9  # momentum of part (c)

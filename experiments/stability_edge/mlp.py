@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.common import Point, Sweep, record_sweep, recorded_sweep, run_sweep
-from experiments.sharpness import init_sharpness, run_sharpness
+from experiments.stability_edge.sharpness import init_sharpness, run_sharpness
 
 CONFIG = "configs/stability_edge.yaml"
 PICK_TOL = 0.01  # lr0: within one accuracy point of the grid's best

@@ -7,7 +7,7 @@ import numpy as np
 import yaml
 
 from experiments.common import mean_std
-from experiments.ef21_bits import NAMES, TAIL, final
+from experiments.ef21_logreg.bits import NAMES, TAIL, final
 
 # the levels R4 in docs/algorithms.md reads off the poster's MNIST curves: (low, high) of the final ||grad f||^2
 POSTER_LEVELS = {

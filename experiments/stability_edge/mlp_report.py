@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments.common import curve_on_grid, mean_std, pm, rolling, table
-from experiments.edge_mlp import PICK_TOL, MlpRuns
-from experiments.edge_mlp_stats import CHANCE, SPIKE_WINDOW, RunStats, groups, stats
+from experiments.stability_edge.mlp import PICK_TOL, MlpRuns
+from experiments.stability_edge.mlp_stats import CHANCE, SPIKE_WINDOW, RunStats, groups, stats
 from protocol.config.loader import load_experiment
 from ps.policy import stable_lr_threshold
 from worker.tasks.data import load_dataset

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import async_sync_plots as plots
-from experiments.async_sync_analysis import TARGET, RunFigures, figures
-from experiments.async_sync_plan import INVOCATIONS, MODES, Plan, best_lrs, grid_runs
-from experiments.async_sync_runs import LOADS, read_batch, recorded
-from experiments.async_sync_scaling_notes import scaling_notes
-from experiments.async_sync_verdicts import faster, final_close, observations, scaling_lines
+from experiments.async_vs_sync import plots
+from experiments.async_vs_sync.analysis import TARGET, RunFigures, figures
+from experiments.async_vs_sync.plan import INVOCATIONS, MODES, Plan, best_lrs, grid_runs
+from experiments.async_vs_sync.runs import LOADS, read_batch, recorded
+from experiments.async_vs_sync.scaling_notes import scaling_notes
+from experiments.async_vs_sync.verdicts import faster, final_close, observations, scaling_lines
 from experiments.common import COMMANDS, header, pm, save_png, table
 
 TIMING = (

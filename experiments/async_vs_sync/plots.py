@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from experiments.async_sync_analysis import TARGET, RunFigures
+from experiments.async_vs_sync.analysis import TARGET, RunFigures
 
 COLORS = {"async": "tab:blue", "sync": "tab:red"}
 

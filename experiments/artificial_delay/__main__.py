@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments.artificial_delay.analysis import by_delay, report_body
 from experiments.common import Sweep, header, record_sweep, recorded_sweep, run_sweep, save_png, shown
-from experiments.delay_analysis import by_delay, report_body
 
 CONFIG = "configs/artificial_delay.yaml"
 

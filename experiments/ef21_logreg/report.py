@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments.common import Point, Sweep, mean_std, table
-from experiments.ef21_bits import NAMES, TAIL, Curve, curve, final, on_grid
-from experiments.ef21_logreg_text import reading_text, setup_text
+from experiments.ef21_logreg.bits import NAMES, TAIL, Curve, curve, final, on_grid
+from experiments.ef21_logreg.text import reading_text, setup_text
 
 COLORS = {"ef21": "tab:red", "ef21-sgdm": "tab:blue", "ef21-sgd2m": "tab:green", "ef14": "tab:gray"}
 MOMENTUM = ("ef21-sgdm", "ef21-sgd2m")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.common import Sweep, record_sweep, recorded_sweep, run_sweep, shown
-from experiments.noise_floor_report import write_report
+from experiments.noise_floor.report import write_report
 
 CONFIG = "configs/noise_floor.yaml"
 INVOCATIONS = "invocations.txt"  # the --parts invocations that filled an experiment folder, in order

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from experiments.common import Point, rolling
-from experiments.edge_mlp import MlpRuns
+from experiments.stability_edge.mlp import MlpRuns
 from protocol.config.loader import load_experiment
 from worker.tasks.data import load_dataset
 

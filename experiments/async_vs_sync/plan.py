@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.async_sync_analysis import figures
-from experiments.async_sync_runs import RunSpec, read_batch
+from experiments.async_vs_sync.analysis import figures
+from experiments.async_vs_sync.runs import RunSpec, read_batch
 
 CONFIG = "configs/async_vs_sync.yaml"
 SCALING = "configs/scaling.yaml"

@@ -1,5 +1,5 @@
 """The artificial-delay report: per-D tables over seeds, the staleness histograms' fit to U{0..D-1}, the
-expectations checked against the measured numbers, and the figures (experiments/delay_plots.py)."""
+expectations checked against the measured numbers, and the figures (experiments/artificial_delay/plots.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import chi2
 
+from experiments.artificial_delay.notes import observations
+from experiments.artificial_delay.plots import figures
 from experiments.common import Point, mean_std, pm, table
-from experiments.delay_notes import observations
-from experiments.delay_plots import figures
 from protocol.config.loader import load_experiment
 from worker.tasks.data import load_dataset
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.async_sync_analysis import TARGET, RunFigures
+from experiments.async_vs_sync.analysis import TARGET, RunFigures
 from experiments.common import mean_std
 
 FINAL_GAP = 0.005  # "both end within half a point of each other"
