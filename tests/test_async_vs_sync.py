@@ -79,7 +79,7 @@ def test_scaling_batches_cover_every_worker_count_and_mode(tmp_path):
     assert [(o[0], o[1]) for o in (s.overrides for s in specs)] == [
         (f"mode={m}", f"workers={n}") for n in (1, 2, 4, 8) for m in ("async", "sync")
     ]
-    assert all("seed=1" in s.overrides and s.config == "configs/scaling.yaml" for s in specs)
+    assert all("seed=1" in s.overrides and s.config == "experiments/async_vs_sync/scaling.yaml" for s in specs)
     with pytest.raises(ValueError, match="unknown batch"):
         batch_specs(FULL, "scaling", tmp_path)
 

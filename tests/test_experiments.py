@@ -22,7 +22,7 @@ def _check_report(out, report: str, prefix: str, sections: list[str]) -> None:
     for name in shown:
         size = (out / name).stat().st_size
         assert 1000 < size < 200_000, (name, size)  # drawn, and small enough to commit
-    assert "python -m launch configs/" in text  # the exact commands are in the report
+    assert "python -m launch experiments/" in text  # the exact commands (with the study's own config) are in the report
 
 
 @pytest.mark.slow

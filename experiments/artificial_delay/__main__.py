@@ -20,7 +20,7 @@ from pathlib import Path
 from experiments.artificial_delay.analysis import by_delay, report_body
 from experiments.common import Sweep, header, record_sweep, recorded_sweep, run_sweep, save_png, shown
 
-CONFIG = "configs/artificial_delay.yaml"
+CONFIG = "experiments/artificial_delay/config.yaml"
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,15 @@
 """Async (APAM) against sync (all-reduce AMSGrad), issue 5: python -m experiments.async_vs_sync [--quick]
 
-1. Straggler: digits MLP, 4 workers, rank 3 computes 4x slower (configs/async_vs_sync.yaml). For seeds
+1. Straggler: digits MLP, 4 workers, rank 3 computes 4x slower (experiments/async_vs_sync/config.yaml). For seeds
    0, 1, 2 the two modes run interleaved (async s0, sync s0, async s1, ...), each until the same number
    of gradients (async: 3000 pushes; sync: 750 steps of 4); time to 95% test accuracy and final accuracy.
    Expected: async reaches 95% in clearly less wall time; the final accuracies within half a point.
 2. Learning rate: the same setup at lr 1e-3, 3e-3, 1e-2 for each mode on other seeds (100, 101); each
    mode's fastest lr to 95% is then run on seeds 0, 1, 2 ("tuned"), since a sync step averages N
    gradients and may take a larger lr.
-3. Scaling: 1, 2, 4, 8 workers, both modes, 50 ms simulated compute per gradient (configs/scaling.yaml),
-   40 s each: gradients/s against the ideal, time to 95% against the 1-worker time / N.
+3. Scaling: 1, 2, 4, 8 workers, both modes, 50 ms simulated compute per gradient
+   (experiments/async_vs_sync/scaling.yaml), 40 s each: gradients/s against the ideal, time to 95% against
+   the 1-worker time / N.
 
 Every run is its own launcher command (experiments/async_vs_sync/runs.py). The runs are grouped in batches
 of under 10 minutes each, so a shared machine can run them one batch at a time:

@@ -4,7 +4,7 @@ Batches (each under 10 minutes on the development machine, so a shared machine c
     straggler       seeds 0, 1, 2, each: async then sync, at the config's lr (1e-3)
     lr_grid-<seed>  lr 1e-3, 3e-3, 1e-2, each: async then sync, on a grid seed (100, 101)
     tuned           seeds 0, 1, 2 at each mode's best grid lr (only the modes whose best lr is not 1e-3)
-    scaling-<seed>  N = 1, 2, 4, 8, each: async then sync (configs/scaling.yaml)
+    scaling-<seed>  N = 1, 2, 4, 8, each: async then sync (experiments/async_vs_sync/scaling.yaml)
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 from experiments.async_vs_sync.analysis import figures
 from experiments.async_vs_sync.runs import RunSpec, read_batch
 
-CONFIG = "configs/async_vs_sync.yaml"
-SCALING = "configs/scaling.yaml"
+CONFIG = "experiments/async_vs_sync/config.yaml"
+SCALING = "experiments/async_vs_sync/scaling.yaml"
 MODES = ("async", "sync")
 RUN_GRACE_S = 120  # per run, on top of run.max_seconds: start-up, the final evaluation, plots
 INVOCATIONS = "invocations.txt"  # the script's own command lines that ran batches into the folder
@@ -33,8 +33,8 @@ class Plan:
     scaling_seconds: float
     straggler_extra: tuple[str, ...] = ()  # overrides for every straggler / grid / tuned run
     scaling_extra: tuple[str, ...] = ()
-    workers: int = 4  # configs/async_vs_sync.yaml's
-    lr: float = 1e-3  # configs/async_vs_sync.yaml's
+    workers: int = 4  # experiments/async_vs_sync/config.yaml's
+    lr: float = 1e-3  # experiments/async_vs_sync/config.yaml's
 
     def batches(self) -> list[str]:
         return (

@@ -8,7 +8,7 @@ import numpy as np
 
 from experiments.async_vs_sync import plots
 from experiments.async_vs_sync.analysis import TARGET, RunFigures, figures
-from experiments.async_vs_sync.plan import INVOCATIONS, MODES, Plan, best_lrs, grid_runs
+from experiments.async_vs_sync.plan import CONFIG, INVOCATIONS, MODES, SCALING, Plan, best_lrs, grid_runs
 from experiments.async_vs_sync.runs import LOADS, read_batch, recorded
 from experiments.async_vs_sync.scaling_notes import scaling_notes
 from experiments.async_vs_sync.verdicts import faster, final_close, observations, scaling_lines
@@ -83,7 +83,7 @@ def setup(plan: Plan, straggler: list[RunFigures], scaling: list[RunFigures]) ->
         gaps = [r.eval_gap_s for r in straggler if r.eval_gap_s is not None]
         before = [r.t_target - r.t_before for r in straggler if r.t_target is not None and r.t_before is not None]
         lines.append(
-            f"**Straggler runs** (`configs/async_vs_sync.yaml`): {v['workers']} workers, mlp [128] on digits "
+            f"**Straggler runs** (`{CONFIG}`): {v['workers']} workers, mlp [128] on digits "
             f"(1438 train / 359 test samples), batch {v['batch_size']}, AMSGrad (torch form) at the same lr in both "
             f"modes (lr {plan.lr:g}; other lrs below). `worker.slowdown {v['slowdown']}`: rank 3 is the straggler "
             f"(not rank 0, which in sync mode also writes the run's records, so the records do not slow the "
@@ -114,7 +114,7 @@ def setup(plan: Plan, straggler: list[RunFigures], scaling: list[RunFigures]) ->
     if scaling:
         v = scaling[0].point.values
         lines.append(
-            f"**Scaling runs** (`configs/scaling.yaml`): N = {', '.join(map(str, plan.scaling_workers))} workers, "
+            f"**Scaling runs** (`{SCALING}`): N = {', '.join(map(str, plan.scaling_workers))} workers, "
             f"both modes, the same MLP and batch {v['batch_size']}, lr {v['lr']:g}, no straggler, "
             f"`worker.compute_s {v['compute_s']:g}` ({1000 * v['compute_s']:g} ms per gradient), "
             f"{v['max_seconds']:g} s each, seeds {_seeds(scaling, plan.scaling_seeds)}, for each seed N ascending "

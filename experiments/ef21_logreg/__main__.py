@@ -24,7 +24,7 @@ from pathlib import Path
 from experiments.common import Sweep, header, record_sweep, recorded_sweep, run_sweep, save_png, shown
 from experiments.ef21_logreg.report import Result, pick, report_body
 
-CONFIG = "configs/ef21_logreg.yaml"
+CONFIG = "experiments/ef21_logreg/config.yaml"
 METHODS = ("ef21", "ef21-sgdm", "ef21-sgd2m", "ef14")
 
 

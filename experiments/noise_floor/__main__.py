@@ -25,7 +25,7 @@ from pathlib import Path
 from experiments.common import Sweep, record_sweep, recorded_sweep, run_sweep, shown
 from experiments.noise_floor.report import write_report
 
-CONFIG = "configs/noise_floor.yaml"
+CONFIG = "experiments/noise_floor/config.yaml"
 INVOCATIONS = "invocations.txt"  # the --parts invocations that filled an experiment folder, in order
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from experiments.common import Point, Sweep, record_sweep, recorded_sweep, run_sweep
 from experiments.stability_edge.sharpness import init_sharpness, run_sharpness
 
-CONFIG = "configs/stability_edge.yaml"
+CONFIG = "experiments/stability_edge/config.yaml"
 PICK_TOL = 0.01  # lr0: within one accuracy point of the grid's best
 SHARPNESS = "sharpness.json"  # beside the sweeps: {run folder or "init seed=N": top Hessian eigenvalue}
 
