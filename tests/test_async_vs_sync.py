@@ -159,7 +159,7 @@ def test_plots_draw_when_no_run_reached_the_target(tmp_path):
     """A short run may never reach 95%: the time axes then stay linear with a note, instead of failing to draw."""
     from experiments.async_vs_sync.analysis import RunFigures
     from experiments.async_vs_sync.plots import lr_grid, scaling, target_times
-    from experiments.common import save_png
+    from experiments.common.report import save_png
 
     def run(mode, n, lr):
         return RunFigures(

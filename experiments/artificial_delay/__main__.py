@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.artificial_delay.analysis import by_delay, report_body
-from experiments.common import Sweep, header, record_sweep, recorded_sweep, run_sweep, save_png, shown
+from experiments.common.report import header, save_png
+from experiments.common.sweeps import Sweep, record_sweep, recorded_sweep, run_sweep, shown
 
 CONFIG = "experiments/artificial_delay/config.yaml"
 

@@ -10,7 +10,9 @@ from scipy.stats import chi2
 
 from experiments.artificial_delay.notes import observations
 from experiments.artificial_delay.plots import figures
-from experiments.common import Point, mean_std, pm, table
+from experiments.common.report import table
+from experiments.common.stats import mean_std, pm
+from experiments.common.sweeps import Point
 from protocol.config.loader import load_experiment
 from worker.tasks.data import load_dataset
 
@@ -32,7 +34,7 @@ class DelayGroup:
         return [p.summary.get(key) for p in self.ok]
 
     def acc_at(self, at: float) -> list[float | None]:
-        from experiments.common import value_at
+        from experiments.common.stats import value_at
 
         return [value_at(p.metrics, "test_acc", at) for p in self.ok]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from experiments.common import mean_std
+from experiments.common.stats import mean_std
 
 
 def observations(groups, paper, checkpoints: list[int]) -> list[str]:

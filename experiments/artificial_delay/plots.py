@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import NullLocator
 
-from experiments.common import curve_on_grid, mean_std
+from experiments.common.stats import curve_on_grid, mean_std
 
 ZOOM = 0.4  # the zoomed accuracy panel shows the first 40% of the updates
 
@@ -67,7 +67,7 @@ def staleness(groups):
 
 
 def forms(groups, paper, updates: int, early_at: int):
-    from experiments.common import value_at
+    from experiments.common.stats import value_at
 
     fig, (ax_f, ax_e, ax_c) = plt.subplots(1, 3, figsize=(12, 3.6))
     for gs, label, shift in ((groups, "torch form", -0.03), (paper, "paper form", 0.03)):

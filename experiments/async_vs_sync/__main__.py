@@ -30,7 +30,7 @@ from pathlib import Path
 
 from experiments.async_vs_sync.plan import FULL, INVOCATIONS, QUICK, batch_specs
 from experiments.async_vs_sync.runs import run_specs
-from experiments.common import shown
+from experiments.common.sweeps import shown
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.async_vs_sync.runs import worker_json
-from experiments.common import Point
+from experiments.common.sweeps import Point
 from launch.summary import time_to_accuracy
 
 TARGET = 0.95

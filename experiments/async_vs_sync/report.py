@@ -12,7 +12,9 @@ from experiments.async_vs_sync.plan import CONFIG, INVOCATIONS, MODES, SCALING, 
 from experiments.async_vs_sync.runs import LOADS, read_batch, recorded
 from experiments.async_vs_sync.scaling_notes import scaling_notes
 from experiments.async_vs_sync.verdicts import faster, final_close, observations, scaling_lines
-from experiments.common import COMMANDS, header, pm, save_png, table
+from experiments.common.report import header, save_png, table
+from experiments.common.stats import pm
+from experiments.common.sweeps import COMMANDS
 
 TIMING = (
     "Wall times are the measurement here, so the batches should run on an otherwise idle machine: these ran "

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.common import COMMANDS, Point, run_launcher
+from experiments.common.sweeps import COMMANDS, Point, run_launcher
 from launch.rundir import read_json, read_metrics, read_updates
 
 LOADS = "loads.tsv"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments.async_vs_sync.analysis import TARGET, RunFigures
-from experiments.common import mean_std
+from experiments.common.stats import mean_std
 
 FINAL_GAP = 0.005  # "both end within half a point of each other"
 CPU_BUSY = 1.5  # cores (of 2) above which a run counts as CPU-bound

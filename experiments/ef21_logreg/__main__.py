@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.common import Sweep, header, record_sweep, recorded_sweep, run_sweep, save_png, shown
+from experiments.common.report import header, save_png
+from experiments.common.sweeps import Sweep, record_sweep, recorded_sweep, run_sweep, shown
 from experiments.ef21_logreg.report import Result, pick, report_body
 
 CONFIG = "experiments/ef21_logreg/config.yaml"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from experiments.common import Point
+from experiments.common.sweeps import Point
 
 NAMES = {"ef21": "EF21-SGD", "ef21-sgdm": "EF21-SGDM", "ef21-sgd2m": "EF21-SGD2M", "ef14": "EF14-SGD"}
 TAIL = 0.1  # "final" = the mean of ||grad f||^2 over the evaluations in the last 10% of the bits budget

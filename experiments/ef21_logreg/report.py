@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.common import Point, Sweep, mean_std, table
+from experiments.common.report import table
+from experiments.common.stats import mean_std
+from experiments.common.sweeps import Point, Sweep
 from experiments.ef21_logreg.bits import NAMES, TAIL, Curve, curve, final, on_grid
 from experiments.ef21_logreg.text import reading_text, setup_text
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import yaml
 
-from experiments.common import mean_std
+from experiments.common.stats import mean_std
 from experiments.ef21_logreg.bits import NAMES, TAIL, final
 
 # the levels R4 in docs/algorithms.md reads off the poster's MNIST curves: (low, high) of the final ||grad f||^2

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.common import Sweep, record_sweep, recorded_sweep, run_sweep, shown
+from experiments.common.sweeps import Sweep, record_sweep, recorded_sweep, run_sweep, shown
 from experiments.noise_floor.report import write_report
 
 CONFIG = "experiments/noise_floor/config.yaml"

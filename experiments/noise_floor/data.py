@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from experiments.common import Point
+from experiments.common.sweeps import Point
 from protocol.config.loader import load_experiment
 
 NOT_SHRINKING = 2.0  # "does not shrink with n": the n_max plateau is at least 1/2 of the n = 1 plateau

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.common import Sweep
+from experiments.common.sweeps import Sweep
 from experiments.noise_floor.data import NOT_SHRINKING, RATIO, Curve, by_label, sgd_floor, slope
 
 METHODS = {

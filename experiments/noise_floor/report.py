@@ -8,7 +8,9 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from experiments.common import Sweep, header, rolling, save_png, table
+from experiments.common.report import header, save_png, table
+from experiments.common.stats import rolling
+from experiments.common.sweeps import Sweep
 from experiments.noise_floor.data import BLOCKS, Curve, by_label, curve, sgd_floor, slope, verdicts
 from experiments.noise_floor.notes import discussion, setup
 

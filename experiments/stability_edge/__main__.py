@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from experiments.common import header, save_png, shown
+from experiments.common.report import header, save_png
+from experiments.common.sweeps import shown
 from experiments.stability_edge import mlp, mlp_report, quadratic
 
 QUADRATIC = "quadratic.json"  # parts (a) and (c) run in this process; their results are kept here

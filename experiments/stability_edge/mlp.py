@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.common import Point, Sweep, record_sweep, recorded_sweep, run_sweep
+from experiments.common.sweeps import Point, Sweep, record_sweep, recorded_sweep, run_sweep
 from experiments.stability_edge.sharpness import init_sharpness, run_sharpness
 
 CONFIG = "experiments/stability_edge/config.yaml"

@@ -10,7 +10,8 @@ import warnings
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.common import curve_on_grid, mean_std, pm, rolling, table
+from experiments.common.report import table
+from experiments.common.stats import curve_on_grid, mean_std, pm, rolling
 from experiments.stability_edge.mlp import PICK_TOL, MlpRuns
 from experiments.stability_edge.mlp_stats import CHANCE, SPIKE_WINDOW, RunStats, groups, stats
 from protocol.config.loader import load_experiment

@@ -7,7 +7,8 @@ import statistics
 from dataclasses import dataclass
 from functools import cached_property
 
-from experiments.common import Point, rolling
+from experiments.common.stats import rolling
+from experiments.common.sweeps import Point
 from experiments.stability_edge.mlp import MlpRuns
 from protocol.config.loader import load_experiment
 from worker.tasks.data import load_dataset

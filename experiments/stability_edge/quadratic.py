@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.common import table
+from experiments.common.report import table
 from experiments.stability_edge.delayed_quadratic import (
     Bracket,
     delay_trajectory,
