@@ -6,7 +6,9 @@ same number of updates each, a few seeds; then the same with the paper form of A
 (APAM Sec. 5.4): the final accuracy does not depend on D (within about half a point), early progress is
 slower the larger D, and the measured staleness is uniform on 0..D-1.
 
-Writes <out>/artificial_delay.md and <out>/img/artificial_delay_*.png; the runs go to <runs>/artificial_delay-*/.
+The runs go to <runs>/artificial_delay-<stamp>/, and so do the report, artificial_delay.md, and its plots,
+img/artificial_delay_*.png; --out DIR writes those into DIR instead (--out docs/results replaces the committed
+report, which records measured runs: never do that with a --quick run).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.artificial_delay.analysis import by_delay, report_body
-from experiments.common.report import header, save_png
+from experiments.common.report import add_out_option, header, report_folder, save_png
 from experiments.common.sweeps import Sweep, record_sweep, recorded_sweep, run_sweep, shown
 
 CONFIG = "experiments/artificial_delay/config.yaml"
@@ -71,10 +73,10 @@ def write_report(torch_form: Sweep, paper_form: Sweep, base: Path, out: Path, qu
     return out / "artificial_delay.md"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m experiments.artificial_delay", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="D = 1 and 6, one seed, 300 updates (a smoke test)")
-    ap.add_argument("--out", type=Path, default=Path("docs/results"), help="report folder (images go to img/)")
+    add_out_option(ap)
     ap.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of the run folders")
     ap.add_argument(
         "--report-only",
@@ -82,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="rebuild the report from the runs of an earlier experiment folder (no new runs)",
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.report_only:
         base = args.report_only
         torch_form, paper_form = recorded_sweep(base, "torch"), recorded_sweep(base, "paper")
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if not any(p.ok for p in torch_form.points):
         print("error: no run finished; nothing to report", file=sys.stderr)
         return 1
-    report = write_report(torch_form, paper_form, base, args.out, args.quick)
+    report = write_report(torch_form, paper_form, base, report_folder(args.out, base), args.quick)
     print(f"report: {shown(report)}; runs: {shown(base)}")
     failed = [p for s in (torch_form, paper_form) for p in s.points if not p.ok]
     return 1 if failed else 0

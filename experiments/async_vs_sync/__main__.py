@@ -17,7 +17,9 @@ of under 10 minutes each, so a shared machine can run them one batch at a time:
     python -m experiments.async_vs_sync --into runs/async_vs_sync-X --batches lr_grid-100
     python -m experiments.async_vs_sync --report-only runs/async_vs_sync-X
 Without --batches every batch runs, in order. The report is written after every invocation from
-whatever the folder holds: <out>/async_vs_sync.md and <out>/img/async_vs_sync_*.png.
+whatever the folder holds, into the folder itself: async_vs_sync.md and img/async_vs_sync_*.png; --out DIR
+writes those into DIR instead (--out docs/results replaces the committed report, which records measured
+runs: never do that with a --quick run).
 """
 
 from __future__ import annotations
@@ -30,17 +32,23 @@ from pathlib import Path
 
 from experiments.async_vs_sync.plan import FULL, INVOCATIONS, QUICK, batch_specs
 from experiments.async_vs_sync.runs import run_specs
+from experiments.common.report import add_out_option, report_folder
 from experiments.common.sweeps import shown
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m experiments.async_vs_sync", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one seed, 400 gradients, 1 and 2 workers (a smoke test)")
     ap.add_argument("--batches", help="comma-separated batches to run (default: all): " + ", ".join(FULL.batches()))
     ap.add_argument("--into", type=Path, metavar="DIR", help="run into this experiment folder (continue it)")
-    ap.add_argument("--out", type=Path, default=Path("docs/results"), help="report folder (images go to img/)")
+    add_out_option(ap)
     ap.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of new experiment folders")
     ap.add_argument("--report-only", type=Path, metavar="DIR", help="rebuild the report from an experiment folder")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
     failed = 0
@@ -62,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             failed += run_specs(batch_specs(plan, batch, base), base)
     from experiments.async_vs_sync.report import write_report  # matplotlib only when a report is written
 
-    report = write_report(plan, base, args.out, args.quick)
+    report = write_report(plan, base, report_folder(args.out, base), args.quick)
     if report is None:
         print("error: no run finished; nothing to report", file=sys.stderr)
         return 1

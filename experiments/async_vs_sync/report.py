@@ -1,4 +1,4 @@
-"""docs/results/async_vs_sync.md: the straggler comparison, the lr grid and the scaling runs, from the run folders."""
+"""async_vs_sync.md: the straggler comparison, the lr grid and the scaling runs, from the run folders."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ small PNGs."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
@@ -12,6 +13,24 @@ import matplotlib.pyplot as plt
 
 from experiments.common.sweeps import shown
 from launch.tables import markdown_table
+
+
+def add_out_option(ap: argparse.ArgumentParser) -> None:
+    """--out DIR. Without it the report goes into the experiment's own folder under runs/ (not committed):
+    the committed reports in docs/results record measured runs, and a quick or partial run must not
+    replace them unless asked to (--out docs/results)."""
+    ap.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="write the report and its img/ here instead of into the experiment folder under runs/ "
+        "(--out docs/results replaces the committed report)",
+    )
+
+
+def report_folder(out: Path | None, base: Path) -> Path:
+    """Where a report goes: --out if given, else the experiment folder `base` its runs are in."""
+    return base if out is None else out
 
 
 def machine() -> str:

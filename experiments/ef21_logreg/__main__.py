@@ -8,7 +8,9 @@ over a few powers of two on seed 0; the best one of each EF21 method is run agai
 expectation (EF21-SGDM poster, MNIST): at the same bits/n the momentum methods end with a 20-30x lower
 ||grad f||^2 than EF21-SGD at batch 1, and 3-10x lower at batch 128.
 
-Writes <out>/ef21_logreg.md and <out>/img/ef21_logreg_*.png; the runs go to <runs>/ef21_logreg-*/.
+The runs go to <runs>/ef21_logreg-<stamp>/ (or the --base folder), and so do the report, ef21_logreg.md, and
+its plots, img/ef21_logreg_*.png; --out DIR writes those into DIR instead (--out docs/results replaces the
+committed report, which records measured runs: never do that with a --quick run).
 Each sweep takes minutes; `--base DIR --only NAME[,NAME]` runs some of them into an existing folder (so
 they can be run one at a time), and `--report-only DIR` writes the report from the folder.
 """
@@ -21,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.common.report import header, save_png
+from experiments.common.report import add_out_option, header, report_folder, save_png
 from experiments.common.sweeps import Sweep, record_sweep, recorded_sweep, run_sweep, shown
 from experiments.ef21_logreg.report import Result, pick, report_body
 
@@ -154,10 +156,10 @@ def hand_written(path: Path) -> str:
     return "\n" + old[i:] if i >= 0 else ""
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m experiments.ef21_logreg", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one step size per method, 150 rounds (a smoke test)")
-    ap.add_argument("--out", type=Path, default=Path("docs/results"), help="report folder (images go to img/)")
+    add_out_option(ap)
     ap.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of the experiment folder")
     ap.add_argument("--base", type=Path, help="experiment folder to run into (default: a new one under --runs)")
     ap.add_argument(
@@ -171,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="write the report from an earlier experiment folder (no new runs)",
     )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.report_only:
@@ -187,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"not written yet: the report needs every sweep; missing {missing} in {shown(base)}")
         return 0 if args.only else 1
-    report = write_report(plan, base, args.out, args.quick)
+    report = write_report(plan, base, report_folder(args.out, base), args.quick)
     print(f"report: {shown(report)}; runs: {shown(base)}")
     failed = [p for n in plan.sweeps() for p in recorded_sweep(base, n).points if not p.ok]
     return 1 if failed else 0

@@ -10,7 +10,9 @@ sits at least 10x lower and shrinks as n grows.
 
 The work is split into parts, one launcher sweep each, so that it can run in pieces (--parts) into one
 experiment folder (--into); every invocation rewrites the report from all the parts the folder holds.
-Writes <out>/noise_floor.md and <out>/img/noise_floor_*.png; the runs go to <runs>/noise_floor-*/.
+The runs go to <runs>/noise_floor-<stamp>/ (or the --into folder), and so do the report, noise_floor.md, and
+its plots, img/noise_floor_*.png; --out DIR writes those into DIR instead (--out docs/results replaces the
+committed report, which records measured runs: never do that with a --quick run).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments.common.report import add_out_option, report_folder
 from experiments.common.sweeps import Sweep, record_sweep, recorded_sweep, run_sweep, shown
 from experiments.noise_floor.report import write_report
 
@@ -127,7 +130,7 @@ def finished_parts(plan: Plan, base: Path) -> dict[str, Sweep]:
     return {p.name: recorded_sweep(base, p.name) for p in plan.parts() if (base / p.name / "sweep.csv").exists()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m experiments.noise_floor", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="d = 100, n = 1 and 3, 300 rounds, one eta (a smoke test)")
     ap.add_argument(
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--list", action="store_true", help="list the parts and exit")
     ap.add_argument("--into", type=Path, metavar="DIR", help="add the runs to this experiment folder")
-    ap.add_argument("--out", type=Path, default=Path("docs/results"), help="report folder (images go to img/)")
+    add_out_option(ap)
     ap.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of the run folders")
     ap.add_argument(
         "--report-only",
@@ -145,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="rebuild the report from the runs of an earlier experiment folder (no new runs)",
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.list:
         for p in plan.parts():
@@ -171,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no run finished; nothing to report", file=sys.stderr)
         return 1
     command = "python -m experiments.noise_floor" + (" --quick" if args.quick else "")
-    report = write_report(sweeps, [p.name for p in plan.parts()], base, args.out, command, args.quick)
+    out = report_folder(args.out, base)
+    report = write_report(sweeps, [p.name for p in plan.parts()], base, out, command, args.quick)
     print(f"report: {shown(report)}; runs: {shown(base)}")
     failed = [p for s in sweeps.values() for p in s.points if not p.ok]
     return 1 if failed else 0

@@ -6,7 +6,9 @@
 (b) the digits MLP with SGD under a constant simulated delay tau in {0, 4, 16}: lr rules constant, stability
     (lr0 sin(pi/(2(2 tau + 1)))) and inverse (lr0 / tau), with the sharpness of every final model.
 
-Writes <out>/stability_edge.md and <out>/img/stability_edge_*.png; the runs go to <runs>/stability_edge-*/.
+The runs go to <runs>/stability_edge-<stamp>/, and so do the report, stability_edge.md, and its plots,
+img/stability_edge_*.png; --out DIR writes those into DIR instead (--out docs/results replaces the committed
+report, which records measured runs: never do that with a --quick run).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.common.report import header, save_png
+from experiments.common.report import add_out_option, header, report_folder, save_png
 from experiments.common.sweeps import shown
 from experiments.stability_edge import mlp, mlp_report, quadratic
 
@@ -64,10 +66,10 @@ def part_b(plan: mlp.MlpPlan, base: Path, report_only: bool) -> tuple[list[str],
     return ["## (b) Digits MLP under a constant delay: lr rules", *text], figs, commands
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m experiments.stability_edge", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="few tau, few bisections, 300-update runs (a smoke test)")
-    ap.add_argument("--out", type=Path, default=Path("docs/results"), help="report folder (images go to img/)")
+    add_out_option(ap)
     ap.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of the run folders")
     ap.add_argument(
         "--report-only",
@@ -75,15 +77,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="rebuild the report from an earlier experiment folder (runs/stability_edge-*), no new runs",
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     torch.set_num_threads(1)  # the in-process server and the Hessian products share two cores with the runs
     base = args.report_only or args.runs / f"stability_edge-{time.strftime('%Y%m%d-%H%M%S')}"
-    quick = args.quick
+    quick, out = args.quick, report_folder(args.out, base)
     quad_text, figs = part_a_c(quadratic.QUICK if quick else quadratic.FULL, base, bool(args.report_only))
     mlp_text, mlp_figs, commands = part_b(mlp.QUICK if quick else mlp.FULL, base, bool(args.report_only))
     figs |= mlp_figs
     for name, fig in figs.items():
-        save_png(fig, args.out / "img" / f"stability_edge_{name}.png")
+        save_png(fig, out / "img" / f"stability_edge_{name}.png")
     title = "At Stability's Edge on small problems (R5 in docs/algorithms.md)" + (
         " -- quick smoke run" if quick else ""
     )
@@ -97,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         *mlp_text,
         "![digits MLP under delay](img/stability_edge_mlp.png)",
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "stability_edge.md").write_text("\n\n".join(text) + "\n")
-    print(f"report: {shown(args.out / 'stability_edge.md')}; runs: {shown(base)}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stability_edge.md").write_text("\n\n".join(text) + "\n")
+    print(f"report: {shown(out / 'stability_edge.md')}; runs: {shown(base)}")
     return 0
 
 
