@@ -16,61 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.artificial_delay.analysis import by_delay, report_body
-from experiments.common.report import add_out_option, header, report_folder, save_png
-from experiments.common.sweeps import Sweep, record_sweep, recorded_sweep, run_sweep, shown
-
-CONFIG = "experiments/artificial_delay/config.yaml"
-
-
-@dataclass(frozen=True)
-class Plan:
-    delays: list[int]
-    seeds: list[int]
-    paper_delays: list[int]
-    paper_seeds: list[int]
-    updates: int
-
-    @property
-    def timeout_s(self) -> float:
-        return 60 + len(self.delays) * len(self.seeds) * (45 + self.updates / 100)
-
-
-FULL = Plan([1, 6, 21, 51, 101], [0, 1, 2], [1, 6, 21, 51, 101], [0, 1], 5000)
-QUICK = Plan([1, 6], [0], [6], [0], 300)
-
-
-def overrides(delays: list[int], seeds: list[int], updates: int) -> list[str]:
-    return [f"sweep.staleness.delay_versions={delays}", f"sweep.seed={seeds}", f"run.max_updates={updates}"]
-
-
-def run_all(plan: Plan, base: Path) -> tuple[Sweep, Sweep]:
-    torch_form = run_sweep(CONFIG, overrides(plan.delays, plan.seeds, plan.updates), base / "torch", plan.timeout_s)
-    record_sweep(torch_form, base)
-    paper_form = run_sweep(
-        CONFIG,
-        [*overrides(plan.paper_delays, plan.paper_seeds, plan.updates), "optimizer.form=paper"],
-        base / "paper",
-        plan.timeout_s,
-    )
-    record_sweep(paper_form, base)
-    return torch_form, paper_form
-
-
-def write_report(torch_form: Sweep, paper_form: Sweep, base: Path, out: Path, quick: bool) -> Path:
-    updates = max(int(p.summary["updates"]) for p in torch_form.points if p.ok)
-    body, figures = report_body(by_delay(torch_form.points), by_delay(paper_form.points), updates)
-    for name, fig in figures.items():
-        save_png(fig, out / "img" / f"artificial_delay_{name}.png")
-    title = "APAM under artificial delay (R2 in docs/algorithms.md)" + (" -- quick smoke run" if quick else "")
-    command = "python -m experiments.artificial_delay" + (" --quick" if quick else "")
-    text = header(title, command, [torch_form.command, paper_form.command], base) + body
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "artificial_delay.md").write_text("\n\n".join(text) + "\n")
-    return out / "artificial_delay.md"
+from experiments.artificial_delay.report import write_report
+from experiments.artificial_delay.runs import FULL, QUICK, run_all
+from experiments.common.report import add_out_option, report_folder
+from experiments.common.sweeps import recorded_sweep, shown
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
-"""The artificial-delay report: per-D tables over seeds, the staleness histograms' fit to U{0..D-1}, the
-expectations checked against the measured numbers, and the figures (experiments/artificial_delay/plots.py)."""
+"""The artificial-delay runs grouped by D: per-D tables over seeds, the staleness histograms' fit to
+U{0..D-1}, and the expectations checked against the measured numbers (their wording: report.md.tmpl)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import chi2
 
-from experiments.artificial_delay.notes import observations
-from experiments.artificial_delay.plots import figures
 from experiments.common.report import table
-from experiments.common.stats import mean_std, pm
+from experiments.common.stats import mean_std, pm, value_at
 from experiments.common.sweeps import Point
+from experiments.common.templates import Prose
 from protocol.config.loader import load_experiment
 from worker.tasks.data import load_dataset
 
 EARLY = (0.05, 0.1, 0.2, 0.4)  # early checkpoints, as fractions of the run's updates
 TOLERANCE = 0.005  # "final accuracy within about half a point across D"
 P_UNIFORM = 0.001  # a staleness histogram fails the uniformity check below this chi-square p-value
+
+prose = Prose(__package__)
 
 
 @dataclass
@@ -34,8 +35,6 @@ class DelayGroup:
         return [p.summary.get(key) for p in self.ok]
 
     def acc_at(self, at: float) -> list[float | None]:
-        from experiments.common.stats import value_at
-
         return [value_at(p.metrics, "test_acc", at) for p in self.ok]
 
     def staleness_counts(self) -> np.ndarray:
@@ -112,60 +111,68 @@ def _means(groups: list[DelayGroup], values) -> list[float | None]:
 
 def verdicts(groups: list[DelayGroup], paper: list[DelayGroup], updates: int) -> list[str]:
     out = [_final_verdict(groups)] if all(f is not None for f in _means(groups, DelayGroup.finals)) else []
+    out.append(_early_verdict(groups, updates))
+    out += _uniform_verdict(groups) + _paper_verdict(groups, paper)
+    return out
+
+
+def _early_verdict(groups: list[DelayGroup], updates: int) -> str:
     mono, monotone = [], 0
     for c in checkpoints(updates):
         accs = _means(groups, lambda g, c=c: g.acc_at(c))
         if any(a is None for a in accs):
-            mono.append(f"@{c}: not evaluated for every D")
+            mono.append(prose("early_not_evaluated", at=c))
             continue
         ok = all(a >= b for a, b in zip(accs, accs[1:]))
         monotone += ok
         listed = ", ".join(f"D={g.delay}: {a:.3f}" for g, a in zip(groups, accs))
-        mono.append(f"@{c} updates: {listed} ({'monotone' if ok else 'not monotone'})")
-    out.append(
-        f"**Early progress slower as D grows**: the mean test accuracy falls monotonically with D at {monotone} "
-        f"of {len(mono)} early checkpoints. By increasing D: " + "; ".join(mono) + "."
-    )
-    tests = [uniformity(g) for g in groups if g.delay > 1]
+        mono.append(prose("early_checkpoint", at=c, accuracies=listed, order="monotone" if ok else "not monotone"))
+    return prose("early_verdict", monotone=monotone, checkpoints=len(mono), by_checkpoint="; ".join(mono))
+
+
+def _uniform_verdict(groups: list[DelayGroup]) -> list[str]:
+    delayed = [g for g in groups if g.delay > 1]
+    tests = [uniformity(g) for g in delayed]
     worst = min((t[4] for t in tests if t[4] is not None), default=None)
-    if worst is not None:
-        in_range = all(t[1] == g.delay - 1 for t, g in zip(tests, [g for g in groups if g.delay > 1]))
-        out.append(
-            f"**Staleness uniform on 0..D-1**: smallest chi-square p over the D > 1 = {worst:.3g}; "
-            f"largest tau = D - 1 for every D: {in_range} -> "
-            f"{'holds' if worst >= P_UNIFORM and in_range else 'does not hold'} (threshold p >= {P_UNIFORM})."
-        )
-    out += _paper_verdict(groups, paper)
-    return ["- " + v for v in out]
+    if worst is None:
+        return []
+    in_range = all(t[1] == g.delay - 1 for t, g in zip(tests, delayed))
+    verdict = "holds" if worst >= P_UNIFORM and in_range else "does not hold"
+    return [prose("uniform_verdict", worst_p=f"{worst:.3g}", in_range=in_range, verdict=verdict, threshold=P_UNIFORM)]
 
 
 def _final_verdict(groups: list[DelayGroup]) -> str:
     finals = _means(groups, DelayGroup.finals)
     losses = _means(groups, lambda g: g.finals("final_train_loss"))
     spread = max(finals) - min(finals)
-    step = _test_step(groups)
-    if spread <= TOLERANCE:
-        verdict = "holds"
-    else:
-        verdict = (
-            f"does not hold strictly: {(spread - TOLERANCE) * 100:.2f} points over, "
-            f"{'less' if spread - TOLERANCE < step else 'more'} than one test sample ({step * 100:.2f} points)"
+    step = sample_step(groups)
+    verdict = "holds"
+    if spread > TOLERANCE:
+        over = spread - TOLERANCE
+        verdict = prose(
+            "final_not_strict",
+            over=f"{over * 100:.2f}",
+            less_or_more="less" if over < step else "more",
+            test_step=f"{step * 100:.2f}",
         )
-    return (
-        f"**Final accuracy independent of D** (spread of the per-D means within {TOLERANCE * 100:.1f} points): "
-        f"spread = {spread * 100:.2f} points (from {min(finals):.4f} to {max(finals):.4f}) -> {verdict}. Final "
-        f"training loss: {losses[0]:.4f} at D = {groups[0].delay}, {losses[-1]:.4f} at D = {groups[-1].delay} "
-        f"({losses[-1] / losses[0]:.1f}x)"
-        + (
-            ": the largest delays have not finished converging after the same number of updates."
-            if losses[-1] > 1.5 * losses[0]
-            else "."
-        )
+    return prose(
+        "final_verdict",
+        tolerance=f"{TOLERANCE * 100:.1f}",
+        spread=f"{spread * 100:.2f}",
+        lowest=f"{min(finals):.4f}",
+        highest=f"{max(finals):.4f}",
+        verdict=verdict,
+        loss_first=f"{losses[0]:.4f}",
+        d_first=groups[0].delay,
+        loss_last=f"{losses[-1]:.4f}",
+        d_last=groups[-1].delay,
+        loss_ratio=f"{losses[-1] / losses[0]:.1f}",
+        converging=prose("still_converging") if losses[-1] > 1.5 * losses[0] else ".",
     )
 
 
-def _test_step(groups: list[DelayGroup]) -> float:
-    """One test sample's worth of accuracy (accuracies are multiples of it)."""
+def sample_step(groups: list[DelayGroup]) -> float:
+    """One test sample's worth of accuracy (accuracies are multiples of it), from the runs' data set."""
     first = next(p for g in groups for p in g.ok)
     return 1 / len(load_dataset(load_experiment(first.folder / "config.yaml").task).x_test)
 
@@ -179,57 +186,14 @@ def _paper_verdict(groups: list[DelayGroup], paper: list[DelayGroup]) -> list[st
     diffs = [pf[d] - tf[d] for d in common]
     spread = max(pf[d] for d in common) - min(pf[d] for d in common)
     close = [d for d, x in zip(common, diffs) if abs(x) <= TOLERANCE]
-    verdict = "holds" if len(close) == len(common) else f"holds at D = {', '.join(map(str, close)) or 'none'} only"
-    listed = ", ".join(f"D={d}: {x * 100:+.2f}" for d, x in zip(common, diffs))
+    everywhere = len(close) == len(common)
+    verdict = "holds" if everywhere else prose("paper_holds_at", delays=", ".join(map(str, close)) or "none")
     return [
-        f"**Paper form lands at a similar final accuracy** (within {TOLERANCE * 100:.1f} points of the torch "
-        f"form): paper minus torch form, per D: {listed} points -> {verdict}; spread of the paper form's per-D "
-        f"means = {spread * 100:.2f} points."
+        prose(
+            "paper_verdict",
+            tolerance=f"{TOLERANCE * 100:.1f}",
+            differences=", ".join(f"D={d}: {x * 100:+.2f}" for d, x in zip(common, diffs)),
+            verdict=verdict,
+            spread=f"{spread * 100:.2f}",
+        )
     ]
-
-
-def setup_text(groups: list[DelayGroup], paper: list[DelayGroup], updates: int) -> str:
-    first = next(p for g in groups for p in g.ok)
-    cfg = load_experiment(first.folder / "config.yaml")
-    data = load_dataset(cfg.task)
-    o, t = cfg.optimizer, cfg.task
-    seeds = max(len(g.points) for g in groups)
-    paper_seeds = max((len(g.points) for g in paper), default=0)
-    return (
-        f"{cfg.workers} worker, {t.model} {list(t.hidden)} on {t.dataset} ({len(data.x_train)} train / "
-        f"{len(data.x_test)} test samples, so one test sample is {100 / len(data.x_test):.2f} points of "
-        f"accuracy), batch {t.batch_size}, {o.name} lr {o.lr:g}, betas {list(o.betas)}, eps {o.eps:g} "
-        f"(torch form; the paper form has none); staleness.delay {cfg.staleness.delay} with D in "
-        f"{[g.delay for g in groups]}; {updates} updates per run; seeds per D: {seeds} for the torch form, "
-        f"{paper_seeds} for the paper form. `worker.compute_s = {cfg.worker.compute_s:g}` paces the worker "
-        f"so the evaluator (which scores the newest parameter snapshot about every 0.1 s) sees the early "
-        f"updates densely; it changes no arithmetic. Accuracy at an update count is interpolated linearly "
-        f"between the two evaluations around it ('-' where the first evaluation came later). Against R2 in "
-        f"docs/algorithms.md "
-        f"(AllCNN on CIFAR-10, 400 epochs, one GPU): a small model and data set that run in minutes on two "
-        f"cores; {updates} updates of {t.batch_size} samples are {updates * t.batch_size / len(data.x_train):.0f} "
-        f"epochs of the training set."
-    )
-
-
-def report_body(groups: list[DelayGroup], paper: list[DelayGroup], updates: int) -> tuple[list[str], dict]:
-    figs = figures(groups, paper, updates, checkpoints(updates)[1])
-    parts = [
-        "## Setup",
-        setup_text(groups, paper, updates),
-        "## Expectations against the measurements",
-        "\n".join(verdicts(groups, paper, updates)),
-        "## Other observations",
-        "\n".join(observations(groups, paper, checkpoints(updates))),
-        "## Torch form (mean ± sample std over seeds)",
-        results_table(groups, updates),
-    ]
-    if paper:
-        parts += ["## Paper form (APAM Algorithm 1: no bias correction, no eps)", results_table(paper, updates)]
-    parts += [
-        "## Measured staleness (torch form, seeds pooled, warm-up of D pushes left out)",
-        staleness_table(groups),
-        "## Plots",
-        *(f"![{name}](img/artificial_delay_{name}.png)" for name in figs),
-    ]
-    return parts, figs

@@ -1,13 +1,16 @@
-"""Observations of the artificial-delay report beyond the stated expectations, each computed from the runs."""
+"""Observations of the artificial-delay report beyond the stated expectations, each computed from the runs
+(their wording: report.md.tmpl)."""
 
 from __future__ import annotations
 
 from experiments.common.stats import mean_std
+from experiments.common.templates import Prose
+
+prose = Prose(__package__)
 
 
 def observations(groups, paper, checkpoints: list[int]) -> list[str]:
-    out = _dips(groups, checkpoints) + _paper_early(groups, paper, checkpoints[0]) + _evaluation_timing(groups, paper)
-    return ["- " + o for o in out]
+    return _dips(groups, checkpoints) + _paper_early(groups, paper, checkpoints[0]) + _evaluation_timing(groups, paper)
 
 
 def _dips(groups, checkpoints: list[int]) -> list[str]:
@@ -17,13 +20,10 @@ def _dips(groups, checkpoints: list[int]) -> list[str]:
         accs = [mean_std(g.acc_at(c))[0] for c in checkpoints]
         for (c0, a0), (c1, a1) in zip(zip(checkpoints, accs), zip(checkpoints[1:], accs[1:])):
             if a0 is not None and a1 is not None and a1 < a0:
-                dips.append(f"for D = {g.delay} from {a0:.3f} @{c0} to {a1:.3f} @{c1}")
-    if not dips:
-        return ["The mean test accuracy of every D rises from one early checkpoint to the next."]
-    return [
-        f"Early accuracy is not monotone in time for the largest delays: the mean falls {'; '.join(dips)} "
-        f"(the curves show the dips; the seeds' spread there is large, see the std in the table)."
-    ]
+                dips.append(
+                    prose("dip", delay=g.delay, before=f"{a0:.3f}", at_before=c0, after=f"{a1:.3f}", at_after=c1)
+                )
+    return [prose("dips", dips="; ".join(dips)) if dips else prose("no_dips")]
 
 
 def _paper_early(groups, paper, at: int) -> list[str]:
@@ -33,12 +33,9 @@ def _paper_early(groups, paper, at: int) -> list[str]:
     rows = [(d, p, t) for d, p, t in rows if p is not None and t is not None]
     if not rows:
         return []
-    return [
-        f"At {at} updates the paper form is ahead of the torch form at D = "
-        f"{', '.join(str(d) for d, p, t in rows if p > t) or 'none'} "
-        f"({', '.join(f'D={d}: {p:.3f} vs {t:.3f}' for d, p, t in rows)}): without bias correction its first "
-        f"steps are larger."
-    ]
+    ahead = ", ".join(str(d) for d, p, t in rows if p > t) or "none"
+    pairs = ", ".join(f"D={d}: {p:.3f} vs {t:.3f}" for d, p, t in rows)
+    return [prose("paper_early", at=at, ahead=ahead, pairs=pairs)]
 
 
 def _evaluation_timing(groups, paper) -> list[str]:
@@ -46,8 +43,4 @@ def _evaluation_timing(groups, paper) -> list[str]:
     firsts = [f for f in firsts if f is not None]
     if not firsts:
         return []
-    return [
-        f"The evaluator scores parameter snapshots on a clock, and it starts with the workers: the first "
-        f"evaluation of a run came at update {min(firsts)} to {max(firsts)}, so an early checkpoint can lack a "
-        f"seed (marked (k/n) in the tables)."
-    ]
+    return [prose("evaluation_timing", first=min(firsts), last=max(firsts))]

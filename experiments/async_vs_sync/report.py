@@ -49,22 +49,10 @@ def write_report(plan: Plan, base: Path, out: Path, quick: bool) -> Path | None:
         body += scaling_section(plan, scaling)
     notes = observations(straggler, scaling) + scaling_notes(scaling, plan.scaling_workers)
     body += ["## What happened, and why", "\n".join(notes) or "(no runs)", *runs_section(base)]
-    title = "Async (APAM) against sync (all-reduce AMSGrad): a straggler, and scaling" + (
-        " -- quick smoke run" if quick else ""
-    )
+    title = "Async (APAM) against sync (all-reduce AMSGrad): a straggler, and scaling"
     timing = "A quick smoke run: its times say nothing." if quick else TIMING
     commands = [c for c in recorded(base, COMMANDS).values()]
-    text = (
-        header(
-            title,
-            "python -m experiments.async_vs_sync" + (" --quick" if quick else ""),
-            commands,
-            base,
-            timing,
-            depth=2,
-        )
-        + body
-    )
+    text = [header(title, quick, "python -m experiments.async_vs_sync", commands, base, timing, depth=2), *body]
     out.mkdir(parents=True, exist_ok=True)
     (out / "async_vs_sync.md").write_text("\n\n".join(text) + "\n")
     return out / "async_vs_sync.md"

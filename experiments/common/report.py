@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from experiments.common.sweeps import shown
+from experiments.common.templates import Prose
 from launch.tables import markdown_table
 
 
@@ -33,6 +34,14 @@ def report_folder(out: Path | None, base: Path) -> Path:
     return base if out is None else out
 
 
+COMMON = Prose("experiments.common", "header.md.tmpl")
+
+
+def cores() -> int:
+    """CPU cores this process may use (the machine the report is written on)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -44,35 +53,51 @@ def machine() -> str:
         pass
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"{cores} CPU cores ({cpu}), shared with other jobs; no GPU used; {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
+    return COMMON(
+        "machine",
+        cores=cores(),
+        cpu=cpu,
+        system=platform.system(),
+        release=platform.release(),
+        python=platform.python_version(),
+        torch=torch.__version__,
     )
 
 
-NO_WALL_TIMES = "Wall times are not reported: the cores were shared, so they say little."
+def utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
 
 
 def header(
-    title: str, script_command: str, commands: list[str], runs: Path, timing: str = NO_WALL_TIMES, depth: int = 1
-) -> list[str]:
-    """The report's opening: date, machine, and the exact commands that produced it.
+    title: str,
+    quick: bool,
+    script_command: str,
+    commands: list[str],
+    runs: Path,
+    timing: str | None = None,
+    depth: int = 1,
+) -> str:
+    """The report's opening: title, date, machine, and the exact commands that produced it.
 
-    `timing` says what the report makes of wall times; `depth` is how deep below `runs` the run
-    folders' config.yaml lie (1 for a sweep's points), for the start date."""
-    lines = "\n".join(f"    {c}" for c in commands)
+    `timing` says what the report makes of wall times (default: that they are not reported); `depth` is
+    how deep below `runs` the run folders' config.yaml lie (1 for a sweep's points), for the start date."""
     first = min((p.stat().st_mtime for p in runs.glob("*/" * depth + "config.yaml")), default=time.time())
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(first))
-    return [
-        f"# {title}",
-        f"Sweeps started {started} by `{script_command}`; report written "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
-        f"Machine: {machine()}. {timing}",
-        f"The launcher commands it ran (run folders in `{shown(runs)}/`; `runs/` is not committed):\n\n{lines}\n\n"
-        f"The report is rebuilt from those folders, without new runs, by "
-        f"`{script_command} --report-only {shown(runs)}`.",
-    ]
+    return COMMON(
+        "header",
+        title=COMMON("title_quick" if quick else "title", title=title),
+        started=utc(first),
+        script_command=script_command + (" --quick" if quick else ""),
+        written=utc(time.time()),
+        machine=machine(),
+        timing=COMMON("no_wall_times") if timing is None else timing,
+        runs=shown(runs),
+        commands="\n".join(f"    {c}" for c in commands),
+    )
+
+
+def figure_links(prefix: str, names: list[str] | dict) -> str:
+    """Markdown image links to img/<prefix><name>.png, one paragraph each (the names double as alt text)."""
+    return "\n\n".join(f"![{name}](img/{prefix}{name}.png)" for name in names)
 
 
 def table(header_row: list[str], rows: list[list]) -> str:

@@ -137,9 +137,8 @@ def write_report(plan: Plan, base: Path, out: Path, quick: bool) -> Path:
     for fig_name, fig in figures.items():
         save_png(fig, out / "img" / f"ef21_logreg_{fig_name}.png")
     title = "EF21 family on small-batch logistic regression (R4 (ii) in docs/algorithms.md)"
-    title += " -- quick smoke run" if quick else ""
-    command = "python -m experiments.ef21_logreg" + (" --quick" if quick else "")
-    text = header(title, command, [sweeps[n].command for n in names], base) + body
+    command = "python -m experiments.ef21_logreg"
+    text = [header(title, quick, command, [sweeps[n].command for n in names], base), *body]
     out.mkdir(parents=True, exist_ok=True)
     path = out / "ef21_logreg.md"
     path.write_text("\n\n".join(text) + "\n" + hand_written(path))

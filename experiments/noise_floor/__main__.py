@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if not any(p.ok for s in sweeps.values() for p in s.points):
         print("error: no run finished; nothing to report", file=sys.stderr)
         return 1
-    command = "python -m experiments.noise_floor" + (" --quick" if args.quick else "")
+    command = "python -m experiments.noise_floor"
     out = report_folder(args.out, base)
     report = write_report(sweeps, [p.name for p in plan.parts()], base, out, command, args.quick)
     print(f"report: {shown(report)}; runs: {shown(base)}")

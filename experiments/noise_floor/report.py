@@ -27,11 +27,9 @@ def write_report(
 ) -> Path:
     curves = [curve(name, p) for name, s in sweeps.items() for p in s.points if p.ok]
     settings = list(dict.fromkeys(setting_of(c.part) for c in curves))
-    title = "EF21-SGD against EF21-SGDM noise floors (R3 in docs/algorithms.md)" + (
-        " -- quick smoke run" if quick else ""
-    )
+    title = "EF21-SGD against EF21-SGDM noise floors (R3 in docs/algorithms.md)"
     commands = [sweeps[name].command for name in plan_parts if name in sweeps]
-    text = [*header(title, command, commands, base), *invocations(base), *setup(curves, plan_parts, sweeps)]
+    text = [header(title, quick, command, commands, base), *invocations(base), *setup(curves, plan_parts, sweeps)]
     figs = {}
     for s in settings:
         mine = [c for c in curves if setting_of(c.part) == s]

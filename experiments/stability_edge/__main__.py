@@ -90,12 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     figs |= mlp_figs
     for name, fig in figs.items():
         save_png(fig, out / "img" / f"stability_edge_{name}.png")
-    title = "At Stability's Edge on small problems (R5 in docs/algorithms.md)" + (
-        " -- quick smoke run" if quick else ""
-    )
-    command = "python -m experiments.stability_edge" + (" --quick" if quick else "")
+    title = "At Stability's Edge on small problems (R5 in docs/algorithms.md)"
     text = [
-        *header(title, command, commands, base),
+        header(title, quick, "python -m experiments.stability_edge", commands, base),
         "Parts (a) and (c) run the server in this process (`experiments/stability_edge/delayed_quadratic.py`); "
         "part (b) runs the launcher's sweeps above.",
         *quad_text,
