@@ -20,50 +20,30 @@ from pathlib import Path
 
 import torch
 
-from experiments.common.report import add_out_option, header, report_folder, save_png
+from experiments.common.report import add_out_option, report_folder
 from experiments.common.sweeps import shown
-from experiments.stability_edge import mlp, mlp_report, quadratic
+from experiments.stability_edge import mlp, quadratic
+from experiments.stability_edge.report import write_report
 
 QUADRATIC = "quadratic.json"  # parts (a) and (c) run in this process; their results are kept here
 
 
-def part_a_c(plan: quadratic.QuadPlan, base: Path, report_only: bool) -> tuple[list[str], dict]:
+def quadratic_edges(plan: quadratic.QuadPlan, base: Path, report_only: bool) -> tuple[list, list, dict]:
+    """Parts (a) and (c): measured now (and kept in quadratic.json), or read back from an earlier run."""
     if report_only:
-        part_a, part_c, example = quadratic.load(base / QUADRATIC)
-    else:
-        print("(a)/(c): stable lr of delayed SGD on x^2/2 through the in-process server", flush=True)
-        part_a, part_c, example = quadratic.measure(plan)
-        quadratic.save(base / QUADRATIC, part_a, part_c, example)
-    text = [
-        "## (a) Stable lr against tau: the quadratic through the server",
-        "One fake worker pushes the gradient of f(x) = x^2/2 (curvature 1) at the parameters it was sent; the "
-        "server (`staleness.delay: constant`, D = tau + 1, SGD, `lr_rule: constant`) answers with its tau-old "
-        "version, so x_{t+1} = x_t - lr x_{t-tau}. A trajectory is unstable when it passes |x| = 1e6 or the "
-        "envelope of |x| over its last tenth exceeds the one before its middle. The edge is bracketed by "
-        "halving/doubling from the previous tau's edge and then bisected in log space; 'stable' is the largest "
-        "lr seen stable, 'unstable' the smallest seen unstable.",
-        quadratic.edge_table(part_a, "closed form 2 sin(pi/(2(2tau+1)))"),
-        f"## (c) Momentum {quadratic.BETA:g}: server buffer against shifted (per-worker) buffers",
-        "Round robin over W = tau + 1 fake workers (each computes at the parameters of its own last reply, so "
-        "every push is tau stale), SGD momentum through `optimizer.momentum_mode: server` (one buffer) or "
-        "`shifted` (one buffer per worker). The theory column is where the largest root of each recursion's "
-        "characteristic polynomial leaves the unit circle (numpy roots, docs/algorithms.md, Momentum under delay).",
-        quadratic.edge_table(part_c, "theory (roots)"),
-        "### Expectations against the measurements (a, c)",
-        "\n".join(quadratic.verdicts(part_a, part_c)),
-    ]
-    return text, {"tau": quadratic.figure(part_a, part_c, example)}
+        return quadratic.load(base / QUADRATIC)
+    print("(a)/(c): stable lr of delayed SGD on x^2/2 through the in-process server", flush=True)
+    part_a, part_c, example = quadratic.measure(plan)
+    quadratic.save(base / QUADRATIC, part_a, part_c, example)
+    return part_a, part_c, example
 
 
-def part_b(plan: mlp.MlpPlan, base: Path, report_only: bool) -> tuple[list[str], dict, list[str]]:
+def mlp_runs(plan: mlp.MlpPlan, base: Path, report_only: bool) -> mlp.MlpRuns:
+    """Part (b): the launcher's sweeps, run now or read back from an earlier run."""
     if report_only:
-        runs = mlp.recorded(base)
-    else:
-        print("(b): digits MLP, SGD, constant delay, lr rules", flush=True)
-        runs = mlp.run(plan, base)
-    text, figs = mlp_report.report(runs, max(int(p.summary["updates"]) for p in runs.base.points if p.ok))
-    commands = [runs.grid.command, runs.base.command, runs.delayed.command]
-    return ["## (b) Digits MLP under a constant delay: lr rules", *text], figs, commands
+        return mlp.recorded(base)
+    print("(b): digits MLP, SGD, constant delay, lr rules", flush=True)
+    return mlp.run(plan, base)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -84,25 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     torch.set_num_threads(1)  # the in-process server and the Hessian products share two cores with the runs
     base = args.report_only or args.runs / f"stability_edge-{time.strftime('%Y%m%d-%H%M%S')}"
-    quick, out = args.quick, report_folder(args.out, base)
-    quad_text, figs = part_a_c(quadratic.QUICK if quick else quadratic.FULL, base, bool(args.report_only))
-    mlp_text, mlp_figs, commands = part_b(mlp.QUICK if quick else mlp.FULL, base, bool(args.report_only))
-    figs |= mlp_figs
-    for name, fig in figs.items():
-        save_png(fig, out / "img" / f"stability_edge_{name}.png")
-    title = "At Stability's Edge on small problems (R5 in docs/algorithms.md)"
-    text = [
-        header(title, quick, "python -m experiments.stability_edge", commands, base),
-        "Parts (a) and (c) run the server in this process (`experiments/stability_edge/delayed_quadratic.py`); "
-        "part (b) runs the launcher's sweeps above.",
-        *quad_text,
-        "![stable lr against tau](img/stability_edge_tau.png)",
-        *mlp_text,
-        "![digits MLP under delay](img/stability_edge_mlp.png)",
-    ]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stability_edge.md").write_text("\n\n".join(text) + "\n")
-    print(f"report: {shown(out / 'stability_edge.md')}; runs: {shown(base)}")
+    quick, report_only = args.quick, bool(args.report_only)
+    quad = quadratic_edges(quadratic.QUICK if quick else quadratic.FULL, base, report_only)
+    runs = mlp_runs(mlp.QUICK if quick else mlp.FULL, base, report_only)
+    report = write_report(quad, runs, base, report_folder(args.out, base), quick)
+    print(f"report: {shown(report)}; runs: {shown(base)}")
     return 0
 
 
