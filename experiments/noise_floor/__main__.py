@@ -21,113 +21,12 @@ import argparse
 import fnmatch
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.common.report import add_out_option, report_folder
-from experiments.common.sweeps import Sweep, record_sweep, recorded_sweep, run_sweep, shown
+from experiments.common.sweeps import shown
+from experiments.noise_floor.plan import FULL, INVOCATIONS, QUICK, Plan, finished_parts, run_parts
 from experiments.noise_floor.report import write_report
-
-CONFIG = "experiments/noise_floor/config.yaml"
-INVOCATIONS = "invocations.txt"  # the --parts invocations that filled an experiment folder, in order
-
-
-@dataclass(frozen=True)
-class Setting:
-    name: str
-    dim: int
-    lr: float
-
-
-@dataclass(frozen=True)
-class Part:
-    """One launcher sweep: a setting, n workers, and the methods it sweeps."""
-
-    name: str
-    overrides: list[str]
-    points: int
-    rounds: int  # per worker: pushes each worker makes
-    workers: int
-
-    @property
-    def timeout_s(self) -> float:
-        return 120 + self.points * (60 + self.rounds * self.workers / 500)
-
-
-@dataclass(frozen=True)
-class Plan:
-    settings: list[Setting]
-    workers: list[int]
-    methods: list[str]  # ef21 and ef14, as far as present
-    etas: list[float]  # EF21-SGDM
-    rounds: dict[int, int]  # n -> rounds (synchronous updates)
-    async_workers: int  # 0: no asynchronous part
-    per_process: int
-
-    def parts(self) -> list[Part]:
-        out = []
-        for s in self.settings:
-            base = [f"task.synthetic.dim={s.dim}", f"optimizer.lr={s.lr:g}", f"worker.per_process={self.per_process}"]
-            for n in self.workers:
-                rounds = [f"workers={n}", f"run.max_updates={self.rounds[n]}"]
-                if n > 1:
-                    rounds += [f"staleness.apply_every={n}", "staleness.barrier=true"]
-                methods = f"sweep.compression.method={listed(self.methods)}"
-                out.append(Part(f"{s.name}-n{n}-ef", [*base, *rounds, methods], len(self.methods), self.rounds[n], n))
-                out.append(
-                    Part(
-                        f"{s.name}-n{n}-sgdm",
-                        [*base, *rounds, "compression.method=ef21-sgdm", f"sweep.compression.eta={listed(self.etas)}"],
-                        len(self.etas),
-                        self.rounds[n],
-                        n,
-                    )
-                )
-        if self.async_workers:
-            s, n = self.settings[0], self.async_workers
-            steps = self.rounds[n] * n  # as many pushes per worker as the synchronous runs, one step each
-            out.append(
-                Part(
-                    f"{s.name}-async{n}",
-                    [
-                        f"task.synthetic.dim={s.dim}",
-                        f"optimizer.lr={s.lr / n:g}",
-                        f"worker.per_process={self.per_process}",
-                        f"workers={n}",
-                        f"run.max_updates={steps}",
-                        f"compression.eta={self.etas[0]}",
-                        "sweep.compression.method=[ef21, ef21-sgdm]",
-                    ],
-                    2,
-                    steps // n,
-                    n,
-                )
-            )
-        return out
-
-
-def listed(values: list) -> str:
-    """A YAML flow list as one would type it: [ef21, ef14], [0.1, 0.01]."""
-    return "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) + "]"
-
-
-SETTINGS = [Setting("d100", 100, 0.01), Setting("d10", 10, 0.1)]
-# 10^4 rounds (R3 in docs/algorithms.md) where that is cheap; fewer where a round is n pushes through one
-# server on a shared
-# 2-core machine (the report states the rounds run and checks that the averaged half is flat). EF14-SGD and the
-# asynchronous lines are in the code (methods, async_workers) but not in the plan, to keep it within ~15 minutes.
-FULL = Plan(SETTINGS, [1, 10, 100], ["ef21"], [0.1, 0.01], {1: 10000, 10: 5000, 100: 1000}, 0, 34)
-QUICK = Plan(SETTINGS[:1], [1, 3], ["ef21"], [0.1], {1: 300, 3: 300}, 0, 2)
-
-
-def run_parts(parts: list[Part], base: Path) -> None:
-    for part in parts:
-        sweep = run_sweep(CONFIG, part.overrides, base / part.name, part.timeout_s)
-        record_sweep(sweep, base)
-
-
-def finished_parts(plan: Plan, base: Path) -> dict[str, Sweep]:
-    return {p.name: recorded_sweep(base, p.name) for p in plan.parts() if (base / p.name / "sweep.csv").exists()}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -159,30 +58,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{p.name}: {p.points} runs, {p.workers} workers, {p.rounds} pushes each")
         return 0
     base = args.report_only or args.into or args.runs / f"noise_floor-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not args.report_only:
-        patterns = [s.strip() for s in args.parts.split(",") if s.strip()]
-        chosen = [p for p in plan.parts() if any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
-        if not chosen:
-            print(f"error: --parts {args.parts!r} matches no part (see --list)", file=sys.stderr)
-            return 2
-        if args.parts != "*":  # run in pieces: the report lists the invocations that filled the folder
-            base.mkdir(parents=True, exist_ok=True)
-            with open(base / INVOCATIONS, "a") as f:
-                f.write(
-                    f"python -m experiments.noise_floor{' --quick' if args.quick else ''} "
-                    f"--parts '{args.parts}' --into {shown(base)}\n"
-                )
-        run_parts(chosen, base)
+    if not args.report_only and not run_chosen(plan, args.parts, args.quick, base):
+        return 2
     sweeps = finished_parts(plan, base)
     if not any(p.ok for s in sweeps.values() for p in s.points):
         print("error: no run finished; nothing to report", file=sys.stderr)
         return 1
-    command = "python -m experiments.noise_floor"
-    out = report_folder(args.out, base)
-    report = write_report(sweeps, [p.name for p in plan.parts()], base, out, command, args.quick)
+    report = write_report(sweeps, [p.name for p in plan.parts()], base, report_folder(args.out, base), args.quick)
     print(f"report: {shown(report)}; runs: {shown(base)}")
     failed = [p for s in sweeps.values() for p in s.points if not p.ok]
     return 1 if failed else 0
+
+
+def run_chosen(plan: Plan, parts: str, quick: bool, base: Path) -> bool:
+    """Run the parts that --parts names into `base`; False if it names none."""
+    patterns = [s.strip() for s in parts.split(",") if s.strip()]
+    chosen = [p for p in plan.parts() if any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
+    if not chosen:
+        print(f"error: --parts {parts!r} matches no part (see --list)", file=sys.stderr)
+        return False
+    if parts != "*":  # run in pieces: the report lists the invocations that filled the folder
+        base.mkdir(parents=True, exist_ok=True)
+        with open(base / INVOCATIONS, "a") as f:
+            quick_flag = " --quick" if quick else ""
+            f.write(f"python -m experiments.noise_floor{quick_flag} --parts '{parts}' --into {shown(base)}\n")
+    run_parts(chosen, base)
+    return True
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The noise-floor runs as curves of f(x) per round, their plateaus, and the claims checked against them.
+"""The noise-floor runs as curves of f(x) per round, their plateaus, and the numbers the claims are judged by.
 
 f per round comes from updates.csv: every push carries the loss its worker computed, and on the quadratic
 that is the exact f(x) at the parameters the gradient was taken at (before the noise is added). In the
@@ -84,6 +84,11 @@ class Curve:
         return (float(np.mean(vals)) if vals else float("nan")), len(vals)
 
 
+def setting_of(part: str) -> str:
+    """A part's setting (d100-n10-ef: d100)."""
+    return part.split("-")[0]
+
+
 def curve(part: str, point: Point) -> Curve:
     cfg = load_experiment(point.folder / "config.yaml")
     n, st = cfg.workers, cfg.staleness
@@ -135,51 +140,3 @@ def slope(series: dict[int, Curve]) -> float | None:
         return None
     x, y = np.log([float(n) for n in ns]), np.log([series[n].plateau() for n in ns])
     return float(np.polyfit(x, y, 1)[0])
-
-
-def verdicts(curves: list[Curve]) -> list[str]:
-    """One line per claim, PASS or FAIL with the numbers that decide it (synchronous runs of one setting)."""
-    table = by_label([c for c in curves if c.sync])
-    sgd = table.get("EF21-SGD", {})
-    sgdm = {k: v for k, v in table.items() if k.startswith("EF21-SGDM")}
-    ns = sorted(sgd)
-    lines = []
-    for label, series in sgdm.items():
-        common = [n for n in ns if n in series]
-        ratios = {n: sgd[n].plateau() / series[n].plateau() for n in common}
-        ok = bool(ratios) and all(r >= RATIO for r in ratios.values())
-        shown = ", ".join(f"n={n}: {r:.1f}x" for n, r in ratios.items()) or "not measured"
-        lines.append(
-            f"- {verdict(ok, bool(ratios))} **{label} at least {RATIO:g}x below EF21-SGD at every n**: "
-            f"EF21-SGD / {label} plateau = {shown}."
-        )
-    if len(ns) >= 2:
-        first, last = sgd[ns[0]].plateau(), sgd[ns[-1]].plateau()
-        ok = last >= first / NOT_SHRINKING
-        lines.append(
-            f"- {verdict(ok)} **EF21-SGD's plateau does not shrink with n** (n={ns[-1]} at least "
-            f"1/{NOT_SHRINKING:g} of n={ns[0]}): {_series(sgd)}; n={ns[0]} / n={ns[-1]} = "
-            f"{first / last:.1f}x, exponent {slope(sgd):+.2f} (plateau ~ n^b)."
-        )
-    else:
-        lines.append("- NOT MEASURED **EF21-SGD's plateau does not shrink with n**: fewer than two n.")
-    for label, series in sgdm.items():
-        ks = sorted(series)
-        if len(ks) < 2:
-            lines.append(f"- NOT MEASURED **{label} shrinks as n grows**: fewer than two n.")
-            continue
-        steps = [series[a].plateau() / series[b].plateau() for a, b in zip(ks, ks[1:])]
-        ok = all(s >= SHRINKING for s in steps)
-        lines.append(
-            f"- {verdict(ok)} **{label} shrinks as n grows** (by at least {SHRINKING:g}x per step in n): "
-            f"{_series(series)}; steps " + ", ".join(f"{s:.1f}x" for s in steps) + f", exponent {slope(series):+.2f}."
-        )
-    return lines
-
-
-def verdict(ok: bool, measured: bool = True) -> str:
-    return "NOT MEASURED" if not measured else ("PASS" if ok else "FAIL")
-
-
-def _series(series: dict[int, Curve]) -> str:
-    return ", ".join(f"n={n}: {series[n].plateau():.3g}" for n in sorted(series))
