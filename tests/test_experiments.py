@@ -152,3 +152,19 @@ def test_async_vs_sync_quick_writes_report_and_plots(tmp_path, results_untouched
     assert (tmp_path / "again" / "async_vs_sync.md").exists()
     assert async_vs_sync.main(["--quick", "--into", str(base), "--batches", "straggler"]) == 0
     assert len((base / "commands.txt").read_text().splitlines()) == len(list(base.glob("*/*/summary.json")))
+
+
+def test_the_data_set_sizes_a_report_states_come_from_the_run_config(tmp_path):
+    from experiments.common.sweeps import data_sizes
+
+    (tmp_path / "config.yaml").write_text((ROOT / "experiments" / "async_vs_sync" / "config.yaml").read_text())
+    assert data_sizes(tmp_path) == (1438, 359)  # the digits' fixed 80/20 split
+
+
+def test_ef21_logreg_setup_computes_shards_and_index_bytes():
+    from experiments.ef21_logreg.report import _shard, index_coding
+
+    assert _shard(1438, 10) == "143-144" and _shard(1440, 10) == "144"
+    assert index_coding("auto", 6, 650) == ("delta16", 12)  # 2 bytes per index beat int32 and a 82-byte bitmap
+    assert index_coding("auto", 600, 650) == ("bitmap", 82)
+    assert index_coding("delta16", 6, 70_000) == ("int32", 24)  # a gap delta16 cannot code

@@ -2,6 +2,7 @@
 study's template and code agree on which fragments exist."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,14 @@ def test_every_fragment_is_used_and_every_use_exists(name):
                     calls.add(first.value)
     assert calls <= set(frags), f"fragments missing from {template}: {sorted(calls - set(frags))}"
     assert all(t.template.strip() for t in frags.values()), "an empty fragment"
+
+
+# facts that follow from the data set, the config or the machine, typed as numbers in a report's prose
+TYPED_FACTS = re.compile(r"\b(1438|359|1797|143-144|9610)\b|\b0\.28 points|\brank 3\b|\b(2|two)[ -](shared )?cores?\b")
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_templates_type_no_data_facts(name):
+    for path in (ROOT / "experiments" / name).glob("*.md.tmpl"):
+        found = TYPED_FACTS.search(path.read_text())
+        assert found is None, f"{path.name}: {found.group(0)!r} should be computed and filled in"

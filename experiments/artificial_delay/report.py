@@ -15,7 +15,7 @@ from experiments.artificial_delay.analysis import (
 )
 from experiments.artificial_delay.notes import observations
 from experiments.artificial_delay.plots import figures
-from experiments.common.report import figure_links, header, save_png
+from experiments.common.report import cores, figure_links, header, save_png
 from experiments.common.sweeps import Sweep
 from experiments.common.templates import Prose
 from protocol.config.loader import load_experiment
@@ -75,4 +75,5 @@ def setup_text(groups: list[DelayGroup], paper: list[DelayGroup], updates: int) 
         paper_seeds=max((len(g.points) for g in paper), default=0),
         compute_s=f"{cfg.worker.compute_s:g}",
         epochs=f"{updates * t.batch_size / len(data.x_train):.0f}",
+        cores=cores(),
     )

@@ -126,6 +126,22 @@ def step_seconds(run_dir: Path, values: dict) -> list[float]:
     return out
 
 
+def real_compute_s(runs: list[RunFigures]) -> float | None:
+    """Mean measured (not simulated) compute per gradient over every rank of the runs."""
+    per = []
+    for r in runs:
+        for rank in range(r.workers):
+            w = worker_json(r.point.folder, rank)
+            if w.get("pushes"):
+                per.append(w.get("compute_s", 0.0) / w["pushes"])
+    return float(np.mean(per)) if per else None
+
+
+def straggler_rank(values: dict) -> int:
+    """The most slowed rank of a run (worker.slowdown's largest factor)."""
+    return int(np.argmax(values["slowdown"]))
+
+
 def ideal_rate(run_dir: Path, values: dict) -> float:
     t = [x for x in step_seconds(run_dir, values) if x > 0]
     if len(t) < values["workers"]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.async_vs_sync.analysis import TARGET, RunFigures
+from experiments.async_vs_sync.analysis import TARGET, RunFigures, straggler_rank
+from experiments.common.report import cores
 from experiments.common.templates import Prose
 
 prose = Prose(__package__)
-CPU_BUSY = 1.5  # cores (of 2) above which a run counts as CPU-bound
+CPU_BUSY = 1.5  # cores (of the 2 of the development machine) above which a run counts as CPU-bound
 
 
 def observations(straggler: list[RunFigures], scaling: list[RunFigures]) -> list[str]:
@@ -30,6 +31,7 @@ def _gradients(asyn: list[RunFigures], sync: list[RunFigures]) -> list[str]:
             "gradients_to_target",
             target=f"{TARGET:.0%}",
             asyn=f"{np.mean(ga):.0f}",
+            batch=asyn[0].batch_size,
             staleness=f"{np.mean([r.staleness_mean for r in asyn]):.1f}",
             sync=f"{np.mean(gs):.0f}",
             sync_steps=f"{np.mean(gs) / sync[0].workers:.0f}",
@@ -45,7 +47,15 @@ def _sync_step(sync: list[RunFigures]) -> list[str]:
     step = np.mean([r.wall_s / r.steps for r in sync if r.steps])
     ideal = np.mean([r.workers / r.ideal_gradients_per_s for r in sync])
     coll = np.mean([r.collective_ms for r in sync if r.collective_ms is not None])
-    return [prose("sync_step", step=f"{1000 * step:.1f}", ideal=f"{1000 * ideal:.1f}", collective=f"{coll:.1f}")]
+    return [
+        prose(
+            "sync_step",
+            step=f"{1000 * step:.1f}",
+            ideal=f"{1000 * ideal:.1f}",
+            straggler=straggler_rank(sync[0].point.values),
+            collective=f"{coll:.1f}",
+        )
+    ]
 
 
 def _straggler_share(asyn: list[RunFigures], sync: list[RunFigures]) -> list[str]:
@@ -69,6 +79,7 @@ def _cpu(runs: list[RunFigures]) -> list[str]:
     if not cpu:
         return []
     peak = max(cpu, key=lambda x: x[1])
-    verdict = prose("cpu_idle") if peak[1] < CPU_BUSY else prose("cpu_busy", busy=f"{CPU_BUSY:g}")
+    idle = peak[1] < CPU_BUSY
+    verdict = prose("cpu_idle", cores=cores()) if idle else prose("cpu_busy", cores=cores(), busy=f"{CPU_BUSY:g}")
     mean = np.mean([c for _, c in cpu])
     return [prose("cpu", mean=f"{mean:.2f}", peak=f"{peak[1]:.2f}", mode=peak[0], verdict=verdict)]

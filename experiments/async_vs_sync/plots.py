@@ -116,7 +116,7 @@ def scaling(runs: list[RunFigures], workers: tuple[int, ...]):
         yscale="log",
         xlabel="workers N",
         ylabel="gradients/s",
-        title="throughput (samples/s = 32 x gradients/s)",
+        title=f"throughput (samples/s = {runs[0].batch_size} x gradients/s)",
     )
     ax_e.set(xscale="log", xlabel="workers N", ylabel="measured / ideal", ylim=(0, 1.1), title="efficiency")
     ax_t.set(

@@ -8,16 +8,17 @@ from pathlib import Path
 import numpy as np
 
 from experiments.async_vs_sync import plots, tables
-from experiments.async_vs_sync.analysis import TARGET, RunFigures, figures
+from experiments.async_vs_sync.analysis import TARGET, RunFigures, figures, real_compute_s, straggler_rank
 from experiments.async_vs_sync.observations import observations
 from experiments.async_vs_sync.plan import CONFIG, INVOCATIONS, MODES, SCALING, Plan, best_lrs, grid_runs
 from experiments.async_vs_sync.runs import read_batch, recorded
 from experiments.async_vs_sync.scaling_notes import scaling_notes
 from experiments.async_vs_sync.tables import of
 from experiments.async_vs_sync.verdicts import faster, final_close, scaling_lines
-from experiments.common.report import header, save_png
-from experiments.common.sweeps import COMMANDS
+from experiments.common.report import cores, header, save_png
+from experiments.common.sweeps import COMMANDS, data_sizes
 from experiments.common.templates import Prose
+from protocol.config.loader import load_experiment
 
 prose = Prose(__package__)
 NAME = "async_vs_sync"
@@ -88,14 +89,26 @@ def setup_text(plan: Plan, straggler: list[RunFigures], scaling: list[RunFigures
 
 
 def straggler_setup(plan: Plan, straggler: list[RunFigures]) -> str:
-    v = straggler[0].point.values
+    v, folder = straggler[0].point.values, straggler[0].point.folder
+    task = load_experiment(folder / "config.yaml").task
+    n_train, n_test = data_sizes(folder)
     gaps = [r.eval_gap_s for r in straggler if r.eval_gap_s is not None]
     before = [r.t_target - r.t_before for r in straggler if r.t_target is not None and r.t_before is not None]
+    real = real_compute_s(straggler)
     return prose(
         "straggler_setup",
         config=CONFIG,
         workers=v["workers"],
+        model=task.model,
+        hidden=list(task.hidden),
+        dataset=task.dataset,
+        n_train=n_train,
+        n_test=n_test,
         batch=v["batch_size"],
+        straggler=straggler_rank(v),
+        factor=f"{max(v['slowdown']):g}",
+        real_ms="-" if real is None else f"{1000 * real:.2g}",
+        cores=cores(),
         lr=f"{plan.lr:g}",
         slowdown=v["slowdown"],
         compute_s=f"{v['compute_s']:g}",
@@ -104,7 +117,7 @@ def straggler_setup(plan: Plan, straggler: list[RunFigures]) -> str:
         gradients=plan.gradients,
         sync_steps=plan.gradients // v["workers"],
         sync_batch=v["workers"] * v["batch_size"],
-        epochs=f"{plan.gradients * v['batch_size'] / 1438:.0f}",
+        epochs=f"{plan.gradients * v['batch_size'] / n_train:.0f}",
         seeds=list(plan.seeds),
         order=_order(plan.seeds),
         target=f"{TARGET:.0%}",

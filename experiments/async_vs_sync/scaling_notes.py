@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments.async_vs_sync.analysis import TARGET, RunFigures
+from experiments.common.report import cores
 from experiments.common.templates import Prose
 
 prose = Prose(__package__)
@@ -65,6 +66,7 @@ def _sync(runs: list[RunFigures], workers: tuple[int, ...]) -> list[str]:
             ideal=f"{1000 * np.mean([r.workers / r.ideal_gradients_per_s for r in sync_hi]):.1f}",
             collective=", ".join("-" if c is None else f"{c:.1f}" for c in coll),
             workers=", ".join(map(str, workers)),
+            cores=cores(),
             target=f"{TARGET:.0%}",
             first=f"{s1:.0f}",
             lowest=lo,

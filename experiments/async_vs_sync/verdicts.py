@@ -6,6 +6,7 @@ import numpy as np
 
 from experiments.async_vs_sync.analysis import TARGET, RunFigures
 from experiments.common.stats import mean_std
+from experiments.common.sweeps import data_sizes
 from experiments.common.templates import Prose
 
 prose = Prose(__package__)
@@ -61,6 +62,7 @@ def final_close(asyn: list[RunFigures], sync: list[RunFigures], what: str) -> st
         sync=_fmt(fs, 4, ""),
         gap=f"{100 * gap:+.2f}",
         verdict="holds" if abs(gap) <= FINAL_GAP else "does not hold",
+        test_step=f"{100 / data_sizes((asyn + sync)[0].point.folder)[1]:.2f}",
         gap_se=_gap_se(fa, fs),
         late=" " + late if late else "",
     )

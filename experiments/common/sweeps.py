@@ -14,6 +14,8 @@ import yaml
 
 from launch.rundir import read_json, read_metrics, read_updates
 from launch.tables import FIGURES
+from protocol.config.loader import load_experiment
+from worker.tasks.data import load_dataset
 
 # the repository (experiments/common/ is two levels down): the launcher runs here, paths are shown from here
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -100,6 +102,13 @@ def read_points(sweep_dir: Path) -> list[Point]:
 
 def _is_figure(column: str) -> bool:
     return column in FIGURES
+
+
+def data_sizes(run_dir: Path) -> tuple[int, int]:
+    """(training, test) samples of the data set a run used, from its own config.yaml: reports state these
+    instead of typing them, so they follow the data set and its split."""
+    data = load_dataset(load_experiment(run_dir / "config.yaml").task)
+    return len(data.x_train), len(data.x_test)
 
 
 COMMANDS = "commands.txt"  # in an experiment's folder: the launcher commands, one per sweep subfolder

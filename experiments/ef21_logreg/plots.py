@@ -40,7 +40,7 @@ def figure_curves(best_by_batch, budgets: dict[int, float]):
     return fig
 
 
-def figure_tuning(tuned: dict[tuple[int, str], Result]):
+def figure_tuning(tuned: dict[tuple[int, str], Result], seed: int):
     batches = sorted({b for b, _ in tuned})
     fig, axes = plt.subplots(1, len(batches), figsize=(5.2 * len(batches), 3.4), squeeze=False)
     for ax, batch in zip(axes[0], batches):
@@ -54,7 +54,7 @@ def figure_tuning(tuned: dict[tuple[int, str], Result]):
         ax.set_yscale("log")
         ax.set_xlabel("step size gamma")
         ax.set_ylabel(f"final ||grad f||^2 (last {TAIL:.0%} of bits)")
-        ax.set_title(f"tuning, batch {batch}, seed 0")
+        ax.set_title(f"tuning, batch {batch}, seed {seed}")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     return fig

@@ -10,13 +10,14 @@ import numpy as np
 import yaml
 
 from experiments.common.report import header, save_png
-from experiments.common.sweeps import recorded_sweep
+from experiments.common.sweeps import data_sizes, recorded_sweep
 from experiments.common.templates import Prose
 from experiments.ef21_logreg import plots, tables
 from experiments.ef21_logreg.bits import TAIL
 from experiments.ef21_logreg.plan import Plan, repeat_name, tune_name
 from experiments.ef21_logreg.results import Result, best_runs
 from experiments.ef21_logreg.verdicts import Best, verdicts
+from protocol.wire.encoding import VALUE_DTYPES
 
 prose = Prose(__package__)
 NAME = "ef21_logreg"
@@ -30,7 +31,7 @@ def write_report(plan: Plan, base: Path, out: Path, quick: bool) -> Path:
     repeats = {(b, m): Result.of(sweeps[repeat_name(b, m)], b, m) for b, m in plan.repeats()}
     best_by_batch, budgets = best_per_batch(tuned, repeats)
     save_png(plots.figure_curves(best_by_batch, budgets), out / "img" / f"{NAME}_curves.png")
-    save_png(plots.figure_tuning(tuned), out / "img" / f"{NAME}_tuning.png")
+    save_png(plots.figure_tuning(tuned, plan.tune_seed), out / "img" / f"{NAME}_tuning.png")
     commands = [s.command for s in sweeps.values()]
     batches = [
         prose("batch", batch=b, table=tables.results_table(b, best, budgets[b])) for b, best in best_by_batch.items()
@@ -69,6 +70,23 @@ def hand_written(path: Path) -> str:
     return "\n" + old[i:] if i >= 0 else ""
 
 
+def index_coding(indices: str, k: int, d: int) -> tuple[str, int]:
+    """The sparse index coding a push of k of d entries uses and its bytes ("auto": the smallest, as the
+    wire encoding picks it; delta16 fits whenever d < 65536)."""
+    sizes = {"int32": 4 * k, "bitmap": (d + 7) // 8}
+    if d < 65536:
+        sizes["delta16"] = 2 * k
+    coding = min(sizes, key=lambda c: (sizes[c], c != "int32")) if indices == "auto" else indices
+    coding = coding if coding in sizes else "int32"  # a gap delta16 cannot code: the encoder falls back
+    return coding, sizes[coding]
+
+
+def _shard(n_train: int, workers: int) -> str:
+    """Samples per worker when n_train is split into `workers` equal shards (sizes differ by at most one)."""
+    low, high = n_train // workers, -(-n_train // workers)
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def setup_text(plan: Plan, tuned: dict[tuple[int, str], Result]) -> str:
     """The setup as the runs' own config.yaml and records say it was."""
     runs = [r for res in tuned.values() for r in res.runs]
@@ -80,20 +98,28 @@ def setup_text(plan: Plan, tuned: dict[tuple[int, str], Result]) -> str:
     comp, task, n = cfg["compression"], cfg["task"], int(cfg["workers"])
     k = comp["k"] or max(1, int(np.floor(comp["ratio"] * d)))
     push = float(np.median([r.curve.push_bytes for r in runs]))
-    payload = k * 4 + k * 2  # float32 values + delta16 indices (the smallest index coding at this K and d)
+    coding, index_bytes = index_coding(comp["indices"], k, d)
+    payload = k * VALUE_DTYPES[comp["values"]].itemsize + index_bytes
     per_eval = [np.median(np.diff(r.curve.rounds)) for r in runs if r.curve.rounds.size > 2]
+    n_train, _ = data_sizes(first.folder)
     return prose(
         "setup",
         d=d,
         reg_lambda=f"{task['reg_lambda']:g}",
         workers=n,
+        n_train=n_train,
+        shard=_shard(n_train, n),
+        batches=" or ".join(map(str, plan.rounds)),
         k=k,
+        k_rule=prose("k_explicit") if comp["k"] else prose("k_ratio", ratio=f"{comp['ratio']:.0%}"),
+        values=comp["values"],
+        indices=coding,
         eta=f"{comp['eta']:g}",
         rounds=", ".join(f"{r} at batch {b}" for b, r in plan.rounds.items()),
         push=f"{push:.0f}",
         payload=payload,
         overhead=f"{push / payload:.0f}",
-        dense=4 * d,
+        dense=4 * d,  # the first push of an EF21 worker resets g_i exactly: float32 whatever compression.values
         eval_every_s=f"{cfg['run']['eval_every_s']:g}",
         rounds_per_eval=f"{np.median(per_eval):.0f}",
         evals=int(np.median([r.curve.rounds.size for r in runs])),

@@ -16,6 +16,7 @@ import numpy as np
 
 from experiments.common.sweeps import Point
 from protocol.config.loader import load_experiment
+from protocol.config.schema import CompressionConfig
 
 NOT_SHRINKING = 2.0  # "does not shrink with n": the n_max plateau is at least 1/2 of the n = 1 plateau
 SHRINKING = 2.0  # "shrinks as n grows": every step up in n lowers the plateau by at least 2x
@@ -40,6 +41,8 @@ class Curve:
     evals: list[tuple[float, float]]  # (updates, evaluator's f) of every snapshot scored
     summary: dict
     window: float = 0.5  # the plateau averages the rounds after this fraction of the run (0.75: last quarter)
+    seed: int = 0
+    compression: CompressionConfig | None = None  # the run's uplink, for the report's setup
 
     @property
     def label(self) -> str:
@@ -116,6 +119,8 @@ def curve(part: str, point: Point) -> Curve:
         loss[keep][order],
         evals,
         point.summary or {},
+        seed=cfg.seed,
+        compression=cfg.compression,
     )
 
 

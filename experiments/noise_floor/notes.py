@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from experiments.common.report import cores
 from experiments.common.sweeps import Sweep
 from experiments.common.templates import Prose
 from experiments.noise_floor.data import NOT_SHRINKING, RATIO, Curve, by_label, sgd_floor, slope
+from experiments.noise_floor.plan import SETTINGS
 
 prose = Prose(__package__)
 # compression.method -> the fragment describing it, in the order the setup lists them
@@ -29,8 +31,15 @@ def setup(curves: list[Curve], plan_parts: list[str], sweeps: dict[str, Sweep]) 
     rounds = {
         n: sorted({int(c.last_round) + 1 for c in curves if c.sync and c.n == n}) for n in sorted({c.n for c in curves})
     }
+    comp = curves[0].compression
     return prose(
         "setup",
+        sigma=f"{curves[0].sigma:g}",
+        k=comp.k,
+        compressor=comp.compressor,
+        selection=comp.selection,
+        values=comp.values,
+        **_settings(),
         methods=", ".join(prose(fragment) for m, fragment in METHODS.items() if m in methods),
         server_step=prose("server_step_ef14" if "ef14" in methods else "server_step"),
         per_process="/".join(map(str, sorted({c.per_process for c in curves}))),
@@ -46,6 +55,16 @@ def setup(curves: list[Curve], plan_parts: list[str], sweeps: dict[str, Sweep]) 
     )
 
 
+def _settings() -> dict[str, object]:
+    """The plan's two settings as the setup names them: the repository's R3 config, and R3's own step."""
+    large, small = SETTINGS
+    return {"large": large.name, "large_dim": large.dim, "large_lr": f"{large.lr:g}"} | {
+        "small": small.name,
+        "small_dim": small.dim,
+        "small_lr": f"{small.lr:g}",
+    }
+
+
 def _short_runs(curves: list[Curve], rounds: dict[int, list[int]]) -> str:
     """Why the runs with many workers have fewer rounds than R3's 10^4 (empty if none has)."""
     big = max(rounds) if rounds else 0
@@ -53,7 +72,8 @@ def _short_runs(curves: list[Curve], rounds: dict[int, list[int]]) -> str:
     rates = [c.summary.get("updates_per_s", 0.0) for c in curves if c.sync and c.n == big]
     if not (short and rates):
         return ""
-    return " " + prose("short_runs", short=", ".join(map(str, short)), rate=f"{np.mean(rates):.1f}", largest=big)
+    rate = f"{np.mean(rates):.1f}"
+    return " " + prose("short_runs", short=", ".join(map(str, short)), cores=cores(), rate=rate, largest=big)
 
 
 def discussion(curves: list[Curve]) -> str:
@@ -64,7 +84,8 @@ def discussion(curves: list[Curve]) -> str:
         explained = explained or why
         parts += lines + _momentum(s, sync)
     halves = [round(c.last_round / 2) for c in curves]
-    return prose("discussion", settings="\n\n".join(parts), fewest=min(halves), most=max(halves))
+    seeds = ", ".join(map(str, sorted({c.seed for c in curves})))
+    return prose("discussion", settings="\n\n".join(parts), seeds=seeds, fewest=min(halves), most=max(halves))
 
 
 def _ef21_sgd(setting: str, sgd: dict[int, Curve], explained: bool) -> tuple[list[str], bool]:
