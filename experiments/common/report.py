@@ -1,5 +1,5 @@
-"""The pieces every report shares: its header (date, machine, the exact commands), markdown tables and
-small PNGs."""
+"""The pieces every report shares: where it goes (--out, else the experiment folder), its header (date,
+machine, the exact commands; the wording is in header.md.tmpl), markdown tables, figure links and small PNGs."""
 
 from __future__ import annotations
 
