@@ -6,9 +6,9 @@ import json
 import pytest
 import yaml
 
-from experiments.async_sync_analysis import figures, ideal_rate, late_accuracy, mid_run_cpu
-from experiments.async_sync_plan import FULL, QUICK, batch_specs, best_lrs
-from experiments.async_sync_runs import read_batch, recorded
+from experiments.async_vs_sync.analysis import figures, ideal_rate, late_accuracy, mid_run_cpu
+from experiments.async_vs_sync.plan import FULL, QUICK, batch_specs, best_lrs
+from experiments.async_vs_sync.runs import read_batch, recorded
 
 
 def make_run(
@@ -79,7 +79,7 @@ def test_scaling_batches_cover_every_worker_count_and_mode(tmp_path):
     assert [(o[0], o[1]) for o in (s.overrides for s in specs)] == [
         (f"mode={m}", f"workers={n}") for n in (1, 2, 4, 8) for m in ("async", "sync")
     ]
-    assert all("seed=1" in s.overrides and s.config == "configs/scaling.yaml" for s in specs)
+    assert all("seed=1" in s.overrides and s.config == "experiments/async_vs_sync/scaling.yaml" for s in specs)
     with pytest.raises(ValueError, match="unknown batch"):
         batch_specs(FULL, "scaling", tmp_path)
 
@@ -144,7 +144,7 @@ def test_recorded_reads_back_one_value_per_run(tmp_path):
 
 
 def test_scaling_notes_count_sync_steps_as_gradients_over_n(tmp_path):
-    from experiments.async_sync_scaling_notes import scaling_notes
+    from experiments.async_vs_sync.scaling_notes import scaling_notes
 
     runs = []
     for i, (mode, n) in enumerate([("async", 1), ("sync", 1), ("async", 2), ("sync", 2)], 1):
@@ -157,9 +157,9 @@ def test_scaling_notes_count_sync_steps_as_gradients_over_n(tmp_path):
 
 def test_plots_draw_when_no_run_reached_the_target(tmp_path):
     """A short run may never reach 95%: the time axes then stay linear with a note, instead of failing to draw."""
-    from experiments.async_sync_analysis import RunFigures
-    from experiments.async_sync_plots import lr_grid, scaling, target_times
-    from experiments.common import save_png
+    from experiments.async_vs_sync.analysis import RunFigures
+    from experiments.async_vs_sync.plots import lr_grid, scaling, target_times
+    from experiments.common.report import save_png
 
     def run(mode, n, lr):
         return RunFigures(

@@ -12,10 +12,11 @@ from protocol.config.typed import build
 from protocol.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+# configs/ and each study's own configs (experiments/<study>/*.yaml)
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "experiments").glob("*/*.yaml"))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT)) for p in CONFIGS])
 def test_every_shipped_config_is_valid_and_every_key_commented(path):
     load_experiment(path)
     for n, line in enumerate(path.read_text().splitlines(), 1):

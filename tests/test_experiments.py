@@ -1,11 +1,46 @@
-"""Smoke tests of the reproduction scripts (experiments/): each runs in --quick mode through the real runtime
-into tmp_path and must write its markdown report and the images the report shows."""
+"""The reproduction scripts (experiments/): where a study writes its report by default (quick tier), and
+smoke tests (slow): each study runs in --quick mode through the real runtime into tmp_path, with the
+default report folder, and must write its markdown report and the images the report shows into its
+experiment folder there, leaving the committed reports in docs/results untouched."""
 
+import importlib
 import re
+from pathlib import Path
 
 import pytest
 
-from experiments import artificial_delay, async_vs_sync, ef21_logreg, noise_floor, stability_edge
+from experiments.common.report import report_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDIES = ("artificial_delay", "async_vs_sync", "ef21_logreg", "noise_floor", "stability_edge")
+# each study's entry point is its package's __main__ (python -m experiments.NAME)
+artificial_delay, async_vs_sync, ef21_logreg, noise_floor, stability_edge = (
+    importlib.import_module(f"experiments.{name}.__main__") for name in STUDIES
+)
+
+
+def _results_state() -> dict:
+    """Every file under docs/results with its size and modification time (a rewrite changes the time)."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in (ROOT / "docs" / "results").rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def results_untouched():
+    """The test's study runs must neither change nor add a file under docs/results."""
+    before = _results_state()
+    assert before, "docs/results holds the committed reports"
+    yield
+    assert _results_state() == before, "a study run with default arguments wrote into docs/results"
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_the_report_goes_into_the_experiment_folder_unless_out_says_otherwise(study, tmp_path):
+    main = importlib.import_module(f"experiments.{study}.__main__")
+    base = tmp_path / "runs" / f"{study}-20260101-000000"
+    for argv in ([], ["--quick"], ["--quick", "--report-only", str(base)]):
+        assert report_folder(main.parser().parse_args(argv).out, base) == base, argv
+    chosen = main.parser().parse_args(["--quick", "--out", "docs/results"]).out
+    assert report_folder(chosen, base) == Path("docs/results")
 
 
 def _check_report(out, report: str, prefix: str, sections: list[str]) -> None:
@@ -17,30 +52,30 @@ def _check_report(out, report: str, prefix: str, sections: list[str]) -> None:
     for name in shown:
         size = (out / name).stat().st_size
         assert 1000 < size < 200_000, (name, size)  # drawn, and small enough to commit
-    assert "python -m launch configs/" in text  # the exact commands are in the report
+    assert "python -m launch experiments/" in text  # the exact commands (with the study's own config) are in the report
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_artificial_delay_quick_writes_report_and_plots(tmp_path):
-    out = tmp_path / "out"
-    assert artificial_delay.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
+def test_artificial_delay_quick_writes_report_and_plots(tmp_path, results_untouched):
+    assert artificial_delay.main(["--quick", "--runs", str(tmp_path / "runs")]) == 0
+    (base,) = (tmp_path / "runs").glob("artificial_delay-*")
     _check_report(
-        out,
+        base,
         "artificial_delay.md",
         "artificial_delay_",
         ["## Torch form", "## Paper form", "## Measured staleness", "Staleness uniform on 0..D-1"],
     )
-    assert len(list((tmp_path / "runs").glob("artificial_delay-*/torch/0*"))) == 2  # one run folder per D
+    assert len(list(base.glob("torch/0*"))) == 2  # one run folder per D
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_stability_edge_quick_writes_report_and_plots(tmp_path):
-    out = tmp_path / "out"
-    assert stability_edge.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
+def test_stability_edge_quick_writes_report_and_plots(tmp_path, results_untouched):
+    assert stability_edge.main(["--quick", "--runs", str(tmp_path / "runs")]) == 0
+    (base,) = (tmp_path / "runs").glob("stability_edge-*")
     _check_report(
-        out,
+        base,
         "stability_edge.md",
         "stability_edge_",
         ["## (a) Stable lr against tau", "## (c) Momentum", "## (b) Digits MLP", "lr x lambda"],
@@ -49,9 +84,9 @@ def test_stability_edge_quick_writes_report_and_plots(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_noise_floor_quick_writes_report_and_plots(tmp_path):
-    out, runs = tmp_path / "out", tmp_path / "runs"
-    assert noise_floor.main(["--quick", "--out", str(out), "--runs", str(runs)]) == 0
+def test_noise_floor_quick_writes_report_and_plots(tmp_path, results_untouched):
+    runs = tmp_path / "runs"
+    assert noise_floor.main(["--quick", "--runs", str(runs)]) == 0
     sections = [
         "## Setup",
         "## Setting d100",
@@ -60,23 +95,23 @@ def test_noise_floor_quick_writes_report_and_plots(tmp_path):
         "## Run details and cross-checks",
         "## What the numbers say",
     ]
-    _check_report(out, "noise_floor.md", "noise_floor_", sections)
-    folders = sorted(runs.glob("noise_floor-*/d100-n3-*/0*"))
+    (base,) = runs.glob("noise_floor-*")
+    _check_report(base, "noise_floor.md", "noise_floor_", sections)
+    folders = sorted(base.glob("d100-n3-*/0*"))
     assert len(folders) == 2  # EF21-SGD and EF21-SGDM with n = 3 workers...
     assert all((f / "logs" / "workers1-2.log").exists() for f in folders)  # ...two of them in one process
-    (out / "noise_floor.md").unlink()
-    base = next(runs.glob("noise_floor-*"))
+    out = tmp_path / "out"
     assert noise_floor.main(["--quick", "--out", str(out), "--report-only", str(base)]) == 0
     _check_report(out, "noise_floor.md", "noise_floor_", sections)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_ef21_logreg_quick_writes_report_and_plots(tmp_path):
-    out = tmp_path / "out"
-    assert ef21_logreg.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
+def test_ef21_logreg_quick_writes_report_and_plots(tmp_path, results_untouched):
+    assert ef21_logreg.main(["--quick", "--runs", str(tmp_path / "runs")]) == 0
+    (base,) = (tmp_path / "runs").glob("ef21_logreg-*")
     _check_report(
-        out,
+        base,
         "ef21_logreg.md",
         "ef21_logreg_",
         [
@@ -88,16 +123,16 @@ def test_ef21_logreg_quick_writes_report_and_plots(tmp_path):
             "B = 128: EF21-SGD2M below EF21-SGD",
         ],
     )
-    assert len(list((tmp_path / "runs").glob("ef21_logreg-*/b*/0*"))) == 8  # one run per (batch, method)
+    assert len(list(base.glob("b*/0*"))) == 8  # one run per (batch, method)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_async_vs_sync_quick_writes_report_and_plots(tmp_path):
-    out = tmp_path / "out"
-    assert async_vs_sync.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")]) == 0
+def test_async_vs_sync_quick_writes_report_and_plots(tmp_path, results_untouched):
+    assert async_vs_sync.main(["--quick", "--runs", str(tmp_path / "runs")]) == 0
+    (base,) = (tmp_path / "runs").glob("async_vs_sync-quick-*")
     _check_report(
-        out,
+        base,
         "async_vs_sync.md",
         "async_vs_sync_",
         [
@@ -109,12 +144,27 @@ def test_async_vs_sync_quick_writes_report_and_plots(tmp_path):
             "mode=sync",
         ],
     )
-    (base,) = (tmp_path / "runs").glob("async_vs_sync-quick-*")
     straggler = sorted(p.name for p in (base / "straggler").iterdir())
     assert [name.split("-")[1] for name in straggler] == ["async", "sync"]  # interleaved, async first
     assert len(list((base / "scaling-0").glob("*/summary.json"))) == 4  # N = 1, 2 x both modes
     # the report is rebuilt from the folder alone, and a second invocation into it runs nothing again
     assert async_vs_sync.main(["--report-only", str(base), "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "async_vs_sync.md").exists()
-    assert async_vs_sync.main(["--quick", "--into", str(base), "--batches", "straggler", "--out", str(out)]) == 0
+    assert async_vs_sync.main(["--quick", "--into", str(base), "--batches", "straggler"]) == 0
     assert len((base / "commands.txt").read_text().splitlines()) == len(list(base.glob("*/*/summary.json")))
+
+
+def test_the_data_set_sizes_a_report_states_come_from_the_run_config(tmp_path):
+    from experiments.common.sweeps import data_sizes
+
+    (tmp_path / "config.yaml").write_text((ROOT / "experiments" / "async_vs_sync" / "config.yaml").read_text())
+    assert data_sizes(tmp_path) == (1438, 359)  # the digits' fixed 80/20 split
+
+
+def test_ef21_logreg_setup_computes_shards_and_index_bytes():
+    from experiments.ef21_logreg.report import _shard, index_coding
+
+    assert _shard(1438, 10) == "143-144" and _shard(1440, 10) == "144"
+    assert index_coding("auto", 6, 650) == ("delta16", 12)  # 2 bytes per index beat int32 and a 82-byte bitmap
+    assert index_coding("auto", 600, 650) == ("bitmap", 82)
+    assert index_coding("delta16", 6, 70_000) == ("int32", 24)  # a gap delta16 cannot code
