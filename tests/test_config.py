@@ -107,3 +107,41 @@ def test_launcher_exits_2_naming_the_key_before_starting_anything(tmp_path):
     assert out.returncode == 2
     assert "optimizer.lr" in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+# -- bounds every field shares (protocol/config/typed.py) -------------------------------------------------------------
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("optimizer.lr=.inf", "optimizer.lr"),
+        ("optimizer.lr=1e999", "optimizer.lr"),
+        ("optimizer.lr=-.inf", "optimizer.lr"),
+        ("optimizer.lr=.nan", "optimizer.lr"),
+        (f"optimizer.lr={10**400}", "optimizer.lr"),  # an int beyond float's range
+        ("worker.slowdown=[1, .inf]", "worker.slowdown[1]"),
+        ("optimizer.betas=[0.9, .nan]", "optimizer.betas[1]"),
+        ("run.max_seconds=1e999", "run.max_seconds"),
+        ("staleness.delay_memory_mb=.inf", "staleness.delay_memory_mb"),
+    ],
+)
+def test_float_values_must_be_finite(override, key):
+    with pytest.raises(ConfigError) as info:
+        build(ExperimentConfig, apply_overrides({}, [override]))
+    assert info.value.key == key
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        (f"seed={2**70}", "seed"),
+        (f"run.max_updates={2**63}", "run.max_updates"),
+        ("run.max_updates=1e30", "run.max_updates"),
+        (f"staleness.max_staleness={-(2**63) - 1}", "staleness.max_staleness"),
+        (f"compression.k={2**64}", "compression.k"),
+        (f"task.hidden=[{2**64}]", "task.hidden[0]"),
+    ],
+)
+def test_int_values_must_fit_in_64_bits(override, key):
+    with pytest.raises(ConfigError, match="64-bit|must be") as info:
+        build(ExperimentConfig, apply_overrides({}, [override]))
+    assert info.value.key == key

@@ -288,7 +288,8 @@ its checks are the schema's own. To change the page, change the schema's comment
   `sweep.KEY=[v1, v2]` adds a swept key (e.g. `'sweep.optimizer.lr=[3e-3, 1e-2]'`).
 - **Numbers.** Numbers such as `1e-3` are accepted for int and float keys, in the file and on the command
   line (PyYAML reads an exponent without a decimal point as a string; the schema converts it).
-  An int key takes `1e3` but refuses `1.5`.
+  An int key takes `1e3` but refuses `1.5`. Every float must be finite (`.inf`, `1e999` and `.nan` are
+  refused) and every int must fit in 64 bits; the *refused with* column lists each key's own bounds.
 - **Checks.** Every key and value is checked before any process starts. An unknown key names the closest
   known one; a bad value stops with `error: config key 'optimizer.lr': must be > 0` and exit code 2.
   The *refused with* column lists the messages the schema's checks give for a bad value of each key (some
