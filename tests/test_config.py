@@ -145,3 +145,58 @@ def test_int_values_must_fit_in_64_bits(override, key):
     with pytest.raises(ConfigError, match="64-bit|must be") as info:
         build(ExperimentConfig, apply_overrides({}, [override]))
     assert info.value.key == key
+
+
+# -- the YAML file itself (protocol/config/loader.py) -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text,key,lines",
+    [
+        ("workers: 2\nworkers: 3\n", "workers", (1, 2)),
+        ("optimizer:\n  lr: 0.1\n  betas: [0.9, 0.99]\n  lr: 0.2\n", "optimizer.lr", (2, 4)),
+        ("sweep:\n  seed: [0, 1]\n  seed: [2]\n", "sweep.seed", (2, 3)),
+        ("optimizer: {lr: 1, lr: 2}\n", "optimizer.lr", (1, 1)),
+    ],
+)
+def test_yaml_duplicate_keys_are_refused_naming_the_key_and_both_lines(tmp_path, text, key, lines):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        read_yaml(p)
+    assert info.value.key == key
+    assert f"written twice in {p}: line {lines[0]} and line {lines[1]}" in info.value.message
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("run: &r {max_updates: 5, plots: false}\noptimizer:\n  lr: 0.5\n")
+    assert read_yaml(p)["run"] == {"max_updates": 5, "plots": False}
+    p.write_text("base: &b {lr: 1, eps: 0.5}\nmine:\n  <<: *b\n  lr: 2\n")
+    assert read_yaml(p)["mine"] == {"lr": 2, "eps": 0.5}
+
+
+def test_override_values_with_duplicate_keys_are_refused():
+    with pytest.raises(ConfigError, match="written twice in the override") as info:
+        apply_overrides({}, ["optimizer={lr: 1, lr: 2}"])
+    assert info.value.key == "optimizer.lr"
+
+
+def test_config_file_that_is_a_folder_or_not_text_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder, not a YAML file") as info:
+        read_yaml(tmp_path)
+    assert info.value.key == "<file>"
+    p = tmp_path / "binary.yaml"
+    p.write_bytes(b"\xff\xfe\x00\x01")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        read_yaml(p)
+
+
+def test_launcher_exits_2_when_the_config_is_a_folder(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "launch", str(tmp_path), "--run-dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "is a folder, not a YAML file" in out.stderr and "Traceback" not in out.stderr

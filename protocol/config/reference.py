@@ -290,7 +290,8 @@ its checks are the schema's own. To change the page, change the schema's comment
   line (PyYAML reads an exponent without a decimal point as a string; the schema converts it).
   An int key takes `1e3` but refuses `1.5`. Every float must be finite (`.inf`, `1e999` and `.nan` are
   refused) and every int must fit in 64 bits; the *refused with* column lists each key's own bounds.
-- **Checks.** Every key and value is checked before any process starts. An unknown key names the closest
+- **Checks.** Every key and value is checked before any process starts. A key written twice in one
+  mapping is refused, naming both lines (YAML itself would keep the last). An unknown key names the closest
   known one; a bad value stops with `error: config key 'optimizer.lr': must be > 0` and exit code 2.
   The *refused with* column lists the messages the schema's checks give for a bad value of each key (some
   checks concern a combination with other keys, e.g. sync mode).
