@@ -200,3 +200,119 @@ def test_launcher_exits_2_when_the_config_is_a_folder(tmp_path):
     )
     assert out.returncode == 2, out.stderr
     assert "is a folder, not a YAML file" in out.stderr and "Traceback" not in out.stderr
+
+
+# -- per-field bounds where a value reaches a narrower consumer (protocol/config/schema.py) ---------------------------
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (["seed=-1"], "seed"),  # numpy's SeedSequence takes no negative seed
+        ([f"seed={2**63}"], "seed"),
+        (["task.dataset=synthetic", "task.synthetic.data_seed=-1"], "task.synthetic.data_seed"),
+        (["server.send_timeout_s=1e10"], "server.send_timeout_s"),  # ZeroMQ SNDTIMEO: a C int of milliseconds
+        (["server.send_timeout_s=0.0004"], "server.send_timeout_s"),  # 0 ms: a send that never waits
+        (["server.reply_timeout_s=2147484"], "server.reply_timeout_s"),
+        (["run.max_seconds=1e12"], "run.max_seconds"),
+        (["server.max_message_bytes=1e30"], "server.max_message_bytes"),  # ZMQ_MAXMSGSIZE is an int64
+        (["server.endpoint=tcp://127.0.0.1:70000"], "server.endpoint"),
+        (["server.endpoint=ipc:///tmp/" + "x" * 110], "server.endpoint"),
+        (["server.threads=4096"], "server.threads"),
+        (["worker.threads=4096"], "worker.threads"),
+        (["worker.device=cuda:128"], "worker.device"),  # torch reads it as cuda:-128
+        (["worker.slowdown=[1, 1e9]"], "worker.slowdown"),
+        (["worker.jitter=1e9"], "worker.jitter"),
+        (["worker.compute_s=1e6", "worker.slowdown=[1, 100]"], "worker.compute_s"),
+        (["optimizer.lr=1e39"], "optimizer.lr"),
+        (["optimizer.eps=0"], "optimizer.eps"),  # torch-form adam: a zero gradient steps by 0/0 = NaN
+        (["optimizer.eps=1e-50"], "optimizer.eps"),  # 0 in float32
+        (["task.reg_lambda=1e39"], "task.reg_lambda"),
+        (["task.hidden=[268435457]"], "task.hidden"),
+        (["task.dataset=libsvm", "task.path=f", f"task.features={2**40}"], "task.features"),
+        (["task.dataset=synthetic", "task.synthetic.classes=10000000"], "task.synthetic.classes"),
+        (["task.dataset=synthetic", "task.synthetic.noise=1.5"], "task.synthetic.noise"),  # a flip rate
+        (
+            ["task.dataset=synthetic", "task.synthetic.kind=quadratic", "task.synthetic.init_scale=1e30"],
+            "task.synthetic.init_scale",
+        ),
+        (["name=" + "n" * 201], "name"),
+    ],
+)
+def test_values_beyond_what_their_consumer_takes_are_refused(overrides, key):
+    with pytest.raises(ConfigError) as info:
+        build(ExperimentConfig, apply_overrides({}, overrides))
+    assert info.value.key == key
+
+
+def test_bounds_keep_the_values_their_consumers_take():
+    cfg = build(
+        ExperimentConfig,
+        apply_overrides(
+            {},
+            [
+                f"seed={2**63 - 1}",
+                "server.send_timeout_s=2147483.647",
+                f"server.max_message_bytes={2**63 - 1}",
+                "server.endpoint=tcp://127.0.0.1:65535",
+                "worker.device=cuda:127",
+                "optimizer.name=sgd",
+                "optimizer.eps=0",  # sgd has no eps
+                "worker.compute_s=2",
+                "worker.slowdown=[1, 1000]",
+            ],
+        ),
+    )
+    assert cfg.seed == 2**63 - 1 and cfg.server.max_message_bytes == 2**63 - 1
+    assert build(ExperimentConfig, {"optimizer": {"form": "paper", "eps": 0}}).optimizer.eps == 0  # no eps there
+
+
+def test_chunk_bytes_above_max_message_bytes_is_refused_naming_both_keys():
+    data = apply_overrides({}, ["server.chunk_bytes=1048576", "server.max_message_bytes=524288"])
+    with pytest.raises(ConfigError, match="server.max_message_bytes") as info:
+        build(ExperimentConfig, data)
+    assert info.value.key == "server.chunk_bytes"
+
+
+# -- staleness combinations that cannot do what they say -----------------------------------------------------------
+@pytest.mark.parametrize(
+    "overrides,key,instead",
+    [
+        (["staleness.apply_every=4", "staleness.lr_rule=inverse"], "staleness.lr_rule", "use lr_rule constant"),
+        (["staleness.apply_every=4", "staleness.lr_rule=stability"], "staleness.lr_rule", "use lr_rule constant"),
+        (
+            ["staleness.apply_every=4", "staleness.max_staleness=3", "staleness.over_bound=downweight"],
+            "staleness.over_bound",
+            "use over_bound drop",
+        ),
+        (
+            [
+                "staleness.apply_every=2",
+                "optimizer.name=sgd",
+                "optimizer.momentum=0.9",
+                "optimizer.momentum_mode=shifted",
+            ],
+            "optimizer.momentum_mode",
+            "use momentum_mode server",
+        ),
+    ],
+)
+def test_grouped_steps_refuse_per_push_lr_and_per_worker_momentum(overrides, key, instead):
+    with pytest.raises(ConfigError) as info:
+        build(ExperimentConfig, apply_overrides({}, overrides))
+    assert info.value.key == key and instead in info.value.message
+
+
+def test_grouped_steps_keep_the_constant_rule_drop_and_server_momentum():
+    data = apply_overrides({}, ["staleness.apply_every=4", "staleness.max_staleness=3", "optimizer.name=sgd"])
+    assert build(ExperimentConfig, data).staleness.apply_every == 4
+    data = apply_overrides({}, ["staleness.lr_rule=inverse", "staleness.over_bound=downweight", "optimizer.name=sgd"])
+    assert (
+        build(ExperimentConfig, apply_overrides(data, ["optimizer.momentum_mode=shifted"])).staleness.apply_every == 1
+    )
+
+
+def test_a_constant_delay_beyond_max_staleness_is_refused():
+    data = apply_overrides({}, ["staleness.delay=constant", "staleness.delay_versions=5", "staleness.max_staleness=3"])
+    with pytest.raises(ConfigError, match="all would be dropped") as info:
+        build(ExperimentConfig, data)
+    assert info.value.key == "staleness.max_staleness"
+    assert build(ExperimentConfig, apply_overrides(data, ["staleness.max_staleness=4"])).staleness.max_staleness == 4

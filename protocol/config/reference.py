@@ -112,22 +112,22 @@ def class_doc(cls: type) -> str:
 def check_rules(cls: type) -> dict[str, list[str]]:
     """Messages of the `require(condition, key, message)` calls in cls.check, by key (relative to cls).
 
-    A key given by a loop variable over a tuple of strings counts for each of them; a message built by
-    an f-string shows '...' where the value goes; calls whose key is computed otherwise are left out.
+    The methods `check` calls to split its work, named `_check...`, count as part of it. A key given by a
+    loop variable over a tuple of strings counts for each of them; a message built by an f-string shows
+    '...' where the value goes; calls whose key is computed otherwise are left out.
     """
-    check = next(
-        (n for n in _class_node(cls).body if isinstance(n, ast.FunctionDef) and n.name == "check"),
-        None,
-    )
-    if check is None:
-        return {}
+    checks = [
+        n
+        for n in _class_node(cls).body
+        if isinstance(n, ast.FunctionDef) and (n.name == "check" or n.name.startswith("_check"))
+    ]
     loops: dict[str, list[str]] = {}
-    for node in ast.walk(check):
+    for node in (n for check in checks for n in ast.walk(check)):
         if isinstance(node, ast.For) and isinstance(node.target, ast.Name) and isinstance(node.iter, ast.Tuple):
             values = [e.value for e in node.iter.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
             loops[node.target.id] = values
     rules: dict[str, list[str]] = {}
-    for node in ast.walk(check):
+    for node in (n for check in checks for n in ast.walk(check)):
         if not (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name)
