@@ -250,7 +250,10 @@ class CompressionConfig:
     scaled: bool = False  # randk: scale kept values by d/k (unbiased) instead of not (contractive)
     levels: int = 16  # qsgd: quantization levels s (1..127)
     values: Literal["float32", "bfloat16", "float16"] = "float32"  # wire dtype of the values sent
-    indices: Literal["auto", "int32", "delta16", "bitmap"] = "auto"  # sparse index coding (auto = smallest)
+    # sparse index coding. auto: the smallest that can address the model (int64 indices above 2^31
+    # parameters); int32 needs a model of at most 2^31 parameters (the launcher checks); delta16 falls back to
+    # int32 (above 2^31: int64 or bitmap) when a gap is 65536 or more
+    indices: Literal["auto", "int32", "delta16", "bitmap"] = "auto"
     eta: float = 0.1  # ef21-sgdm/-sgd2m: momentum weight on the new gradient (eta = 1 gives EF21)
     resync_every: int = 1000  # server: recompute g = mean of g_i exactly every this many pushes
 
