@@ -277,10 +277,15 @@ class CompressionConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    endpoint: str = "tcp://127.0.0.1:0"  # tcp://HOST:PORT (port 0 = any free port) or ipc:///path
+    # tcp://HOST:PORT (port 0 = any free port) or ipc:///path; before starting anything the launcher binds it
+    # once (an address of this host, a free port) or checks the ipc folder (launch/preflight.py)
+    endpoint: str = "tcp://127.0.0.1:0"
     threads: int = 1  # torch intra-op threads in the server (the step is memory-bound)
-    chunk_bytes: int = 1 << 20  # tensors travel as frames of at most this size (1 MiB moves fastest)
-    max_message_bytes: int = 1 << 31  # larger messages are refused before allocation
+    # tensors travel as frames of at most this size (1 MiB moves fastest); a tensor may have 65536 frames
+    chunk_bytes: int = 1 << 20
+    # larger messages are refused before allocation; the launcher checks the model's largest message fits
+    # (its float32 parameters, or a push as compression makes it)
+    max_message_bytes: int = 1 << 31
     send_timeout_s: float = 30.0  # a send that cannot be queued for this long fails
     reply_timeout_s: float = 120.0  # a worker waits this long for a reply before failing
     connect_timeout_s: float = 30.0  # a worker gives up joining after this long (heartbeats extend it)
