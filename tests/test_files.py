@@ -243,7 +243,7 @@ def test_check_data_names_the_key_and_the_missing_file(tmp_path):
     assert info.value.key == "task.path" and "a9a does not exist" in info.value.message
 
 
-def test_check_data_reads_headers_and_first_lines(tmp_path):
+def test_check_data_checks_image_and_label_counts_and_test_file_lines(tmp_path):
     folder = make_mnist(tmp_path / "m", n_train=5, n_test=4, gz=True)
     check_data(make_config(task={"dataset": "mnist", "path": str(folder)}))
     write(folder / "t10k-labels-idx1-ubyte", idx_bytes(np.zeros(3), IDX_LABELS), gz=True)

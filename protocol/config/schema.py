@@ -125,7 +125,7 @@ class TaskConfig:
 class WorkerConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N  (gradients on this device; the wire is always host memory)
     threads: int = 1  # torch intra-op threads per worker process
-    slowdown: tuple[float, ...] = ()  # per-rank compute-time multiplier (>= 1); missing ranks run at 1
+    slowdown: tuple[float, ...] = ()  # per-rank compute-time multiplier (1 to 1000); missing ranks run at 1
     jitter: float = 0.0  # random extra compute time, as a fraction of the step's compute time
     compute_s: float = 0.0  # simulated extra compute per step (seconds of sleep), scaled by slowdown
     # worker ranks hosted by one OS process: each is a full worker (own socket, own seeds) on its own
@@ -197,7 +197,9 @@ class StalenessConfig:
     max_staleness: int | None = None  # pushes staler than this are dropped (or down-weighted)
     over_bound: Literal["drop", "downweight"] = "drop"  # downweight: lr *= max_staleness / tau
     ssp: int | None = None  # stale synchronous parallel: a worker > ssp pushes ahead of the slowest waits
-    apply_every: int = 1  # average k pushes into one optimizer step
+    # average k pushes into one optimizer step, with the group's mean lr (so with lr_rule constant, over_bound
+    # drop and a server momentum buffer: none of them can give each push its own lr or buffer)
+    apply_every: int = 1
     barrier: bool = False  # with apply_every: hold replies until the step (apply_every = workers: sync PS)
     delay: Literal["none", "uniform", "constant"] = "none"  # artificial delay: reply with an older snapshot
     delay_versions: int = 1  # D: uniform draws from the last D versions (tau ~ U{0..D-1}); constant: tau = D-1
