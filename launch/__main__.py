@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from launch.preflight import preflight
 from launch.run import RunFailed, run_experiment
 from launch.rundir import make_run_dir
 from launch.sweep_run import sweep_command
 from protocol.config.loader import load_experiment, resolved_yaml
 from protocol.errors import ConfigError
 from protocol.runfolder.records import RunSummary
-from worker.tasks.data import check_data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load_experiment(args.config, args.overrides)
-        if not cfg.sweep:
-            check_data(cfg)  # missing or malformed data files: say so now, not in a worker's traceback
+        preflight(cfg)  # data files, model size against the limits, endpoint, device: now, not in a traceback
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,8 @@ and the seeds are fixed, so the tests are deterministic.
 from __future__ import annotations
 
 import math
+import random
+from fractions import Fraction
 
 import pytest
 import torch
@@ -57,6 +59,51 @@ def test_k_from_ratio_and_explicit_k():
     assert make(50, compressor="topk", ratio=0.001).k == 1  # at least one
     assert make(1000, compressor="topk", k=7, ratio=0.5).k == 7  # explicit k overrides ratio
     assert make(10, compressor="randk", k=50).k == 10  # never more than d
+
+
+@pytest.mark.parametrize(
+    "ratio,d,kept",
+    [(0.4999999, 4, 1), (0.01, 100, 1), (0.07, 100, 7), (0.29, 100, 29), (0.57, 100, 57), (0.1, 30, 3), (1e-9, 5, 1)],
+)
+def test_kept_count_is_the_exact_floor_of_the_ratio_as_written(ratio, d, kept):
+    assert sparsify.count_kept(ratio, 0, d) == kept
+
+
+def test_kept_count_equals_exact_decimal_arithmetic_over_many_ratios_and_sizes():
+    """Property: for a ratio written with 1 to 11 significant digits, k = max(1, floor(ratio * d)) computed
+    on the decimal itself, for sizes that make ratio * d an integer, fall just short of one (by 1 to 3 units
+    of the last written digit: where binary rounding and any tolerance go wrong), or anything."""
+    rng = random.Random(12)
+    for _ in range(20_000):
+        digits, shift = rng.randint(1, sparsify.HAND_DIGITS), rng.randint(0, 4)
+        m = rng.randrange(10 ** (digits - 1), 10**digits)
+        text = f"{m}e-{digits + shift}"  # in (0, 1)
+        exact = Fraction(text)
+        base = exact.denominator  # exact * base is whole
+        d = rng.choice([rng.randint(1, 10**6), base * rng.randint(1, 50), _just_short(exact, rng)])
+        if d < 1 or d > 2**48:
+            continue
+        want = min(d, max(1, math.floor(exact * d)))
+        assert sparsify.count_kept(float(text), 0, d) == want, (text, d)
+
+
+def _just_short(exact: Fraction, rng: random.Random) -> int:
+    """A size d where exact * d falls 1 to 3 units of 1/denominator short of an integer (0 if none exists)."""
+    p, q = exact.numerator, exact.denominator
+    if math.gcd(p, q) != 1 or q == 1:
+        return 0
+    return (-rng.randint(1, 3) * pow(p, -1, q)) % q + q * rng.randint(0, 3)
+
+
+def test_kept_count_of_a_computed_share_k_over_d_is_the_exact_share():
+    """Per-tensor scope spreads an explicit k as ratio k / d: a tensor of d_l with k * d_l / d whole keeps that."""
+    rng = random.Random(5)
+    for _ in range(20_000):
+        d = rng.randint(2, 10**7)
+        k = rng.randint(1, d)
+        g = math.gcd(k, d)
+        d_l = (d // g) * rng.randint(1, max(1, g))  # k * d_l / d is whole
+        assert sparsify.count_kept(k / d, 0, d_l) == min(d_l, max(1, k * d_l // d)), (k, d, d_l)
 
 
 def test_wrong_input_is_refused():

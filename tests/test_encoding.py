@@ -99,6 +99,69 @@ def test_auto_choices_on_known_cases():
     assert pick(list(range(0, 1000, 2)), 1000) == "bitmap"  # 125 bytes against 1000 and 2000
 
 
+# -- index width against the vector's size (no 2^31-float allocation: index paths only) ----------------------------
+BIG = (1 << 33) + 10  # a declared size beyond int32's reach; nothing of this size is allocated
+
+
+def test_indices_beyond_int32_travel_as_int64_and_decode_exactly():
+    idx = torch.tensor([5, (1 << 32) + 5, BIG - 1])  # int32 would wrap the second to 5
+    p = encode_sparse(idx, torch.tensor([1.0, 2.0, 3.0]), BIG)
+    assert p.meta["index_coding"] == "int64" and p.indices.dtype == torch.int64
+    got_idx, got_vals = decode_sparse(p, BIG)
+    assert got_idx.tolist() == idx.tolist() and got_vals.tolist() == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("numel", [(1 << 31) - 1, 1 << 31, (1 << 31) + 1, 1 << 40])
+def test_auto_never_picks_a_coding_that_cannot_address_the_vector(numel):
+    idx = torch.tensor([0, 70_000, numel - 1])  # gaps too wide for delta16
+    p = encode_sparse(idx, torch.ones(3), numel)
+    assert p.meta["index_coding"] == ("int32" if numel <= 1 << 31 else "int64")
+    assert decode_sparse(p, numel)[0].tolist() == idx.tolist()
+
+
+def test_explicit_int32_is_refused_for_a_vector_beyond_2_31_coordinates():
+    with pytest.raises(ValueError, match="int32 cannot address a vector of 2147483649 coordinates"):
+        encode_sparse(torch.tensor([1, 2]), torch.ones(2), (1 << 31) + 1, index_coding="int32")
+    p = encode_sparse(torch.tensor([1, (1 << 31) - 1]), torch.ones(2), 1 << 31, index_coding="int32")
+    assert p.indices.dtype == torch.int32  # 2^31 coordinates: every index fits
+
+
+def test_int32_payload_for_a_vector_beyond_2_31_coordinates_is_refused_on_decode():
+    p = Payload(
+        "sparse", BIG, torch.ones(1), indices=torch.tensor([5], dtype=torch.int32), meta={"index_coding": "int32"}
+    )
+    with pytest.raises(ProtocolError) as err:
+        decode_sparse(p, BIG)
+    assert err.value.code == "bad_encoding" and "cannot address" in err.value.message
+
+
+def test_delta16_falls_back_to_a_coding_that_addresses_the_vector():
+    wide = encode_sparse(torch.tensor([0, 1 << 32]), torch.ones(2), BIG, index_coding="delta16")
+    assert wide.meta["index_coding"] == "int64" and decode_sparse(wide, BIG)[0].tolist() == [0, 1 << 32]
+    small = encode_sparse(torch.tensor([0, 1 << 20]), torch.ones(2), 1 << 21, index_coding="delta16")
+    assert small.meta["index_coding"] == "int32"  # small models keep their wire format
+
+
+def test_int64_payloads_are_validated_like_int32_ones():
+    def p(idx, numel=10):
+        return Payload("sparse", numel, torch.ones(len(idx)), indices=torch.tensor(idx), meta={"index_coding": "int64"})
+
+    assert decode_sparse(p([1, 9]), 10)[0].tolist() == [1, 9]
+    for bad, code in (([3, 10], "bad_index"), ([4, 4], "bad_index"), ([-1, 2], "bad_index")):
+        with pytest.raises(ProtocolError) as err:
+            decode_into(p(bad), 10, fresh_out(10))
+        assert err.value.code == code
+    wrong_dtype = Payload("sparse", 10, torch.ones(1), indices=torch.tensor([1], dtype=torch.int32))
+    wrong_dtype.meta = {"index_coding": "int64"}
+    with pytest.raises(ProtocolError, match="expected torch.int64"):
+        decode_sparse(wrong_dtype, 10)
+
+
+def test_encoder_refuses_indices_outside_the_vector():
+    with pytest.raises(ValueError, match=r"must lie in \[0, 10\)"):
+        encode_sparse(torch.tensor([3, 10]), torch.ones(2), 10)
+
+
 def test_natural_round_trip_is_exact():
     x = torch.tensor([0.0, -0.0, 1.0, -2.0, 0.125, 2.0**-126, -(2.0**127), 2.0**100, -(2.0**-100)])
     p = encode_natural(x)

@@ -12,8 +12,8 @@ import torch
 
 from protocol.errors import ConfigError
 from tests.helpers import make_config
-from worker.tasks import Task
-from worker.tasks.data import MNIST_MEAN, MNIST_STD, check_data, load_dataset
+from worker.tasks import Task, files
+from worker.tasks.data import MNIST_MEAN, MNIST_STD, DataShape, check_data, load_dataset
 from worker.tasks.files import IDX_IMAGES, IDX_LABELS, read_idx, read_libsvm, read_mnist_pair
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,7 +243,7 @@ def test_check_data_names_the_key_and_the_missing_file(tmp_path):
     assert info.value.key == "task.path" and "a9a does not exist" in info.value.message
 
 
-def test_check_data_reads_headers_and_first_lines(tmp_path):
+def test_check_data_checks_image_and_label_counts_and_test_file_lines(tmp_path):
     folder = make_mnist(tmp_path / "m", n_train=5, n_test=4, gz=True)
     check_data(make_config(task={"dataset": "mnist", "path": str(folder)}))
     write(folder / "t10k-labels-idx1-ubyte", idx_bytes(np.zeros(3), IDX_LABELS), gz=True)
@@ -304,3 +304,129 @@ def test_tiny_mnist_folder_trains_through_the_task(tmp_path, model):
     after = task.evaluate(task.net.params.clone(), 10000)
     assert after["train_loss"] < 0.5 * before["train_loss"]
     assert after["test_acc"] > 0.8 > before["test_acc"]
+
+
+# ---- the pre-launch check reads every byte: bodies, labels, gzip streams, every LIBSVM line ----
+
+
+def _mnist_cfg(folder: Path, **task):
+    return make_config(task={"dataset": "mnist", "path": str(folder), **task})
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_check_data_refuses_an_idx_body_shorter_than_its_header(tmp_path, gz):
+    folder = make_mnist(tmp_path / "m", n_train=6, n_test=4, gz=gz)
+    images = folder / (NAMES["train"][0] + (".gz" if gz else ""))
+    body = (gzip.decompress if gz else bytes)(images.read_bytes())
+    write(folder / NAMES["train"][0], body[:-100], gz)  # valid header, 100 pixels missing
+    with pytest.raises(ConfigError, match=r"header says 6 x 28 x 28 = 4704 bytes of data, the file holds 4604") as info:
+        check_data(_mnist_cfg(folder))
+    assert info.value.key == "task.path"
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_check_data_refuses_a_label_outside_0_to_9(tmp_path, gz):
+    folder = make_mnist(tmp_path / "m", n_train=6, n_test=4, gz=gz)
+    write(folder / NAMES["test"][1], idx_bytes(np.array([1, 2, 200, 3]), IDX_LABELS), gz)
+    with pytest.raises(ConfigError, match=r"t10k-labels-idx1-ubyte(.gz)?: label 200 at index 2 is outside 0..9"):
+        check_data(_mnist_cfg(folder))
+
+
+def test_check_data_refuses_a_corrupt_gzip_stream(tmp_path):
+    folder = make_mnist(tmp_path / "m", n_train=300, n_test=4, gz=True)
+    path = folder / (NAMES["train"][0] + ".gz")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x55  # deflate data damaged mid-stream (zlib.error) or the CRC fails at the end
+    path.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match="cannot decompress") as info:
+        check_data(_mnist_cfg(folder))
+    assert info.value.key == "task.path" and str(path) in info.value.message
+
+
+def test_readers_name_the_file_for_every_kind_of_corrupt_gzip(tmp_path):
+    """zlib.error (damaged deflate data) is not an OSError: it escaped the reader as a bare traceback."""
+    good = gzip.compress(idx_bytes(np.random.default_rng(0).integers(0, 256, (8, 20, 25)), IDX_IMAGES))
+    path = tmp_path / "x.gz"
+    for pos in range(12, len(good) - 8, 7):  # every 7th byte after the gzip header, each damaged in turn
+        damaged = bytearray(good)
+        damaged[pos] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(ValueError) as err:
+            read_idx(path, IDX_IMAGES)
+        assert str(err.value).startswith(f"{path}: "), (pos, err.value)
+
+
+def test_idx_check_reads_in_chunks_across_header_and_label_boundaries(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "CHUNK_BYTES", 5)  # the 8-byte label header and the labels span chunks
+    files.check_idx.cache_clear()
+    labels = write(tmp_path / "lab", idx_bytes(np.array([0, 1, 2, 3, 4, 5, 6, 9, 10, 1]), IDX_LABELS), gz=True)
+    with pytest.raises(ValueError, match="label 10 at index 8 is outside 0..9"):
+        files.check_idx(labels, IDX_LABELS, 10)
+    images = write(tmp_path / "img", GOOD)
+    assert files.check_idx(images, IDX_IMAGES) == (3, 4, 5)
+    files.check_idx.cache_clear()
+
+
+def test_check_data_refuses_an_mnist_folder_without_images(tmp_path):
+    folder = make_mnist(tmp_path / "m", n_train=0, n_test=4)
+    with pytest.raises(ConfigError, match="no image to learn from"):
+        check_data(_mnist_cfg(folder))
+
+
+def test_check_data_parses_every_libsvm_line(tmp_path):
+    lines = [f"{1 if i % 2 else -1} 1:{i}" for i in range(500)]
+    lines[400] = "1 1:oops"
+    (tmp_path / "train").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"train:401: value 'oops' of feature 1 is not a number") as info:
+        check_data(make_config(task={"dataset": "libsvm", "path": str(tmp_path / "train")}))
+    assert info.value.key == "task.path"
+
+
+@pytest.mark.parametrize(
+    "train,test,task,key,message",
+    [
+        ("1 1:1\n" * 50 + "1 2:1\n", None, {}, "task.path", "only one label (1)"),
+        ("1 1:1\n-1 2:1\n", "1 1:1\n# c\n2 2:1\n", {}, "task.test_path", "test:3: label 2 does not occur in"),
+        ("1 1:1\n" * 30 + "-1 9:1\n", None, {"features": 5}, "task.features", "train:31: feature index 9 exceeds"),
+        ("1 1:1\n-1 2:1\n", "1 7:1\n", {"features": 3}, "task.features", "test:1: feature index 7 exceeds"),
+        ("1 qid:1\n-1 qid:2\n", None, {}, "task.path", "no sample has a feature"),
+    ],
+    ids=["one_label", "unknown_test_label", "index_beyond_features", "test_index_beyond_features", "no_feature"],
+)
+def test_check_data_refuses_what_read_libsvm_would_refuse_in_every_process(tmp_path, train, test, task, key, message):
+    (tmp_path / "train").write_text(train)
+    task = {"dataset": "libsvm", "path": str(tmp_path / "train"), "model": "logreg", **task}
+    if test is not None:
+        (tmp_path / "test").write_text(test)
+        task["test_path"] = str(tmp_path / "test")
+    with pytest.raises(ConfigError) as info:
+        check_data(make_config(task=task))
+    assert info.value.key == key and message in info.value.message, info.value
+
+
+def test_check_data_refuses_too_few_training_samples_for_the_workers(tmp_path):
+    (tmp_path / "train").write_text("1 1:1\n-1 2:1\n1 3:1\n-1 1:1\n")
+    (tmp_path / "test").write_text("1 1:1\n")
+    task = {"dataset": "libsvm", "path": str(tmp_path / "train"), "test_path": str(tmp_path / "test")}
+    with pytest.raises(ConfigError, match="each of the 5 workers its own slice") as info:
+        check_data(make_config(workers=5, task={**task, "sampling": "shard"}))
+    assert info.value.key == "task.sampling"
+    assert check_data(make_config(workers=4, task={**task, "sampling": "shard"})).train_samples == 4
+    tiny = {"dataset": "synthetic", "synthetic": {"samples": 10}, "test_fraction": 0.96}
+    with pytest.raises(ConfigError, match="leaves 0 for training") as info:
+        check_data(make_config(task=tiny))
+    assert info.value.key == "task.test_fraction"
+
+
+def test_check_data_returns_the_shape_the_model_is_built_for(tmp_path):
+    folder = make_mnist(tmp_path / "m", n_train=7, n_test=3, gz=True)
+    assert check_data(_mnist_cfg(folder, model="cnn")) == DataShape((1, 28, 28), 10, 7)
+    for task in ({"dataset": "digits", "model": "logreg"}, {"dataset": "digits", "model": "cnn", "test_fraction": 0.3}):
+        data = load_dataset(make_config(task=task).task)
+        assert check_data(make_config(task=task)) == DataShape(data.input_shape, 10, len(data.x_train))
+    (tmp_path / "train").write_text("3 1:1\n1 2:1\n2 4:0.5\n1 1:1\n3 1:1\n")
+    task = {"dataset": "libsvm", "path": str(tmp_path / "train"), "model": "logreg"}
+    data = load_dataset(make_config(task=task).task)
+    assert check_data(make_config(task=task)) == DataShape((4,), 3, len(data.x_train)) and data.input_shape == (4,)
+    quadratic = {"dataset": "synthetic", "synthetic": {"kind": "quadratic"}}
+    assert check_data(make_config(task=quadratic)) is None

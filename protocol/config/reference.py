@@ -112,22 +112,22 @@ def class_doc(cls: type) -> str:
 def check_rules(cls: type) -> dict[str, list[str]]:
     """Messages of the `require(condition, key, message)` calls in cls.check, by key (relative to cls).
 
-    A key given by a loop variable over a tuple of strings counts for each of them; a message built by
-    an f-string shows '...' where the value goes; calls whose key is computed otherwise are left out.
+    The methods `check` calls to split its work, named `_check...`, count as part of it. A key given by a
+    loop variable over a tuple of strings counts for each of them; a message built by an f-string shows
+    '...' where the value goes; calls whose key is computed otherwise are left out.
     """
-    check = next(
-        (n for n in _class_node(cls).body if isinstance(n, ast.FunctionDef) and n.name == "check"),
-        None,
-    )
-    if check is None:
-        return {}
+    checks = [
+        n
+        for n in _class_node(cls).body
+        if isinstance(n, ast.FunctionDef) and (n.name == "check" or n.name.startswith("_check"))
+    ]
     loops: dict[str, list[str]] = {}
-    for node in ast.walk(check):
+    for node in (n for check in checks for n in ast.walk(check)):
         if isinstance(node, ast.For) and isinstance(node.target, ast.Name) and isinstance(node.iter, ast.Tuple):
             values = [e.value for e in node.iter.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
             loops[node.target.id] = values
     rules: dict[str, list[str]] = {}
-    for node in ast.walk(check):
+    for node in (n for check in checks for n in ast.walk(check)):
         if not (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name)
@@ -288,8 +288,10 @@ its checks are the schema's own. To change the page, change the schema's comment
   `sweep.KEY=[v1, v2]` adds a swept key (e.g. `'sweep.optimizer.lr=[3e-3, 1e-2]'`).
 - **Numbers.** Numbers such as `1e-3` are accepted for int and float keys, in the file and on the command
   line (PyYAML reads an exponent without a decimal point as a string; the schema converts it).
-  An int key takes `1e3` but refuses `1.5`.
-- **Checks.** Every key and value is checked before any process starts. An unknown key names the closest
+  An int key takes `1e3` but refuses `1.5`. Every float must be finite (`.inf`, `1e999` and `.nan` are
+  refused) and every int must fit in 64 bits; the *refused with* column lists each key's own bounds.
+- **Checks.** Every key and value is checked before any process starts. A key written twice in one
+  mapping is refused, naming both lines (YAML itself would keep the last). An unknown key names the closest
   known one; a bad value stops with `error: config key 'optimizer.lr': must be > 0` and exit code 2.
   The *refused with* column lists the messages the schema's checks give for a bad value of each key (some
   checks concern a combination with other keys, e.g. sync mode).

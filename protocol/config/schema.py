@@ -21,6 +21,18 @@ FILE_DATASETS = ("mnist", "libsvm")  # read from local files named by task.path
 MODELS = ("logreg", "mlp", "cnn")
 OPTIMIZERS = ("amsgrad", "adam", "sgd")
 
+# Bounds where a value reaches a consumer narrower than the builder's 64-bit ints and finite floats:
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes [-2^63, 2^64), numpy's SeedSequence and default_rng only >= 0
+MAX_WAIT_S = (2**31 - 1) / 1000  # ZeroMQ timeouts and zmq_poll take milliseconds in a C int: 24.8 days
+FLOAT32_MAX = 3.4028234663852886e38  # values that enter float32 arithmetic must not become inf there
+FLOAT32_TINY = 1.1754943508222875e-38  # float32's smallest normal; a smaller eps is 0 (or flushed) in float32
+MAX_ELEMENTS = 1 << 28  # one dense float32 array of data or of a layer's width: 1 GiB
+MAX_THREADS = 1024  # torch.set_num_threads takes a C int; OpenMP would start that many threads
+MAX_CUDA_INDEX = 127  # torch keeps a device index in an int8: cuda:128 reads as cuda:-128
+MAX_FACTOR = 1000  # worker.slowdown and worker.jitter: keeps the simulated sleep finite for time.sleep
+IPC_PATH_BYTES = 107  # sun_path of a Unix socket holds 108 bytes, the terminating NUL included
+MAX_NAME = 200  # the run folder adds -sweep, -YYYYmmdd-HHMMSS and a counter within a 255-byte file name
+
 
 def require(ok: bool, key: str, message: str) -> None:
     if not ok:
@@ -44,17 +56,27 @@ class SyntheticConfig:
 
     def check(self) -> None:
         require(self.dim >= 1, "dim", "must be >= 1")
-        require(self.dim <= 1 << 28, "dim", "must be <= 2^28 (1 GiB of float32)")
+        require(self.dim <= MAX_ELEMENTS, "dim", "must be <= 2^28 (1 GiB of float32)")
         require(self.samples >= 10, "samples", "must be >= 10")
         require(
-            self.kind == "quadratic" or self.samples * self.dim <= 1 << 28,
+            self.kind == "quadratic" or self.samples * self.dim <= MAX_ELEMENTS,
             "samples",
             "samples * dim must be <= 2^28 floats (1 GiB)",
         )
-        require(self.optimum_scale >= 0, "optimum_scale", "must be >= 0")
-        require(self.init_scale >= 0, "init_scale", "must be >= 0")
+        require(0 <= self.optimum_scale <= 1e36, "optimum_scale", "must be in [0, 1e36] (x* must be finite in float32)")
+        require(
+            0 <= self.init_scale <= 1e18, "init_scale", "must be in [0, 1e18] (the loss ~ init_scale^2 / 2 in float32)"
+        )
         require(self.classes >= 2, "classes", "must be >= 2")
+        require(
+            self.kind != "logistic" or self.dim * self.classes <= MAX_ELEMENTS,
+            "classes",
+            "dim * classes must be <= 2^28 floats (the teacher matrix that labels the data)",
+        )
         require(self.noise >= 0, "noise", "must be >= 0")
+        require(self.kind != "logistic" or self.noise <= 1, "noise", "is a label flip rate for logistic: at most 1")
+        require(self.noise <= 1e18, "noise", "must be <= 1e18 (its square enters float32 losses)")
+        require(0 <= self.data_seed <= MAX_SEED, "data_seed", "must be in [0, 2^63 - 1] (torch and numpy seeds)")
 
 
 @dataclass(frozen=True)
@@ -77,10 +99,12 @@ class TaskConfig:
 
     def check(self) -> None:
         require(self.batch_size >= 0, "batch_size", "must be >= 0 (0 = full local data)")
-        require(all(h >= 1 for h in self.hidden), "hidden", "widths must be >= 1")
-        require(all(c >= 1 for c in self.channels) and self.channels, "channels", "must be >= 1")
+        require(all(1 <= h <= MAX_ELEMENTS for h in self.hidden), "hidden", "widths must be in [1, 2^28]")
+        require(
+            all(1 <= c <= MAX_ELEMENTS for c in self.channels) and self.channels, "channels", "must be in [1, 2^28]"
+        )
         require(0 < self.test_fraction < 1, "test_fraction", "must be in (0, 1)")
-        require(self.reg_lambda >= 0, "reg_lambda", "must be >= 0")
+        require(0 <= self.reg_lambda <= FLOAT32_MAX, "reg_lambda", "must be in [0, 3.4e38] (float32)")
         require(
             self.model != "cnn" or self.dataset in ("digits", "mnist"),
             "model",
@@ -93,6 +117,7 @@ class TaskConfig:
         )
         require(self.test_path == "" or self.dataset == "libsvm", "test_path", "applies to dataset libsvm only")
         require(self.features >= 0, "features", "must be >= 0 (0 = infer from the files)")
+        require(self.features <= MAX_ELEMENTS, "features", "must be <= 2^28 (one sample must fit in 1 GiB of float32)")
         require(self.features == 0 or self.dataset == "libsvm", "features", "applies to dataset libsvm only")
 
 
@@ -100,7 +125,7 @@ class TaskConfig:
 class WorkerConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N  (gradients on this device; the wire is always host memory)
     threads: int = 1  # torch intra-op threads per worker process
-    slowdown: tuple[float, ...] = ()  # per-rank compute-time multiplier (>= 1); missing ranks run at 1
+    slowdown: tuple[float, ...] = ()  # per-rank compute-time multiplier (1 to 1000); missing ranks run at 1
     jitter: float = 0.0  # random extra compute time, as a fraction of the step's compute time
     compute_s: float = 0.0  # simulated extra compute per step (seconds of sleep), scaled by slowdown
     # worker ranks hosted by one OS process: each is a full worker (own socket, own seeds) on its own
@@ -108,11 +133,21 @@ class WorkerConfig:
     per_process: int = 1
 
     def check(self) -> None:
-        require(re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None, "device", "must be cpu, cuda or cuda:N")
-        require(self.threads >= 1, "threads", "must be >= 1")
-        require(all(s >= 1 for s in self.slowdown), "slowdown", "factors must be >= 1")
-        require(self.jitter >= 0, "jitter", "must be >= 0")
+        match = re.fullmatch(r"cpu|cuda(:(\d+))?", self.device)
+        require(match is not None, "device", "must be cpu, cuda or cuda:N")
+        require(
+            int(match[2] or 0) <= MAX_CUDA_INDEX, "device", "cuda:N takes N <= 127 (torch's device index is an int8)"
+        )
+        require(1 <= self.threads <= MAX_THREADS, "threads", "must be in [1, 1024]")
+        require(all(1 <= s <= MAX_FACTOR for s in self.slowdown), "slowdown", "factors must be in [1, 1000]")
+        require(0 <= self.jitter <= MAX_FACTOR, "jitter", "must be in [0, 1000]")
         require(self.compute_s >= 0, "compute_s", "must be >= 0")
+        longest = max(self.slowdown, default=1.0) * (1 + self.jitter) * self.compute_s
+        require(
+            longest <= MAX_WAIT_S,
+            "compute_s",
+            "times the largest slowdown and (1 + jitter) must be <= 2147483 s (a sleep of 24.8 days)",
+        )
         require(1 <= self.per_process <= 256, "per_process", "must be in [1, 256]")
 
 
@@ -134,7 +169,15 @@ class OptimizerConfig:
         require(self.lr > 0, "lr", "must be > 0")
         require(all(0 <= b < 1 for b in self.betas), "betas", "must be in [0, 1)")
         require(self.eps >= 0, "eps", "must be >= 0")
+        require(
+            self.eps >= FLOAT32_TINY or self.name == "sgd" or self.form == "paper",
+            "eps",
+            "must be >= 1.2e-38 for adam and amsgrad (torch form): a smaller eps is 0 in float32, and a "
+            "coordinate whose gradient is 0 steps by 0/0 = NaN",
+        )
         require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        for key in ("lr", "eps", "weight_decay"):
+            require(getattr(self, key) <= FLOAT32_MAX, key, "must be <= 3.4e38 (it enters float32 arithmetic)")
         require(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
         require(0 <= self.dampening <= 1, "dampening", "must be in [0, 1]")
         require(self.form == "torch" or self.name == "amsgrad", "form", "'paper' applies to amsgrad only")
@@ -154,7 +197,9 @@ class StalenessConfig:
     max_staleness: int | None = None  # pushes staler than this are dropped (or down-weighted)
     over_bound: Literal["drop", "downweight"] = "drop"  # downweight: lr *= max_staleness / tau
     ssp: int | None = None  # stale synchronous parallel: a worker > ssp pushes ahead of the slowest waits
-    apply_every: int = 1  # average k pushes into one optimizer step
+    # average k pushes into one optimizer step, with the group's mean lr (so with lr_rule constant, over_bound
+    # drop and a server momentum buffer: none of them can give each push its own lr or buffer)
+    apply_every: int = 1
     barrier: bool = False  # with apply_every: hold replies until the step (apply_every = workers: sync PS)
     delay: Literal["none", "uniform", "constant"] = "none"  # artificial delay: reply with an older snapshot
     delay_versions: int = 1  # D: uniform draws from the last D versions (tau ~ U{0..D-1}); constant: tau = D-1
@@ -168,6 +213,25 @@ class StalenessConfig:
         require(not self.barrier or self.apply_every > 1, "barrier", "needs apply_every > 1")
         require(self.delay_versions >= 1, "delay_versions", "must be >= 1")
         require(self.delay_memory_mb > 0, "delay_memory_mb", "must be > 0")
+        # a group of apply_every pushes takes one step with the group's mean lr: no push gets its own lr
+        require(
+            self.apply_every == 1 or self.lr_rule == "constant",
+            "lr_rule",
+            "must be constant with apply_every > 1 (the group steps once with the mean lr, which does not "
+            "weight each push by its own lr): use lr_rule constant, or apply_every 1 for a staleness rule",
+        )
+        require(
+            self.apply_every == 1 or self.over_bound == "drop",
+            "over_bound",
+            "downweight cannot be combined with apply_every > 1 (the group steps once with the mean lr, "
+            "not each push with its own weight): use over_bound drop, or apply_every 1",
+        )
+        bound = self.max_staleness
+        require(
+            self.delay != "constant" or self.over_bound != "drop" or bound is None or bound >= self.delay_versions - 1,
+            "max_staleness",
+            "is below delay_versions - 1, the staleness delay constant gives every push: all would be dropped",
+        )
 
 
 METHODS = ("none", "naive", "ef14", "ef21", "ef21-sgdm", "ef21-sgd2m")
@@ -188,7 +252,10 @@ class CompressionConfig:
     scaled: bool = False  # randk: scale kept values by d/k (unbiased) instead of not (contractive)
     levels: int = 16  # qsgd: quantization levels s (1..127)
     values: Literal["float32", "bfloat16", "float16"] = "float32"  # wire dtype of the values sent
-    indices: Literal["auto", "int32", "delta16", "bitmap"] = "auto"  # sparse index coding (auto = smallest)
+    # sparse index coding. auto: the smallest that can address the model (int64 indices above 2^31
+    # parameters); int32 needs a model of at most 2^31 parameters (the launcher checks); delta16 falls back to
+    # int32 (above 2^31: int64 or bitmap) when a gap is 65536 or more
+    indices: Literal["auto", "int32", "delta16", "bitmap"] = "auto"
     eta: float = 0.1  # ef21-sgdm/-sgd2m: momentum weight on the new gradient (eta = 1 gives EF21)
     resync_every: int = 1000  # server: recompute g = mean of g_i exactly every this many pushes
 
@@ -212,10 +279,15 @@ class CompressionConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    endpoint: str = "tcp://127.0.0.1:0"  # tcp://HOST:PORT (port 0 = any free port) or ipc:///path
+    # tcp://HOST:PORT (port 0 = any free port) or ipc:///path; before starting anything the launcher binds it
+    # once (an address of this host, a free port) or checks the ipc folder (launch/preflight.py)
+    endpoint: str = "tcp://127.0.0.1:0"
     threads: int = 1  # torch intra-op threads in the server (the step is memory-bound)
-    chunk_bytes: int = 1 << 20  # tensors travel as frames of at most this size (1 MiB moves fastest)
-    max_message_bytes: int = 1 << 31  # larger messages are refused before allocation
+    # tensors travel as frames of at most this size (1 MiB moves fastest); a tensor may have 65536 frames
+    chunk_bytes: int = 1 << 20
+    # larger messages are refused before allocation; the launcher checks the model's largest message fits
+    # (its float32 parameters, or a push as compression makes it)
+    max_message_bytes: int = 1 << 31
     send_timeout_s: float = 30.0  # a send that cannot be queued for this long fails
     reply_timeout_s: float = 120.0  # a worker waits this long for a reply before failing
     connect_timeout_s: float = 30.0  # a worker gives up joining after this long (heartbeats extend it)
@@ -232,15 +304,33 @@ class ServerConfig:
     status_every_s: float = 0.5  # how often the server publishes its counters (status.json)
 
     def check(self) -> None:
+        tcp = re.fullmatch(r"tcp://[^:]+:(\d+|\*)", self.endpoint)
         require(
-            re.fullmatch(r"(tcp://[^:]+:(\d+|\*)|ipc://.+)", self.endpoint) is not None,
+            tcp is not None or re.fullmatch(r"ipc://.+", self.endpoint) is not None,
             "endpoint",
             f"must look like tcp://127.0.0.1:0 or ipc:///tmp/name, got {self.endpoint!r}",
         )
-        require(self.threads >= 1, "threads", "must be >= 1")
+        require(tcp is None or tcp[1] == "*" or int(tcp[1]) <= 65535, "endpoint", "a tcp port must be in [0, 65535]")
+        require(
+            tcp is not None or len(self.endpoint[len("ipc://") :].encode()) <= IPC_PATH_BYTES,
+            "endpoint",
+            "an ipc path must be at most 107 bytes (a Unix socket address holds no more)",
+        )
+        require(1 <= self.threads <= MAX_THREADS, "threads", "must be in [1, 1024]")
         require(1 << 10 <= self.chunk_bytes <= 1 << 30, "chunk_bytes", "must be in [1 KiB, 1 GiB]")
         require(self.max_message_bytes >= 1 << 16, "max_message_bytes", "must be >= 64 KiB")
         require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be > 0 (or null)")
+        require(
+            self.chunk_bytes <= self.max_message_bytes,
+            "chunk_bytes",
+            "must be <= server.max_message_bytes: ZeroMQ drops a frame larger than its MAXMSGSIZE together "
+            "with the connection, and the peer waits out its timeout",
+        )
+        require(
+            self.send_timeout_s >= 0.001,
+            "send_timeout_s",
+            "must be >= 0.001 (ZeroMQ counts it in whole milliseconds: less is 0, a send that never waits)",
+        )
         for key in (
             "send_timeout_s",
             "reply_timeout_s",
@@ -251,6 +341,7 @@ class ServerConfig:
             "status_every_s",
         ):
             require(getattr(self, key) > 0, key, "must be > 0")
+            require(getattr(self, key) <= MAX_WAIT_S, key, "must be <= 2147483 s (24.8 days: a C int of milliseconds)")
 
 
 @dataclass(frozen=True)
@@ -268,10 +359,10 @@ class RunConfig:
 
     def check(self) -> None:
         require(self.max_updates >= 1, "max_updates", "must be >= 1")
-        require(self.max_seconds > 0, "max_seconds", "must be > 0")
-        require(self.eval_every_s > 0, "eval_every_s", "must be > 0")
         require(self.eval_max_samples >= 1, "eval_max_samples", "must be >= 1")
-        require(self.progress_every_s > 0, "progress_every_s", "must be > 0")
+        for key in ("max_seconds", "eval_every_s", "progress_every_s"):
+            require(getattr(self, key) > 0, key, "must be > 0")
+            require(getattr(self, key) <= MAX_WAIT_S, key, "must be <= 2147483 s (24.8 days: a C int of milliseconds)")
 
 
 @dataclass(frozen=True)
@@ -299,8 +390,16 @@ class ExperimentConfig:
             "name",
             "use letters, digits, '_', '.', '-' only (it names the run folder)",
         )
+        require(len(self.name) <= MAX_NAME, "name", "must be at most 200 characters (it names the run folder)")
+        require(0 <= self.seed <= MAX_SEED, "seed", "must be in [0, 2^63 - 1] (torch and numpy seeds)")
         require(1 <= self.workers <= 256, "workers", "must be in [1, 256]")
         require(len(self.worker.slowdown) <= self.workers, "worker.slowdown", "has more entries than workers")
+        self._check_staleness()
+        if self.mode == "sync":  # the baseline steps with the server's optimizers; nothing in it is ever stale
+            self._check_sync()
+        self._check_sweep()
+
+    def _check_staleness(self) -> None:
         st = self.staleness
         require(
             not st.barrier or st.apply_every <= self.workers,
@@ -312,18 +411,27 @@ class ExperimentConfig:
             "staleness.delay",
             "the artificial delay cannot be combined with ssp or apply_every",
         )
-        if self.mode == "sync":  # the baseline steps with the server's optimizers; nothing in it is ever stale
-            require(st.delay == "none", "staleness.delay", "does not apply in sync mode (nothing is stale)")
-            require(
-                st.apply_every == 1,
-                "staleness.apply_every",
-                "does not apply in sync mode (every step already averages all workers)",
-            )
-            require(
-                self.worker.per_process == 1,
-                "worker.per_process",
-                "must be 1 in sync mode (every torch.distributed rank is its own process)",
-            )
+        require(
+            st.apply_every == 1 or self.optimizer.momentum_mode != "shifted",
+            "optimizer.momentum_mode",
+            "shifted cannot be combined with staleness.apply_every > 1 (the group's averaged step would go into "
+            "the last pusher's buffer): use momentum_mode server, or apply_every 1",
+        )
+
+    def _check_sync(self) -> None:
+        require(self.staleness.delay == "none", "staleness.delay", "does not apply in sync mode (nothing is stale)")
+        require(
+            self.staleness.apply_every == 1,
+            "staleness.apply_every",
+            "does not apply in sync mode (every step already averages all workers)",
+        )
+        require(
+            self.worker.per_process == 1,
+            "worker.per_process",
+            "must be 1 in sync mode (every torch.distributed rank is its own process)",
+        )
+
+    def _check_sweep(self) -> None:
         for key, values in self.sweep.items():
             require(
                 _is_setting(ExperimentConfig, key),

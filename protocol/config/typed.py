@@ -2,14 +2,18 @@
 
 Supported field types: bool, int, float, str, Literal[...], X | None, list[X], tuple[X, ...],
 dict[str, X] and nested dataclasses. Numbers written as strings (PyYAML reads `1e-3` as a string)
-are accepted for int and float fields. A dataclass may define `check(self) -> None` that raises
-ConfigError with a key relative to itself; `build` prefixes the path.
+are accepted for int and float fields. Bounds that hold for every field, whatever its section checks:
+a float is finite (inf and nan are refused: no field takes them; an unbounded setting is written as
+null where the schema offers it), an int fits in a signed 64-bit integer (what torch, numpy, msgpack and
+ZeroMQ take). A dataclass may define `check(self) -> None` that raises ConfigError with a key relative to
+itself; `build` prefixes the path.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -18,6 +22,7 @@ from typing import Any, Literal
 from protocol.errors import ConfigError
 
 T = typing.TypeVar("T")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def build(cls: type[T], data: Any, path: str = "") -> T:
@@ -96,22 +101,40 @@ def _scalar(hint: Any, value: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(key, f"expected true or false, got {value!r}")
-    if hint in (int, float):
-        number = _number(value)
-        if number is None or number != number:
-            raise ConfigError(key, f"expected a number, got {value!r}")
-        if hint is int and number in (float("inf"), float("-inf")):
-            raise ConfigError(key, f"expected an integer, got {value!r}")
-        if hint is int:
-            if number != int(number):
-                raise ConfigError(key, f"expected an integer, got {value!r}")
-            return int(number)
-        return float(number)
+    if hint is int:
+        return _integer(value, key)
+    if hint is float:
+        return _finite_float(value, key)
     if hint is str:
         if isinstance(value, str):
             return value
         raise ConfigError(key, f"expected a string, got {_kind(value)} {value!r}")
     raise ConfigError(key, f"unsupported config type {hint!r}")
+
+
+def _integer(value: Any, key: str) -> int:
+    number = _number(value)
+    if number is None or number != number:
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if isinstance(number, float) and (not math.isfinite(number) or number != int(number)):
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    number = int(number)
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise ConfigError(key, f"{value!r} does not fit in a 64-bit integer (-2^63 .. 2^63 - 1)")
+    return number
+
+
+def _finite_float(value: Any, key: str) -> float:
+    number = _number(value)
+    if number is None or number != number:
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    try:
+        number = float(number)
+    except OverflowError:  # an int beyond float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(key, f"must be a finite number, got {value!r}")
+    return number
 
 
 def _number(value: Any) -> float | None:

@@ -7,8 +7,11 @@ ProtocolError and nothing is written anywhere.
 
 dense    values: the whole vector in float32, bfloat16 or float16.
 sparse   values (k floats in float32/bfloat16/float16) at strictly increasing positions, coded as
-         int32 indices (4 bytes each), delta16 (uint16 gaps, 2 bytes each, when every gap < 65536) or
-         bitmap (one bit per coordinate, d/8 bytes); "auto" picks the smallest that fits.
+         int32 indices (4 bytes each; a vector of at most 2^31 coordinates), int64 indices (8 bytes each;
+         any size), delta16 (uint16 gaps, 2 bytes each, when every gap < 65536) or bitmap (one bit per
+         coordinate, d/8 bytes); "auto" picks the smallest that can address the vector. A vector of more
+         than 2^31 coordinates never travels as int32 (its indices would wrap): the encoder refuses an
+         explicit int32 and the decoder refuses an int32 payload for it.
 natural  powers of two (natural compression): one byte of float32 exponent per coordinate plus one
          sign bit per coordinate (9 bits per value, exact for 0 and +-2^e).
 qsgd     int8 levels l with |l| <= s per coordinate and one norm: value = norm * l / s.
@@ -25,7 +28,8 @@ import torch
 from protocol.errors import ProtocolError
 
 VALUE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-INDEX_CODINGS = ("int32", "delta16", "bitmap")
+INDEX_CODINGS = ("int32", "int64", "delta16", "bitmap")
+INT32_MAX_NUMEL = 1 << 31  # int32 indices address coordinates 0 .. 2^31 - 1
 ENCODINGS = ("dense", "sparse", "natural", "qsgd", "sign")
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 _SHIFTS = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
@@ -83,25 +87,55 @@ def narrow_counted(x: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, in
 def encode_sparse(
     indices: torch.Tensor, values: torch.Tensor, numel: int, value_dtype: str = "float32", index_coding: str = "auto"
 ) -> Payload:
-    """Sparse payload; `indices` must be strictly increasing (the compressors guarantee it)."""
+    """Sparse payload; `indices` must be strictly increasing in [0, numel) (the compressors guarantee it)."""
     indices, values = indices.cpu(), values.cpu()
-    coding = _choose_coding(indices, numel) if index_coding == "auto" else index_coding
-    if coding == "delta16" and not _fits_delta16(indices):
-        coding = "int32"  # a gap of 65536 or more: delta16 cannot code it
-    if coding == "int32":
-        coded = indices.to(torch.int32)
+    if indices.numel() and not (int(indices[0]) >= 0 and int(indices[-1]) < numel):
+        raise ValueError(f"sparse indices must lie in [0, {numel})")
+    coding = choose_index_coding(index_coding, indices, numel)
+    if coding in ("int32", "int64"):
+        coded = indices.to(torch.int32 if coding == "int32" else torch.int64)
     elif coding == "delta16":
         gaps = torch.diff(indices, prepend=indices.new_zeros(1))
         coded = gaps.to(torch.int32).to(torch.int16)  # gaps < 65536 wrap into int16's bit pattern
-    elif coding == "bitmap":
+    else:
         mask = torch.zeros(numel, dtype=torch.bool)
         mask[indices] = True
         coded = pack_bits(mask)
-    else:
-        raise ValueError(f"unknown index coding {coding!r}")
     wire_values, clipped = narrow_counted(values, torch.empty(values.numel(), dtype=VALUE_DTYPES[value_dtype]))
     meta: dict = {"index_coding": coding, **({"clipped": clipped} if clipped else {})}
     return Payload("sparse", numel, wire_values, indices=coded, meta=meta)
+
+
+def choose_index_coding(requested: str, indices: torch.Tensor, numel: int) -> str:
+    """The coding a sparse payload of these indices uses: `requested`, unless it cannot code them.
+
+    auto: the smallest that can address the vector. delta16 with a gap of 65536 or more: the fixed width
+    coding of the vector's size (int32 up to 2^31 coordinates, as always; above, int64 or the bitmap,
+    whichever is smaller). int32 for a vector of more than 2^31 coordinates: ValueError (indices would wrap).
+    """
+    if requested == "auto":
+        return _choose_coding(indices, numel)
+    if requested == "int32" and not index_coding_fits("int32", numel):
+        raise ValueError(
+            f"index coding int32 cannot address a vector of {numel} coordinates (at most 2^31): "
+            "use auto (it picks int64, delta16 or a bitmap)"
+        )
+    if requested == "delta16" and not _fits_delta16(indices):
+        return _wide_coding(indices.numel(), numel)  # a gap of 65536 or more: delta16 cannot code it
+    if requested not in INDEX_CODINGS:
+        raise ValueError(f"unknown index coding {requested!r}")
+    return requested
+
+
+def index_coding_fits(coding: str, numel: int) -> bool:
+    """Whether `coding` can address every coordinate of a vector of `numel` (delta16: given small gaps)."""
+    return coding != "int32" or numel <= INT32_MAX_NUMEL
+
+
+def _wide_coding(k: int, numel: int) -> str:
+    if numel <= INT32_MAX_NUMEL:
+        return "int32"
+    return "int64" if 8 * k <= (numel + 7) // 8 else "bitmap"
 
 
 def encode_natural(x: torch.Tensor) -> Payload:
@@ -129,10 +163,11 @@ def _fits_delta16(indices: torch.Tensor) -> bool:
 
 def _choose_coding(indices: torch.Tensor, numel: int) -> str:
     k = indices.numel()
-    sizes = {"int32": 4 * k, "bitmap": (numel + 7) // 8}
+    fixed = "int32" if index_coding_fits("int32", numel) else "int64"
+    sizes = {fixed: k * (4 if fixed == "int32" else 8), "bitmap": (numel + 7) // 8}
     if _fits_delta16(indices):
         sizes["delta16"] = 2 * k
-    return min(sizes, key=lambda c: (sizes[c], c != "int32"))
+    return min(sizes, key=lambda c: (sizes[c], c != fixed))
 
 
 # -- decode (server side: untrusted input) -------------------------------------------------------
@@ -145,8 +180,12 @@ def decode_sparse(p: Payload, numel: int, bounded: bool = False) -> tuple[torch.
     coding = p.meta.get("index_coding")
     if p.indices is None:
         raise ProtocolError("bad_encoding", "sparse payload without indices")
+    if coding in ("int32", "int64") and not index_coding_fits(coding, numel):
+        raise ProtocolError("bad_encoding", f"{coding} indices cannot address {numel} coordinates (at most 2^31)")
     if coding == "int32":
         idx = _expect(p.indices, torch.int32, values.numel(), "indices").to(torch.int64)
+    elif coding == "int64":
+        idx = _expect(p.indices, torch.int64, values.numel(), "indices")
     elif coding == "delta16":
         gaps = _expect(p.indices, torch.int16, values.numel(), "indices").to(torch.int64) & 0xFFFF
         idx = torch.cumsum(gaps, 0)

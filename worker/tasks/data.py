@@ -16,7 +16,14 @@ import torch
 
 from protocol.config.schema import ExperimentConfig, TaskConfig
 from protocol.errors import ConfigError
-from worker.tasks.files import check_mnist_pair, read_libsvm, read_libsvm_rows, read_mnist_pair
+from worker.tasks.files import (
+    MAX_DENSE_FLOATS,
+    LibsvmSummary,
+    check_mnist_pair,
+    read_libsvm,
+    read_mnist_pair,
+    scan_libsvm,
+)
 
 DATASET_NAMES = ("digits", "synthetic", "mnist", "libsvm")
 SPLIT_SEED = 20240607  # fixed: the digits (and libsvm without a test file) train/test split never changes
@@ -25,7 +32,7 @@ MNIST_SPLITS = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the customary normalization of MNIST pixels in [0, 1]
-CHECK_LINES = 100  # pre-launch check of a LIBSVM file parses this many samples, not the whole file
+DIGITS_SAMPLES, DIGITS_CLASSES = 1797, 10  # scikit-learn's bundled digits (the pre-launch check does not load them)
 
 
 @dataclass
@@ -160,26 +167,109 @@ def _libsvm(cfg: TaskConfig) -> Dataset:
     return Dataset(*parts, num_classes=len(d.classes), input_shape=(x.shape[1],))
 
 
-def check_data(cfg: ExperimentConfig) -> None:
-    """Fail before any process starts if the data files are missing or malformed (cheap: headers only).
+@dataclass(frozen=True)
+class DataShape:
+    """What the pre-launch check learns of a data set without loading it: enough to size the model."""
 
-    Raises ConfigError naming task.path or task.test_path. Built-in data sets need no check.
+    input_shape: tuple[int, ...]  # per sample, as Dataset.input_shape
+    classes: int | None  # None: regression
+    train_samples: int
+
+
+def check_data(cfg: ExperimentConfig) -> DataShape | None:
+    """Fail before any process starts if the data cannot train: files missing or malformed (every byte is
+    read, a chunk at a time: see files.py), or fewer training samples than the workers need. Returns the
+    data's shape (None for the synthetic quadratic, which has no data).
+
+    Raises ConfigError naming the key to fix (task.path, task.test_path, task.features, ...).
     """
     task = cfg.task
+    if task.dataset == "synthetic" and task.synthetic.kind == "quadratic":
+        return None
     if task.dataset == "mnist":
-        _as_config_error("task.path", lambda: _check_mnist(Path(task.path)))
+        shape = _as_config_error("task.path", lambda: _check_mnist(Path(task.path), image=task.model == "cnn"))
     elif task.dataset == "libsvm":
-        _as_config_error("task.path", lambda: read_libsvm_rows(_file(task.path), CHECK_LINES))
-        if task.test_path:
-            _as_config_error("task.test_path", lambda: read_libsvm_rows(_file(task.test_path), CHECK_LINES))
+        shape = _check_libsvm(task)
+    else:
+        shape = _builtin_shape(task)
+    _check_train_samples(cfg, shape.train_samples)
+    return shape
 
 
-def _check_mnist(folder: Path) -> None:
+def _builtin_shape(task: TaskConfig) -> DataShape:
+    if task.dataset == "digits":
+        shape = (1, 8, 8) if task.model == "cnn" else (64,)
+        return DataShape(shape, DIGITS_CLASSES, _held_out(DIGITS_SAMPLES, task.test_fraction))
+    s = task.synthetic
+    classes = s.classes if s.kind == "logistic" else None
+    return DataShape((s.dim,), classes, _held_out(s.samples, task.test_fraction))
+
+
+def _held_out(n: int, test_fraction: float) -> int:
+    """Training samples left when _split holds out test_fraction of n."""
+    return n - max(1, int(round(n * test_fraction)))
+
+
+def _check_train_samples(cfg: ExperimentConfig, n: int) -> None:
+    if cfg.task.sampling == "shard":
+        need, key = cfg.workers, "task.sampling"
+        why = f"shard gives each of the {cfg.workers} workers its own slice of the training samples"
+    else:
+        need, key, why = 1, "task.test_fraction", "a worker samples its minibatches from the training samples"
+    if n < need:
+        raise ConfigError(key, f"{why}, but the data leaves {n} for training (at least {need} needed)")
+
+
+def _check_mnist(folder: Path, image: bool) -> DataShape:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder (it should hold the four MNIST IDX files)")
     dims = [check_mnist_pair(*(mnist_file(folder, name) for name in MNIST_SPLITS[s])) for s in ("train", "test")]
     if dims[0][1:] != dims[1][1:]:
         raise ValueError(f"{folder}: training images are {dims[0][1:]}, test images {dims[1][1:]}")
+    rows, cols = dims[0][1:]
+    return DataShape((1, rows, cols) if image else (rows * cols,), 10, dims[0][0])
+
+
+def _check_libsvm(task: TaskConfig) -> DataShape:
+    """Every line of both files parsed (the readers' own errors), then what read_libsvm would refuse."""
+    train = _as_config_error("task.path", lambda: scan_libsvm(_file(task.path)))
+    test = _as_config_error("task.test_path", lambda: scan_libsvm(_file(task.test_path))) if task.test_path else None
+    if len(train.labels) < 2:
+        raise ConfigError(
+            "task.path",
+            f"{train.path}: only one label ({next(iter(train.labels)):g}); classification needs at least two",
+        )
+    unknown = {label: line for label, line in (test.labels.items() if test else ()) if label not in train.labels}
+    if unknown:
+        label, line = min(unknown.items(), key=lambda item: item[1])
+        known = ", ".join(f"{c:g}" for c in sorted(train.labels))
+        message = (
+            f"{test.path}:{line}: label {label:g} does not occur in the training file {train.path} (labels: {known})"
+        )
+        raise ConfigError("task.test_path", message)
+    features = task.features or max(train.max_index, test.max_index if test else 0)
+    if features == 0:
+        raise ConfigError("task.path", f"{train.path}: no sample has a feature (and task.features is 0)")
+    for key, scan in (("task.path", train), ("task.test_path", test)):
+        _check_libsvm_size(key, scan, features, task.features)
+    n_train = train.samples if test else _held_out(train.samples, task.test_fraction)
+    return DataShape((features,), len(train.labels), n_train)
+
+
+def _check_libsvm_size(key: str, scan: LibsvmSummary | None, features: int, given: int) -> None:
+    if scan is None:
+        return
+    if given and scan.max_index > given:
+        where = f"{scan.path}:{scan.max_index_line}"
+        raise ConfigError(
+            "task.features", f"{where}: feature index {scan.max_index} exceeds the number of features ({given})"
+        )
+    if scan.samples * features > MAX_DENSE_FLOATS:
+        raise ConfigError(
+            key,
+            f"{scan.path}: {scan.samples} samples x {features} features is too large "
+            f"to hold densely (limit {MAX_DENSE_FLOATS} floats)",
+        )
 
 
 def _file(path: str) -> Path:
@@ -188,8 +278,8 @@ def _file(path: str) -> Path:
     return Path(path)
 
 
-def _as_config_error(key: str, check) -> None:
+def _as_config_error(key: str, check):
     try:
-        check()
+        return check()
     except (OSError, ValueError) as err:
         raise ConfigError(key, str(err)) from None

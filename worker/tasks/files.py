@@ -3,12 +3,27 @@
 Every error is a ValueError that names the file (and, for text, the line), e.g.
 `data/a9a:17: feature index 0 (indices are 1-based)`, so a bad file is fixed without a debugger.
 IDX files may be gzip-compressed (recognised by their content, not their name).
+
+The pre-launch checks (check_idx, scan_libsvm) read every byte, as the readers will, but hold only a
+chunk at a time: an IDX body is counted against its header (and labels checked to be 0..9) while a
+gzip stream is decompressed to its end, CRC included; a LIBSVM file is parsed line by line with the
+readers' own parser, keeping counts, labels and the largest index, not the rows. Measured on the 2-core
+development machine (loaded): 60000 28x28 images take 0.003 s plain (page cache) and 0.14 s as 6.4 MB of
+gzip; a LIBSVM scan takes 0.39 s for 2.4 MB of a9a-like text (32561 rows, 14 features each) and 0.57 s
+for 8.4 MB of 20000 rows of 30 real features, against 0.52 s and 1.19 s for one process's read_libsvm.
+So the check is always full: it costs less than one process's read, and it replaces a start of every
+process that would fail 19 s later. Results are kept per file version (path, inode, size, mtime), so a
+sweep checks each file once.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
+import itertools
 import math
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,18 +35,51 @@ IDX_UBYTE = 0x08
 GZIP_MAGIC = b"\x1f\x8b"
 MNIST_CLASSES = 10
 MAX_DENSE_FLOATS = 1 << 28  # 1 GiB of float32: larger LIBSVM data sets are refused rather than swapping
+CHUNK_BYTES = 1 << 20  # what the checks hold of a file at a time
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
 
 
 def _read_bytes(path: Path, limit: int | None = None) -> bytes:
     """The file's content (decompressed if gzip); only the first `limit` bytes when given."""
-    with open(path, "rb") as f:
-        gz = f.read(2) == GZIP_MAGIC
-    opener = gzip.open if gz else open
-    try:
-        with opener(path, "rb") as f:
+    if not _is_gzip(path):
+        with open(path, "rb") as f:
             return f.read() if limit is None else f.read(limit)
-    except (OSError, EOFError) as exc:  # corrupt or truncated gzip stream
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read() if limit is None else f.read(limit)
+    except (OSError, EOFError, zlib.error) as exc:  # corrupt or truncated gzip stream (zlib.error: bad data)
         raise ValueError(f"{path}: cannot decompress: {exc}") from None
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    """The file's content (decompressed if gzip, to the end: the CRC is checked) in chunks of CHUNK_BYTES."""
+    if not _is_gzip(path):
+        with open(path, "rb") as f:
+            yield from iter(lambda: f.read(CHUNK_BYTES), b"")
+        return
+    try:
+        with gzip.open(path, "rb") as f:
+            yield from iter(lambda: f.read(CHUNK_BYTES), b"")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"{path}: cannot decompress: {exc}") from None
+
+
+def _per_file_version(check):
+    """Cache a check's result per file version (path, inode, size, mtime): a sweep checks each file once.
+    Errors are not kept; `cache_clear()` forgets every result."""
+    cached = functools.lru_cache(maxsize=64)(lambda path, _version, *args: check(Path(path), *args))
+
+    @functools.wraps(check)
+    def wrapper(path: str | Path, *args):
+        st = Path(path).stat()
+        return cached(str(path), (st.st_ino, st.st_size, st.st_mtime_ns), *args)
+
+    wrapper.cache_clear = cached.cache_clear
+    return wrapper
 
 
 def idx_header(path: Path, data: bytes, magic: int) -> tuple[int, ...]:
@@ -62,14 +110,43 @@ def read_idx(path: str | Path, magic: int) -> np.ndarray:
     data = _read_bytes(path)
     dims = idx_header(path, data, magic)
     start = 4 + 4 * len(dims)
+    _check_body_size(path, dims, len(data) - start)
+    return np.frombuffer(data, dtype=np.uint8, offset=start).reshape(dims)
+
+
+def _check_body_size(path: Path, dims: tuple[int, ...], got: int) -> None:
     expected = math.prod(dims)
-    if len(data) - start != expected:
+    if got != expected:
         shape = " x ".join(map(str, dims))
         raise ValueError(
-            f"{path}: header says {shape} = {expected} bytes of data, the file holds "
-            f"{len(data) - start} (truncated or not this file)"
+            f"{path}: header says {shape} = {expected} bytes of data, the file holds {got} (truncated or not this file)"
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=start).reshape(dims)
+
+
+@_per_file_version
+def check_idx(path: Path, magic: int, classes: int = 0) -> tuple[int, ...]:
+    """Pre-launch check of a whole IDX file, a chunk at a time: header, body size against it, every gzip
+    byte decompressed; with `classes`, every value (a label) below it. Returns the declared dimensions."""
+    dims, body = _idx_body(path, magic)
+    size = 0
+    for chunk in body:
+        if classes and chunk and max(chunk) >= classes:
+            i = next(i for i, b in enumerate(chunk) if b >= classes)
+            raise ValueError(f"{path}: label {chunk[i]} at index {size + i} is outside 0..{classes - 1}")
+        size += len(chunk)
+    _check_body_size(path, dims, size)
+    return dims
+
+
+def _idx_body(path: Path, magic: int) -> tuple[tuple[int, ...], Iterator[bytes]]:
+    """The dimensions an IDX file declares, and its body's chunks (read on demand)."""
+    head = 4 + 4 * (magic & 0xFF)
+    chunks = _chunks(path)
+    pending = b""
+    while len(pending) < head and (chunk := next(chunks, b"")):
+        pending += chunk
+    dims = idx_header(path, pending, magic)  # too short for a header: raises
+    return dims, itertools.chain([pending[head:]], chunks)
 
 
 def read_mnist_pair(images_path: str | Path, labels_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -85,11 +162,14 @@ def read_mnist_pair(images_path: str | Path, labels_path: str | Path) -> tuple[n
 
 
 def check_mnist_pair(images_path: Path, labels_path: Path) -> tuple[int, ...]:
-    """Cheap pre-launch check: headers valid and image/label counts agree (no full read); the image dims."""
-    dims = idx_header(images_path, _read_bytes(images_path, 16), IDX_IMAGES)
-    n_labels = idx_header(labels_path, _read_bytes(labels_path, 8), IDX_LABELS)[0]
+    """Pre-launch check of an images/labels pair (check_idx on both: every byte, a chunk at a time), and
+    that the counts agree and there is at least one image of at least one pixel; the image dims."""
+    dims = check_idx(images_path, IDX_IMAGES)
+    n_labels = check_idx(labels_path, IDX_LABELS, MNIST_CLASSES)[0]
     if dims[0] != n_labels:
         raise ValueError(f"{images_path}: {dims[0]} images, but {labels_path} holds {n_labels} labels")
+    if min(dims) == 0:
+        raise ValueError(f"{images_path}: holds {' x '.join(map(str, dims))} pixels: no image to learn from")
     return dims
 
 
@@ -149,23 +229,54 @@ def _finite(text: str, message: str) -> float:
 
 
 def read_libsvm_rows(path: str | Path, limit: int | None = None) -> SparseRows:
-    """Parse a LIBSVM file (only its first `limit` samples when given, for cheap checks)."""
+    """Parse a LIBSVM file (only its first `limit` samples when given)."""
     path = Path(path)
     rows = SparseRows(path, [], [], [], [])
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            parsed = parse_libsvm_line(path, lineno, line)
-            if parsed is None:
-                continue
-            rows.labels.append(parsed[0])
-            rows.lines.append(lineno)
-            rows.indices.append(parsed[1])
-            rows.values.append(parsed[2])
-            if limit is not None and len(rows.labels) >= limit:
-                break
+    for lineno, (label, indices, values) in _samples(path):
+        rows.labels.append(label)
+        rows.lines.append(lineno)
+        rows.indices.append(indices)
+        rows.values.append(values)
+        if limit is not None and len(rows.labels) >= limit:
+            break
     if not rows.labels:
         raise ValueError(f"{path}: no samples (every line is blank or a comment)")
     return rows
+
+
+def _samples(path: Path) -> Iterator[tuple[int, tuple[float, list[int], list[float]]]]:
+    """(line number, parsed sample) for every sample line of a LIBSVM file, in order."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            parsed = parse_libsvm_line(path, lineno, line)
+            if parsed is not None:
+                yield lineno, parsed
+
+
+@dataclass(frozen=True)
+class LibsvmSummary:
+    """What the pre-launch check keeps of a LIBSVM file: not the rows."""
+
+    path: Path
+    samples: int
+    labels: dict[float, int]  # each label written, and the line it first appears on
+    max_index: int  # the largest feature index (1-based; 0 when no sample has a feature)
+    max_index_line: int
+
+
+@_per_file_version
+def scan_libsvm(path: Path) -> LibsvmSummary:
+    """Parse every line of a LIBSVM file with the reader's parser (same errors, same messages), keeping
+    only counts, labels and the largest index: the full pre-launch check, in constant memory."""
+    samples, labels, top, top_line = 0, {}, 0, 0
+    for lineno, (label, indices, _) in _samples(path):
+        samples += 1
+        labels.setdefault(label, lineno)
+        if indices and indices[-1] > top:
+            top, top_line = indices[-1], lineno
+    if not samples:
+        raise ValueError(f"{path}: no samples (every line is blank or a comment)")
+    return LibsvmSummary(path, samples, labels, top, top_line)
 
 
 @dataclass
