@@ -16,7 +16,9 @@ import sys
 from launch.run import RunFailed, run_experiment
 from launch.rundir import make_run_dir
 from launch.sweep_run import sweep_command
+from launch.wording import count
 from protocol.config.loader import load_experiment, resolved_yaml
+from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
 from protocol.runfolder.records import RunSummary
 from worker.tasks.data import check_data
@@ -45,11 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     (run_dir / "config.yaml").write_text(resolved_yaml(cfg))
     print(f"run folder: {run_dir}")
-    print(
-        f"{cfg.workers} workers, {cfg.task.model} on {cfg.task.dataset}, {cfg.optimizer.name} "
-        f"lr {cfg.optimizer.lr:g}, until {cfg.run.max_updates} updates or {cfg.run.max_seconds:g}s",
-        flush=True,
-    )
+    print(describe(cfg), flush=True)
     try:
         summary = run_experiment(cfg, run_dir, quiet=args.quiet)
     except RunFailed as err:
@@ -58,18 +56,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: every process was stopped", file=sys.stderr)
         return 130
-    print(format_summary(summary, run_dir))
+    print(format_summary(summary, run_dir, cfg.run.plots))
     return 0
 
 
-def format_summary(s: RunSummary, run_dir) -> str:
+def describe(cfg: ExperimentConfig) -> str:
+    """The line under the run folder: what is about to run."""
+    return (
+        f"{count(cfg.workers, 'worker')}, {cfg.task.model} on {cfg.task.dataset}, {cfg.optimizer.name} "
+        f"lr {cfg.optimizer.lr:g}, until {count(cfg.run.max_updates, 'update')} or {cfg.run.max_seconds:g}s"
+    )
+
+
+def format_summary(s: RunSummary, run_dir, plots: bool = True) -> str:
     acc = s.final_test_acc
     acc_txt = f"test_acc {acc:.4f}" if acc is not None else f"test_loss {s.final_test_loss}"
+    where = f"results: {run_dir}/summary.json" + (f", plots in {run_dir}/plots/" if plots else "")
     return (
-        f"done: {s.updates} updates in {s.wall_s:.1f}s ({s.updates_per_s:.1f}/s), {acc_txt}, "
-        f"staleness mean {s.staleness_mean:.2f} max {s.staleness_max}, "
-        f"uplink {s.uplink_bytes / 2**20:.1f} MiB, {s.pushes_rejected} pushes not applied\n"
-        f"results: {run_dir}/summary.json, plots in {run_dir}/plots/"
+        f"done: {count(s.updates, 'update')} in {s.wall_s:.1f}s ({s.updates_per_s:.1f}/s), {acc_txt}, "
+        f"staleness mean {s.staleness_mean:.2f} max {s.staleness_max}, uplink {s.uplink_bytes / 2**20:.1f} MiB, "
+        # pushes that merely arrived after the stop are normal and not counted (summary.json: pushes_rejected)
+        f"{count(s.pushes_refused, 'push', 'pushes')} not applied\n{where}"
     )
 
 

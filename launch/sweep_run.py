@@ -20,6 +20,7 @@ from launch.run import RunFailed, run_experiment
 from launch.rundir import make_run_dir
 from launch.sweep import SweepPoint, combo_folder, expand_sweep
 from launch.sweep_tables import PointResult, group_results, write_tables
+from launch.wording import count
 from protocol.config.loader import resolved_yaml
 from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
@@ -68,7 +69,7 @@ def _outcome(r: PointResult) -> str:
     s = r.summary or RunSummary()
     acc = s.final_test_acc
     score = f"test_acc {acc:.4f}" if acc is not None else f"test_loss {s.final_test_loss}"
-    return f"done: {score}, {s.updates} updates in {s.wall_s:.1f}s -> {r.run_dir}"
+    return f"done: {score}, {count(s.updates, 'update')} in {s.wall_s:.1f}s -> {r.run_dir}"
 
 
 def write_sweep_reports(sweep_dir: Path, results: list[PointResult]) -> list[tuple[str, Path]]:
@@ -93,11 +94,16 @@ def report_plan(sweep_dir: Path, results: list[PointResult]) -> list[tuple[str, 
     return plan
 
 
+def sweep_folder_name(name: str) -> str:
+    """<name>-sweep, unless the name already says sweep (configs/sweep.yaml: sweep-<stamp>, not sweep-sweep-)."""
+    return name if name.lower().endswith("sweep") else f"{name}-sweep"
+
+
 def sweep_command(cfg: ExperimentConfig, run_dir: str | None, quiet: bool) -> int:
     """`python -m launch CONFIG` when the config has a sweep. Exit codes as for one run."""
     try:
         points = expand_sweep(cfg)
-        sweep_dir = make_run_dir(cfg.run.runs_dir, f"{cfg.name}-sweep", run_dir)
+        sweep_dir = make_run_dir(cfg.run.runs_dir, sweep_folder_name(cfg.name), run_dir)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -105,19 +111,24 @@ def sweep_command(cfg: ExperimentConfig, run_dir: str | None, quiet: bool) -> in
         print(f"error: {err}", file=sys.stderr)
         return 2
     (sweep_dir / "config.yaml").write_text(resolved_yaml(cfg))
-    print(f"sweep folder: {sweep_dir}\n{len(points)} points over {', '.join(cfg.sweep)}", flush=True)
+    print(f"sweep folder: {sweep_dir}\n{count(len(points), 'point')} over {', '.join(cfg.sweep)}", flush=True)
     try:
         results = run_sweep(cfg, points, sweep_dir, quiet)
     except KeyboardInterrupt:
         print(f"\ninterrupted: every process was stopped; finished points are in {sweep_dir}/sweep.md", file=sys.stderr)
         return 130
+    return _sweep_exit(results, sweep_dir)
+
+
+def _sweep_exit(results: list[PointResult], sweep_dir: Path) -> int:
     failed = [r for r in results if not r.ok]
     print(
-        f"sweep done: {len(results) - len(failed)} of {len(results)} points succeeded; "
+        f"sweep done: {len(results) - len(failed)} of {count(len(results), 'point')} succeeded; "
         f"results: {sweep_dir}/sweep.md, sweep.csv",
         flush=True,
     )
     if failed:
-        print(f"error: {len(failed)} point(s) failed: {', '.join(r.point.folder for r in failed)}", file=sys.stderr)
+        names = ", ".join(r.point.folder for r in failed)
+        print(f"error: {count(len(failed), 'point')} failed: {names}", file=sys.stderr)
         return 1
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from launch.sweep import SweepPoint, combo_label, show, sweep_keys
 from launch.tables import FIGURES, Stat, figures, fmt, fmt_stat, markdown_table, stat, write_csv
+from launch.wording import count
 from protocol.runfolder.records import RunSummary
 
 
@@ -92,7 +93,7 @@ def _markdown(sweep_dir, keys, group_keys, results, groups, total, reports) -> s
     failed = [r for r in results if not r.ok]
     parts = [
         f"# Sweep {sweep_dir.name}",
-        f"{len(results)} of {total} points run, {len(failed)} failed; swept: {', '.join(keys)}.",
+        f"{len(results)} of {count(total, 'point')} run, {len(failed)} failed; swept: {', '.join(keys)}.",
         "## Points",
         markdown_table(
             ["#", *keys, "status", *FIGURES],

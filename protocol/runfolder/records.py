@@ -152,6 +152,7 @@ class RunSummary:
     pushes_dropped_stale: int = 0
     evaluations: int = 0
     processes: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> pid, exit, cpu %, peak RSS
+    pushes_refused: int = 0  # not applied for a reason other than arriving after the stop (as Status)
 
 
 def as_dict(record: Any) -> dict:
