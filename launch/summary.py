@@ -1,12 +1,18 @@
-"""summary.json: the final figures of a run, from the server's summary, the evaluations and psutil."""
+"""summary.json: the final figures of a run, from the server's summary, the evaluations and psutil.
+
+A failed or stopped run gets one too (status, failure), with whatever the server and the evaluator left:
+when there is no server_summary.json (a sync group that lost a rank cannot finish; a server killed after
+its grace), the last status.json gives the counts it has (updates, pushes, wall time, staleness max).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from launch.outcome import Outcome
 from launch.rundir import read_metrics
 from protocol.config.schema import ExperimentConfig
-from protocol.runfolder.records import RunSummary, ServerSummary, read_record
+from protocol.runfolder.records import RunSummary, ServerSummary, Status, read_record
 
 ACC_TARGETS = (0.9, 0.95, 0.97)
 AFTER_THE_STOP = "stopped"  # updates.csv reason of a push that only arrived after the run had ended
@@ -20,12 +26,45 @@ def time_to_accuracy(metrics: list[dict], target: float) -> float | None:
     return None
 
 
-def build_summary(run_dir: Path, cfg: ExperimentConfig, processes: dict) -> RunSummary:
+def build_summary(
+    run_dir: Path,
+    cfg: ExperimentConfig,
+    processes: dict,
+    outcome: Outcome | None = None,
+    write_errors: list[str] | None = None,
+) -> RunSummary:
+    """write_errors: the launcher's own failed writes (the server's come from server_summary.json)."""
+    outcome = outcome or Outcome()
     server = read_record(ServerSummary, run_dir / "server_summary.json") or ServerSummary()
-    s = RunSummary(name=cfg.name, mode=cfg.mode, workers=cfg.workers, optimizer=cfg.optimizer.name, processes=processes)
+    s = RunSummary(
+        name=cfg.name,
+        mode=cfg.mode,
+        workers=cfg.workers,
+        optimizer=cfg.optimizer.name,
+        processes=processes,
+        status=outcome.status,
+        failure=outcome.failure,
+        write_errors=[*server.write_errors, *(write_errors or [])],
+    )
     _add_server_figures(s, server)
+    if not (run_dir / "server_summary.json").exists():
+        _add_last_status(s, read_record(Status, run_dir / "status.json"))
     _add_evaluations(s, read_metrics(run_dir))
     return s
+
+
+def _add_last_status(s: RunSummary, status: Status | None) -> None:
+    if status is None:
+        return
+    s.updates = status.updates
+    s.wall_s = status.wall_s
+    s.updates_per_s = status.updates / status.wall_s if status.wall_s else 0.0
+    s.pushes_received = status.pushes_received
+    s.pushes_rejected = status.pushes_rejected
+    s.pushes_applied = status.pushes_received - status.pushes_rejected
+    s.pushes_refused = status.pushes_refused
+    s.messages_rejected = status.messages_rejected
+    s.staleness_max = status.staleness_max
 
 
 def _add_server_figures(s: RunSummary, server: ServerSummary) -> None:
