@@ -4,8 +4,9 @@ Validates the experiment, then starts one parameter server, an evaluator and N w
 an evaluator and N torch.distributed ranks, no server), shows progress, and leaves a run folder
 (see launch/rundir.py). A config with a non-empty `sweep` runs
 every point of its grid instead (launch/sweep_run.py; overrides apply before the expansion).
-Exit codes: 0 success, 1 a process (or a sweep point) failed or the run did not finish, 2 bad config
-or arguments, 130 interrupted (Ctrl-C).
+Exit codes: 0 success, 1 a process (or a sweep point) failed, the run did not finish or its folder could
+not be written, 2 bad config or arguments, 130 / 143 / 129 stopped by SIGINT (Ctrl-C) / SIGTERM / SIGHUP.
+A failed or stopped run still stops every child in order and leaves its summary.json (status, failure).
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ import sys
 from launch.preflight import preflight
 from launch.run import RunFailed, run_experiment
 from launch.rundir import make_run_dir
+from launch.signals import Stopped, StopSignals
 from launch.sweep_run import sweep_command
+from launch.wording import count
+from launch.writes import WriteError, write_text
 from protocol.config.loader import load_experiment, resolved_yaml
+from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
 from protocol.runfolder.records import RunSummary
 
@@ -35,40 +40,58 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if cfg.sweep:
-        return sweep_command(cfg, args.run_dir, args.quiet)  # validates every point (data files too) first
+    with StopSignals() as signals:  # from here on a signal stops the run in order instead of killing the launcher
+        if cfg.sweep:
+            return sweep_command(cfg, args.run_dir, args.quiet, signals)  # validates every point (data files too)
+        return run_one(cfg, args.run_dir, args.quiet, signals)
+
+
+def run_one(cfg: ExperimentConfig, explicit_dir: str | None, quiet: bool, signals: StopSignals) -> int:
     try:
-        run_dir = make_run_dir(cfg.run.runs_dir, cfg.name, args.run_dir)
+        run_dir = make_run_dir(cfg.run.runs_dir, cfg.name, explicit_dir)
     except (FileExistsError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    (run_dir / "config.yaml").write_text(resolved_yaml(cfg))
     print(f"run folder: {run_dir}")
-    print(
-        f"{cfg.workers} workers, {cfg.task.model} on {cfg.task.dataset}, {cfg.optimizer.name} "
-        f"lr {cfg.optimizer.lr:g}, until {cfg.run.max_updates} updates or {cfg.run.max_seconds:g}s",
-        flush=True,
-    )
+    print(describe(cfg), flush=True)
     try:
-        summary = run_experiment(cfg, run_dir, quiet=args.quiet)
-    except RunFailed as err:
-        print(f"\nerror: run failed: {err}", file=sys.stderr)
+        write_text(run_dir / "config.yaml", resolved_yaml(cfg))
+        summary = run_experiment(cfg, run_dir, quiet=quiet, signals=signals)
+    except (RunFailed, WriteError) as err:
+        _point_at_summary(run_dir)
+        print(f"error: run failed: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: every process was stopped", file=sys.stderr)
-        return 130
-    print(format_summary(summary, run_dir))
+    except Stopped as stopped:
+        _point_at_summary(run_dir)
+        print(f"{stopped.status} ({stopped.describe()}): every process was stopped", file=sys.stderr)
+        return stopped.exit_code
+    print(format_summary(summary, run_dir, cfg.run.plots))
     return 0
 
 
-def format_summary(s: RunSummary, run_dir) -> str:
+def describe(cfg: ExperimentConfig) -> str:
+    """The line under the run folder: what is about to run."""
+    return (
+        f"{count(cfg.workers, 'worker')}, {cfg.task.model} on {cfg.task.dataset}, {cfg.optimizer.name} "
+        f"lr {cfg.optimizer.lr:g}, until {count(cfg.run.max_updates, 'update')} or {cfg.run.max_seconds:g}s"
+    )
+
+
+def _point_at_summary(run_dir) -> None:
+    """Where a failed or stopped run left its figures, before the error line (which stays the last one)."""
+    if (run_dir / "summary.json").exists():
+        print(f"results so far: {run_dir}/summary.json", file=sys.stderr)
+
+
+def format_summary(s: RunSummary, run_dir, plots: bool = True) -> str:
     acc = s.final_test_acc
     acc_txt = f"test_acc {acc:.4f}" if acc is not None else f"test_loss {s.final_test_loss}"
+    where = f"results: {run_dir}/summary.json" + (f", plots in {run_dir}/plots/" if plots else "")
     return (
-        f"done: {s.updates} updates in {s.wall_s:.1f}s ({s.updates_per_s:.1f}/s), {acc_txt}, "
-        f"staleness mean {s.staleness_mean:.2f} max {s.staleness_max}, "
-        f"uplink {s.uplink_bytes / 2**20:.1f} MiB, {s.pushes_rejected} pushes not applied\n"
-        f"results: {run_dir}/summary.json, plots in {run_dir}/plots/"
+        f"done: {count(s.updates, 'update')} in {s.wall_s:.1f}s ({s.updates_per_s:.1f}/s), {acc_txt}, "
+        f"staleness mean {s.staleness_mean:.2f} max {s.staleness_max}, uplink {s.uplink_bytes / 2**20:.1f} MiB, "
+        # pushes that merely arrived after the stop are normal and not counted (summary.json: pushes_rejected)
+        f"{count(s.pushes_refused, 'push', 'pushes')} not applied\n{where}"
     )
 
 

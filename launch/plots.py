@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from launch.rundir import read_metrics, read_updates  # noqa: E402
+from launch.writes import writing  # noqa: E402
 
 
 @dataclass
@@ -36,7 +37,9 @@ def plot_run(run_dir: Path) -> Plots:
 
 
 def plot_runs(runs: list[tuple[str, Path]], out_dir: Path) -> Plots:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Raises WriteError (naming the file) when a plot cannot be saved."""
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     data = [(label, read_metrics(path), read_updates(path)) for label, path in runs]
     plots = Plots()
     for name, draw in (
@@ -221,6 +224,9 @@ def _series(fig) -> dict[str, list[str]]:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:
+        with writing(path):  # matplotlib's OSError may not say which file
+            fig.savefig(path, dpi=90)
+    finally:
+        plt.close(fig)
     return path

@@ -36,9 +36,11 @@ class Progress:
         self.stream.flush()
 
     def done(self) -> None:
+        """End the line in place (a terminal); may be called again (after a failure, then at the end)."""
         if self.tty and self._drawn:
             self.stream.write("\n")
             self.stream.flush()
+            self._drawn = False
 
 
 def format_line(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from launch.plots import Plots, plot_runs
 from launch.tables import FIGURES, figures, fmt, markdown_table
+from launch.wording import count
 from protocol.runfolder.records import RunSummary, read_record
 
 
@@ -59,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     labels = args.labels or [p.resolve().name for p in args.runs]
     if len(labels) != len(args.runs):
-        print(f"error: --labels gives {len(labels)} labels for {len(args.runs)} runs", file=sys.stderr)
+        print(
+            f"error: --labels gives {count(len(labels), 'label')} for {count(len(args.runs), 'run')}", file=sys.stderr
+        )
         return 2
     out = args.out or args.runs[0].resolve().parent / f"report-{time.strftime('%Y%m%d-%H%M%S')}"
     report = write_report(list(zip(labels, args.runs)), out)

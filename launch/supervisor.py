@@ -17,6 +17,8 @@ from pathlib import Path
 
 import psutil
 
+from launch.writes import writing
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -61,7 +63,8 @@ class Child:
 class Supervisor:
     def __init__(self, log_dir: Path, env: dict | None = None):
         self.log_dir = log_dir
-        log_dir.mkdir(parents=True, exist_ok=True)
+        with writing(log_dir):
+            log_dir.mkdir(parents=True, exist_ok=True)
         self.children: dict[str, Child] = {}
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         path = self.env.get("PYTHONPATH", "")
@@ -69,7 +72,8 @@ class Supervisor:
 
     def start(self, name: str, module: str, args: list[str], env: dict | None = None) -> Child:
         log_path = self.log_dir / f"{name}.log"
-        log = open(log_path, "w")
+        with writing(log_path):
+            log = open(log_path, "w")
         popen = subprocess.Popen(
             [sys.executable, "-m", module, *args],
             stdout=log,

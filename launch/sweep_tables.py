@@ -12,6 +12,8 @@ from pathlib import Path
 
 from launch.sweep import SweepPoint, combo_label, show, sweep_keys
 from launch.tables import FIGURES, Stat, figures, fmt, fmt_stat, markdown_table, stat, write_csv
+from launch.wording import count
+from launch.writes import write_text, writing
 from protocol.runfolder.records import RunSummary
 
 
@@ -62,9 +64,11 @@ def write_tables(
     keys = sweep_keys(sweep)
     group_keys = [k for k in keys if k != "seed"]
     groups = group_results(results)
-    write_csv(sweep_dir / "sweep.csv", _point_header(keys), [_point_row(r) for r in results])
-    write_csv(sweep_dir / "sweep_groups.csv", _group_header(group_keys), [_group_row(g) for g in groups])
-    (sweep_dir / "sweep.md").write_text(_markdown(sweep_dir, keys, group_keys, results, groups, total, reports))
+    with writing(sweep_dir / "sweep.csv"):
+        write_csv(sweep_dir / "sweep.csv", _point_header(keys), [_point_row(r) for r in results])
+    with writing(sweep_dir / "sweep_groups.csv"):
+        write_csv(sweep_dir / "sweep_groups.csv", _group_header(group_keys), [_group_row(g) for g in groups])
+    write_text(sweep_dir / "sweep.md", _markdown(sweep_dir, keys, group_keys, results, groups, total, reports))
 
 
 def _point_header(keys: list[str]) -> list[str]:
@@ -92,7 +96,7 @@ def _markdown(sweep_dir, keys, group_keys, results, groups, total, reports) -> s
     failed = [r for r in results if not r.ok]
     parts = [
         f"# Sweep {sweep_dir.name}",
-        f"{len(results)} of {total} points run, {len(failed)} failed; swept: {', '.join(keys)}.",
+        f"{len(results)} of {count(total, 'point')} run, {len(failed)} failed; swept: {', '.join(keys)}.",
         "## Points",
         markdown_table(
             ["#", *keys, "status", *FIGURES],

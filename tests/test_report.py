@@ -90,7 +90,7 @@ def test_command_line_refuses_bad_arguments(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     out = ["--out", str(tmp_path / "rep")]
     assert main([str(a), str(b), *out, "--labels", "one"]) == 2
-    assert "--labels gives 1 labels for 2 runs" in capsys.readouterr().err
+    assert "--labels gives 1 label for 2 runs" in capsys.readouterr().err
     assert main([str(a), str(tmp_path / "empty"), *out]) == 2
     assert f"not a run folder (no summary.json or metrics.jsonl): {tmp_path / 'empty'}" in capsys.readouterr().err
     assert not (tmp_path / "rep").exists()

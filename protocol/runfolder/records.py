@@ -157,6 +157,10 @@ class RunSummary:
     pushes_dropped_stale: int = 0
     evaluations: int = 0
     processes: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> pid, exit, cpu %, peak RSS
+    status: str = "ok"  # how the run ended: ok | failed | interrupted (SIGINT) | terminated (SIGTERM, SIGHUP)
+    failure: str | None = None  # why it did not end normally: the launcher's error message (None when ok)
+    pushes_refused: int = 0  # not applied for a reason other than arriving after the stop (as Status)
+    write_errors: list[str] = field(default_factory=list)  # run-folder files the server or launcher could not write
 
 
 def as_dict(record: Any) -> dict:

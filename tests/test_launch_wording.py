@@ -1,0 +1,54 @@
+"""What the launcher prints says what happened, in English (quick tier): no normal event read as an error,
+no plots promised that were not drawn, no '1 workers', no sweep-sweep folder."""
+
+from launch.__main__ import describe, format_summary
+from launch.inproc import make_config
+from launch.summary import build_summary
+from launch.sweep import expand_sweep
+from launch.sweep_run import _sweep_exit, sweep_folder_name
+from launch.sweep_tables import PointResult
+from launch.wording import count
+from protocol.runfolder.records import RunSummary, ServerSummary, write_record
+
+
+def test_pushes_that_arrived_after_the_stop_are_not_counted_as_refused(tmp_path):
+    server = ServerSummary(updates=10, pushes_received=15, pushes_applied=10, pushes_rejected=5)
+    server.rejected_by_reason = {"stopped": 4, "bad_numel": 1}
+    write_record(tmp_path / "server_summary.json", server)
+    s = build_summary(tmp_path, make_config(), {})
+    assert s.pushes_rejected == 5 and s.pushes_refused == 1
+
+
+def test_the_final_line_counts_only_refused_pushes():
+    line = format_summary(RunSummary(updates=300, wall_s=1.0, pushes_rejected=4, pushes_refused=0), "RUN")
+    assert "0 pushes not applied" in line and "4 pushes" not in line
+    assert "1 push not applied" in format_summary(RunSummary(pushes_rejected=5, pushes_refused=1), "RUN")
+
+
+def test_the_final_line_names_the_plots_only_when_they_are_drawn():
+    s = RunSummary(updates=3, wall_s=1.0)
+    assert format_summary(s, "RUN", plots=True).endswith("results: RUN/summary.json, plots in RUN/plots/")
+    assert format_summary(s, "RUN", plots=False).endswith("results: RUN/summary.json")
+
+
+def test_counted_nouns_are_singular_for_one():
+    assert [count(n, "worker") for n in (0, 1, 2)] == ["0 workers", "1 worker", "2 workers"]
+    assert count(1, "push", "pushes") == "1 push" and count(3, "push", "pushes") == "3 pushes"
+    one = describe(make_config(workers=1, run={"max_updates": 1}))
+    assert one.startswith("1 worker, ") and "until 1 update or" in one
+    assert describe(make_config(workers=4)).startswith("4 workers, ")
+    assert format_summary(RunSummary(updates=1, wall_s=1.0), "RUN").startswith("done: 1 update in ")
+
+
+def test_a_sweep_named_sweep_gets_a_sweep_folder_not_sweep_sweep():
+    assert sweep_folder_name("sweep") == "sweep"
+    assert sweep_folder_name("lr_sweep") == "lr_sweep"
+    assert sweep_folder_name("digits") == "digits-sweep"
+
+
+def test_sweep_messages_count_points_in_english(tmp_path, capsys):
+    [point] = expand_sweep(make_config(sweep={"seed": [0]}))
+    assert _sweep_exit([PointResult(point, tmp_path, None, "boom")], tmp_path) == 1
+    captured = capsys.readouterr()
+    assert "sweep done: 0 of 1 point succeeded" in captured.out
+    assert f"error: 1 point failed: {point.folder}" in captured.err
