@@ -18,7 +18,7 @@ from protocol.config.schema import COMPRESSORS, CompressionConfig
 from protocol.wire.encoding import VALUE_DTYPES, decode_into, decode_sparse
 from protocol.wire.layout import Layout
 from worker import sparsify
-from worker.compressors import COMPRESSOR_NAMES, make_compressor
+from worker.compressors import COMPRESSOR_NAMES, make_compressor, segments
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device here: CPU/GPU agreement not checked")
@@ -103,7 +103,10 @@ def test_kept_count_of_a_computed_share_k_over_d_is_the_exact_share():
         k = rng.randint(1, d)
         g = math.gcd(k, d)
         d_l = (d // g) * rng.randint(1, max(1, g))  # k * d_l / d is whole
-        assert sparsify.count_kept(k / d, 0, d_l) == min(d_l, max(1, k * d_l // d)), (k, d, d_l)
+        assert sparsify.count_kept(Fraction(k, d), 0, d_l) == min(d_l, max(1, k * d_l // d)), (k, d, d_l)
+    layout = Layout.from_shapes([("a", (100,)), ("b", (200,))])
+    cfg = CompressionConfig(method="ef21", compressor="topk", k=100, scope="tensor")
+    assert [k for _, _, k in segments(cfg, layout)] == [33, 66]  # 100 * 100 / 300 and 100 * 200 / 300, exactly
 
 
 def test_wrong_input_is_refused():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from fractions import Fraction
 
 import torch
 
@@ -252,7 +253,7 @@ def segments(cfg: CompressionConfig, layout: Layout) -> list[tuple[int, int, int
     d = layout.total
     if cfg.scope == "global":
         return [(0, d, sparsify.count_kept(cfg.ratio, cfg.k, d))] if d else []
-    ratio = cfg.k / d if cfg.k > 0 else cfg.ratio
+    ratio = Fraction(cfg.k, d) if cfg.k > 0 else cfg.ratio  # an exact share: k * d_l / d whole keeps that
     entries = sorted((e for e in layout.entries if e.numel), key=lambda e: e.offset)
     return [(e.offset, e.numel, sparsify.count_kept(ratio, 0, e.numel)) for e in entries]
 

@@ -19,7 +19,7 @@ import torch
 # enlarged until j >= MIN_RANK (+-12%); when that needs a quarter of the segment or more, the full
 # segment is used instead (as cheap at that size).
 MIN_RANK = 64
-HAND_DIGITS = 11  # a ratio of at most this many significant digits is taken exactly as written (floor_times)
+HAND_DIGITS = 15  # a float ratio of at most this many significant digits is taken exactly as written
 
 
 def count_kept(ratio: float | Fraction, k: int, d: int) -> int:
@@ -40,20 +40,12 @@ def floor_times(ratio: float | Fraction, d: int) -> int:
     A float ratio stands for the decimal it was written as: repr() gives the shortest decimal that reads
     back as the same double, which is the text written whenever it had at most 15 significant digits. So
     0.07 is 7/100 and 0.07 * 100 keeps 7 (the double times 100 is 7.000000000000001), 0.29 * 100 keeps 29
-    (28.999999999999996 in doubles), and 0.4999999 * 4 keeps 1. A ratio with 12 or more significant
-    digits was computed rather than written, e.g. an explicit k spread over tensors as k / d (1/3 reads
-    0.3333333333333333): when n / d, but not (n - 1) / d, is the same double as the ratio, n is meant (1/3
-    of 300 keeps 100, not 99). Fewer than 12 digits is how 99.999% of computed k / d do not print (measured:
-    2M draws with d up to 1e9). Exact callers pass a Fraction, used as it is.
+    (28.999999999999996 in doubles), and 0.4999999 * 4 keeps 1. Computed shares (an explicit k spread over
+    tensors) are passed as Fractions and used as they are.
     """
     if isinstance(ratio, Fraction):
         return math.floor(ratio * d)
-    text = repr(float(ratio))
-    n = math.floor(Fraction(text) * d)
-    written = len(text.split("e")[0].replace(".", "").lstrip("-0")) <= HAND_DIGITS
-    if not written and (n + 1) / d == ratio and n / d != ratio:  # int / int is correctly rounded in Python
-        return n + 1
-    return n
+    return math.floor(Fraction(repr(float(ratio))) * d)
 
 
 def topk_exact(mag: torch.Tensor, k: int, mask: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
