@@ -87,22 +87,35 @@ def test_header_floats_beyond_float32_are_refused_not_a_crash(scale):
         assert _unchanged(server, before)
 
 
+def _send_push(w: FakeWorker, seq: int) -> None:
+    w.chan.send(Push(w.rank, seq, w.version, "grad", "dense", N, 0.0, 1, values=torch.ones(N)))
+
+
+def _no_reply_within(w: FakeWorker, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0 and w.chan.poll(left):
+        if w.chan.recv(1).msg.TYPE != "heartbeat":
+            return False
+    return True
+
+
 @pytest.mark.parametrize("staleness", [{"ssp": 0}, {"apply_every": 2, "barrier": True}])
 def test_a_rank_that_rejoins_or_pushes_again_while_its_reply_is_held_does_not_break_the_loop(staleness):
     with running_server(_cfg(2, staleness=staleness)) as (server, endpoint, _):
         w0, w1 = FakeWorker(endpoint, 0, LAYOUT), FakeWorker(endpoint, 1, LAYOUT)
         join_all([w0, w1], torch.zeros(N))
-        assert w0.push(torch.ones(N)).TYPE == "reply"  # ssp 0: w0 is ahead now; barrier: a 2-push group
-        w0.chan.send(Push(0, w0.seq, w0.version, "grad", "dense", N, 0.0, 1, values=torch.ones(N)))
-        held = w0.chan.poll(0.5)  # ssp / the barrier hold it until w1 pushes
-        assert not held or w0.recv().TYPE != "reply"
-        again = w0.push(torch.ones(N), seq=w0.seq + 1, advance=False)  # before the held reply: refused
+        _send_push(w0, 0)  # ssp 0: w0 runs ahead of w1; the barrier: half a group. Either way: held
+        assert _no_reply_within(w0, 0.5)
+        again = w0.push(torch.ones(N), seq=1, advance=False)  # again, before the held reply: refused
         assert again.TYPE == "reject" and again.code == "bad_seq"
         w0_new = FakeWorker(endpoint, 0, LAYOUT)  # the rank rejoins from a new connection while held
         w0.close()
-        assert w0_new.hello(torch.zeros(N)).TYPE == "welcome"
-        assert w1.push(torch.ones(N)).TYPE == "reply"  # the held rank's entry is gone: no KeyError
-        assert w0_new.push(torch.ones(N)).TYPE == "reply"
+        time.sleep(0.3)  # ZeroMQ notices the closed connection
+        assert w0_new.hello(torch.zeros(N)).TYPE == "welcome" and w0_new.seq == 1
+        assert w1.push(torch.ones(N)).TYPE == "reply"  # the held entry went with the old connection: no KeyError
+        _send_push(w0_new, 1)
+        assert w1.push(torch.ones(N)).TYPE == "reply"
+        assert w0_new.recv().TYPE == "reply"
         assert server.stop_reason is None
 
 
