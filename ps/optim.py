@@ -167,6 +167,3 @@ def make_optimizer(params: torch.Tensor, cfg: OptimizerConfig) -> ServerOptimize
     if cfg.name == "sgd":
         return SGD(params, cfg)
     raise ValueError(f"unknown optimizer {cfg.name!r}")
-
-
-OPTIMIZER_NAMES = ("amsgrad", "adam", "sgd")

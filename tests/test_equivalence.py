@@ -17,7 +17,7 @@ STEPS = 150
 def _reference(cfg):
     """The same task, batches and optimizer in one process, with torch.optim on the model."""
     task = Task(cfg)
-    sampler = task.sampler(0, 1)
+    stream = task.batches(0, 1)
     o = cfg.optimizer
     if o.name == "amsgrad":
         opt = torch.optim.Adam(task.net.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, amsgrad=True)
@@ -25,7 +25,7 @@ def _reference(cfg):
         opt = torch.optim.SGD(task.net.model.parameters(), lr=o.lr, momentum=o.momentum)
     losses = []
     for _ in range(STEPS):
-        losses.append(task.gradient(sampler.next()))
+        losses.append(task.gradient(next(stream)))
         opt.step()
     return losses, task.net.params.clone()
 

@@ -291,15 +291,15 @@ def test_tiny_mnist_folder_trains_through_the_task(tmp_path, model):
     cfg = make_config(task={"dataset": "mnist", "path": str(folder), "model": model, "channels": [4], "batch_size": 32})
     check_data(cfg)
     task = Task(cfg)
-    d = task.data
-    assert d.input_shape == ((1, 28, 28) if model == "cnn" else (784,)) and d.num_classes == 10
-    assert len(d.x_train) == 200 and len(d.x_test) == 50  # the files' own split, no resampling
-    assert d.x_train.min() == pytest.approx(-MNIST_MEAN / MNIST_STD, rel=1e-5)
-    assert d.x_train.max() == pytest.approx((1 - MNIST_MEAN) / MNIST_STD, rel=1e-5)
+    (x_train, y_train), (x_test, _) = task.spec.train, task.spec.test
+    assert x_train.shape[1:] == ((1, 28, 28) if model == "cnn" else (784,)) and int(y_train.max()) < 10
+    assert len(x_train) == 200 and len(x_test) == 50  # the files' own split, no resampling
+    assert x_train.min() == pytest.approx(-MNIST_MEAN / MNIST_STD, rel=1e-5)
+    assert x_train.max() == pytest.approx((1 - MNIST_MEAN) / MNIST_STD, rel=1e-5)
     before = task.evaluate(task.net.params.clone(), 10000)
-    sampler = task.sampler(0, 1)
+    stream = task.batches(0, 1)
     for _ in range(40):
-        task.gradient(sampler.next())
+        task.gradient(next(stream))
         task.net.params.sub_(0.05 * task.net.grad)
     after = task.evaluate(task.net.params.clone(), 10000)
     assert after["train_loss"] < 0.5 * before["train_loss"]

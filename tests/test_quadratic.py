@@ -25,25 +25,29 @@ def quadratic(dim=200, noise=0.5, batch_size=1, seed=0, **synthetic):
     )
 
 
+def x_star(task: Task) -> torch.Tensor:
+    return task.spec.loss.__self__.x_star  # the QuadraticProblem behind the task's loss
+
+
 def test_the_model_is_one_parameter_vector_started_near_the_optimum():
     task = Task(quadratic(dim=1000, optimum_scale=2.0, init_scale=0.3))
     assert [(e.name, e.shape) for e in task.layout.entries] == [("x", (1000,))]
-    x_star = task.quadratic.x_star
-    assert 1.8 < float(x_star.std()) < 2.2  # x* = 2 N(0, I) from data_seed
-    assert abs(float((task.net.params - x_star).norm()) - 0.3) < 0.05  # ||x^0 - x*|| ~ init_scale
+    star = x_star(task)
+    assert 1.8 < float(star.std()) < 2.2  # x* = 2 N(0, I) from data_seed
+    assert abs(float((task.net.params - star).norm()) - 0.3) < 0.05  # ||x^0 - x*|| ~ init_scale
     other = Task(quadratic(dim=1000, optimum_scale=2.0, init_scale=0.3, seed=1))
-    assert torch.equal(other.quadratic.x_star, x_star)  # x* is data: the experiment seed never moves it
+    assert torch.equal(x_star(other), star)  # x* is data: the experiment seed never moves it
     assert not torch.equal(other.net.params, task.net.params)  # x^0 is the model init: it does
     at_optimum = Task(quadratic(dim=1000, optimum_scale=2.0, init_scale=0.0))
-    assert torch.equal(at_optimum.net.params, x_star)  # R3 starts at the optimum
-    assert torch.equal(Task(quadratic(dim=50)).quadratic.x_star, torch.zeros(50))  # default x* = 0
+    assert torch.equal(at_optimum.net.params, star)  # R3 starts at the optimum
+    assert torch.equal(x_star(Task(quadratic(dim=50))), torch.zeros(50))  # default x* = 0
 
 
 def test_exact_gradient_is_x_minus_x_star_and_the_loss_is_f():
     task = Task(quadratic(dim=300, batch_size=0, optimum_scale=1.0))
     task.net.params.normal_()
-    diff = task.net.params - task.quadratic.x_star
-    loss = task.gradient(task.sampler(0, 1).next())
+    diff = task.net.params - x_star(task)
+    loss = task.gradient(next(task.batches(0, 1)))
     torch.testing.assert_close(task.net.grad, diff)
     assert loss == pytest.approx(0.5 * float(diff.square().sum()), rel=1e-5)
 
@@ -61,9 +65,9 @@ def test_regularizer_gradient_is_added_as_for_every_task():
     task = Task(cfg)
     task.net.params.normal_()
     p = task.net.params.clone().requires_grad_(True)
-    f = 0.5 * (p - task.quadratic.x_star).square().sum() + 0.1 * (p * p / (1 + p * p)).sum()
+    f = 0.5 * (p - x_star(task)).square().sum() + 0.1 * (p * p / (1 + p * p)).sum()
     (expected,) = torch.autograd.grad(f, p)
-    task.gradient(task.sampler(0, 1).next())
+    task.gradient(next(task.batches(0, 1)))
     torch.testing.assert_close(task.net.grad, expected)
 
 
@@ -71,13 +75,11 @@ def test_regularizer_gradient_is_added_as_for_every_task():
 def test_gradient_noise_is_gaussian_with_variance_sigma_squared_over_the_batch(noise, batch_size):
     d, draws = 2000, 200
     task = Task(quadratic(dim=d, noise=noise, batch_size=batch_size))
-    sampler = task.sampler(0, 4)
-    exact = task.net.params - task.quadratic.x_star
+    stream = task.batches(0, 4)
+    exact = task.net.params - x_star(task)
     samples = []
     for _ in range(draws):
-        batch = sampler.next()
-        assert len(batch) == batch_size  # what the worker reports as the push's samples
-        task.gradient(batch)
+        task.gradient(next(stream))
         samples.append(task.net.grad - exact)
     xi = torch.stack(samples).double()  # 400k draws: the variance is known to about +-0.5%
     var = noise**2 / batch_size
@@ -89,16 +91,16 @@ def test_gradient_noise_is_gaussian_with_variance_sigma_squared_over_the_batch(n
 
 def test_every_rank_has_its_own_reproducible_noise_stream():
     task = Task(quadratic(dim=100, noise=1.0))
-    draw = lambda rank: task.sampler(rank, 4).next().noise.clone()
+    draw = lambda rank: next(task.batches(rank, 4))[0].clone()
     assert torch.equal(draw(0), draw(0))
     assert not torch.equal(draw(0), draw(1))
 
 
 def test_evaluation_reports_f_and_the_gradient_norm():
     task = Task(quadratic(dim=500, optimum_scale=1.0))
-    x = task.quadratic.x_star + 0.1 * torch.randn(500)
+    x = x_star(task) + 0.1 * torch.randn(500)
     m = task.evaluate(x, 10000)
-    diff = (x - task.quadratic.x_star).double()
+    diff = (x - x_star(task)).double()
     assert m["train_loss"] == pytest.approx(0.5 * float(diff.square().sum()), rel=1e-6)
     assert m["grad_norm_sq"] == pytest.approx(float(diff.square().sum()), rel=1e-5)  # ||grad||^2 = 2 f
     assert m["test_loss"] == m["train_loss"] and m["test_acc"] is None
@@ -116,7 +118,8 @@ def test_grad_norm_is_the_full_batch_gradient_of_the_training_objective(reg):
     ref = Task(cfg)
     ref.net.params.copy_(params)
     ref.net.model.zero_grad(set_to_none=True)
-    objective = ref.loss(ref.data.x_train[:1000], ref.data.y_train[:1000])
+    x, y = ref.spec.train
+    objective = torch.nn.functional.cross_entropy(ref.net.model(x[:1000]), y[:1000])
     p = next(ref.net.model.parameters())
     if reg == "nonconvex":
         objective = objective + sum(0.05 * (w * w / (1 + w * w)).sum() for w in ref.net.model.parameters())
@@ -142,4 +145,4 @@ def test_shipped_noise_floor_config_is_the_quadratic_at_its_optimum():
 
     cfg = load_experiment(str(Path(__file__).resolve().parent.parent / "configs" / "quadratic_noise_floor.yaml"))
     task = Task(cfg)
-    assert task.quadratic is not None and torch.equal(task.net.params, task.quadratic.x_star)
+    assert torch.equal(task.net.params, x_star(task))

@@ -143,13 +143,13 @@ def _sections(workers: int, steps: int, **compression) -> dict:
 def _averaged_reference(cfg, steps: int) -> tuple[torch.Tensor, list[list[float]]]:
     """One process: every rank's minibatch gradient at the same x, their mean, the server's optimizer."""
     task, n = Task(cfg), cfg.workers
-    samplers = [task.sampler(rank, n) for rank in range(n)]
+    samplers = [task.batches(rank, n) for rank in range(n)]
     opt = make_optimizer(task.net.params, cfg.optimizer)
     losses = []
     for _ in range(steps):
         grads, step_losses = [], []
         for sampler in samplers:
-            step_losses.append(task.gradient(sampler.next()))
+            step_losses.append(task.gradient(next(sampler)))
             grads.append(task.net.grad.clone())
         opt.step(torch.stack(grads).sum(0) / n, cfg.optimizer.lr)
         losses.append(step_losses)
@@ -184,13 +184,13 @@ def test_dense_sync_run_equals_one_process_averaging_the_same_gradients(tmp_path
 def _ef21_reference(cfg, steps: int) -> torch.Tensor:
     """One process running every rank's uplink and the server's EF21 aggregator, one step per round of pushes."""
     task, n = Task(cfg), cfg.workers
-    samplers = [task.sampler(rank, n) for rank in range(n)]
+    samplers = [task.batches(rank, n) for rank in range(n)]
     uplinks = [rank_uplink(cfg, rank, task.net) for rank in range(n)]
     agg = EF21Aggregator(task.net.numel, cfg.compression.resync_every)
     opt = make_optimizer(task.net.params, cfg.optimizer)
     for step in range(steps):
         for rank in range(n):
-            loss = task.gradient(samplers[rank].next())
+            loss = task.gradient(next(samplers[rank]))
             kind, p = uplinks[rank].prepare(task.net.grad)
             push = Push(
                 rank=rank,

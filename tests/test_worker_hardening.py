@@ -145,7 +145,7 @@ def test_values_clipped_to_the_wire_dtype_are_counted_on_both_sides(caplog):
         chan = Channel("dealer")
         chan.connect(endpoint)
         loop = WorkerLoop(cfg, 0, chan)
-        loop.task.loss = lambda x, y: 1e9 * loop.task.net.model(x).square().mean()  # gradients far beyond 65504
+        loop.task.spec.loss = lambda out, y: 1e9 * out.square().mean()  # gradients far beyond 65504
         with caplog.at_level(logging.WARNING, logger="worker"):
             stats = loop.run()
         chan.close()

@@ -26,7 +26,8 @@ from protocol.config.schema import ExperimentConfig
 from protocol.runfolder.records import WorkerReport
 from protocol.wire.channel import Channel
 from worker.loop import Cancelled, WorkerError, WorkerLoop
-from worker.tasks import Task
+from worker.tasks import Task, build_spec
+from worker.tasks.task import another_rank
 
 log = logging.getLogger("worker")
 EXIT_CANCELLED = 143  # as a process killed by SIGTERM reports it
@@ -52,10 +53,10 @@ class RankHost:
         self.threads: list[threading.Thread] = []
         self.channels: list[Channel] = []
         self.loops: list[WorkerLoop] = []
-        data = None
-        for rank in ranks:
-            task = Task(cfg, device=cfg.worker.device, data=data)
-            data = task.data  # one copy of the data set for every rank of this process
+        spec = build_spec(cfg)  # the factory runs once; every rank gets its own model, all share the data
+        specs = [spec, *(another_rank(spec) for _ in ranks[1:])]  # copied before any Task flattens one
+        for rank, rank_spec in zip(ranks, specs):
+            task = Task(cfg, device=cfg.worker.device, spec=rank_spec)
             chan = Channel(
                 "dealer",
                 chunk_bytes=cfg.server.chunk_bytes,

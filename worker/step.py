@@ -17,6 +17,7 @@ from protocol.config.schema import ExperimentConfig
 from protocol.runfolder.records import WorkerReport
 from worker.straggler import extra_sleep_s
 from worker.tasks import Task, rank_seed
+from worker.tasks.loader import batch_size_of
 
 
 class Stepper:
@@ -31,13 +32,13 @@ class Stepper:
     ):
         self.cfg, self.rank, self.task, self.stats = cfg, rank, task, stats
         self.clock, self.sleep = clock, sleep
-        self.sampler = task.sampler(rank, cfg.workers)
+        self.batches = task.batches(rank, cfg.workers)
         self._rng = random.Random(rank_seed(cfg.seed, rank))  # the straggler jitter stream
 
     def gradient(self, host_copy: torch.Tensor | None = None) -> tuple[float, int]:
         """(minibatch loss, samples): the gradient lands in task.net.grad (and, given one, a host copy of it,
         taken inside the timed compute); then the step sleeps as long as the rank's slowdown says."""
-        batch = self.sampler.next()
+        batch = next(self.batches)
         t0 = self.clock()
         loss = self.task.gradient(batch)  # float(loss) waits for the device, backward included
         if host_copy is not None:
@@ -48,4 +49,4 @@ class Stepper:
         if extra > 0:
             self.stats.simulated_s += extra
             self.sleep(extra)
-        return loss, len(batch)
+        return loss, batch_size_of(batch)

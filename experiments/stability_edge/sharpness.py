@@ -18,7 +18,8 @@ from worker.tasks import Task
 def top_eigenvalue(task: Task, iters: int = 100, tol: float = 1e-4, seed: int = 0) -> float:
     """Largest-magnitude Hessian eigenvalue of the data loss over the whole training set at task's parameters."""
     params = list(task.net.model.parameters())
-    loss = task.loss(task.data.x_train, task.data.y_train)
+    outputs, targets = task.spec.forward(task.net.model, task.spec.train)
+    loss = task.spec.loss(outputs, targets)
     grads = torch.autograd.grad(loss, params, create_graph=True)
     gen = torch.Generator().manual_seed(seed)
     v = [torch.randn(p.shape, generator=gen) for p in params]

@@ -16,10 +16,22 @@ from typing import Any, Literal
 
 from protocol.errors import ConfigError
 
-DATASETS = ("digits", "synthetic", "mnist", "libsvm")
-FILE_DATASETS = ("mnist", "libsvm")  # read from local files named by task.path
-MODELS = ("logreg", "mlp", "cnn")
-OPTIMIZERS = ("amsgrad", "adam", "sgd")
+# Every choice list is written once, as a Literal; the tuples are derived from it.
+DatasetName = Literal["digits", "synthetic", "mnist", "fashion_mnist", "libsvm"]
+ModelName = Literal["logreg", "mlp", "cnn"]
+OptimizerName = Literal["amsgrad", "adam", "sgd"]
+MethodName = Literal["none", "naive", "ef14", "ef21", "ef21-sgdm", "ef21-sgd2m"]
+CompressorName = Literal["identity", "topk", "randk", "natural", "qsgd", "sign"]
+DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
+MODELS: tuple[str, ...] = typing.get_args(ModelName)
+OPTIMIZERS: tuple[str, ...] = typing.get_args(OptimizerName)
+METHODS: tuple[str, ...] = typing.get_args(MethodName)
+COMPRESSORS: tuple[str, ...] = typing.get_args(CompressorName)
+EF21_METHODS = ("ef21", "ef21-sgdm", "ef21-sgd2m")
+FILE_DATASETS = ("mnist", "fashion_mnist", "libsvm")  # read from local files named by task.path
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist")  # a cnn needs images
+# where a data set is found when task.path is empty: Debian's dataset-fashion-mnist package
+DEFAULT_PATHS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
 
 # Bounds where a value reaches a consumer narrower than the builder's 64-bit ints and finite floats:
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes [-2^63, 2^64), numpy's SeedSequence and default_rng only >= 0
@@ -81,10 +93,20 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    # digits: scikit-learn's bundled 8x8 digits; synthetic: generated (task.synthetic); mnist, libsvm: local files
-    dataset: Literal["digits", "synthetic", "mnist", "libsvm"] = "digits"
+    # your own task: "package.module:function" or "path/to/file.py:function", called with this task section and
+    # returning a worker.tasks.api.TaskSpec (model, data, loss; see docs/tasks.md). Empty: the built-in task of
+    # task.dataset, task.model and the keys below
+    factory: str = ""
+    # free-form settings passed to the factory (task.args), recorded in config.yaml with the rest
+    args: dict[str, Any] = field(default_factory=dict)
+    # DataLoader worker processes per rank for the training data (0: load in the training process)
+    loader_workers: int = 0
+    # built-in data sets: digits (scikit-learn's bundled 8x8 digits), synthetic (generated, task.synthetic),
+    # mnist and fashion_mnist (local IDX files; fashion_mnist defaults to Debian's dataset-fashion-mnist
+    # package in /usr/share/datasets/fashion-mnist), libsvm (a local text file)
+    dataset: DatasetName = "digits"
     # logreg: one linear layer; mlp: ReLU layers of task.hidden widths; cnn: 3x3 convs of task.channels (images only)
-    model: Literal["logreg", "mlp", "cnn"] = "mlp"
+    model: ModelName = "mlp"
     hidden: tuple[int, ...] = (128,)  # mlp hidden widths
     channels: tuple[int, ...] = (16, 32)  # cnn conv channels (3x3 convs, then one linear layer)
     batch_size: int = 32  # per worker per push; 0 = the worker's whole local data (full gradient)
@@ -93,7 +115,8 @@ class TaskConfig:
     regularizer: Literal["none", "l2", "nonconvex"] = "none"  # nonconvex: lambda * sum x^2 / (1 + x^2)
     reg_lambda: float = 0.0  # lambda, the regularizer's weight
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # generated data (dataset synthetic)
-    path: str = ""  # mnist: folder of the four IDX files (.gz or not); libsvm: the training file
+    # mnist, fashion_mnist: folder of the four IDX files (.gz or not); libsvm: the training file
+    path: str = ""
     test_path: str = ""  # libsvm: test file (same labels); empty = hold out test_fraction of path
     features: int = 0  # libsvm: number of features; 0 = the largest index in the files
 
@@ -106,14 +129,20 @@ class TaskConfig:
         require(0 < self.test_fraction < 1, "test_fraction", "must be in (0, 1)")
         require(0 <= self.reg_lambda <= FLOAT32_MAX, "reg_lambda", "must be in [0, 3.4e38] (float32)")
         require(
-            self.model != "cnn" or self.dataset in ("digits", "mnist"),
+            self.model != "cnn" or self.dataset in IMAGE_DATASETS,
             "model",
-            "cnn needs an image data set (digits or mnist)",
+            f"cnn needs an image data set ({', '.join(IMAGE_DATASETS)})",
         )
         require(
-            self.dataset not in FILE_DATASETS or self.path != "",
+            self.dataset not in FILE_DATASETS or self.path != "" or self.dataset in DEFAULT_PATHS,
             "path",
             f"is required for dataset {self.dataset} (no download: point it at local files)",
+        )
+        require(0 <= self.loader_workers <= 64, "loader_workers", "must be in [0, 64]")
+        require(
+            self.factory == "" or re.fullmatch(r"[^:]+:[A-Za-z_][A-Za-z0-9_]*", self.factory) is not None,
+            "factory",
+            "must look like package.module:function or path/to/file.py:function",
         )
         require(self.test_path == "" or self.dataset == "libsvm", "test_path", "applies to dataset libsvm only")
         require(self.features >= 0, "features", "must be >= 0 (0 = infer from the files)")
@@ -125,6 +154,12 @@ class TaskConfig:
 class WorkerConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N  (gradients on this device; the wire is always host memory)
     threads: int = 1  # torch intra-op threads per worker process
+    # mixed precision for the forward and backward: bf16 runs them under torch.autocast in bfloat16; the
+    # parameters, gradients and pushes stay float32
+    amp: Literal["none", "bf16"] = "none"
+    # how often (in pushes) a worker sends its model's buffers (BatchNorm running statistics) with a push; the
+    # server keeps each worker's latest and serves their mean in snapshots and checkpoints. 0: never
+    buffers_every: int = 10
     slowdown: tuple[float, ...] = ()  # per-rank compute-time multiplier (1 to 1000); missing ranks run at 1
     jitter: float = 0.0  # random extra compute time, as a fraction of the step's compute time
     compute_s: float = 0.0  # simulated extra compute per step (seconds of sleep), scaled by slowdown
@@ -149,11 +184,12 @@ class WorkerConfig:
             "times the largest slowdown and (1 + jitter) must be <= 2147483 s (a sleep of 24.8 days)",
         )
         require(1 <= self.per_process <= 256, "per_process", "must be in [1, 256]")
+        require(self.buffers_every >= 0, "buffers_every", "must be >= 0 (0: buffers are never sent)")
 
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    name: Literal["amsgrad", "adam", "sgd"] = "amsgrad"  # the server's step (in sync mode, every rank's)
+    name: OptimizerName = "amsgrad"  # the server's step (in sync mode, every rank's)
     form: Literal["torch", "paper"] = "torch"  # amsgrad: torch == torch.optim.Adam(amsgrad=True); paper: APAM Alg. 1
     lr: float = 1e-3  # lr0; staleness.lr_rule may scale it per push
     betas: tuple[float, float] = (0.9, 0.999)  # (beta1, beta2) of amsgrad and adam
@@ -234,16 +270,11 @@ class StalenessConfig:
         )
 
 
-METHODS = ("none", "naive", "ef14", "ef21", "ef21-sgdm", "ef21-sgd2m")
-COMPRESSORS = ("identity", "topk", "randk", "natural", "qsgd", "sign")
-EF21_METHODS = ("ef21", "ef21-sgdm", "ef21-sgd2m")
-
-
 @dataclass(frozen=True)
 class CompressionConfig:
-    method: Literal["none", "naive", "ef14", "ef21", "ef21-sgdm", "ef21-sgd2m"] = "none"  # error feedback
+    method: MethodName = "none"  # error feedback
     # C, applied to what the method pushes (docs/algorithms.md, Compressors); identity sends it uncompressed
-    compressor: Literal["identity", "topk", "randk", "natural", "qsgd", "sign"] = "identity"
+    compressor: CompressorName = "identity"
     ratio: float = 0.01  # topk/randk: fraction of coordinates kept, k = max(1, floor(ratio * d))
     k: int = 0  # topk/randk: explicit k (overrides ratio when > 0)
     scope: Literal["global", "tensor"] = "global"  # topk/randk over the flat vector or per parameter tensor

@@ -1,5 +1,8 @@
-"""Training tasks: data sets, models, losses. Used by workers, the evaluator and the sync baseline."""
+"""Training tasks: the task API (api.py), the built-in tasks (builtin.py) and the run-time Task the workers,
+the evaluator and the sync baseline use (task.py)."""
 
-from worker.tasks.task import BatchSampler, Task, rank_seed
+from worker.tasks.api import TaskError, TaskSpec
+from worker.tasks.loader import rank_seed
+from worker.tasks.task import Task, build_spec
 
-__all__ = ["BatchSampler", "Task", "rank_seed"]
+__all__ = ["Task", "TaskError", "TaskSpec", "build_spec", "rank_seed"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protocol.config.schema import ExperimentConfig, TaskConfig
+from protocol.config.schema import DEFAULT_PATHS, ExperimentConfig, TaskConfig
 from protocol.errors import ConfigError
 from worker.tasks.files import (
     MAX_DENSE_FLOATS,
@@ -25,13 +25,15 @@ from worker.tasks.files import (
     scan_libsvm,
 )
 
-DATASET_NAMES = ("digits", "synthetic", "mnist", "libsvm")
 SPLIT_SEED = 20240607  # fixed: the digits (and libsvm without a test file) train/test split never changes
 MNIST_SPLITS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the customary normalization of MNIST pixels in [0, 1]
+FASHION_MEAN, FASHION_STD = 0.2860, 0.3530  # the same for Fashion-MNIST's training images
+PIXEL_NORMS = {"mnist": (MNIST_MEAN, MNIST_STD), "fashion_mnist": (FASHION_MEAN, FASHION_STD)}
+FASHION_PACKAGE = "dataset-fashion-mnist"  # Debian's package of the official IDX files
 DIGITS_SAMPLES, DIGITS_CLASSES = 1797, 10  # scikit-learn's bundled digits (the pre-launch check does not load them)
 
 
@@ -66,8 +68,8 @@ def load_dataset(cfg: TaskConfig) -> Dataset:
         raise ValueError("the synthetic quadratic has no data set (see worker/tasks/quadratic.py)")
     if cfg.dataset == "synthetic":
         return _synthetic(cfg)
-    if cfg.dataset == "mnist":
-        return _mnist(Path(cfg.path), image=cfg.model == "cnn")
+    if cfg.dataset in PIXEL_NORMS:
+        return _mnist(data_path(cfg), image=cfg.model == "cnn", norm=PIXEL_NORMS[cfg.dataset])
     if cfg.dataset == "libsvm":
         return _libsvm(cfg)
     raise ValueError(f"unknown dataset {cfg.dataset!r}")
@@ -131,7 +133,12 @@ def mnist_file(folder: Path, name: str) -> Path:
     raise FileNotFoundError(f"{folder / name} (or .gz) does not exist")
 
 
-def _mnist(folder: Path, image: bool) -> Dataset:
+def data_path(cfg: TaskConfig) -> Path:
+    """task.path, or the data set's default location (fashion_mnist: Debian's package)."""
+    return Path(cfg.path or DEFAULT_PATHS.get(cfg.dataset, ""))
+
+
+def _mnist(folder: Path, image: bool, norm: tuple[float, float] = (MNIST_MEAN, MNIST_STD)) -> Dataset:
     """The official split: 60000 training and 10000 test images (fewer in a smaller file of the same format)."""
     parts = []
     for split in ("train", "test"):
@@ -143,18 +150,19 @@ def _mnist(folder: Path, image: bool) -> Dataset:
     rows, cols = train_x.shape[1:]
     shape: tuple[int, ...] = (1, rows, cols) if image else (rows * cols,)
     return Dataset(
-        _pixels(train_x, shape),
+        _pixels(train_x, shape, norm),
         torch.from_numpy(train_y.astype(np.int64)),
-        _pixels(test_x, shape),
+        _pixels(test_x, shape, norm),
         torch.from_numpy(test_y.astype(np.int64)),
         num_classes=10,
         input_shape=shape,
     )
 
 
-def _pixels(images: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+def _pixels(images: np.ndarray, shape: tuple[int, ...], norm: tuple[float, float]) -> torch.Tensor:
     x = torch.from_numpy(images.astype(np.float32))  # a copy: the file's buffer is read-only
-    return x.div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD).reshape(-1, *shape)
+    mean, std = norm
+    return x.div_(255.0).sub_(mean).div_(std).reshape(-1, *shape)
 
 
 def _libsvm(cfg: TaskConfig) -> Dataset:
@@ -186,8 +194,8 @@ def check_data(cfg: ExperimentConfig) -> DataShape | None:
     task = cfg.task
     if task.dataset == "synthetic" and task.synthetic.kind == "quadratic":
         return None
-    if task.dataset == "mnist":
-        shape = _as_config_error("task.path", lambda: _check_mnist(Path(task.path), image=task.model == "cnn"))
+    if task.dataset in PIXEL_NORMS:
+        shape = _as_config_error("task.path", lambda: _check_mnist(task, image=task.model == "cnn"))
     elif task.dataset == "libsvm":
         shape = _check_libsvm(task)
     else:
@@ -220,7 +228,13 @@ def _check_train_samples(cfg: ExperimentConfig, n: int) -> None:
         raise ConfigError(key, f"{why}, but the data leaves {n} for training (at least {need} needed)")
 
 
-def _check_mnist(folder: Path, image: bool) -> DataShape:
+def _check_mnist(task: TaskConfig, image: bool) -> DataShape:
+    folder = data_path(task)
+    if not folder.is_dir() and not task.path and task.dataset == "fashion_mnist":
+        raise FileNotFoundError(
+            f"{folder} does not exist: install Debian's {FASHION_PACKAGE} package "
+            f"(apt-get install {FASHION_PACKAGE}), or set task.path to a folder of the four IDX files"
+        )
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder (it should hold the four MNIST IDX files)")
     dims = [check_mnist_pair(*(mnist_file(folder, name) for name in MNIST_SPLITS[s])) for s in ("train", "test")]

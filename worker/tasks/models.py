@@ -7,8 +7,6 @@ from torch import nn
 from protocol.config.schema import TaskConfig
 from worker.tasks.data import Dataset
 
-MODEL_NAMES = ("logreg", "mlp", "cnn")
-
 
 def build_model(cfg: TaskConfig, data: Dataset) -> nn.Module:
     out = data.num_classes or 1

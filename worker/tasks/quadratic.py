@@ -56,7 +56,14 @@ class NoiseSampler:
 
 
 class QuadraticProblem:
+    """The task's parts: the model x, the stochastic objective, and each rank's noise stream.
+
+    A batch is one noise vector, shape (1, dim) (zero for the exact gradient): forward gives (x, noise)
+    and loss gives f(x) as its value with x - x* + noise as its gradient, so the worker pushes exactly the
+    stochastic gradient above and reports the noise-free f(x)."""
+
     def __init__(self, s: SyntheticConfig, device: torch.device):
+        self.dim = s.dim
         self.sigma = s.noise
         gen = torch.Generator().manual_seed(s.data_seed)
         self.x_star = (s.optimum_scale * torch.randn(s.dim, generator=gen)).to(device)
@@ -66,6 +73,25 @@ class QuadraticProblem:
         """x^0 from torch's global generator, which the caller seeded with the experiment seed."""
         x0 = self.x_star.cpu() + self.init_scale * torch.randn(self.x_star.numel()) / self.x_star.numel() ** 0.5
         return Quadratic(x0)
+
+    @staticmethod
+    def forward(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        return model.x, batch[0]
+
+    def loss(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        diff = x - self.x_star.to(x.device)
+        shift = (noise.sum(dim=0) * x).sum()
+        return 0.5 * diff.dot(diff) + shift - shift.detach()  # the value is f(x); the gradient has the noise
+
+    def batches(self, rank: int, world: int, seed: int, batch_size: int):
+        """The rank's endless noise stream (its own generator); batch_size 0 gives exact gradients."""
+        from worker.tasks.loader import rank_seed
+
+        sampler = NoiseSampler(self.dim, self.sigma, batch_size, rank_seed(seed, rank))
+        zero = torch.zeros(1, self.dim)
+        while True:
+            noise = sampler.next().noise
+            yield (zero if noise is None else noise.unsqueeze(0),)
 
     def value(self, x: torch.Tensor) -> float:
         return 0.5 * float((x - self.x_star).double().square().sum())

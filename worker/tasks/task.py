@@ -1,169 +1,138 @@
-"""A training task: data, model, loss, minibatch sampling, gradients into the flat buffer, evaluation.
+"""A task at run time: the TaskSpec its factory built, the model on flat buffers, the rank's batches, the
+gradient of a batch, and the evaluation of a parameter vector. The same for every task (worker/tasks/api.py).
 
-The objective is f(x) = mean loss over the training data + regularizer(x), where the regularizer is
-none, l2 (lambda/2 ||x||^2) or nonconvex (lambda * sum x^2 / (1 + x^2), the EF21 papers' choice).
-The synthetic kind quadratic has no data: f(x) = 1/2 ||x - x*||^2 + regularizer(x), its stochastic
-gradients carry Gaussian noise instead of minibatch noise (quadratic.py).
+The objective is f(x) = mean over a batch of loss(forward(model, batch)) + regularizer(model).
 """
 
 from __future__ import annotations
 
-import numpy as np
+import copy
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
 import torch
-import torch.nn.functional as F
 
-from protocol.config.schema import ExperimentConfig, TaskConfig
-from worker.tasks.data import Dataset, load_dataset
+from protocol.config.schema import ExperimentConfig
+from worker.tasks.api import Data, TaskError, TaskSpec, call_factory, load_factory
+from worker.tasks.builtin import builtin
 from worker.tasks.flat import FlatModel
-from worker.tasks.models import build_model
-from worker.tasks.quadratic import NoiseBatch, NoiseSampler, QuadraticProblem
+from worker.tasks.loader import batch_size_of, eval_batches, rank_loader, to_device
+
+EVAL_BATCH = 4096
 
 
-def rank_seed(seed: int, rank: int, stream: int = 0) -> int:
-    """Independent, reproducible seed per (experiment seed, rank, stream); stream 0 draws minibatches."""
-    key = [seed, rank] if stream == 0 else [seed, rank, stream]
-    return int(np.random.SeedSequence(key).generate_state(1)[0])
+def build_spec(cfg: ExperimentConfig) -> TaskSpec:
+    """The experiment's task: its factory (task.factory, or the built-in one of task.dataset) called after
+    seeding torch with the experiment seed, so every process builds the same initial model. Raises
+    TaskError naming what is wrong."""
+    torch.manual_seed(cfg.seed)
+    if not cfg.task.factory:
+        return call_factory(builtin, cfg.task, f"the built-in {cfg.task.dataset} task")
+    return call_factory(load_factory(cfg.task.factory), cfg.task, cfg.task.factory)
 
 
-class BatchSampler:
-    """Epochs over an index set, reshuffled each epoch by the rank's own generator.
-
-    random: the index set is the whole training set (each rank its own order);
-    shard:  the index set is this rank's contiguous slice of one fixed permutation.
-    batch_size 0 yields the whole index set every time (deterministic full gradients).
-    """
-
-    def __init__(self, n: int, batch_size: int, sampling: str, rank: int, world: int, seed: int):
-        if sampling == "shard":
-            perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-            lo, hi = rank * n // world, (rank + 1) * n // world
-            self.indices = perm[lo:hi].sort().values
-        else:
-            self.indices = torch.arange(n)
-        if len(self.indices) == 0:
-            raise ValueError(f"rank {rank} has no training data (n={n}, world={world})")
-        self.batch_size = batch_size
-        self.gen = torch.Generator().manual_seed(rank_seed(seed, rank))
-        self._order = self.indices
-        self._pos = len(self.indices) if batch_size else 0
-
-    def next(self) -> torch.Tensor:
-        if self.batch_size == 0:
-            return self.indices
-        if self._pos + self.batch_size > len(self._order):
-            self._order = self.indices[torch.randperm(len(self.indices), generator=self.gen)]
-            self._pos = 0
-        batch = self._order[self._pos : self._pos + self.batch_size]
-        self._pos += self.batch_size
-        return batch
+def another_rank(spec: TaskSpec) -> TaskSpec:
+    """The same task with its own copy of the model (ranks hosted by one process share the data)."""
+    return dataclasses.replace(spec, model=copy.deepcopy(spec.model))
 
 
 class Task:
-    def __init__(self, cfg: ExperimentConfig, device: str | torch.device = "cpu", data: Dataset | None = None):
-        self.cfg: TaskConfig = cfg.task
+    def __init__(self, cfg: ExperimentConfig, device: str | torch.device = "cpu", spec: TaskSpec | None = None):
+        self.cfg = cfg
         self.device = torch.device(device)
-        quadratic = cfg.task.dataset == "synthetic" and cfg.task.synthetic.kind == "quadratic"
-        self.quadratic = QuadraticProblem(cfg.task.synthetic, self.device) if quadratic else None
-        self.data = None if quadratic else (data or load_dataset(cfg.task)).to(self.device)
-        torch.manual_seed(cfg.seed)  # every process builds the same initial model
-        model = self.quadratic.model() if self.quadratic else build_model(cfg.task, self.data)
-        self.net = FlatModel(model, self.device)
-        self.seed = cfg.seed
+        self.spec = spec if spec is not None else build_spec(cfg)
+        self.net = FlatModel(self.spec.model, self.device)
+        self.amp = cfg.worker.amp == "bf16"
 
     @property
     def layout(self):
         return self.net.layout
 
-    def sampler(self, rank: int, world: int) -> BatchSampler | NoiseSampler:
-        if self.quadratic:
-            return NoiseSampler(self.net.numel, self.quadratic.sigma, self.cfg.batch_size, rank_seed(self.seed, rank))
-        bs = min(self.cfg.batch_size, len(self.data.x_train))
-        return BatchSampler(len(self.data.x_train), bs, self.cfg.sampling, rank, world, self.seed)
+    def batches(self, rank: int, world: int) -> Iterator[Any]:
+        """The rank's endless stream of training batches (its DataLoader, or the task's own stream)."""
+        t, seed = self.cfg.task, self.cfg.seed
+        if self.spec.batches is not None:
+            return self.spec.batches(rank, world, seed, t.batch_size)
+        assert self.spec.train is not None
+        loader = rank_loader(self.spec.train, t.batch_size, t.sampling, rank, world, seed, t.loader_workers,
+                             self.spec.collate_fn)  # fmt: skip
+        return iter(loader)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self._data_loss(self.net.model(x), y)
-
-    def _data_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.data.num_classes is None:
-            return 0.5 * F.mse_loss(out, y)
-        return F.cross_entropy(out, y)
-
-    def regularizer(self) -> torch.Tensor:
-        lam, p = self.cfg.reg_lambda, self.net.params
-        if self.cfg.regularizer == "l2":
-            return 0.5 * lam * p.dot(p)
-        if self.cfg.regularizer == "nonconvex":
-            sq = p * p
-            return lam * (sq / (1 + sq)).sum()
-        return p.new_zeros(())
-
-    def gradient(self, batch: torch.Tensor | NoiseBatch) -> float:
-        """Minibatch gradient of the objective at the current parameters, into `self.net.grad`.
-
-        Returns the minibatch's data loss (quadratic: f(x) without the regularizer, noise-free)."""
-        if isinstance(batch, NoiseBatch):
-            return self._quadratic_gradient(batch)
+    def gradient(self, batch: Any) -> float:
+        """The objective's gradient at the current parameters on one batch, into net.grad; returns the
+        batch's mean loss (without the regularizer)."""
         self.net.zero_grad()
-        batch = batch.to(self.device)
-        loss = self.loss(self.data.x_train[batch], self.data.y_train[batch])
-        loss.backward()
-        self._add_regularizer_grad()
+        loss = self._loss(to_device(batch, self.device))
+        total = loss + self._regularizer()
+        total.backward()
         return float(loss.detach())
 
-    def _quadratic_gradient(self, batch: NoiseBatch) -> float:
-        value = self.quadratic.gradient_into(self.net.params, self.net.grad, batch)
-        self._add_regularizer_grad()
-        return value
+    def _loss(self, batch: Any) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            outputs, targets = self.spec.forward(self.net.model, batch)
+            loss = self.spec.loss(outputs, targets)
+        return loss.float()
 
-    def _add_regularizer_grad(self) -> None:
-        lam, p, g = self.cfg.reg_lambda, self.net.params, self.net.grad
-        if self.cfg.regularizer == "none" or lam == 0:
-            return
-        if self.cfg.regularizer == "l2":
-            g.add_(p, alpha=lam)
-        else:  # d/dx [x^2 / (1 + x^2)] = 2x / (1 + x^2)^2
-            g.add_(lam * 2 * p / (1 + p * p) ** 2)
+    def _regularizer(self) -> torch.Tensor:
+        reg = self.spec.regularizer
+        return reg(self.net.model) if reg is not None else torch.zeros((), device=self.device)
 
     @torch.no_grad()
-    def evaluate(self, params: torch.Tensor, max_samples: int, grad_norm: bool = False) -> dict:
-        """train_loss (objective incl. regularizer), test_loss and test_acc at `params`; with grad_norm
-        also grad_norm_sq, ||grad f||^2 of that objective (the quadratic reports it always: it is cheap).
-
-        The quadratic has no held-out data: its test_loss is f(x) too, and test_acc is None."""
+    def evaluate(
+        self, params: torch.Tensor, max_samples: int, grad_norm: bool = False, buffers: torch.Tensor | None = None
+    ) -> dict:
+        """train_loss (objective incl. regularizer), test_loss, test_acc and the task's other metrics
+        (test_<name>) at `params` (and `buffers`), over at most max_samples samples of each split; with
+        grad_norm (or a task that asks for it) also grad_norm_sq, ||grad f||^2 of the training objective."""
         self.net.params.copy_(params.to(self.device))
-        if self.quadratic:
-            f = self.quadratic.value(self.net.params) + float(self.regularizer())
-            return {"train_loss": f, "test_loss": f, "test_acc": None, "grad_norm_sq": self.grad_norm_sq(0)}
+        if buffers is not None and buffers.numel():
+            self.net.load_buffers(buffers.to(self.device))
         self.net.model.eval()
-        train_loss, _ = self._score(self.data.x_train[:max_samples], self.data.y_train[:max_samples])
-        test_loss, test_acc = self._score(self.data.x_test[:max_samples], self.data.y_test[:max_samples])
-        out = {"train_loss": train_loss + float(self.regularizer()), "test_loss": test_loss, "test_acc": test_acc}
+        try:
+            return self._evaluate(max_samples, grad_norm or self.spec.report_grad_norm)
+        finally:
+            self.net.model.train()
+
+    def _evaluate(self, max_samples: int, grad_norm: bool) -> dict:
+        train_loss, _ = self._score(self.spec.train, max_samples)
+        test_loss, metrics = self._score(self.spec.test, max_samples)
+        out: dict[str, Any] = {
+            "train_loss": None if train_loss is None else train_loss + float(self._regularizer()),
+            "test_loss": test_loss,
+            "test_acc": metrics.pop("acc", None),
+            **{f"test_{name}": value for name, value in metrics.items()},
+        }
         if grad_norm:
             out["grad_norm_sq"] = self.grad_norm_sq(max_samples)
-        self.net.model.train()
         return out
 
-    def grad_norm_sq(self, max_samples: int, chunk: int = 4096) -> float:
-        """||grad f(x)||^2 at the current parameters, f = the training objective over the first max_samples
-        samples (regularizer included): one full-batch backward pass, in chunks, into net.grad."""
-        if self.quadratic:
-            self.quadratic.gradient_into(self.net.params, self.net.grad, NoiseBatch(None, 1))
-        else:
-            self.net.zero_grad()
-            x, y = self.data.x_train[:max_samples], self.data.y_train[:max_samples]
-            with torch.enable_grad():
-                for i in range(0, len(x), chunk):  # chunk means weighted by their share: the full mean
-                    (self.loss(x[i : i + chunk], y[i : i + chunk]) * (len(x[i : i + chunk]) / len(x))).backward()
-        self._add_regularizer_grad()
-        return float(self.net.grad.double().square().sum())
+    def _score(self, data: Data | None, max_samples: int) -> tuple[float | None, dict[str, float]]:
+        """Mean loss and metrics over the first max_samples samples (each batch weighted by its size)."""
+        if data is None:
+            return None, {}
+        total, sums, n = 0.0, {}, 0
+        for batch in eval_batches(data, max_samples, EVAL_BATCH, self.spec.collate_fn):
+            size = batch_size_of(batch)
+            outputs, targets = self.spec.forward(self.net.model, to_device(batch, self.device))
+            total += float(self.spec.loss(outputs, targets)) * size
+            for name, value in (self.spec.metrics(outputs, targets) if self.spec.metrics else {}).items():
+                sums[name] = sums.get(name, 0.0) + float(value) * size
+            n += size
+        n = max(n, 1)
+        return total / n, {name: value / n for name, value in sums.items()}
 
-    def _score(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> tuple[float, float | None]:
-        total, correct = 0.0, 0
-        for i in range(0, len(x), chunk):
-            xb, yb = x[i : i + chunk], y[i : i + chunk]
-            out = self.net.model(xb)
-            total += float(self._data_loss(out, yb)) * len(xb)
-            if self.data.num_classes is not None:
-                correct += int((out.argmax(dim=1) == yb).sum())
-        n = max(1, len(x))
-        return total / n, (correct / n if self.data.num_classes is not None else None)
+    def grad_norm_sq(self, max_samples: int) -> float:
+        """||grad f(x)||^2 at the current parameters: f = the training objective over the first max_samples
+        training samples, regularizer included; one full-batch backward pass, in chunks, into net.grad."""
+        if self.spec.train is None:
+            raise TaskError("grad_norm_sq needs training data (TaskSpec.train)")
+        self.net.zero_grad()
+        batches = list(eval_batches(self.spec.train, max_samples, EVAL_BATCH, self.spec.collate_fn))
+        n = sum(batch_size_of(b) for b in batches)
+        with torch.enable_grad():
+            for batch in batches:  # chunk means weighted by their share: the full mean
+                (self._loss(to_device(batch, self.device)) * (batch_size_of(batch) / n)).backward()
+            if self.spec.regularizer is not None:
+                self._regularizer().backward()
+        return float(self.net.grad.double().square().sum())
