@@ -1,8 +1,8 @@
-"""When the evaluator should stop waiting for final.snap: the run is over and will never write one.
+"""When the evaluator should stop waiting for final.safetensors: the run is over and will never write one.
 
 Two signs, whichever comes first:
-- server_summary.json exists (the server, or sync rank 0, has ended: it writes final.snap just before it)
-  and still no final.snap after FINAL_GRACE_S: the final snapshot could not be written;
+- server_summary.json exists (the server, or sync rank 0, has ended: it writes final.safetensors just before it)
+  and still no final.safetensors after FINAL_GRACE_S: the final snapshot could not be written;
 - nothing the run's processes write (status.json, updates.csv, snapshots, logs) changed for the idle
   timeout: the run died, or --run-dir names a folder no run writes to. A live server rewrites status.json
   every server.status_every_s, so only a dead run is that quiet.
@@ -39,13 +39,14 @@ class EndWatch:
         self._quiet_since = self.clock()
 
     def verdict(self) -> str | None:
-        """None while the run may still write final.snap; otherwise why it never will."""
+        """None while the run may still write final.safetensors; otherwise why it never will."""
         now = self.clock()
         if (self.run_dir / "server_summary.json").exists():
             self._ended_at = now if self._ended_at is None else self._ended_at
             if now - self._ended_at >= self.final_grace_s:
                 return (
-                    f"the run in {self.run_dir} has ended (server_summary.json) but wrote no snapshots/final.snap "
+                    f"the run in {self.run_dir} has ended (server_summary.json) but wrote no "
+                    f"snapshots/final.safetensors "
                     f"within {self.final_grace_s:g}s"
                 )
         changed = latest_change(self.run_dir)
@@ -53,7 +54,8 @@ class EndWatch:
             self._last_change, self._quiet_since = changed, now
         if now - self._quiet_since >= self.idle_timeout_s:
             return (
-                f"nothing in {self.run_dir} changed for {self.idle_timeout_s:g}s and it has no snapshots/final.snap: "
+                f"nothing in {self.run_dir} changed for {self.idle_timeout_s:g}s and it has no "
+                f"snapshots/final.safetensors: "
                 "the run is over or never started (see --idle-timeout)"
             )
         return None

@@ -3,10 +3,10 @@
 The evaluator: scores the parameter snapshots the server (or sync rank 0) writes to RUN/snapshots/
 and appends one line per snapshot to RUN/metrics.jsonl. It runs beside training in its own process
 and never talks to the server, so evaluation costs the workers nothing but a share of the CPU.
-Exit codes: 0 after scoring final.snap; 1 when the run is over without a final snapshot it can score
-(launch/endwatch.py says when), final.snap is not a snapshot of this config's model, or metrics.jsonl
+Exit codes: 0 after scoring final.safetensors; 1 when the run is over without a final snapshot it can score
+(launch/endwatch.py says when), final.safetensors is not a snapshot of this config's model, or metrics.jsonl
 cannot be written (each said in one line); 2 a missing or unusable --run-dir or --config.
-A latest.snap of a different model is reported, naming the file and both sizes, and skipped.
+A latest.safetensors of a different model is reported, naming the file and both sizes, and skipped.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
 from protocol.runfolder.snapshot import read_snapshot
 from worker.tasks import Task
+from worker.tasks.export import save_model
 
 
 class UnusableSnapshot(Exception):
@@ -40,14 +41,17 @@ class Evaluator:
     def __init__(self, cfg: ExperimentConfig, run_dir: Path):
         self.cfg = cfg
         self.snap_dir = run_dir / "snapshots"
+        self.model_dir = run_dir / "model"
         self.out = run_dir / "metrics.jsonl"
         self.task = Task(cfg, device="cpu")
         self._last_mtime = 0.0
 
     def score(self, path: Path) -> dict:
-        meta, params = self._read(path)
+        meta, params, buffers = self._read(path)
         t0 = time.monotonic()
-        m = self.task.evaluate(params, self.cfg.run.eval_max_samples, grad_norm=self.cfg.run.eval_grad_norm)
+        run = self.cfg.run
+        m = self.task.evaluate(params, run.eval_max_samples, grad_norm=run.eval_grad_norm, buffers=buffers)
+        self._save(meta)
         line = {
             "wall_s": round(meta["wall_s"], 4),
             "updates": meta["version"],
@@ -61,26 +65,39 @@ class Evaluator:
             f.write(json.dumps(line) + "\n")
         return line
 
-    def _read(self, path: Path) -> tuple[dict, torch.Tensor]:
+    def _save(self, meta: dict) -> None:
+        """The scored weights as a named state_dict: model/latest.safetensors, and model/model.safetensors
+        for the final snapshot (worker/tasks/export.py says how to load them)."""
+        name = "model.safetensors" if meta.get("final") else "latest.safetensors"
+        facts = {"version": meta["version"], "wall_s": meta["wall_s"], "config": "../config.yaml"}
+        with writing(self.model_dir / name):
+            save_model(self.task.net.model, self.model_dir / name, facts)
+
+    def _read(self, path: Path) -> tuple[dict, torch.Tensor, torch.Tensor]:
         try:
-            meta, params = read_snapshot(path)
+            meta, params, buffers = read_snapshot(path)
         except (OSError, ValueError, KeyError) as err:
             raise UnusableSnapshot(f"{path} cannot be read: {err}") from err
         model = self.task.net.numel
         if params.numel() != model:
             raise UnusableSnapshot(
-                f"{path} holds {params.numel()} parameters, but this config's model ({self.cfg.task.model} on "
-                f"{self.cfg.task.dataset}) has {model}: a snapshot of a different model"
+                f"{path} holds {params.numel()} parameters, but this config's model has {model}: "
+                "a snapshot of a different model"
             )
-        return meta, params
+        if buffers.numel() not in (0, self.task.net.buffer_layout.total):
+            raise UnusableSnapshot(
+                f"{path} holds {buffers.numel()} buffer values, this config's model "
+                f"{self.task.net.buffer_layout.total}: a snapshot of a different model"
+            )
+        return meta, params, buffers
 
     def poll_once(self) -> bool:
         """Score whatever is new; True once the final snapshot has been scored (UnusableSnapshot if it cannot)."""
-        final = self.snap_dir / "final.snap"
+        final = self.snap_dir / "final.safetensors"
         if final.exists():
             self.score(final)
             return True
-        latest = self.snap_dir / "latest.snap"
+        latest = self.snap_dir / "latest.safetensors"
         try:
             mtime = latest.stat().st_mtime
         except FileNotFoundError:
@@ -89,12 +106,12 @@ class Evaluator:
             self._last_mtime = mtime
             try:
                 self.score(latest)
-            except UnusableSnapshot as err:  # a later snapshot, or final.snap, may still be scored
+            except UnusableSnapshot as err:  # a later snapshot, or final.safetensors, may still be scored
                 print(f"skipped: {err}", flush=True)
         return False
 
     def run(self, watch: EndWatch | None = None, poll_s: float = 0.1) -> None:
-        """Until final.snap is scored; GaveUp when `watch` says the run is over without one."""
+        """Until final.safetensors is scored; GaveUp when `watch` says the run is over without one."""
         while not self.poll_once():
             why = watch.verdict() if watch is not None else None
             if why is not None:
@@ -121,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(1)
     idle = args.idle_timeout if args.idle_timeout is not None else default_idle_timeout(cfg)
-    print(f"scoring {args.run_dir / 'snapshots'} until final.snap (idle timeout {idle:g}s)", flush=True)
+    print(f"scoring {args.run_dir / 'snapshots'} until final.safetensors (idle timeout {idle:g}s)", flush=True)
     try:
         Evaluator(cfg, args.run_dir).run(EndWatch(args.run_dir, idle))
     except (GaveUp, UnusableSnapshot, WriteError) as err:

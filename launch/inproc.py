@@ -11,8 +11,10 @@ from pathlib import Path
 
 import torch
 
+from launch.handoff import initial_model
 from protocol.config.schema import ExperimentConfig
 from protocol.config.typed import build
+from protocol.runfolder.model_init import ModelInit
 from protocol.runfolder.records import as_dict
 from protocol.wire.channel import Channel
 from protocol.wire.layout import Layout
@@ -28,11 +30,27 @@ def make_config(**sections) -> ExperimentConfig:
     return build(ExperimentConfig, sections)
 
 
+def served(layout: Layout, params: torch.Tensor, run_id: str = "") -> ModelInit:
+    """A model to serve from a layout and its initial parameters (no buffers)."""
+    return ModelInit(layout, params.reshape(-1).float(), Layout([]), torch.empty(0), run_id)
+
+
 @contextlib.contextmanager
-def running_server(cfg: ExperimentConfig, run_dir: Path | None = None, endpoint: str = "tcp://127.0.0.1:0"):
+def running_server(
+    cfg: ExperimentConfig,
+    run_dir: Path | None = None,
+    endpoint: str = "tcp://127.0.0.1:0",
+    model: ModelInit | tuple[Layout, torch.Tensor] | None = None,
+):
+    """The server in a thread, serving `model` (a ModelInit, a (layout, initial parameters) pair, or None:
+    the experiment's task, as the launcher would hand it over)."""
+    if model is None:
+        model = initial_model(cfg, run_id="")
+    elif isinstance(model, tuple):
+        model = served(*model)
     chan = server_channel(cfg.server)
     bound = chan.bind(endpoint)
-    server = ParameterServer(cfg, chan, run_dir=run_dir)
+    server = ParameterServer(cfg, chan, model, run_dir=run_dir)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(as_dict(server.serve())), daemon=True)
     thread.start()
@@ -58,11 +76,11 @@ class FakeWorker:
         self.version = 0
         self.params: torch.Tensor | None = None
 
-    def hello(self, init: torch.Tensor | None = None, **overrides) -> Message:
-        self.send_hello(init, **overrides)
+    def hello(self, **overrides) -> Message:
+        self.send_hello(**overrides)
         return self.recv_welcome()
 
-    def send_hello(self, init: torch.Tensor | None = None, **overrides) -> None:
+    def send_hello(self, **overrides) -> None:
         fields = dict(
             rank=self.rank,
             pid=0,
@@ -71,7 +89,6 @@ class FakeWorker:
             run_id="t",
             uplink="grad",
             signature=self.layout.signature(),
-            init=init,
         )
         fields.update(overrides)
         self.chan.send(Hello(**fields))
@@ -127,8 +144,8 @@ class FakeWorker:
         self.chan.close()
 
 
-def join_all(workers: list[FakeWorker], init: torch.Tensor) -> list[Message]:
+def join_all(workers: list[FakeWorker]) -> list[Message]:
     """Hello from every worker (the server may wait for all of them), then every welcome."""
     for w in workers:
-        w.send_hello(init)
+        w.send_hello()
     return [w.recv_welcome() for w in workers]

@@ -37,6 +37,7 @@ from protocol.wire.encoding import INT32_MAX_NUMEL, VALUE_DTYPES
 from protocol.wire.layout import Layout
 from ps.history import ParamHistory
 from worker.compressors import segments
+from worker.tasks import TaskError, build_spec
 from worker.tasks.data import DataShape, check_data
 from worker.tasks.models import build_model
 
@@ -57,8 +58,9 @@ def preflight(cfg: ExperimentConfig, cuda_devices: int | None = None, memory_byt
 
 # -- the model --------------------------------------------------------------------------------------------
 def check_model(cfg: ExperimentConfig, memory_bytes: int | None = None) -> Layout:
-    """Data checked, model built on the meta device, then the limits its size must fit; its layout."""
-    layout = model_layout(cfg, check_data(cfg))
+    """Data checked, model built (a built-in one on the meta device, a factory's for real), then the limits its
+    size must fit; its layout."""
+    layout = factory_layout(cfg) if cfg.task.factory else model_layout(cfg, check_data(cfg))
     check_messages(cfg, layout)
     check_memory(cfg, layout.total, memory_bytes)
     return layout
@@ -81,9 +83,22 @@ def model_layout(cfg: ExperimentConfig, shape: DataShape | None) -> Layout:
     return Layout.from_shapes([(name, tuple(p.shape)) for name, p in model.named_parameters()])
 
 
+def factory_layout(cfg: ExperimentConfig) -> Layout:
+    """The layout of the model task.factory builds: the factory imported and called once, its TaskSpec checked.
+    Raises ConfigError naming task.factory and the cause (an import error, what the factory raised, a return
+    value that is not a usable TaskSpec)."""
+    try:
+        spec = build_spec(cfg)
+    except TaskError as err:
+        raise ConfigError("task.factory", str(err)) from None
+    return Layout.from_shapes([(n, tuple(p.shape)) for n, p in spec.model.named_parameters() if p.requires_grad])
+
+
 def size_key(cfg: ExperimentConfig) -> str:
     """The key that sets the model's size, to name when the size is the trouble."""
     task = cfg.task
+    if task.factory:
+        return "task.factory"
     if task.dataset == "synthetic" and task.synthetic.kind == "quadratic":
         return "task.synthetic.dim"
     return {"mlp": "task.hidden", "cnn": "task.channels"}.get(task.model, "task.model")

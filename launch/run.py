@@ -16,12 +16,15 @@ import socket
 import time
 from pathlib import Path
 
+from launch.handoff import hand_off
 from launch.outcome import RunFailed
 from launch.rundir import read_json
 from launch.runner import Run
 from launch.shutdown import STOP_MARGIN_S, WORKER_GRACE_S, Stage
 from launch.signals import StopSignals
+from launch.writes import writing
 from protocol.config.schema import ExperimentConfig
+from protocol.errors import ConfigError
 from protocol.runfolder.records import RunSummary
 
 __all__ = ["RunFailed", "run_experiment", "worker_process"]  # RunFailed lives with the outcomes; callers use it here
@@ -54,6 +57,11 @@ class AsyncRun(Run):
             )
 
     def _start_server(self) -> str:
+        try:
+            with writing(self.run_dir / "model"):
+                hand_off(self.cfg, self.run_dir)  # the server starts knowing its model and run
+        except ConfigError as err:
+            raise RunFailed(f"the task cannot be built: {err}") from None
         server = self.sup.start("server", "ps", ["--config", str(self.config_path), "--run-dir", str(self.run_dir)])
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -80,7 +88,7 @@ class AsyncRun(Run):
             self.sup.terminate_all(only=self._workers())
 
     def _stop_order(self) -> list[Stage]:
-        # The server first: it tells the live workers Stop and writes server_summary.json and final.snap
+        # The server first: it tells the live workers Stop and writes server_summary.json and final.safetensors
         # within stop_grace_s; the workers keep running meanwhile, so they get that Stop and leave cleanly.
         server_grace = self.cfg.server.stop_grace_s + STOP_MARGIN_S
         return [Stage("the server", ["server"], server_grace), Stage("the workers", self._workers(), WORKER_GRACE_S)]
@@ -110,7 +118,7 @@ class SyncRun(Run):
 
     def _stop_order(self) -> list[Stage]:
         # Every rank at once: any rank's SIGTERM travels in the next collective, the group applies that step
-        # and leaves, and rank 0 writes final.snap and server_summary.json (a group with a dead rank cannot
+        # and leaves, and rank 0 writes final.safetensors and server_summary.json (a group with a dead rank cannot
         # finish a collective: its ranks fail and exit, and write nothing more).
         return [Stage("the ranks", self._workers(), self.cfg.server.stop_grace_s + STOP_MARGIN_S)]
 

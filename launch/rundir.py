@@ -10,7 +10,7 @@ runs/<name>-<timestamp>/
     worker-<i>.json      each worker's counters (compute, simulated and waiting time)
     logs/<process>.log   stdout + stderr of every process
     plots/*.png          loss/accuracy vs time and updates, staleness, bytes
-    snapshots/           parameter snapshots for the evaluator (final.snap = the trained model)
+    snapshots/           parameter snapshots for the evaluator (final.safetensors = the trained model)
 """
 
 from __future__ import annotations

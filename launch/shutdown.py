@@ -1,5 +1,5 @@
 """Finishing a run after a failure or a stop signal: the children stop in order, each given the time it needs
-to leave its results, so that a failed run still has server_summary.json, final.snap and its score.
+to leave its results, so that a failed run still has server_summary.json, final.safetensors and its score.
 
 A SIGTERM asks each role to end cleanly (the server stops, tells the workers Stop and writes its records
 within server.stop_grace_s; a sync rank carries the stop into the next collective and rank 0 writes them;
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from launch.supervisor import Supervisor
 
-STOP_MARGIN_S = 5.0  # beyond server.stop_grace_s: final.snap, server_summary.json and the interpreter's exit
+STOP_MARGIN_S = 5.0  # beyond server.stop_grace_s: final.safetensors, server_summary.json and the interpreter's exit
 WORKER_GRACE_S = 3.0  # a worker leaves between steps within worker/host.py's CANCEL_GRACE_S (2.5 s)
 EVALUATOR_GRACE_S = 3.0  # an evaluator with no final snapshot to score is simply stopped
 
@@ -37,12 +37,12 @@ def stop_in_order(sup: Supervisor, stages: list[Stage], say: Callable[[str], Non
 
 
 def let_evaluator_finish(sup: Supervisor, run_dir: Path, timeout_s: float, say: Callable[[str], None]) -> None:
-    """Let the evaluator score final.snap when the stop left one (at most timeout_s); otherwise stop it,
+    """Let the evaluator score final.safetensors when the stop left one (at most timeout_s); otherwise stop it,
     as it would wait for a snapshot that never comes."""
     evaluator = sup.children.get("evaluator")
     if evaluator is None or evaluator.returncode is not None:
         return
-    if (run_dir / "snapshots" / "final.snap").exists():
+    if (run_dir / "snapshots" / "final.safetensors").exists():
         say(f"scoring the final snapshot (up to {timeout_s:g}s)")
         if sup.wait(["evaluator"], timeout_s):
             return

@@ -1,7 +1,10 @@
-"""python -m ps --config X.yaml [--run-dir DIR] [--endpoint tcp://127.0.0.1:0]
+"""python -m ps --config X.yaml --run-dir DIR [--init FILE] [--endpoint tcp://127.0.0.1:0]
 
-Binds, prints `TAUPS_SERVER_READY <endpoint>` (and writes <run-dir>/server.json) once workers can
-connect, serves until the run ends, and exits 0 when it ended normally (max_updates or max_seconds).
+Serves the initial model the launcher prepared (DIR/model/init.safetensors, or --init; `python -m
+launch.prepare` writes one for servers started by hand). Binds, prints `TAUPS_SERVER_READY <endpoint>` (and
+writes DIR/server.json) once workers can connect, serves until the run ends, and exits 0 when it ended
+normally (max_updates or max_seconds), 2 on a bad config or initial model, 1 when it cannot bind, 3 when it
+was stopped early.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from pathlib import Path
 import torch
 
 from protocol.config.loader import load_experiment
+from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
+from protocol.runfolder.model_init import FILE, ModelInit, read_model_init
+from protocol.runfolder.records import ServerSummary
 from ps.outbox import server_channel
 from ps.server import ParameterServer
 
@@ -26,48 +32,48 @@ log = logging.getLogger("ps")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ps", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="experiment YAML (the launcher passes the resolved one)")
-    ap.add_argument("--run-dir", type=Path, help="folder for updates.csv, status.json, snapshots")
+    ap.add_argument("--run-dir", type=Path, required=True, help="folder for updates.csv, status.json, snapshots")
+    ap.add_argument("--init", type=Path, help=f"the initial model (default: RUN_DIR/{FILE})")
     ap.add_argument("--endpoint", help="override server.endpoint")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s ps %(levelname)s %(message)s", stream=sys.stdout)
     try:
         cfg = load_experiment(args.config)
-    except (ConfigError, OSError) as err:
+        init = read_model_init(args.init or args.run_dir / FILE)
+    except (ConfigError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     torch.set_num_threads(cfg.server.threads)
-    if args.run_dir:
-        args.run_dir.mkdir(parents=True, exist_ok=True)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    return serve(cfg, init, args.run_dir, args.endpoint or cfg.server.endpoint)
+
+
+def serve(cfg: ExperimentConfig, init: ModelInit, run_dir: Path, endpoint: str) -> int:
     chan = server_channel(cfg.server)
     try:
-        endpoint = chan.bind(args.endpoint or cfg.server.endpoint)
+        bound = chan.bind(endpoint)
     except Exception as err:
-        print(f"error: cannot bind {args.endpoint or cfg.server.endpoint}: {err}", file=sys.stderr)
+        print(f"error: cannot bind {endpoint}: {err}", file=sys.stderr)
         chan.close()
         return 1
-    server = ParameterServer(cfg, chan, run_dir=args.run_dir)
+    server = ParameterServer(cfg, chan, init, run_dir=run_dir)
     signal.signal(signal.SIGTERM, lambda *_: server.signal_stop("terminated"))
     signal.signal(signal.SIGINT, lambda *_: server.signal_stop("interrupted"))
-    if args.run_dir:
-        (args.run_dir / "server.json").write_text(json.dumps({"endpoint": endpoint}))
-    print(f"TAUPS_SERVER_READY {endpoint}", flush=True)
-    log.info(
-        "serving %d workers at %s (optimizer %s, lr %g)", cfg.workers, endpoint, cfg.optimizer.name, cfg.optimizer.lr
-    )
+    (run_dir / "server.json").write_text(json.dumps({"endpoint": bound}))
+    print(f"TAUPS_SERVER_READY {bound}", flush=True)
+    log.info("serving %d workers at %s (%d parameters, optimizer %s, lr %g)", cfg.workers, bound,
+             init.layout.total, cfg.optimizer.name, cfg.optimizer.lr)  # fmt: skip
     try:
         summary = server.serve()
     finally:
         chan.close()
-    log.info(
-        "stopped (%s) after %d updates in %.1fs: %d pushes received, %d applied, %d rejected",
-        summary.stop_reason,
-        summary.updates,
-        summary.wall_s,
-        summary.pushes_received,
-        summary.pushes_applied,
-        summary.pushes_rejected,
-    )
+    _log_end(summary)
     return 0 if summary.stop_reason in ("max_updates", "max_seconds") else 3
+
+
+def _log_end(s: ServerSummary) -> None:
+    log.info("stopped (%s) after %d updates in %.1fs: %d pushes received, %d applied, %d rejected",
+             s.stop_reason, s.updates, s.wall_s, s.pushes_received, s.pushes_applied, s.pushes_rejected)  # fmt: skip
 
 
 if __name__ == "__main__":

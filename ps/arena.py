@@ -12,20 +12,18 @@ import torch
 
 from protocol.errors import ProtocolError
 from protocol.wire import codec
-from protocol.wire.messages import Hello, Message, Push
+from protocol.wire.messages import Message, Push
 
 
 class RecvArena:
-    def __init__(self, numel: int):
+    def __init__(self, numel: int, buffer_numel: int = 0):
         cap = max(4 * numel, 64)
         self._arenas = {name: torch.empty(cap, dtype=torch.uint8) for name in codec.tensor_fields(Push)}
-        self._hello_init = torch.empty(cap, dtype=torch.uint8)
+        self._arenas["buffers"] = torch.empty(max(4 * buffer_numel, 64), dtype=torch.uint8)
 
     def __call__(self, cls: type[Message], spec: codec.TensorSpec) -> torch.Tensor:
         if cls is Push:
             return self._view(self._arenas[spec.name], spec)
-        if cls is Hello and spec.name == "init":
-            return self._view(self._hello_init, spec)
         raise ProtocolError("bad_type", f"a server takes no tensors in {cls.TYPE} messages")
 
     @staticmethod
@@ -33,15 +31,3 @@ class RecvArena:
         if spec.nbytes > arena.numel():
             raise ProtocolError("oversized", f"tensor '{spec.name}' of {spec.nbytes} bytes exceeds {arena.numel()}")
         return arena[: spec.nbytes].view(codec.DTYPES[spec.dtype])
-
-
-def before_model(max_bytes: int) -> codec.Allocator:
-    """Before the served model exists only a Hello's initial parameters may carry a tensor."""
-    fresh = codec.fresh_allocator(max_bytes)
-
-    def alloc(cls: type[Message], spec: codec.TensorSpec) -> torch.Tensor:
-        if cls is Hello and spec.name == "init":
-            return fresh(cls, spec)
-        raise ProtocolError("not_ready", f"no model is served yet: {cls.TYPE}.{spec.name} refused")
-
-    return alloc

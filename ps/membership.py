@@ -52,21 +52,23 @@ class Membership:
         self.pending: list[int] = []  # joined, waiting for the start (server.wait_for_workers)
         self.stopped: set[int] = set()  # told to stop
 
-    def check_hello(self, hello: Hello, layout: Layout | None, uplink: str) -> Layout:
-        """The Hello's model layout, or ProtocolError naming why this Hello is refused."""
+    def check_hello(self, hello: Hello, model: ServedModel, run_id: str, uplink: str) -> None:
+        """ProtocolError naming why this Hello is refused: another run, rank, model or uplink."""
         cfg = self.cfg
+        if run_id and hello.run_id != run_id:
+            raise ProtocolError("bad_run", f"this server serves run {run_id!r}, not {hello.run_id!r}")
         if not 0 <= hello.rank < cfg.workers:
             raise ProtocolError("unknown_rank", f"rank {hello.rank} is outside 0..{cfg.workers - 1}")
-        theirs = Layout.from_signature(hello.signature)
-        if layout is not None and theirs != layout:
+        if Layout.from_signature(hello.signature) != model.layout:
             raise ProtocolError("bad_shape", f"rank {hello.rank}'s model does not match the served layout")
+        if Layout.from_signature(hello.buffer_signature, empty=True) != model.buffer_layout:
+            raise ProtocolError("bad_shape", f"rank {hello.rank}'s model buffers do not match the served ones")
         if hello.uplink != uplink:
             raise ProtocolError(
                 "bad_encoding",
                 f"rank {hello.rank} pushes '{hello.uplink}', server expects '{uplink}' "
                 f"(compression.method {cfg.compression.method})",
             )
-        return theirs
 
     def check_free(self, rank: int, identity: bytes, reachable: Callable[[bytes], bool]) -> None:
         """Raises rank_in_use when another connection holds the rank and is still there."""

@@ -1,7 +1,7 @@
 """The served model: parameters, their layout, the optimizer, the aggregator and the buffers around them.
 
-Created once (from the layout and the initial parameters) and held by the server as one object, so
-the loop never asks "initialised yet?" of each part. The two-phase push path lives here:
+Created once, when the server starts, from the initial model the launcher hands over (ModelInit), and
+held by the server as one object. The two-phase push path lives here:
     staged = model.stage(push)            # validate + decode; raises ProtocolError; changes nothing
     stepped = model.apply(rank, staged)   # fold in; step the optimizer when a group is complete
 """
@@ -14,7 +14,9 @@ import torch
 
 from protocol.config.schema import ExperimentConfig
 from protocol.errors import ProtocolError
+from protocol.runfolder.model_init import ModelInit
 from protocol.wire.buffers import SendPool
+from protocol.wire.encoding import require_finite
 from protocol.wire.layout import Layout
 from protocol.wire.messages import Push
 from ps.aggregate import Aggregator, Staged, make_aggregator
@@ -32,6 +34,9 @@ class ServedModel:
     pool: SendPool  # snapshot buffers for zero-copy replies
     arena: RecvArena  # preallocated receive buffers for pushes
     history: ParamHistory | None = None  # artificial delay: the last D versions
+    buffer_layout: Layout = field(default_factory=lambda: Layout([]))  # the model's buffers (BatchNorm stats)
+    buffers: dict[int, torch.Tensor] = field(default_factory=dict)  # per rank: the latest buffers it sent
+    init_buffers: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # before any worker sent some
     version: int = 0  # optimizer steps taken
     max_norm: float | None = None  # server.max_grad_norm: steps whose direction is longer are scaled down
     steps_clipped: int = 0
@@ -39,10 +44,10 @@ class ServedModel:
     _clip: torch.Tensor | None = None  # the scaled direction (the aggregator's g must stay as it is)
 
     @classmethod
-    def create(cls, cfg: ExperimentConfig, layout: Layout, init: torch.Tensor) -> ServedModel:
+    def create(cls, cfg: ExperimentConfig, init: ModelInit) -> ServedModel:
         """Raises ProtocolError (code 'config') when the artificial delay's history would exceed its memory cap;
         nothing is allocated before that check."""
-        numel, st = layout.total, cfg.staleness
+        layout, numel, st = init.layout, init.layout.total, cfg.staleness
         if st.delay != "none":
             need = ParamHistory.memory_mb(numel, st.delay_versions)
             if need > st.delay_memory_mb:
@@ -51,15 +56,17 @@ class ServedModel:
                     f"staleness.delay_versions={st.delay_versions} needs {need:.0f} MB for {numel} parameters, "
                     f"over staleness.delay_memory_mb={st.delay_memory_mb:g}",
                 )
-        params = init.reshape(-1).to(torch.float32).clone()
+        params = init.params.reshape(-1).to(torch.float32).clone()
         model = cls(
             layout=layout,
             params=params,
             opt=make_optimizer(params, cfg.optimizer),
             agg=make_aggregator(cfg.compression.ef21, numel, cfg.compression.resync_every, st.apply_every),
             pool=SendPool(numel, max_buffers=2 * cfg.workers + 4),  # one reply in flight per worker, and slack
-            arena=RecvArena(numel),
+            arena=RecvArena(numel, init.buffer_layout.total),
             max_norm=cfg.server.max_grad_norm,
+            buffer_layout=init.buffer_layout,
+            init_buffers=init.buffers.reshape(-1).float().clone(),
         )
         if st.delay != "none":
             model.history = ParamHistory(numel, st.delay_versions, st.delay, cfg.seed)
@@ -71,7 +78,25 @@ class ServedModel:
         return self.layout.total
 
     def stage(self, push: Push) -> Staged:
+        """Validate and decode (buffers too, if the push carries some); raises ProtocolError, changes nothing."""
+        if push.buffers is not None:
+            check_buffers(push.buffers, self.buffer_layout.total)
         return self.agg.stage(push)
+
+    def note_buffers(self, rank: int, buffers: torch.Tensor | None) -> None:
+        """Keep the latest buffers of a rank whose push was staged (buffers are statistics, not a step)."""
+        if buffers is None:
+            return
+        held = self.buffers.get(rank)
+        if held is None:
+            self.buffers[rank] = held = torch.empty_like(self.init_buffers)
+        held.copy_(buffers.reshape(-1))
+
+    def mean_buffers(self) -> torch.Tensor:
+        """What snapshots and checkpoints serve: the mean over workers of their latest buffers."""
+        if not self.buffers:
+            return self.init_buffers
+        return torch.stack(list(self.buffers.values())).mean(dim=0)
 
     def apply(self, rank: int, staged: Staged, lr: float) -> bool:
         """Fold an accepted push in; step the optimizer when a group of apply_every pushes is complete."""
@@ -86,6 +111,9 @@ class ServedModel:
         if self.history is not None:
             self.history.record(self.version, self.params)
         return True
+
+    def forget_buffers(self, rank: int) -> None:
+        self.buffers.pop(rank, None)
 
     def _clipped(self, direction: torch.Tensor) -> torch.Tensor:
         """The direction, scaled to norm max_norm when it is longer (torch's clip_grad_norm_ on one step)."""
@@ -104,3 +132,9 @@ class ServedModel:
         if delayed and self.history is not None:
             return self.history.pick(self.version)
         return self.version, self.params
+
+
+def check_buffers(buffers: torch.Tensor, numel: int) -> None:
+    if buffers.dtype != torch.float32 or buffers.dim() != 1 or buffers.numel() != numel:
+        raise ProtocolError("bad_shape", f"buffers must be float32 of shape ({numel},), got {tuple(buffers.shape)}")
+    require_finite(buffers, "buffers")

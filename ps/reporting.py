@@ -1,5 +1,5 @@
 """What the server leaves in the run folder while it serves: updates.csv, status.json, snapshots, and at the
-end server_summary.json and final.snap. The synchronous baseline's rank 0 writes the same files through it.
+end server_summary.json and final.safetensors. The synchronous baseline's rank 0 writes the same files through it.
 
 Recording never stops training: a write that fails (a full disk) is counted and reported, and the loop
 goes on. Snapshots are copied into a reusable buffer on the loop and written by a background thread.
@@ -61,15 +61,23 @@ class Reporter:
             )
         )
 
-    def tick(self, now: float, status: Status, params: torch.Tensor | None, started: bool) -> None:
-        """status.json every server.status_every_s, a snapshot for the evaluator every run.eval_every_s."""
+    def tick(self, now: float, status: Status) -> None:
+        """status.json every server.status_every_s (and updates.csv flushed with it)."""
         if now >= self._next_status:
             self._next_status = now + self.cfg.server.status_every_s
             self.log.flush()
             self._write("status.json", status)
-        if self.snapshots is not None and params is not None and started and now >= self._next_snapshot:
-            self._next_snapshot = now + self.cfg.run.eval_every_s
-            self.snapshots.offer(params, self.snapshot_meta(status))
+
+    def snapshot_due(self, now: float, started: bool) -> bool:
+        """Whether a snapshot for the evaluator is due (every run.eval_every_s once training started)."""
+        if self.snapshots is None or not started or now < self._next_snapshot:
+            return False
+        self._next_snapshot = now + self.cfg.run.eval_every_s
+        return True
+
+    def snapshot(self, status: Status, params: torch.Tensor, buffers: torch.Tensor | None = None) -> None:
+        if self.snapshots is not None:
+            self.snapshots.offer(params, self.snapshot_meta(status), buffers)
 
     def status(self, **fields: Any) -> Status:
         """status.json from the counters plus the caller's fields (wall_s, version, started, ...)."""
@@ -104,16 +112,18 @@ class Reporter:
             **fields,
         )
 
-    def finish(self, summary: ServerSummary, status: Status, params: torch.Tensor | None) -> None:
-        """Close updates.csv; write final.snap, the last status.json and server_summary.json."""
+    def finish(
+        self, summary: ServerSummary, status: Status, params: torch.Tensor | None, buffers: torch.Tensor | None = None
+    ) -> None:
+        """Close updates.csv; write final.safetensors, the last status.json and server_summary.json."""
         self.log.close()
         if self.log.error:
             self.write_errors.append(f"updates.csv: {self.log.error} ({self.log.rows_lost} rows not written)")
         if self.snapshots is not None and params is not None:
             try:
-                self.snapshots.final(params, self.snapshot_meta(status))
+                self.snapshots.final(params, self.snapshot_meta(status), buffers)
             except OSError as err:
-                self.write_errors.append(f"snapshots/final.snap: {err}")
+                self.write_errors.append(f"snapshots/final.safetensors: {err}")
         self._write("status.json", status)
         summary.write_errors = list(self.write_errors)
         self._write("server_summary.json", summary)

@@ -20,12 +20,10 @@ import torch
 
 from protocol.config.schema import ExperimentConfig
 from protocol.errors import ProtocolError
+from protocol.runfolder.model_init import ModelInit
 from protocol.runfolder.records import ServerSummary, Status
 from protocol.wire.channel import Channel, Received, ReceiveError
-from protocol.wire.encoding import require_finite
-from protocol.wire.layout import Layout
 from protocol.wire.messages import Heartbeat, Hello, Message, Pull, Push, Reject, Reply
-from ps.arena import before_model
 from ps.gate import ReplyGate
 from ps.membership import Member, Membership
 from ps.model import ServedModel
@@ -48,11 +46,19 @@ PULLED = Outcome(False, "pull", 0, 0.0)
 
 
 class ParameterServer:
-    def __init__(self, cfg: ExperimentConfig, channel: Channel, run_dir: Path | None = None, clock=time.monotonic):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        channel: Channel,
+        init: ModelInit,
+        run_dir: Path | None = None,
+        clock=time.monotonic,
+    ):
         self.cfg, self.chan, self.run_dir, self.clock = cfg, channel, run_dir, clock
         self.t0 = clock()  # process start: join_timeout counts from here
         self.t_start: float | None = None  # training start: wall_s, max_seconds and records count from here
-        self.model: ServedModel | None = None  # created by the first Hello
+        self.model = ServedModel.create(cfg, init)  # what is served is known before any Hello
+        self.run_id = init.run_id
         self.report = Reporter(cfg, run_dir, 0)
         self.out = Outbox(channel, self.report.counters)
         self.members = Membership(cfg, clock, self.out)
@@ -64,16 +70,15 @@ class ParameterServer:
         self._stop_at = 0.0
         self._signalled: str | None = None
         self._next_heartbeat = 0.0
-        self._before_model = before_model(cfg.server.max_message_bytes)
         self._handlers = {Push: self._on_push, Hello: self._on_hello, Pull: self._on_pull, Heartbeat: self._on_beat}
 
     @property
     def version(self) -> int:
-        return self.model.version if self.model else 0
+        return self.model.version
 
     @property
-    def params(self) -> torch.Tensor | None:
-        return self.model.params if self.model else None
+    def params(self) -> torch.Tensor:
+        return self.model.params
 
     # -- main loop -------------------------------------------------------------------------------
     def serve(self) -> ServerSummary:
@@ -91,7 +96,7 @@ class ParameterServer:
         if not ready:
             return
         try:
-            got = self.chan.recv(timeout_s=0, alloc=self.model.arena if self.model else self._before_model)
+            got = self.chan.recv(timeout_s=0, alloc=self.model.arena)
         except ReceiveError as err:
             self._on_bad_message(err)
             return
@@ -131,28 +136,20 @@ class ParameterServer:
         if self.stop_reason is not None:
             return self._tell_stop(identity, hello.rank)
         try:
-            layout = self.members.check_hello(hello, self.model.layout if self.model else None, self.uplink)
+            self.members.check_hello(hello, self.model, self.run_id, self.uplink)
             self.members.check_free(hello.rank, identity, self._reachable)
-            if self.model is None:
-                self.model = self._create_model(hello, layout)
         except ProtocolError as err:
             self.report.counters.messages_rejected += 1
             return self._send(identity, Reject(err.code, err.message, rank=hello.rank))
         member = self.members.join(hello, identity)
         self.held.pop(hello.rank, None)  # a reply held for the rank's old connection: that connection is gone
         self.gate.forget(hello.rank)
+        self.model.forget_buffers(hello.rank)
         if self.t_start is not None:
             self.gate.join(hello.rank)
             self.members.welcome(member, self.model, self.uplink)
         elif self.members.wait_for_start(hello.rank):
             self._start_training()
-
-    def _create_model(self, hello: Hello, layout: Layout) -> ServedModel:
-        init = hello.init
-        if init is None or init.numel() != layout.total or init.dtype != torch.float32:
-            raise ProtocolError("bad_shape", "the first hello must carry float32 initial parameters")
-        require_finite(init, "initial parameters")
-        return ServedModel.create(self.cfg, layout, init)
 
     def _on_push(self, got: Received) -> None:
         push, identity = got.msg, got.identity
@@ -165,13 +162,13 @@ class ParameterServer:
         t0 = time.perf_counter()
         try:
             member = self._check_push(identity, push)
-            assert self.model is not None
             staged = self.model.stage(push)
         except ProtocolError as err:
             self._record(push, got.nbytes, tau, err.code)
             return self._reject_push(identity, push, err)
         member.last_seq, member.pushes = push.seq, member.pushes + 1
         self.report.counters.note_clipped(push.meta.get("clipped"))
+        self.model.note_buffers(push.rank, push.buffers)
         decision = self.policy.decide(tau)
         stepped = decision.accept and self.model.apply(push.rank, staged, decision.lr)
         member.applied += decision.accept
@@ -232,7 +229,6 @@ class ParameterServer:
     # -- sending -----------------------------------------------------------------------------------
     def _reply(self, identity: bytes, outcome: Outcome) -> None:
         """The one place a Reply is built: the outcome, and the parameters of now (or, delayed, older ones)."""
-        assert self.model is not None
         version, source = self.model.outgoing(delayed=True)
         reply = Reply(outcome.applied, outcome.reason, outcome.staleness, version, outcome.lr)
         self.out.send_params(identity, reply, source, self.model.pool)
@@ -258,11 +254,12 @@ class ParameterServer:
         elif self.gate.held and now >= self._next_heartbeat:  # held by ssp or the barrier: keep them waiting
             self._next_heartbeat = now + 1.0
             self.members.heartbeat(self.gate.waiting(), self.version)
-        self.report.tick(now, self.status(), self.params, self.t_start is not None)
+        if self.report.snapshot_due(now, self.t_start is not None):
+            self.report.snapshot(self.status(), self.params, self.model.mean_buffers())
+        self.report.tick(now, self.status())
 
     def _tick_waiting(self, now: float) -> None:
         """Before the start: keep joined workers waiting (heartbeats), start anyway after join_timeout_s."""
-        assert self.model is not None or not self.members.pending
         if self.members.pending and now - self.t0 >= self.cfg.server.join_timeout_s:
             self._start_training()
         elif now >= self._next_heartbeat:
@@ -271,7 +268,6 @@ class ParameterServer:
 
     def _start_training(self) -> None:
         """Welcome every waiting worker with the same version-0 parameters and start the clock."""
-        assert self.model is not None
         self.t_start = self.clock()
         for rank in self.members.pending:
             self.gate.join(rank)
@@ -288,17 +284,16 @@ class ParameterServer:
 
     def _finish(self) -> ServerSummary:
         model = self.model
-        if model is not None:
-            model.agg.recompute()  # measure the drift left at the end too
+        model.agg.recompute()  # measure the drift left at the end too
         summary = self.report.summary(
             updates=self.version,
             stop_reason=self.stop_reason,
             wall_s=self.wall(),
-            num_params=model.numel if model else 0,
-            ef_drift_max=model.agg.drift_max if model else 0.0,
-            steps_clipped=model.steps_clipped if model else 0,
+            num_params=model.numel,
+            ef_drift_max=model.agg.drift_max,
+            steps_clipped=model.steps_clipped,
             workers={str(r): m.report() for r, m in sorted(self.members.members.items())},
             replies_dropped=self.out.dropped,
         )
-        self.report.finish(summary, self.status(), self.params)
+        self.report.finish(summary, self.status(), self.params, model.mean_buffers())
         return summary

@@ -12,7 +12,7 @@ loop:  grad = minibatch gradient at x ; simulated slowdown (a straggler makes ev
        rank 0 records the step as the server would (updates.csv, status.json, snapshots; sync/records.py)
 until the step's collective says stop: rank 0 asks at run.max_updates steps or run.max_seconds, any rank
        on SIGTERM/SIGINT; everyone learns it in the same collective, applies that step and leaves.
-end:   a checksum collective confirms every rank holds the same parameters; rank 0 writes final.snap
+end:   a checksum collective confirms every rank holds the same parameters; rank 0 writes final.safetensors
        and server_summary.json; every rank writes worker-<rank>.json.
 
 Every blocking call is bounded: the rendezvous by server.connect_timeout_s, each collective by
@@ -91,7 +91,7 @@ class SyncWorker:
         self.stats.stop_reason = rnd.stop_reason
         agree = self._ranks_agree()
         if self.recorder is not None:
-            self.recorder.finish(params, rnd.stop_reason, ranks, self.time_split(), agree)
+            self.recorder.finish(params, rnd.stop_reason, ranks, self.time_split(), agree, self.task.net.buffers())
         return self.stats
 
     def _stop_request(self, step: int, t_start: float) -> str:
@@ -115,7 +115,7 @@ class SyncWorker:
         t0 = time.perf_counter()
         assert self.recorder is not None
         self.recorder.record(step, wall_s, self.cfg.optimizer.lr, rnd)
-        self.recorder.tick(wall_s, self.task.net.params)
+        self.recorder.tick(wall_s, self.task.net.params, self.task.net.buffers())
         self.record_s += time.perf_counter() - t0
 
     def time_split(self) -> dict:

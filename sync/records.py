@@ -5,7 +5,7 @@ updates.csv          one row per rank per step: version = step number after the 
                      step's collective: its packed push, or its dense all-reduce buffer), applied 1,
                      loss, seq = step before, reason ok, wall_s
 status.json          every server.status_every_s; `updates` counts steps (N pushes make one step)
-snapshots/           latest.snap every run.eval_every_s (background thread), final.snap at the end
+snapshots/           latest.safetensors every run.eval_every_s (background thread), final.safetensors at the end
 server_summary.json  the server's record (staleness all 0, ef_drift_max 0), with mode 'sync', this rank's
                      time split and whether every rank ended with the same parameters
 """
@@ -57,9 +57,11 @@ class SyncRecorder:
             self.report.counters.uplink_bytes += rnd.sent[rank]
         self.report.counters.downlink_bytes += rnd.received * self.world  # every rank received as much as rank 0
 
-    def tick(self, wall_s: float, params: torch.Tensor) -> None:
-        """status.json and the evaluator's snapshot, each on its own cadence."""
-        self.report.tick(wall_s, self.status(), params, started=True)
+    def tick(self, wall_s: float, params: torch.Tensor, buffers: torch.Tensor | None = None) -> None:
+        """status.json and the evaluator's snapshot (rank 0's parameters and buffers), each on its cadence."""
+        if self.report.snapshot_due(wall_s, started=True):
+            self.report.snapshot(self.status(), params, buffers)
+        self.report.tick(wall_s, self.status())
 
     def status(self) -> Status:
         status = self.report.status(
@@ -72,7 +74,13 @@ class SyncRecorder:
         return status
 
     def finish(
-        self, params: torch.Tensor, stop_reason: str, ranks: list[dict], time_split: dict, ranks_agree: bool
+        self,
+        params: torch.Tensor,
+        stop_reason: str,
+        ranks: list[dict],
+        time_split: dict,
+        ranks_agree: bool,
+        buffers: torch.Tensor | None = None,
     ) -> ServerSummary:
         """Final snapshot, status.json and server_summary.json (the server's record); returns the summary."""
         self.stopping = stop_reason
@@ -88,5 +96,5 @@ class SyncRecorder:
             mode="sync",
             ranks_agree=ranks_agree,
         )
-        self.report.finish(summary, self.status(), params)
+        self.report.finish(summary, self.status(), params, buffers)
         return summary

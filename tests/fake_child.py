@@ -1,10 +1,10 @@
 """Stand-ins for a run's children, quick to start (no torch), for tests of the launcher's stop paths.
 
 python -m tests.fake_child server RUN_DIR WRITE_AFTER_S [END_AFTER_S]   serves until SIGTERM (or, given
-    END_AFTER_S, until then: a normal end); then, like ps/, takes WRITE_AFTER_S to write final.snap and
+    END_AFTER_S, until then: a normal end); then, like ps/, takes WRITE_AFTER_S to write final.safetensors and
     server_summary.json, and exits 3 when it was stopped by the signal, 0 at its normal end
 python -m tests.fake_child worker EXIT_AFTER_S CODE        exits CODE after EXIT_AFTER_S (143 on SIGTERM)
-python -m tests.fake_child evaluator RUN_DIR               waits for final.snap, appends a final metrics line
+python -m tests.fake_child evaluator RUN_DIR               waits for final.safetensors, appends a final metrics line
     and exits 0; no SIGTERM handler, as a process that would just die
 """
 
@@ -31,7 +31,7 @@ def server(run_dir: Path, write_after_s: float, end_after_s: float | None = None
     reason = stop[0] if stop else "max_updates"
     time.sleep(write_after_s)  # a server telling its workers Stop within server.stop_grace_s
     (run_dir / "snapshots").mkdir(exist_ok=True)
-    (run_dir / "snapshots" / "final.snap").write_bytes(b"fake")
+    (run_dir / "snapshots" / "final.safetensors").write_bytes(b"fake")
     summary = ServerSummary(updates=UPDATES, stop_reason=reason, wall_s=2.0, pushes_received=UPDATES + 5)
     summary.pushes_applied, summary.pushes_rejected = UPDATES, 5
     summary.rejected_by_reason = {"stopped": 4, "bad_numel": 1}
@@ -46,7 +46,7 @@ def worker(exit_after_s: float, code: int) -> int:
 
 
 def evaluator(run_dir: Path) -> int:
-    final = run_dir / "snapshots" / "final.snap"
+    final = run_dir / "snapshots" / "final.safetensors"
     while not final.exists():
         time.sleep(0.02)
     line = {"wall_s": 2.0, "updates": UPDATES, "train_loss": 1.0, "test_loss": 1.0, "test_acc": 0.5}

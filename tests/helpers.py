@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from launch.inproc import TIMEOUT_S, FakeWorker, join_all, make_config, running_server
+from launch.inproc import TIMEOUT_S, FakeWorker, join_all, make_config, running_server, served
 from protocol.wire import codec
 from protocol.wire.messages import Push
 
-__all__ = ["TIMEOUT_S", "FakeWorker", "join_all", "make_config", "push_frames", "running_server"]
+__all__ = ["TIMEOUT_S", "FakeWorker", "join_all", "make_config", "push_frames", "running_server", "served"]
 
 
 def push_frames(rank: int, seq: int, base_version: int, values: torch.Tensor, **fields) -> list:

@@ -3,7 +3,7 @@
     RANK=i WORLD_SIZE=N MASTER_ADDR=127.0.0.1 MASTER_PORT=P python tests/sync_rank.py CONFIG OUT_DIR
 
 Forms the group as `python -m sync` does (sync.group.join_group), runs the SyncWorker (rank 0
-records into OUT_DIR/run), and writes OUT_DIR/rank<i>.snap (protocol/runfolder/snapshot.py, no pickle).
+records into OUT_DIR/run), and writes OUT_DIR/rank<i>.safetensors (protocol/runfolder/snapshot.py, no pickle).
 """
 
 import os
@@ -33,7 +33,7 @@ def main() -> int:
         stats = worker.run()
     finally:
         dist.destroy_process_group()
-    write_snapshot(out / f"rank{rank}.snap", worker.task.net.params, {"steps": stats.pushes})
+    write_snapshot(out / f"rank{rank}.safetensors", worker.task.net.params, {"steps": stats.pushes})
     return 0
 
 

@@ -40,7 +40,7 @@ def _distributed(cfg, run_dir):
             chan.close()
     with open(run_dir / "updates.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["applied"] == "1"]
-    _, final = read_snapshot(run_dir / "snapshots" / "final.snap")
+    _, final, _ = read_snapshot(run_dir / "snapshots" / "final.safetensors")
     return rows, stats, result, final
 
 

@@ -50,7 +50,7 @@ def test_the_evaluator_gives_up_on_a_folder_where_nothing_changes(run_dir, capsy
     assert _evaluate(run_dir, "--idle-timeout", "0.5") == 1
     assert time.monotonic() - t0 < 10
     err = capsys.readouterr().err
-    assert f"error: nothing in {run_dir} changed for 0.5s and it has no snapshots/final.snap" in err
+    assert f"error: nothing in {run_dir} changed for 0.5s and it has no snapshots/final.safetensors" in err
 
 
 def test_the_evaluator_gives_up_when_the_run_ended_without_a_final_snapshot(run_dir):
@@ -59,9 +59,9 @@ def test_the_evaluator_gives_up_when_the_run_ended_without_a_final_snapshot(run_
     assert watch.verdict() is None
     (run_dir / "server_summary.json").write_text("{}")  # the server has ended...
     now[0] = 1.0
-    assert watch.verdict() is None  # ...final.snap may still be on its way (it is written just before)
+    assert watch.verdict() is None  # ...final.safetensors may still be on its way (it is written just before)
     now[0] = 6.5
-    assert "has ended (server_summary.json) but wrote no snapshots/final.snap within 5s" in watch.verdict()
+    assert "has ended (server_summary.json) but wrote no snapshots/final.safetensors within 5s" in watch.verdict()
 
 
 def test_a_run_that_keeps_writing_is_waited_for(run_dir):
@@ -78,24 +78,24 @@ def test_a_run_that_keeps_writing_is_waited_for(run_dir):
 
 
 def test_a_snapshot_of_another_model_is_named_with_both_sizes_and_skipped(run_dir, capsys):
-    _snapshot(run_dir, "latest.snap", 10)
+    _snapshot(run_dir, "latest.safetensors", 10)
     evaluator = Evaluator(make_config(**TINY), run_dir)
     assert evaluator.poll_once() is False
     out = capsys.readouterr().out
-    assert f"skipped: {run_dir / 'snapshots' / 'latest.snap'} holds 10 parameters" in out
-    assert "model (logreg on digits) has 650" in out
+    assert f"skipped: {run_dir / 'snapshots' / 'latest.safetensors'} holds 10 parameters" in out
+    assert "this config's model has 650" in out
     assert not (run_dir / "metrics.jsonl").exists()
 
 
 def test_a_final_snapshot_of_another_model_exits_1_naming_it(run_dir, capsys):
-    _snapshot(run_dir, "final.snap", 10, final=True)
+    _snapshot(run_dir, "final.safetensors", 10, final=True)
     assert _evaluate(run_dir) == 1
     err = capsys.readouterr().err
-    assert f"error: {run_dir / 'snapshots' / 'final.snap'} holds 10 parameters" in err and "has 650" in err
+    assert f"error: {run_dir / 'snapshots' / 'final.safetensors'} holds 10 parameters" in err and "has 650" in err
 
 
 def test_a_final_snapshot_of_the_model_is_scored_and_ends_the_evaluator(run_dir):
-    _snapshot(run_dir, "final.snap", 650, final=True)
+    _snapshot(run_dir, "final.safetensors", 650, final=True)
     assert _evaluate(run_dir) == 0
     [line] = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert line["final"] and line["updates"] == 7 and 0 <= line["test_acc"] <= 1

@@ -23,11 +23,12 @@ import yaml
 import zmq
 
 from protocol.config.typed import to_dict
+from protocol.runfolder.model_init import FILE, write_model_init
 from protocol.wire import codec
 from protocol.wire.encoding import encode_dense, encode_natural, encode_qsgd, encode_sign, encode_sparse
 from protocol.wire.layout import Layout
 from protocol.wire.messages import Heartbeat, Hello, Message, Pull, Push, Reject, Reply, Stop, Welcome
-from tests.helpers import FakeWorker, make_config
+from tests.helpers import FakeWorker, make_config, served
 
 LAYOUT = Layout.from_shapes([("w", (16, 8)), ("b", (8,))])
 N = LAYOUT.total
@@ -59,7 +60,7 @@ def _seeds(rng: random.Random) -> list[list[bytes]]:
     """Valid encodings of every message type, as frame lists."""
     msgs: list[Message] = [
         *_pushes(rng),
-        Hello(0, 1, "h", "cpu", "run", "grad", LAYOUT.signature(), None, torch.zeros(N)),
+        Hello(0, 1, "h", "cpu", "fuzz", "grad", LAYOUT.signature(), []),
         Welcome(0, 0, LAYOUT.to_wire(), {"workers": 1}, torch.zeros(N)),
         Reply(True, "ok", 0, 0, 0.1, torch.zeros(N)),
         Pull(0),
@@ -161,6 +162,7 @@ def server(tmp_path):
         server={"stop_grace_s": 1},
     )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    write_model_init(tmp_path / "run" / FILE, served(LAYOUT, torch.randn(N), run_id="fuzz"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "ps", "--config", str(tmp_path / "config.yaml"), "--run-dir", str(tmp_path / "run")],
         stdout=subprocess.PIPE,
@@ -187,7 +189,7 @@ def test_ten_thousand_mutated_messages_change_nothing_and_crash_nothing(server):
     proc, endpoint = server
     rng = random.Random(2026)
     worker = FakeWorker(endpoint, 0, LAYOUT)
-    assert worker.hello(torch.randn(N)).TYPE == "welcome"
+    assert worker.hello(run_id="fuzz").TYPE == "welcome"
     for _ in range(3):
         assert worker.push(torch.randn(N)).applied  # optimizer state exists
     before = worker.request(Pull(rank=0))

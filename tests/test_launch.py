@@ -29,7 +29,7 @@ RUN_FILES = [
     "plots/metrics.png",
     "plots/staleness.png",
     "plots/bytes.png",
-    "snapshots/final.snap",
+    "snapshots/final.safetensors",
 ]
 SUMMARY_KEYS = [
     "updates",
@@ -84,7 +84,7 @@ def test_tiny_config_with_3_workers_leaves_a_consistent_run_folder(tmp_path):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["final"] and metrics[-1]["updates"] == 300
     assert s["final_test_acc"] == metrics[-1]["test_acc"] > 0.8
-    meta, params = read_snapshot(run / "snapshots" / "final.snap")
+    meta, params, _ = read_snapshot(run / "snapshots" / "final.safetensors")
     assert meta["version"] == 300 and params.numel() == s["num_params"] == 650
     assert load_experiment(run / "config.yaml").workers == 3
     assert (run / "plots" / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

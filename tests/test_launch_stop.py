@@ -56,7 +56,7 @@ def test_a_stop_signal_to_the_launcher_stops_every_process_and_keeps_the_results
         s = _summary(run)
         assert s.status == status and s.failure == f"stopped by {signal.Signals(sig).name}"
         assert s.stop_reason == "terminated" and s.updates > 20  # from the server's own summary
-        assert (run / "snapshots" / "final.snap").exists() and s.final_test_acc is not None
+        assert (run / "snapshots" / "final.safetensors").exists() and s.final_test_acc is not None
         assert (run / "plots" / "metrics.png").exists()
     finally:
         _stop_all(proc, children)

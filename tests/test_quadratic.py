@@ -132,7 +132,7 @@ def test_the_evaluator_writes_grad_norm_sq_and_the_summary_keeps_the_final_one(t
     cfg = make_config(task={"model": "logreg"}, run={"eval_grad_norm": True, "eval_max_samples": 500})
     (tmp_path / "snapshots").mkdir()
     params = Task(cfg).net.params
-    write_snapshot(tmp_path / "snapshots" / "final.snap", params, {"version": 7, "wall_s": 1.0, "final": True})
+    write_snapshot(tmp_path / "snapshots" / "final.safetensors", params, {"version": 7, "wall_s": 1.0, "final": True})
     Evaluator(cfg, tmp_path).run(poll_s=0.01)
     line = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert line["grad_norm_sq"] > 0 and line["final"]

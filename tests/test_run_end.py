@@ -53,8 +53,8 @@ def test_a_failed_run_gives_the_server_its_stop_grace_and_keeps_its_results(tmp_
     assert s.status == "failed" and s.failure.startswith("worker0 (pid")
     assert s.processes["server"]["exit"] == 3, "the server was killed instead of stopping cleanly"
     assert s.updates == UPDATES and s.stop_reason == "terminated"  # from its server_summary.json
-    assert s.final_test_acc == 0.5 and s.processes["evaluator"]["exit"] == 0  # final.snap was scored
-    assert (tmp_path / "snapshots" / "final.snap").exists()
+    assert s.final_test_acc == 0.5 and s.processes["evaluator"]["exit"] == 0  # final.safetensors was scored
+    assert (tmp_path / "snapshots" / "final.safetensors").exists()
 
 
 @pytest.mark.parametrize(

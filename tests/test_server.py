@@ -8,7 +8,7 @@ import torch
 from protocol.wire import codec
 from protocol.wire.layout import Layout
 from protocol.wire.messages import Pull, Push
-from tests.helpers import FakeWorker, join_all, make_config, push_frames, running_server
+from tests.helpers import FakeWorker, join_all, make_config, push_frames, running_server, served
 
 LAYOUT = Layout.from_shapes([("w", (4, 5)), ("b", (5,))])
 N = LAYOUT.total
@@ -23,9 +23,9 @@ def _cfg(workers=3, **kw):
 
 @pytest.mark.parametrize("workers", [1, 2, 3, 5])
 def test_round_robin_workers_see_staleness_w_minus_1(workers, tmp_path):
-    with running_server(_cfg(workers), run_dir=tmp_path) as (server, endpoint, _):
+    with running_server(_cfg(workers), run_dir=tmp_path, model=(LAYOUT, torch.zeros(N))) as (server, endpoint, _):
         ws = [FakeWorker(endpoint, r, LAYOUT) for r in range(workers)]
-        join_all(ws, torch.zeros(N))
+        join_all(ws)
         seen = []
         for _ in range(20):
             for w in ws:
@@ -44,10 +44,10 @@ def test_round_robin_workers_see_staleness_w_minus_1(workers, tmp_path):
 
 
 def test_pushes_are_applied_to_the_current_parameters():
-    with running_server(_cfg(1)) as (server, endpoint, _):
+    x0 = torch.randn(N)
+    with running_server(_cfg(1), model=(LAYOUT, x0.clone())) as (server, endpoint, _):
         w = FakeWorker(endpoint, 0, LAYOUT)
-        x0 = torch.randn(N)
-        w.hello(x0.clone())
+        w.hello()
         g = torch.randn(N)
         reply = w.push(g)
         torch.testing.assert_close(reply.params, x0 - 0.1 * g)
@@ -71,9 +71,9 @@ def _assert_unchanged(server, before):
 
 def test_bad_pushes_are_rejected_without_changing_state(tmp_path):
     cfg = _cfg(2, optimizer={"name": "amsgrad", "lr": 0.01})
-    with running_server(cfg, run_dir=tmp_path) as (server, endpoint, _):
+    with running_server(cfg, run_dir=tmp_path, model=(LAYOUT, torch.randn(N))) as (server, endpoint, _):
         w0, w1 = FakeWorker(endpoint, 0, LAYOUT), FakeWorker(endpoint, 1, LAYOUT)
-        join_all([w0, w1], torch.randn(N))
+        join_all([w0, w1])
         assert w0.push(torch.randn(N)).applied  # optimizer state now exists
         before = _state(server)
         nan = torch.ones(N)
@@ -113,9 +113,9 @@ def test_bad_pushes_are_rejected_without_changing_state(tmp_path):
 
 
 def test_reject_tells_the_worker_which_seq_to_send():
-    with running_server(_cfg(1)) as (server, endpoint, _):
+    with running_server(_cfg(1), model=(LAYOUT, torch.zeros(N))) as (server, endpoint, _):
         w = FakeWorker(endpoint, 0, LAYOUT)
-        w.hello(torch.zeros(N))
+        w.hello()
         for _ in range(3):
             w.push(torch.ones(N))
         reply = w.push(torch.ones(N), seq=10, advance=False)
@@ -124,22 +124,25 @@ def test_reject_tells_the_worker_which_seq_to_send():
 
 
 def test_unknown_rank_and_mismatched_model_cannot_join():
-    with running_server(_cfg(2, server={"wait_for_workers": False})) as (server, endpoint, _):
-        assert FakeWorker(endpoint, 5, LAYOUT).hello(torch.zeros(N)).code == "unknown_rank"
-        assert FakeWorker(endpoint, 0, LAYOUT).hello(None).code == "bad_shape"  # nobody initialised yet
-        ok = FakeWorker(endpoint, 0, LAYOUT)
-        assert ok.hello(torch.zeros(N)).TYPE == "welcome"
+    cfg = _cfg(2, server={"wait_for_workers": False})
+    with running_server(cfg, model=served(LAYOUT, torch.zeros(N), run_id="run-a")) as (server, endpoint, _):
+        assert FakeWorker(endpoint, 5, LAYOUT).hello(run_id="run-a").code == "unknown_rank"
         other = Layout.from_shapes([("w", (3, 3))])
-        assert FakeWorker(endpoint, 1, other).hello(torch.zeros(9)).code == "bad_shape"
-        assert FakeWorker(endpoint, 1, LAYOUT).hello(torch.zeros(N), uplink="ef21").code == "bad_encoding"
-        assert server.params is not None and server.version == 0
+        assert FakeWorker(endpoint, 1, other).hello(run_id="run-a").code == "bad_shape"  # the first Hello too
+        buffers = [["bn.running_mean", [4], "float32"]]
+        assert FakeWorker(endpoint, 1, LAYOUT).hello(run_id="run-a", buffer_signature=buffers).code == "bad_shape"
+        assert FakeWorker(endpoint, 1, LAYOUT).hello(run_id="run-a", uplink="ef21").code == "bad_encoding"
+        assert FakeWorker(endpoint, 1, LAYOUT).hello(run_id="run-b").code == "bad_run"
+        ok = FakeWorker(endpoint, 0, LAYOUT)
+        assert ok.hello(run_id="run-a").TYPE == "welcome"
+        assert torch.equal(server.params, torch.zeros(N)) and server.version == 0  # no Hello defined anything
 
 
 def test_pull_returns_current_parameters_and_push_from_a_stranger_is_refused():
-    with running_server(_cfg(1)) as (server, endpoint, _):
+    x0 = torch.randn(N)
+    with running_server(_cfg(1), model=(LAYOUT, x0)) as (server, endpoint, _):
         w = FakeWorker(endpoint, 0, LAYOUT)
-        x0 = torch.randn(N)
-        w.hello(x0)
+        w.hello()
         w.push(torch.ones(N))
         reply = w.request(Pull(rank=0))
         assert reply.TYPE == "reply" and reply.version == 1
@@ -150,9 +153,9 @@ def test_pull_returns_current_parameters_and_push_from_a_stranger_is_refused():
 
 def test_server_stops_at_max_updates_and_tells_every_worker(tmp_path):
     cfg = _cfg(2, run={"max_updates": 10})
-    with running_server(cfg, run_dir=tmp_path) as (server, endpoint, result):
+    with running_server(cfg, run_dir=tmp_path, model=(LAYOUT, torch.zeros(N))) as (server, endpoint, result):
         ws = [FakeWorker(endpoint, r, LAYOUT) for r in range(2)]
-        join_all(ws, torch.zeros(N))
+        join_all(ws)
         types, stopped = [], set()
         while len(stopped) < 2:
             for w in ws:
@@ -162,15 +165,15 @@ def test_server_stops_at_max_updates_and_tells_every_worker(tmp_path):
                         stopped.add(w.rank)
         assert types == ["reply"] * 10 + ["stop"] * 2
     assert result["updates"] == 10 and result["stop_reason"] == "max_updates"
-    assert (tmp_path / "snapshots" / "final.snap").exists()
+    assert (tmp_path / "snapshots" / "final.safetensors").exists()
     assert (tmp_path / "server_summary.json").exists()
 
 
 def test_concurrent_workers_counters_add_up(tmp_path):
     workers, pushes = 4, 150
-    with running_server(_cfg(workers), run_dir=tmp_path) as (server, endpoint, _):
+    with running_server(_cfg(workers), run_dir=tmp_path, model=(LAYOUT, torch.zeros(N))) as (server, endpoint, _):
         ws = [FakeWorker(endpoint, r, LAYOUT) for r in range(workers)]
-        join_all(ws, torch.zeros(N))
+        join_all(ws)
         errors = []
 
         def work(w):
@@ -200,23 +203,23 @@ def test_concurrent_workers_counters_add_up(tmp_path):
 
 
 def test_wait_for_workers_starts_everyone_at_version_0():
-    with running_server(_cfg(3)) as (server, endpoint, _):
+    with running_server(_cfg(3), model=(LAYOUT, torch.zeros(N))) as (server, endpoint, _):
         ws = [FakeWorker(endpoint, r, LAYOUT) for r in range(3)]
-        ws[0].send_hello(torch.zeros(N))
-        ws[1].send_hello(torch.zeros(N))
+        ws[0].send_hello()
+        ws[1].send_hello()
         early = []
         while ws[0].chan.poll(0.3):
             early.append(ws[0].chan.recv(1)[1].TYPE)
         assert set(early) <= {"heartbeat"}  # kept waiting, not welcomed, until the last worker joins
         assert server.t_start is None
-        ws[2].send_hello(torch.zeros(N))
+        ws[2].send_hello()
         assert all(w.recv_welcome().version == 0 for w in ws)
 
 
 def test_reply_carries_bytes_accounting(tmp_path):
-    with running_server(_cfg(1), run_dir=tmp_path) as (server, endpoint, _):
+    with running_server(_cfg(1), run_dir=tmp_path, model=(LAYOUT, torch.zeros(N))) as (server, endpoint, _):
         w = FakeWorker(endpoint, 0, LAYOUT)
-        w.hello(torch.zeros(N))
+        w.hello()
         w.push(torch.ones(N))
         push_bytes = sum(
             len(f)

@@ -50,9 +50,9 @@ OVERFLOWING = [2**39 - 1, 2**39 - 1, 0]  # zero elements, but its sizes overflow
 
 
 def test_a_zero_element_tensor_with_overflowing_dimensions_is_refused_in_every_message_type():
-    with running_server(_cfg()) as (server, endpoint, _):
+    with running_server(_cfg(), model=(LAYOUT, torch.zeros(N))) as (server, endpoint, _):
         w = FakeWorker(endpoint, 0, LAYOUT)
-        w.hello(torch.zeros(N))
+        w.hello()
         assert w.push(torch.randn(N)).applied
         before = _state(server)
         stranger = FakeWorker(endpoint, 0, LAYOUT)
@@ -62,7 +62,7 @@ def test_a_zero_element_tensor_with_overflowing_dimensions_is_refused_in_every_m
             Reply: [bytes(f) for f in codec.encode(Reply(True, "ok", 0, 0, 0.0))],
             Welcome: [bytes(f) for f in codec.encode(Welcome(0, 0))],
         }
-        names = {Push: "values", Hello: "init", Reply: "params", Welcome: "params"}
+        names = {Push: "values", Hello: "values", Reply: "params", Welcome: "params"}
         for cls, frames in kinds.items():
             for sender in (w, stranger):
                 reply = sender.send_frames(_with_spec(frames, names[cls], "float32", OVERFLOWING, 1))
@@ -73,9 +73,9 @@ def test_a_zero_element_tensor_with_overflowing_dimensions_is_refused_in_every_m
 
 @pytest.mark.parametrize("scale", [1e300, -3.5e38, 3.5e38])
 def test_header_floats_beyond_float32_are_refused_not_a_crash(scale):
-    with running_server(_cfg()) as (server, endpoint, _):
+    with running_server(_cfg(), model=(LAYOUT, torch.zeros(N))) as (server, endpoint, _):
         w = FakeWorker(endpoint, 0, LAYOUT)
-        w.hello(torch.zeros(N))
+        w.hello()
         before = _state(server)
         sign = encode_sign(torch.rand(N) < 0.5, 1.0)
         qsgd = encode_qsgd(torch.ones(N, dtype=torch.int8), 1.0, 4)
@@ -101,9 +101,9 @@ def _no_reply_within(w: FakeWorker, seconds: float) -> bool:
 
 @pytest.mark.parametrize("staleness", [{"ssp": 0}, {"apply_every": 2, "barrier": True}])
 def test_a_rank_that_rejoins_or_pushes_again_while_its_reply_is_held_does_not_break_the_loop(staleness):
-    with running_server(_cfg(2, staleness=staleness)) as (server, endpoint, _):
+    with running_server(_cfg(2, staleness=staleness), model=(LAYOUT, torch.zeros(N))) as (server, endpoint, _):
         w0, w1 = FakeWorker(endpoint, 0, LAYOUT), FakeWorker(endpoint, 1, LAYOUT)
-        join_all([w0, w1], torch.zeros(N))
+        join_all([w0, w1])
         _send_push(w0, 0)  # ssp 0: w0 runs ahead of w1; the barrier: half a group. Either way: held
         assert _no_reply_within(w0, 0.5)
         again = w0.push(torch.ones(N), seq=1, advance=False)  # again, before the held reply: refused
@@ -111,7 +111,7 @@ def test_a_rank_that_rejoins_or_pushes_again_while_its_reply_is_held_does_not_br
         w0_new = FakeWorker(endpoint, 0, LAYOUT)  # the rank rejoins from a new connection while held
         w0.close()
         time.sleep(0.3)  # ZeroMQ notices the closed connection
-        assert w0_new.hello(torch.zeros(N)).TYPE == "welcome" and w0_new.seq == 1
+        assert w0_new.hello().TYPE == "welcome" and w0_new.seq == 1
         assert w1.push(torch.ones(N)).TYPE == "reply"  # the held entry went with the old connection: no KeyError
         _send_push(w0_new, 1)
         assert w1.push(torch.ones(N)).TYPE == "reply"
@@ -122,9 +122,9 @@ def test_a_rank_that_rejoins_or_pushes_again_while_its_reply_is_held_does_not_br
 def test_a_peer_that_never_reads_cannot_stall_the_others():
     mid = Layout.from_shapes([("w", (1 << 18,))])  # 1 MiB: replies are copied (below COPY_BELOW_BYTES)
     cfg = _cfg(2, server={"send_timeout_s": 30.0})
-    with running_server(cfg) as (server, endpoint, _):
+    with running_server(cfg, model=(mid, torch.zeros(mid.total))) as (server, endpoint, _):
         good, bad = FakeWorker(endpoint, 0, mid), FakeWorker(endpoint, 1, mid)
-        join_all([good, bad], torch.zeros(mid.total))
+        join_all([good, bad])
         bad.chan.sock.setsockopt(zmq.RCVHWM, 1)
         for _ in range(200):  # pulls it never reads: its queues fill, later replies are dropped at once
             bad.chan.send(Pull(rank=1))
@@ -141,9 +141,9 @@ def test_a_peer_that_never_reads_cannot_stall_the_others():
 
 def test_unread_replies_of_a_large_model_never_exhaust_the_server():
     big = Layout.from_shapes([("w", (1 << 21,))])  # 8 MiB: replies go out as pooled zero-copy snapshots
-    with running_server(_cfg(2)) as (server, endpoint, _):
+    with running_server(_cfg(2), model=(big, torch.zeros(big.total))) as (server, endpoint, _):
         good, bad = FakeWorker(endpoint, 0, big), FakeWorker(endpoint, 1, big)
-        join_all([good, bad], torch.zeros(big.total))
+        join_all([good, bad])
         bad.chan.sock.setsockopt(zmq.RCVHWM, 1)
         for _ in range(80):
             bad.chan.send(Pull(rank=1))
@@ -157,9 +157,9 @@ def test_unread_replies_of_a_large_model_never_exhaust_the_server():
 
 
 def test_a_push_whose_squares_overflow_float32_is_refused_and_changes_nothing(tmp_path):
-    with running_server(_cfg(), run_dir=tmp_path) as (server, endpoint, _):
+    with running_server(_cfg(), run_dir=tmp_path, model=(LAYOUT, torch.zeros(N))) as (server, endpoint, _):
         w = FakeWorker(endpoint, 0, LAYOUT)
-        w.hello(torch.zeros(N))
+        w.hello()
         assert w.push(torch.randn(N)).applied
         before = _state(server)
         for big in (1e30, 1e20, -3e19):
@@ -176,9 +176,9 @@ def test_a_push_whose_squares_overflow_float32_is_refused_and_changes_nothing(tm
 
 def test_max_grad_norm_scales_long_steps_down_and_counts_them():
     cfg = _cfg(optimizer={"name": "sgd", "lr": 1.0}, server={"max_grad_norm": 1.0})
-    with running_server(cfg) as (server, endpoint, result):
+    with running_server(cfg, model=(LAYOUT, torch.zeros(N))) as (server, endpoint, result):
         w = FakeWorker(endpoint, 0, LAYOUT)
-        w.hello(torch.zeros(N))
+        w.hello()
         g = torch.zeros(N)
         g[:2] = torch.tensor([3.0, 4.0])  # norm 5: scaled to 1
         reply = w.push(g)
@@ -194,9 +194,9 @@ def test_max_grad_norm_scales_long_steps_down_and_counts_them():
 @pytest.mark.parametrize("over_bound", ["drop", "downweight"])
 def test_a_push_beyond_max_staleness_0_changes_nothing(over_bound):
     cfg = _cfg(2, staleness={"max_staleness": 0, "over_bound": over_bound})
-    with running_server(cfg) as (server, endpoint, _):
+    with running_server(cfg, model=(LAYOUT, torch.zeros(N))) as (server, endpoint, _):
         w0, w1 = FakeWorker(endpoint, 0, LAYOUT), FakeWorker(endpoint, 1, LAYOUT)
-        join_all([w0, w1], torch.zeros(N))
+        join_all([w0, w1])
         assert w0.push(torch.ones(N)).applied
         before = _state(server)
         stale = w1.push(torch.ones(N))  # staleness 1 > 0: weight 0 with downweight, so a drop either way
@@ -215,14 +215,14 @@ def test_the_running_mean_of_staleness_holds_applied_pushes_only():
 
 
 def test_a_second_process_cannot_take_a_live_rank_over_until_the_holder_is_gone():
-    with running_server(_cfg(2)) as (server, endpoint, _):
+    with running_server(_cfg(2), model=(LAYOUT, torch.zeros(N))) as (server, endpoint, _):
         w0, w1 = FakeWorker(endpoint, 0, LAYOUT), FakeWorker(endpoint, 1, LAYOUT)
-        join_all([w0, w1], torch.zeros(N))
+        join_all([w0, w1])
         intruder = FakeWorker(endpoint, 0, LAYOUT)
-        refused = intruder.hello(torch.zeros(N))
+        refused = intruder.hello()
         assert refused.TYPE == "reject" and refused.code == "rank_in_use" and "pid 0" in refused.message
         assert w0.push(torch.ones(N)).applied  # the holder is untouched
         w0.close()
         time.sleep(0.5)  # ZeroMQ notices the closed connection
-        assert intruder.hello(torch.zeros(N)).TYPE == "welcome"  # the rank is free again, its seq continues
+        assert intruder.hello().TYPE == "welcome"  # the rank is free again, its seq continues
         assert intruder.seq == 1 and intruder.push(torch.ones(N)).applied

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from protocol.config.schema import StalenessConfig
+from protocol.errors import ProtocolError
 from protocol.wire.layout import Layout
 from ps.gate import ReplyGate
+from ps.model import ServedModel
 from ps.policy import StalenessPolicy, lr_scale, stable_lr_threshold
-from tests.helpers import FakeWorker, join_all, make_config, running_server
+from tests.helpers import FakeWorker, join_all, make_config, running_server, served
 
 ONE = Layout.from_shapes([("x", (1,))])
 
@@ -65,9 +67,9 @@ def test_gate_ssp_and_barrier_bookkeeping():
 def test_artificial_uniform_delay_gives_uniform_staleness(tmp_path):
     D, n = 6, 3000
     cfg = _cfg(lr=1e-3, staleness={"delay": "uniform", "delay_versions": D})
-    with running_server(cfg, run_dir=tmp_path) as (server, endpoint, _):
+    with running_server(cfg, run_dir=tmp_path, model=(ONE, torch.ones(1))) as (server, endpoint, _):
         w = FakeWorker(endpoint, 0, ONE)
-        w.hello(torch.ones(1))
+        w.hello()
         seen = [w.push(torch.ones(1)).staleness for _ in range(n)]
     steady = seen[D:]  # the first D pushes see fewer stored versions
     counts = [steady.count(k) for k in range(D)]
@@ -79,10 +81,8 @@ def test_artificial_uniform_delay_gives_uniform_staleness(tmp_path):
 
 def test_artificial_delay_memory_is_bounded():
     cfg = _cfg(staleness={"delay": "uniform", "delay_versions": 1000, "delay_memory_mb": 0.001})
-    with running_server(cfg) as (server, endpoint, _):
-        reply = FakeWorker(endpoint, 0, Layout.from_shapes([("x", (1000,))])).hello(torch.ones(1000))
-        assert reply.code == "config" and "delay_memory_mb" in reply.message
-        assert server.params is None  # nothing half-initialised
+    with pytest.raises(ProtocolError, match="delay_memory_mb"):  # refused before anything is allocated
+        ServedModel.create(cfg, served(Layout.from_shapes([("x", (1000,))]), torch.ones(1000)))
 
 
 # -- stability thresholds (At Stability's Edge) through the real server ------------------------------
@@ -95,9 +95,9 @@ def _envelopes(xs):
 def _delayed_sgd_trajectory(lr, tau, steps):
     """1-D quadratic f = x^2/2 (curvature 1), one worker, the server answering with a tau-old snapshot."""
     cfg = _cfg(lr=lr, staleness={"delay": "constant", "delay_versions": tau + 1})
-    with running_server(cfg) as (server, endpoint, _):
+    with running_server(cfg, model=(ONE, torch.ones(1))) as (server, endpoint, _):
         w = FakeWorker(endpoint, 0, ONE)
-        w.hello(torch.ones(1))
+        w.hello()
         xs = []
         for _ in range(steps):
             reply = w.push(w.params.clone())  # gradient of x^2/2 at the (stale) parameters received
@@ -121,9 +121,9 @@ def test_delayed_sgd_converges_just_below_and_diverges_just_above_the_stability_
 def _round_robin_momentum(lr, mode, workers=17, steps=6000):
     """W = tau + 1 identical workers pushing in turn see staleness tau = 16 on every push."""
     cfg = _cfg(workers=workers, lr=lr, optimizer={"momentum": 0.9, "momentum_mode": mode})
-    with running_server(cfg) as (server, endpoint, _):
+    with running_server(cfg, model=(ONE, torch.ones(1))) as (server, endpoint, _):
         ws = [FakeWorker(endpoint, r, ONE) for r in range(workers)]
-        join_all(ws, torch.ones(1))
+        join_all(ws)
         xs = []
         for step in range(steps):
             w = ws[step % workers]
@@ -150,9 +150,9 @@ def _threaded_run(cfg, workers, pushes, slow_rank=None, tmp_path=None):
     import csv
     import time
 
-    with running_server(cfg, run_dir=tmp_path) as (server, endpoint, _):
+    with running_server(cfg, run_dir=tmp_path, model=(ONE, torch.zeros(1))) as (server, endpoint, _):
         ws = [FakeWorker(endpoint, r, ONE) for r in range(workers)]
-        join_all(ws, torch.zeros(1))
+        join_all(ws)
 
         def work(w):
             for _ in range(pushes):

@@ -72,7 +72,7 @@ def test_one_sync_worker_equals_one_async_worker(tmp_path, gloo_world_of_one, op
     (tmp_path / "sync").mkdir()
     stats = SyncWorker(make_config(mode="sync", **sections), 0, 1, run_dir=tmp_path / "sync").run()
     sync_rows = _rows(tmp_path / "sync" / "updates.csv")
-    _, sync_final = read_snapshot(tmp_path / "sync" / "snapshots" / "final.snap")
+    _, sync_final, _ = read_snapshot(tmp_path / "sync" / "snapshots" / "final.safetensors")
     assert result["updates"] == stats.applied == len(sync_rows) == steps and stats.stop_reason == "max_updates"
     assert [r["version"] for r in sync_rows] == [r["version"] for r in async_rows]
     assert {r["staleness"] for r in sync_rows} == {"0"}
@@ -124,7 +124,7 @@ def run_ranks(cfg, tmp_path: Path) -> list[torch.Tensor]:
                 p.kill()
                 p.wait(timeout=10)
     assert codes == [0] * cfg.workers, "\n".join(log.read_text()[-3000:] for log in logs)
-    return [read_snapshot(tmp_path / f"rank{rank}.snap")[1] for rank in range(cfg.workers)]
+    return [read_snapshot(tmp_path / f"rank{rank}.safetensors").params for rank in range(cfg.workers)]
 
 
 def _sections(workers: int, steps: int, **compression) -> dict:

@@ -39,7 +39,7 @@ def test_tiny_sync_run_leaves_a_consistent_run_folder(tmp_path, workers):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["final"] and metrics[-1]["updates"] == 300
     assert s["final_test_acc"] == metrics[-1]["test_acc"] > 0.8
-    meta, params = read_snapshot(run / "snapshots" / "final.snap")
+    meta, params, _ = read_snapshot(run / "snapshots" / "final.safetensors")
     assert meta["version"] == 300 and params.numel() == s["num_params"] == 650
     server = json.loads((run / "server_summary.json").read_text())
     assert server["ranks_agree"] is True and sorted(server["workers"]) == [str(i) for i in range(workers)]

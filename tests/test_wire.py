@@ -35,8 +35,7 @@ def _examples():
             run_id="r",
             uplink="grad",
             signature=[["w", [2, 5], "float32"]],
-            resume={"a": 1},
-            init=t,
+            buffer_signature=[["bn.running_mean", [4], "float32"]],
         ),
         Welcome(version=3, next_seq=4, layout=[["w", [2, 5], 0]], settings={"workers": 2}, params=t),
         Push(

@@ -95,6 +95,8 @@ class WorkerLoop:
         self._rejects_in_a_row = 0
         self._nonfinite_in_a_row = 0
         self._clipped_in_a_row = 0
+        size = net.buffer_layout.total
+        self._buffers = torch.empty(size) if size else None  # host buffer the model's buffers are gathered into
 
     # -- main loop -----------------------------------------------------------------------------------
     def run(self) -> WorkerReport:
@@ -120,6 +122,7 @@ class WorkerLoop:
                 values=payload.values,
                 indices=payload.indices,
                 signs=payload.signs,
+                buffers=self._buffers_due(),
             )
             reply = self._exchange(push)
             self.stats.pushes += 1
@@ -127,6 +130,14 @@ class WorkerLoop:
                 self.stats.stop_reason = reply.reason
                 return self.stats
             self._handle(reply)
+
+    def _buffers_due(self) -> torch.Tensor | None:
+        """The model's buffers on the first push and every worker.buffers_every pushes after (None otherwise,
+        and always for a model without buffers): the server serves their mean in snapshots."""
+        every = self.cfg.worker.buffers_every
+        if self._buffers is None or every == 0 or self.stats.pushes % every:
+            return None
+        return self.task.net.buffers(self._buffers)
 
     def _finite_gradient(self, loss: float) -> bool:
         """False (and counted) for a gradient with NaN or inf; fails after MAX_NONFINITE of them in a row."""
@@ -202,8 +213,6 @@ class WorkerLoop:
     # -- joining and messaging -----------------------------------------------------------------------
     def _join(self) -> bool:
         net = self.task.net
-        if self.host_params is not net.params:
-            self.host_params.copy_(net.params)
         hello = Hello(
             rank=self.rank,
             pid=os.getpid(),
@@ -212,7 +221,7 @@ class WorkerLoop:
             run_id=self.run_id,
             uplink=self.uplink.uplink,
             signature=net.layout.signature(),
-            init=self.host_params,
+            buffer_signature=net.buffer_layout.signature(),
         )
         try:
             reply = self._exchange(hello, timeout_s=self.cfg.server.connect_timeout_s)

@@ -39,9 +39,9 @@ def delay_trajectory(lr: float, tau: int, steps: int) -> list[float]:
     """x after each server step; the worker's gradient is x at the tau-old parameters the server sent it."""
     cfg = _config(1, lr, {"delay": "constant", "delay_versions": tau + 1}, {})
     xs: list[float] = []
-    with running_server(cfg) as (server, endpoint, _):
+    with running_server(cfg, model=(ONE, torch.ones(1))) as (server, endpoint, _):
         w = FakeWorker(endpoint, 0, ONE)
-        w.hello(torch.ones(1))
+        w.hello()
         for _ in range(steps):
             w.push(w.params.clone())  # the gradient of x^2/2 is x
             xs.append(float(server.params))  # the server waits for our next push: safe to read
@@ -55,9 +55,9 @@ def round_robin_trajectory(lr: float, tau: int, steps: int, momentum: float = 0.
     workers = tau + 1
     optimizer = {"momentum": momentum, "momentum_mode": mode if momentum else "none"}
     xs: list[float] = []
-    with running_server(_config(workers, lr, {}, optimizer)) as (server, endpoint, _):
+    with running_server(_config(workers, lr, {}, optimizer), model=(ONE, torch.ones(1))) as (server, endpoint, _):
         ws = [FakeWorker(endpoint, r, ONE) for r in range(workers)]
-        join_all(ws, torch.ones(1))
+        join_all(ws)
         for step in range(steps):
             w = ws[step % workers]
             w.push(w.params.clone())

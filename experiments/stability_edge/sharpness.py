@@ -42,11 +42,11 @@ def _normalise(vs) -> list[torch.Tensor]:
 
 def run_sharpness(run_dir: Path) -> float | None:
     """Sharpness at a finished run's final parameters (None if the run left none, or they are not finite)."""
-    snap = run_dir / "snapshots" / "final.snap"
+    snap = run_dir / "snapshots" / "final.safetensors"
     if not snap.exists():
         return None
     cfg = load_experiment(run_dir / "config.yaml")
-    _, params = read_snapshot(snap)
+    _, params, _ = read_snapshot(snap)
     if not torch.isfinite(params).all():
         return None
     task = Task(cfg)

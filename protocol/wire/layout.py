@@ -42,9 +42,9 @@ class Layout:
         return cls(entries)
 
     @classmethod
-    def from_signature(cls, signature: list) -> Layout:
-        """Validate a Hello signature [[name, [shape...], dtype], ...] and build the layout."""
-        if not isinstance(signature, list) or not signature:
+    def from_signature(cls, signature: list, empty: bool = False) -> Layout:
+        """Validate a Hello signature [[name, [shape...], dtype], ...] and build the layout (empty: may be [])."""
+        if not isinstance(signature, list) or not (signature or empty):
             raise ProtocolError("bad_field", "hello.signature must be a non-empty list")
         named, seen = [], set()
         for item in signature:

@@ -20,7 +20,8 @@ class Message:
 
 @dataclass
 class Hello(Message):
-    """worker -> server: join. The first Hello's `init` parameters initialise the server."""
+    """worker -> server: join as `rank`. The server knows its model and run already: a Hello with another
+    run id, another parameter or buffer layout, or a rank a live connection holds is refused."""
 
     TYPE: ClassVar[str] = "hello"
     rank: int
@@ -29,9 +30,8 @@ class Hello(Message):
     device: str
     run_id: str
     uplink: str  # how pushes are aggregated: "grad" (direction = push) or "ef21" (direction = mean g_i)
-    signature: list = field(default_factory=list)  # [[name, [shape...], dtype], ...]
-    resume: dict | None = None
-    init: Tensor | None = None
+    signature: list = field(default_factory=list)  # the parameters: [[name, [shape...], dtype], ...]
+    buffer_signature: list = field(default_factory=list)  # the model's buffers, the same way
 
 
 @dataclass
@@ -68,6 +68,7 @@ class Push(Message):
     values: Tensor | None = None
     indices: Tensor | None = None
     signs: Tensor | None = None
+    buffers: Tensor | None = None  # now and then: the worker's model buffers (float32, the buffer layout)
 
 
 @dataclass
