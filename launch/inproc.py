@@ -48,7 +48,7 @@ def running_server(
         model = initial_model(cfg, run_id="")
     elif isinstance(model, tuple):
         model = served(*model)
-    chan = server_channel(cfg.server)
+    chan = server_channel(cfg)
     bound = chan.bind(endpoint)
     server = ParameterServer(cfg, chan, model, run_dir=run_dir)
     result: dict = {}

@@ -77,6 +77,16 @@ class AsyncRun(Run):
     def _training_over(self) -> bool:
         return self.sup.children["server"].returncode == 0
 
+    def _restartable(self, name: str) -> bool:
+        return True  # the server resumes from its checkpoint, workers and the evaluator join again
+
+    def _restart_args(self, name: str, args: list[str]) -> list[str]:
+        if name != "server":
+            return args
+        info = read_json(self.run_dir / "server.json") or {}
+        endpoint = ["--endpoint", info["endpoint"]] if "endpoint" in info else []
+        return [*(a for a in args if a != "--resume"), "--resume", *endpoint]  # the workers find it where it was
+
     def _hard_limit_s(self) -> float:
         return self.cfg.run.max_seconds + self.cfg.server.stop_grace_s + 60
 

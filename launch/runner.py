@@ -19,6 +19,7 @@ from launch.outcome import Outcome, RunFailed
 from launch.plots import plot_run
 from launch.proclog import ProcessLog
 from launch.progress import Progress
+from launch.restarts import Restarts
 from launch.rundir import read_metrics
 from launch.shutdown import Stage, let_evaluator_finish, stop_in_order
 from launch.signals import Stopped, StopSignals
@@ -49,6 +50,7 @@ class Run:
         self.proc_log = ProcessLog(run_dir / "processes.csv")
         self.write_errors: list[str] = []  # the launcher's own failed writes, each naming its file
         self._exit_seen: dict[str, int] = {}  # child name -> watch tick at which it was first seen exited
+        self.restarts = Restarts(cfg.run.max_restarts)
         self.t0 = time.monotonic()
 
     def execute(self) -> RunSummary:
@@ -98,6 +100,7 @@ class Run:
         if self.cfg.run.plots:
             self._draw_plots(outcome)
         summary = build_summary(self.run_dir, self.cfg, self.sup.process_summary(), outcome, self.write_errors)
+        summary.restarts = dict(self.restarts.counts)
         try:
             write_record_file(self.run_dir / "summary.json", summary)
         except WriteError as err:
@@ -164,14 +167,38 @@ class Run:
             tick += 1
             for child in self.sup.exited():
                 self._exit_seen.setdefault(child.name, tick)
-            failed = [c for c in self.sup.exited() if c.returncode != 0]
+            dead = [c for c in self.sup.exited() if c.returncode != 0 and not self.restarts.waiting(c.name)]
+            failed = [c for c in dead if not self._schedule_restart(c)]
             if failed:
                 self._fail(self._first_cause(failed), "during the run", failed)
+            for name in self.restarts.ready(time.monotonic()):
+                self._restart(name)
             if self._training_over():
                 return
             if time.monotonic() - self.t0 > hard_limit:
                 raise RunFailed(f"the run did not end within {hard_limit:.0f}s (max_seconds + grace); stopped it")
             time.sleep(TICK_S)
+
+    def _schedule_restart(self, child: Child) -> bool:
+        """run.max_restarts: a dead child is restarted after a backoff, unless its restarts are used up."""
+        delay = self.restarts.take(child.name, time.monotonic()) if self._restartable(child.name) else None
+        if delay is None:
+            return False
+        n, limit = self.restarts.counts[child.name], self.cfg.run.max_restarts
+        self._say(
+            f"{child.name} (pid {child.pid}) {child.describe_exit()}; restarting it in {delay:g}s ({n} of {limit})"
+        )
+        return True
+
+    def _restart(self, name: str) -> None:
+        module, args, env = self.sup.children[name].command
+        self.sup.start(name, module, self._restart_args(name, args), env, append=True)
+
+    def _restartable(self, name: str) -> bool:
+        return False
+
+    def _restart_args(self, name: str, args: list[str]) -> list[str]:
+        return args
 
     def _first_cause(self, failed: list[Child]) -> Child:
         """The child whose failure started it: one killed by a signal, else the first seen to exit.

@@ -31,6 +31,7 @@ class Child:
     ps: psutil.Process | None = None
     cpu_samples: list = field(default_factory=list)
     rss_peak: int = 0
+    command: tuple[str, list[str], dict] = ("", [], {})  # module, args, env: what a restart runs again
 
     @property
     def pid(self) -> int:
@@ -70,10 +71,14 @@ class Supervisor:
         path = self.env.get("PYTHONPATH", "")
         self.env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT)
 
-    def start(self, name: str, module: str, args: list[str], env: dict | None = None) -> Child:
+    def start(self, name: str, module: str, args: list[str], env: dict | None = None, append: bool = False) -> Child:
+        """Start `python -m module args` as child `name` (append: a restart, its log goes on after a marker)."""
         log_path = self.log_dir / f"{name}.log"
         with writing(log_path):
-            log = open(log_path, "w")
+            log = open(log_path, "a" if append else "w")
+            if append:
+                log.write(f"--- {name} restarted by the launcher ---\n")
+                log.flush()
         popen = subprocess.Popen(
             [sys.executable, "-m", module, *args],
             stdout=log,
@@ -83,7 +88,7 @@ class Supervisor:
             cwd=os.getcwd(),
         )
         log.close()  # the child holds its own copy of the descriptor
-        child = Child(name, popen, log_path, time.monotonic())
+        child = Child(name, popen, log_path, time.monotonic(), command=(module, list(args), dict(env or {})))
         try:
             child.ps = psutil.Process(popen.pid)
             child.ps.cpu_percent(None)

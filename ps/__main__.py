@@ -23,6 +23,7 @@ from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
 from protocol.runfolder.model_init import FILE, ModelInit, read_model_init
 from protocol.runfolder.records import ServerSummary
+from ps.checkpoint import CheckpointMismatch
 from ps.outbox import server_channel
 from ps.server import ParameterServer
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", type=Path, required=True, help="folder for updates.csv, status.json, snapshots")
     ap.add_argument("--init", type=Path, help=f"the initial model (default: RUN_DIR/{FILE})")
     ap.add_argument("--endpoint", help="override server.endpoint")
+    ap.add_argument("--resume", action="store_true", help="go on from the newest checkpoint in RUN_DIR/checkpoints")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s ps %(levelname)s %(message)s", stream=sys.stdout)
     try:
@@ -45,18 +47,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(cfg.server.threads)
     args.run_dir.mkdir(parents=True, exist_ok=True)
-    return serve(cfg, init, args.run_dir, args.endpoint or cfg.server.endpoint)
+    return serve(cfg, init, args.run_dir, args.endpoint or cfg.server.endpoint, args.resume)
 
 
-def serve(cfg: ExperimentConfig, init: ModelInit, run_dir: Path, endpoint: str) -> int:
-    chan = server_channel(cfg.server)
+def serve(cfg: ExperimentConfig, init: ModelInit, run_dir: Path, endpoint: str, resume: bool = False) -> int:
+    chan = server_channel(cfg)
     try:
         bound = chan.bind(endpoint)
     except Exception as err:
         print(f"error: cannot bind {endpoint}: {err}", file=sys.stderr)
         chan.close()
         return 1
-    server = ParameterServer(cfg, chan, init, run_dir=run_dir)
+    try:
+        server = ParameterServer(cfg, chan, init, run_dir=run_dir, resume=resume)
+    except CheckpointMismatch as err:
+        print(f"error: {err}", file=sys.stderr)
+        chan.close()
+        return 2
     signal.signal(signal.SIGTERM, lambda *_: server.signal_stop("terminated"))
     signal.signal(signal.SIGINT, lambda *_: server.signal_stop("interrupted"))
     (run_dir / "server.json").write_text(json.dumps({"endpoint": bound}))

@@ -62,6 +62,20 @@ class Aggregator(Protocol):
         """Recompute any running mean exactly; returns the drift it removed."""
         ...
 
+    def drop(self, rank: int) -> None:
+        """A worker left the run (evicted): its share of the direction goes with it."""
+        ...
+
+    def set_group(self, size: int) -> torch.Tensor | None:
+        """Steps need `size` pushes from now on (fewer live workers); the direction if the group is already full."""
+        ...
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, JSON facts) that restore this aggregator exactly (a checkpoint)."""
+        ...
+
+    def load_state(self, tensors: dict[str, torch.Tensor], facts: dict) -> None: ...
+
 
 class DecodeScratch:
     """The dense float32 buffer direct pushes are decoded into.
@@ -113,13 +127,32 @@ class DirectAggregator:
             self._sum.zero_()
         self._sum.add_(staged.dense)
         self._count += 1
-        if self._count < self.every:
+        return self._complete()
+
+    def _complete(self) -> torch.Tensor | None:
+        if self._sum is None or self._count < self.every:
             return None
-        self._count = 0
-        return self._sum.div_(self.every)
+        count, self._count = self._count, 0
+        return self._sum.div_(count)
 
     def recompute(self, measure: bool = True) -> float:
         return 0.0  # nothing is kept between pushes, so nothing can drift
+
+    def drop(self, rank: int) -> None:
+        """Nothing of a departed worker is kept (a push it made to the open group stays in it)."""
+
+    def set_group(self, size: int) -> torch.Tensor | None:
+        self.every = max(1, size)
+        return self._complete() if self._count else None
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {"sum": self._sum} if self._sum is not None else {}
+        return tensors, {"count": self._count, "every": self.every}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], facts: dict) -> None:
+        if self._sum is not None:
+            self._sum.copy_(tensors["sum"])
+        self._count, self.every = int(facts["count"]), int(facts["every"])
 
 
 class EF21Aggregator:
@@ -133,6 +166,7 @@ class EF21Aggregator:
         self.g = torch.zeros(numel, dtype=torch.float32)
         self.drift_max = 0.0
         self.applied = 0
+        self._count = 0  # pushes in the open group (apply_every)
         self._scratch = torch.empty(numel, dtype=torch.float32)
 
     def stage(self, push: Push) -> Staged:
@@ -163,9 +197,39 @@ class EF21Aggregator:
                 g_i.add_(staged.dense)
                 self.g.add_(staged.dense, alpha=inv_n)
         self.applied += 1
+        self._count += 1
         if self.applied % self.resync_every == 0:
             self.recompute()
-        return self.g if self.applied % self.every == 0 else None
+        return self._complete()
+
+    def _complete(self) -> torch.Tensor | None:
+        if self._count < self.every:
+            return None
+        self._count = 0
+        return self.g
+
+    def drop(self, rank: int) -> None:
+        """A departed worker's g_i is dropped and g renormalised over the workers left: its estimate of its
+        own gradient would go on aging while x moves, a bias EF21 never corrects (docs/algorithms.md, EF21)."""
+        if self.g_i.pop(rank, None) is not None and self.g_i:
+            self.recompute(measure=False)
+        elif not self.g_i:
+            self.g.zero_()
+
+    def set_group(self, size: int) -> torch.Tensor | None:
+        self.every = max(1, size)
+        return self._complete() if self._count else None
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {"g": self.g, **{f"g_i/{r}": t for r, t in self.g_i.items()}}
+        facts = {"applied": self.applied, "count": self._count, "every": self.every, "drift_max": self.drift_max}
+        return tensors, facts
+
+    def load_state(self, tensors: dict[str, torch.Tensor], facts: dict) -> None:
+        self.g.copy_(tensors["g"])
+        self.g_i = {int(k.removeprefix("g_i/")): t.clone() for k, t in tensors.items() if k.startswith("g_i/")}
+        self.applied, self._count, self.every = int(facts["applied"]), int(facts["count"]), int(facts["every"])
+        self.drift_max = float(facts["drift_max"])
 
     def _reset(self, rank: int, dense: torch.Tensor) -> None:
         if rank in self.g_i:

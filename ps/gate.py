@@ -33,7 +33,7 @@ class ReplyGate:
         return self._release()
 
     def _release(self) -> list[int]:
-        slowest = min(self.clock.values())
+        slowest = min(self.clock.values(), default=0)
         out = [
             r
             for r in self.held
@@ -44,6 +44,26 @@ class ReplyGate:
 
     def waiting(self) -> list[int]:
         return list(self.held)
+
+    def leave(self, rank: int) -> None:
+        """The rank left the run (evicted): nobody waits for its clock, nothing is held for it."""
+        self.forget(rank)
+        self.clock.pop(rank, None)
+
+    def barrier_full(self, live: int) -> bool:
+        """Whether every live rank is at the barrier (after one left, the others need not wait)."""
+        return self.barrier and len(self._at_barrier) >= live > 0
+
+    def release_barrier(self) -> list[int]:
+        """The step completed without another push (a rank left): answer the ranks at the barrier."""
+        self._at_barrier.clear()
+        return self._release()
+
+    def state(self) -> dict:
+        return {"clock": {str(r): c for r, c in self.clock.items()}}
+
+    def load_state(self, facts: dict) -> None:
+        self.clock = {int(r): int(c) for r, c in facts["clock"].items()}
 
     def forget(self, rank: int) -> None:
         """The rank's connection was replaced (a rejoin): nothing is held for it any more."""

@@ -31,6 +31,17 @@ class ParamHistory:
         self._ring[slot].copy_(params)
         self._version[slot] = version
 
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The stored versions and the generator's state (a checkpoint restores the same draws)."""
+        version, internal, gauss = self._rng.getstate()
+        return {"ring": self._ring}, {"versions": list(self._version), "rng": [version, list(internal), gauss]}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], facts: dict) -> None:
+        self._ring.copy_(tensors["ring"])
+        self._version = [int(v) for v in facts["versions"]]
+        version, internal, gauss = facts["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))
+
     def pick(self, current: int) -> tuple[int, torch.Tensor]:
         """(version, parameters) to answer with, among the stored versions current-D+1 .. current."""
         oldest = max(0, current - self.depth + 1)

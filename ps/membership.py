@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from protocol.config.schema import ExperimentConfig
 from protocol.errors import ProtocolError
@@ -31,6 +32,7 @@ class Member:
     last_seq: int = -1
     pushes: int = 0
     applied: int = 0
+    last_outcome: Any = None  # the answer to its last push, to answer a resend of it again
 
     def report(self) -> dict[str, object]:
         """What server_summary.json says of this worker."""
@@ -73,7 +75,7 @@ class Membership:
     def check_free(self, rank: int, identity: bytes, reachable: Callable[[bytes], bool]) -> None:
         """Raises rank_in_use when another connection holds the rank and is still there."""
         old = self.members.get(rank)
-        if old is None or old.identity == identity:
+        if old is None or old.identity in (identity, b""):  # b"": restored from a checkpoint, not connected
             return
         silent = self.clock() - old.last_seen > self.cfg.server.worker_timeout_s
         if not silent and reachable(old.identity):
@@ -109,8 +111,35 @@ class Membership:
         self.pending = [r for r in self.pending if r != rank] + [rank]
         return not self.cfg.server.wait_for_workers or len(self.members) == self.cfg.workers
 
+    def state(self) -> dict:
+        """Each rank's sequence and counters (a checkpoint; the connections themselves are not state: after a
+        restart every worker joins again and continues its sequence)."""
+        keys = ("pid", "host", "device", "last_seq", "pushes", "applied")
+        return {str(r): {k: getattr(m, k) for k in keys} for r, m in self.members.items()}
+
+    def load_state(self, facts: dict) -> None:
+        self.members = {
+            int(r): Member(
+                int(r), b"", f["pid"], f["host"], f["device"], self.clock(), f["last_seq"], f["pushes"], f["applied"]
+            )  # fmt: skip
+            for r, f in facts.items()
+        }
+
+    def silent(self, busy: set[int]) -> list[int]:
+        """Connected ranks silent for server.worker_timeout_s that the server is not holding (`busy`): gone."""
+        limit = self.clock() - self.cfg.server.worker_timeout_s
+        return [r for r, m in self.members.items() if m.identity and r not in busy and m.last_seen < limit]
+
+    def leave(self, rank: int) -> None:
+        """The rank's holder is gone; the rank keeps its sequence for whoever joins as it next."""
+        self.members[rank].identity = b""
+        self.pending = [r for r in self.pending if r != rank]
+
+    def live(self) -> int:
+        return sum(1 for m in self.members.values() if m.identity)
+
     def told_everyone(self) -> bool:
-        return all(rank in self.stopped for rank in self.members)
+        return all(rank in self.stopped for rank, m in self.members.items() if m.identity)
 
     def identity(self, rank: int) -> bytes:
         return self.members[rank].identity

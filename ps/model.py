@@ -40,7 +40,7 @@ class ServedModel:
     version: int = 0  # optimizer steps taken
     max_norm: float | None = None  # server.max_grad_norm: steps whose direction is longer are scaled down
     steps_clipped: int = 0
-    _group_lrs: list[float] = field(default_factory=list)  # lrs of the pushes folded into the next step
+    group_lrs: list[float] = field(default_factory=list)  # lrs of the pushes folded into the next step
     _clip: torch.Tensor | None = None  # the scaled direction (the aggregator's g must stay as it is)
 
     @classmethod
@@ -100,17 +100,27 @@ class ServedModel:
 
     def apply(self, rank: int, staged: Staged, lr: float) -> bool:
         """Fold an accepted push in; step the optimizer when a group of apply_every pushes is complete."""
-        self._group_lrs.append(lr)
-        direction = self.agg.apply(rank, staged)
+        self.group_lrs.append(lr)
+        return self._step(self.agg.apply(rank, staged), rank)
+
+    def _step(self, direction: torch.Tensor | None, rank: int) -> bool:
         if direction is None:
             return False
-        group_lr = sum(self._group_lrs) / len(self._group_lrs)  # apply_every: the mean lr of the group
-        self._group_lrs.clear()
+        group_lr = sum(self.group_lrs) / len(self.group_lrs)  # apply_every: the mean lr of the group
+        self.group_lrs.clear()
         self.opt.step(self._clipped(direction), group_lr, rank)
         self.version += 1
         if self.history is not None:
             self.history.record(self.version, self.params)
         return True
+
+    def set_group(self, size: int, rank: int = 0) -> bool:
+        """Steps take `size` pushes from now on (workers left); steps at once if the open group is full."""
+        return self._step(self.agg.set_group(size), rank)
+
+    def at_boundary(self) -> bool:
+        """Whether no group is open: a checkpoint taken now has no push half-folded into a step."""
+        return not self.group_lrs
 
     def forget_buffers(self, rank: int) -> None:
         self.buffers.pop(rank, None)

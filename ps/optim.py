@@ -35,7 +35,14 @@ class ServerOptimizer(ABC):
         """Apply one iteration with `direction` (read only) at learning rate `lr`."""
 
     def state(self) -> dict[str, torch.Tensor]:
+        """The optimizer's state tensors by name (checkpoints copy them; nothing else is state but `steps`)."""
         return {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], steps: int) -> None:
+        """Restore what state() returned (a checkpoint): copied into this optimizer's own tensors."""
+        self.steps = steps
+        for name, t in self.state().items():
+            t.copy_(tensors[name])
 
 
 class TorchAdam(ServerOptimizer):
@@ -74,7 +81,7 @@ class TorchAdam(ServerOptimizer):
         self.steps += 1
 
     def state(self) -> dict[str, torch.Tensor]:
-        out = {"m": self.m, "v": self.v}
+        out = {"m": self.m, "v": self.v, "step": self._step}
         if self.v_hat is not None:
             out["v_hat"] = self.v_hat
         return out
@@ -141,6 +148,10 @@ class SGD(ServerOptimizer):
 
     def state(self) -> dict[str, torch.Tensor]:
         return {f"momentum_{k}": v for k, v in self.buffers.items()}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], steps: int) -> None:
+        self.steps = steps
+        self.buffers = {int(name.removeprefix("momentum_")): t.clone() for name, t in tensors.items()}
 
 
 def ratio_bound(b1: float, b2: float) -> float:

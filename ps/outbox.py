@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 import zmq
 
-from protocol.config.schema import ServerConfig
+from protocol.config.schema import ExperimentConfig
 from protocol.runfolder.counters import Counters
 from protocol.wire.buffers import SendPool
 from protocol.wire.channel import Channel, PeerBusy
+from protocol.wire.faults import injector
 from protocol.wire.messages import Heartbeat, Message, Reply, Welcome
 
 COPY_BELOW_BYTES = 4 << 20  # measured: copying is 3x faster than tracked zero-copy at 1 MiB, 2x slower at 16 MiB
@@ -26,14 +27,16 @@ PEER_QUEUE = 16
 SNAPSHOTS_PER_PEER = 2
 
 
-def server_channel(cfg: ServerConfig) -> Channel:
-    """The server's ROUTER channel as the config says (frame size, message cap, per-peer queue)."""
+def server_channel(cfg: ExperimentConfig) -> Channel:
+    """The server's ROUTER channel as the config says (frame size, message cap, per-peer queue, faults)."""
+    s = cfg.server
     return Channel(
         "router",
-        chunk_bytes=cfg.chunk_bytes,
-        max_message_bytes=cfg.max_message_bytes,
-        send_timeout_s=cfg.send_timeout_s,
+        chunk_bytes=s.chunk_bytes,
+        max_message_bytes=s.max_message_bytes,
+        send_timeout_s=s.send_timeout_s,
         send_hwm=PEER_QUEUE,
+        faults=injector(cfg, -1),
     )
 
 

@@ -54,6 +54,14 @@ class StalenessPolicy:
         self._recent: deque[int] = deque(maxlen=self.cfg.mean_window)
         self.dropped = 0
 
+    def state(self) -> dict:
+        return {"recent": list(self._recent), "dropped": self.dropped}
+
+    def load_state(self, facts: dict) -> None:
+        self._recent.clear()
+        self._recent.extend(int(t) for t in facts["recent"])
+        self.dropped = int(facts["dropped"])
+
     def decide(self, tau: int) -> Decision:
         cfg = self.cfg
         scale = 1.0

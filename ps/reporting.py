@@ -26,11 +26,11 @@ log = logging.getLogger("ps")
 
 
 class Reporter:
-    def __init__(self, cfg: ExperimentConfig, run_dir: Path | None, numel: int):
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path | None, numel: int, append: bool = False):
         self.cfg = cfg
         self.run_dir = run_dir
         self.counters = Counters()
-        self.log = UpdateLog(run_dir / "updates.csv" if run_dir else None)
+        self.log = UpdateLog(run_dir / "updates.csv" if run_dir else None, append=append)
         self.snapshots = Snapshotter(run_dir / "snapshots", numel) if run_dir else None
         # where the loop's time goes: waiting, receiving + decoding, the optimizer step, copying + sending
         self.timing = {"idle_s": 0.0, "receive_s": 0.0, "apply_s": 0.0, "reply_s": 0.0}

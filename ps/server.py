@@ -12,6 +12,7 @@ The loop never waits on one peer: a reply a peer's queue cannot take is dropped 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from protocol.runfolder.model_init import ModelInit
 from protocol.runfolder.records import ServerSummary, Status
 from protocol.wire.channel import Channel, Received, ReceiveError
 from protocol.wire.messages import Heartbeat, Hello, Message, Pull, Push, Reject, Reply
+from ps import durable
 from ps.gate import ReplyGate
 from ps.membership import Member, Membership
 from ps.model import ServedModel
@@ -40,9 +42,13 @@ class Outcome:
     reason: str
     staleness: int
     lr: float
+    seq: int = -1
 
 
 PULLED = Outcome(False, "pull", 0, 0.0)
+
+
+log = logging.getLogger("ps")
 
 
 class ParameterServer:
@@ -53,13 +59,14 @@ class ParameterServer:
         init: ModelInit,
         run_dir: Path | None = None,
         clock=time.monotonic,
+        resume: bool = False,
     ):
         self.cfg, self.chan, self.run_dir, self.clock = cfg, channel, run_dir, clock
         self.t0 = clock()  # process start: join_timeout counts from here
         self.t_start: float | None = None  # training start: wall_s, max_seconds and records count from here
         self.model = ServedModel.create(cfg, init)  # what is served is known before any Hello
         self.run_id = init.run_id
-        self.report = Reporter(cfg, run_dir, 0)
+        self.report = Reporter(cfg, run_dir, 0, append=resume)
         self.out = Outbox(channel, self.report.counters)
         self.members = Membership(cfg, clock, self.out)
         self.policy = StalenessPolicy(cfg.optimizer.lr, cfg.staleness)
@@ -71,6 +78,11 @@ class ParameterServer:
         self._signalled: str | None = None
         self._next_heartbeat = 0.0
         self._handlers = {Push: self._on_push, Hello: self._on_hello, Pull: self._on_pull, Heartbeat: self._on_beat}
+        self.plan = durable.schedule(self)  # checkpoints (None without a run folder)
+        self.evicted: list[int] = []
+        if resume:
+            assert self.plan is not None, "resuming needs the run folder"
+            self.t_start = clock() - durable.resume(self, self.plan)  # the workers rejoin a running run
 
     @property
     def version(self) -> int:
@@ -162,6 +174,8 @@ class ParameterServer:
         t0 = time.perf_counter()
         try:
             member = self._check_push(identity, push)
+            if push.seq == member.last_seq:  # a resend of the last push: answered again, never applied twice
+                return self._replay(identity, push, got.nbytes, member)
             staged = self.model.stage(push)
         except ProtocolError as err:
             self._record(push, got.nbytes, tau, err.code)
@@ -173,7 +187,9 @@ class ParameterServer:
         stepped = decision.accept and self.model.apply(push.rank, staged, decision.lr)
         member.applied += decision.accept
         self._record(push, got.nbytes, tau, decision.reason, decision.lr)
-        self.held[push.rank] = Outcome(decision.accept, decision.reason, tau, decision.lr)
+        self.held[push.rank] = member.last_outcome = Outcome(
+            decision.accept, decision.reason, tau, decision.lr, push.seq
+        )
         t1 = time.perf_counter()
         for rank in self.gate.pushed(push.rank, stepped):
             self._reply(self.members.identity(rank), self.held.pop(rank))
@@ -184,6 +200,8 @@ class ParameterServer:
 
     def _check_push(self, identity: bytes, push: Push) -> Member:
         member = self.members.sender(push.rank, identity)
+        if push.seq == member.last_seq and member.last_outcome is not None:
+            return member  # a resend: answered again (or, while its reply is held, once the gate opens)
         if push.rank in self.held:
             raise ProtocolError("bad_seq", f"rank {push.rank} pushed again before the reply to its last push")
         if push.seq != member.last_seq + 1:
@@ -193,6 +211,13 @@ class ParameterServer:
         if push.base_version < 0:
             raise ProtocolError("bad_field", f"base_version {push.base_version} < 0")
         return member
+
+    def _replay(self, identity: bytes, push: Push, nbytes: int, member: Member) -> None:
+        """The worker resent its last push (its reply was lost, or is slow): the same outcome again, with the
+        parameters of now. Recorded as not applied (reason duplicate): it was applied once, when it came."""
+        self._record(push, nbytes, self.version - push.base_version, "duplicate")
+        if push.rank not in self.held:
+            self._reply(identity, member.last_outcome)
 
     def _reject_push(self, identity: bytes, push: Push, err: ProtocolError) -> None:
         member = self.members.members.get(push.rank)
@@ -230,7 +255,7 @@ class ParameterServer:
     def _reply(self, identity: bytes, outcome: Outcome) -> None:
         """The one place a Reply is built: the outcome, and the parameters of now (or, delayed, older ones)."""
         version, source = self.model.outgoing(delayed=True)
-        reply = Reply(outcome.applied, outcome.reason, outcome.staleness, version, outcome.lr)
+        reply = Reply(outcome.applied, outcome.reason, outcome.staleness, version, outcome.lr, outcome.seq)
         self.out.send_params(identity, reply, source, self.model.pool)
 
     def _send(self, identity: bytes | None, msg: Message) -> None:
@@ -251,12 +276,40 @@ class ParameterServer:
             self._tick_waiting(now)
         elif self.stop_reason is None and now - self.t_start >= self.cfg.run.max_seconds:
             self.request_stop("max_seconds")
-        elif self.gate.held and now >= self._next_heartbeat:  # held by ssp or the barrier: keep them waiting
+        elif now >= self._next_heartbeat:  # once a second: the waiting get a heartbeat, the silent leave
             self._next_heartbeat = now + 1.0
             self.members.heartbeat(self.gate.waiting(), self.version)
+            self._evict()
+        if (
+            self.plan
+            and self.stop_reason is None
+            and self.model.at_boundary()
+            and self.plan.due(self.wall(), self.version)
+        ):
+            durable.checkpoint(self, self.plan)
         if self.report.snapshot_due(now, self.t_start is not None):
             self.report.snapshot(self.status(), self.params, self.model.mean_buffers())
         self.report.tick(now, self.status())
+
+    def _evict(self) -> None:
+        """Workers silent for server.worker_timeout_s leave: nobody waits for them (SSP, the barrier, a group),
+        EF21 drops their g_i; too few left stops the run."""
+        for rank in self.members.silent(set(self.held)):
+            self.members.leave(rank)
+            self.gate.leave(rank)
+            self.model.agg.drop(rank)
+            self.evicted.append(rank)
+            log.warning("worker %d left: silent for %gs", rank, self.cfg.server.worker_timeout_s)
+        if not self.evicted or self.stop_reason is not None:
+            return
+        live = self.members.live()
+        if live < self.cfg.run.min_workers:
+            return self.request_stop(
+                f"too_few_workers: {live} left of {self.cfg.workers} (workers {self.evicted} left)"
+            )
+        stepped = self.model.set_group(min(self.cfg.staleness.apply_every, live))
+        for rank in self.gate.release_barrier() if stepped or self.gate.barrier_full(live) else []:
+            self._reply(self.members.identity(rank), self.held.pop(rank))
 
     def _tick_waiting(self, now: float) -> None:
         """Before the start: keep joined workers waiting (heartbeats), start anyway after join_timeout_s."""
@@ -285,6 +338,8 @@ class ParameterServer:
     def _finish(self) -> ServerSummary:
         model = self.model
         model.agg.recompute()  # measure the drift left at the end too
+        if self.plan is not None and self.cfg.checkpoint.at_end and model.at_boundary():
+            durable.checkpoint(self, self.plan, final=True)
         summary = self.report.summary(
             updates=self.version,
             stop_reason=self.stop_reason,
@@ -294,6 +349,8 @@ class ParameterServer:
             steps_clipped=model.steps_clipped,
             workers={str(r): m.report() for r, m in sorted(self.members.members.items())},
             replies_dropped=self.out.dropped,
+            **(durable.summary_fields(self.plan) if self.plan else {}),
+            workers_left=sorted(set(self.evicted)),
         )
         self.report.finish(summary, self.status(), self.params, model.mean_buffers())
         return summary

@@ -62,7 +62,7 @@ def _seeds(rng: random.Random) -> list[list[bytes]]:
         *_pushes(rng),
         Hello(0, 1, "h", "cpu", "fuzz", "grad", LAYOUT.signature(), []),
         Welcome(0, 0, LAYOUT.to_wire(), {"workers": 1}, torch.zeros(N)),
-        Reply(True, "ok", 0, 0, 0.1, torch.zeros(N)),
+        Reply(True, "ok", 0, 0, 0.1, 3, params=torch.zeros(N)),
         Pull(0),
         Reject("bad_seq", "x", 0, 1, 2),
         Heartbeat(0, 0),

@@ -85,7 +85,6 @@ def test_bad_pushes_are_rejected_without_changing_state(tmp_path):
             "nonfinite ": lambda: w0.push(inf, advance=False),
             "bad_shape": lambda: w0.push(torch.ones(N - 1), advance=False),
             "bad_seq": lambda: w0.push(torch.ones(N), seq=w0.seq + 3, advance=False),
-            "bad_seq ": lambda: w0.push(torch.ones(N), seq=w0.seq - 1, advance=False),  # a duplicate
             "future_version": lambda: w0.push(torch.ones(N), base_version=server.version + 5, advance=False),
             "unknown_rank": lambda: w0.push(torch.ones(N), rank=1, advance=False),  # rank 1 from w0's socket
             "bad_encoding": lambda: w0.push(torch.ones(N), kind="delta", advance=False),
@@ -99,6 +98,10 @@ def test_bad_pushes_are_rejected_without_changing_state(tmp_path):
             assert reply.TYPE == "reject", expected
             assert reply.code == expected.strip(), (expected, reply)
             _assert_unchanged(server, before)
+        # a resend of the last push is answered again (the same outcome, the parameters of now), not applied
+        again = w0.push(torch.ones(N), seq=w0.seq - 1, advance=False)
+        assert again.TYPE == "reply" and again.applied and again.seq == w0.seq - 1 and again.version == 1
+        _assert_unchanged(server, before)
         # a rejected push does not consume the sequence number: the next good push is applied
         reply = w0.push(torch.ones(N))
         assert reply.TYPE == "reply" and reply.applied
@@ -107,7 +110,8 @@ def test_bad_pushes_are_rejected_without_changing_state(tmp_path):
     c = server.report.counters
     assert c.pushes_received == c.pushes_applied + c.pushes_rejected
     assert c.pushes_applied == 2
-    assert c.pushes_rejected + c.messages_rejected == len(cases)
+    assert c.pushes_rejected + c.messages_rejected == len(cases) + 1  # + the resend, recorded as a duplicate
+    assert c.reasons["duplicate"] == 1
     rows = (tmp_path / "updates.csv").read_text().splitlines()[1:]
     assert len(rows) == c.pushes_received
 

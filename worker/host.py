@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from protocol.config.schema import ExperimentConfig
 from protocol.runfolder.records import WorkerReport
 from protocol.wire.channel import Channel
-from worker.loop import Cancelled, WorkerError, WorkerLoop
+from worker.loop import Cancelled, WorkerError, WorkerLoop, worker_channel
 from worker.tasks import Task, build_spec
 from worker.tasks.task import another_rank
 
@@ -57,12 +57,7 @@ class RankHost:
         specs = [spec, *(another_rank(spec) for _ in ranks[1:])]  # copied before any Task flattens one
         for rank, rank_spec in zip(ranks, specs):
             task = Task(cfg, device=cfg.worker.device, spec=rank_spec)
-            chan = Channel(
-                "dealer",
-                chunk_bytes=cfg.server.chunk_bytes,
-                max_message_bytes=cfg.server.max_message_bytes,
-                send_timeout_s=cfg.server.send_timeout_s,
-            )
+            chan = worker_channel(cfg, rank)
             chan.connect(endpoint)
             self.channels.append(chan)
             self.loops.append(WorkerLoop(cfg, rank, chan, task=task, run_id=run_id, cancel=self.cancel_event))

@@ -23,20 +23,23 @@ from protocol.config.schema import ExperimentConfig
 from protocol.errors import ProtocolError
 from protocol.runfolder.records import WorkerReport
 from protocol.wire import codec
-from protocol.wire.channel import Channel, ReceiveError
+from protocol.wire.channel import Channel
 from protocol.wire.encoding import is_finite
-from protocol.wire.messages import Heartbeat, Hello, Message, Push, Reject, Reply, Stop, Welcome
+from protocol.wire.faults import injector
+from protocol.wire.messages import Hello, Message, Push, Reject, Reply, Stop, Welcome
 from worker.compressors import make_compressor
 from worker.ef import make_uplink
+from worker.link import LinkError, ServerLink
 from worker.step import Stepper
 from worker.tasks import Task, rank_seed
 
 log = logging.getLogger("worker")
 MAX_CONSECUTIVE_REJECTS = 20
+# the server no longer knows this connection, or a version the worker has: it joins again and goes on
+REJOIN = ("unknown_rank", "future_version")
 MAX_NONFINITE = 20  # gradients with NaN/inf in a row before the worker gives up
 CLIPPED_WARN_AFTER = 100  # pushes in a row with values clipped to the wire dtype before a warning
 COMPRESSOR_STREAM = 1  # the compressor's random stream is independent of the sampling stream
-CANCEL_POLL_S = 0.5  # while waiting for a reply, look this often whether the hosting process wants us gone
 
 
 def rank_uplink(cfg: ExperimentConfig, rank: int, net):
@@ -51,8 +54,24 @@ def rank_uplink(cfg: ExperimentConfig, rank: int, net):
     return make_uplink(comp, net.numel, compressor, net.params.device)
 
 
+def worker_channel(cfg: ExperimentConfig, rank: int) -> Channel:
+    """A worker's DEALER channel as the config says (frame size, message cap, send timeout, faults)."""
+    s = cfg.server
+    return Channel(
+        "dealer",
+        chunk_bytes=s.chunk_bytes,
+        max_message_bytes=s.max_message_bytes,
+        send_timeout_s=s.send_timeout_s,
+        faults=injector(cfg, rank),
+    )
+
+
 class WorkerError(RuntimeError):
     """The worker cannot go on; the message says why."""
+
+
+class Stopped(Exception):
+    """The server said Stop while the worker was joining again."""
 
 
 class Cancelled(Exception):
@@ -91,6 +110,8 @@ class WorkerLoop:
         self.seq = 0
         self.stats = WorkerReport()
         self.step = Stepper(cfg, rank, self.task, self.stats, clock, sleep)
+        self.link = ServerLink(cfg, channel, self._alloc, self.stats, self._check_cancel, clock)
+        self.rejoins = 0
         self._fallback = codec.fresh_allocator(cfg.server.max_message_bytes)
         self._rejects_in_a_row = 0
         self._nonfinite_in_a_row = 0
@@ -129,7 +150,10 @@ class WorkerLoop:
             if isinstance(reply, Stop):
                 self.stats.stop_reason = reply.reason
                 return self.stats
-            self._handle(reply)
+            try:
+                self._handle(reply)
+            except Stopped:  # told to stop while joining again
+                return self.stats
 
     def _buffers_due(self) -> torch.Tensor | None:
         """The model's buffers on the first push and every worker.buffers_every pushes after (None otherwise,
@@ -203,12 +227,24 @@ class WorkerLoop:
             if reply.code == "bad_seq":
                 self.uplink.resync()  # the server's copy of our state may differ: resend it densely
             log.warning("push %d rejected: %s: %s", reply.seq, reply.code, reply.message)
-            if reply.code in ("unknown_rank", "bad_version", "bad_type") or (
+            if reply.code in REJOIN and self._rejects_in_a_row <= MAX_CONSECUTIVE_REJECTS:
+                self._rejoin(reply)
+            elif reply.code in ("bad_version", "bad_type", "bad_run") or (
                 self._rejects_in_a_row >= MAX_CONSECUTIVE_REJECTS
             ):
                 raise WorkerError(f"server rejected push {reply.seq}: {reply.code}: {reply.message}")
         else:
             raise WorkerError(f"unexpected {reply.TYPE} message in reply to a push")
+
+    def _rejoin(self, reply: Reject) -> None:
+        """The server does not know this connection (it restarted, or let this worker go as silent) or has no
+        such version (a restart went back to a checkpoint): join again and go on from the parameters, version
+        and sequence number it has. The error feedback starts again with a dense reset."""
+        log.warning("rank %d joins again (%s: %s)", self.rank, reply.code, reply.message)
+        self.rejoins += 1
+        self.uplink.resync()
+        if not self._join():
+            raise Stopped(self.stats.stop_reason)
 
     # -- joining and messaging -----------------------------------------------------------------------
     def _join(self) -> bool:
@@ -251,32 +287,10 @@ class WorkerLoop:
             self.task.net.params.copy_(self.host_params, non_blocking=True)
 
     def _exchange(self, msg: Message, timeout_s: float | None = None) -> Message:
-        """Send and wait for the answer; heartbeats from the server extend the wait."""
-        timeout = timeout_s or self.cfg.server.reply_timeout_s
-        t0 = self.clock()
         try:
-            self.chan.send(msg)
-        except TimeoutError:
-            raise WorkerError(f"could not send to the server at {self.chan.endpoint}") from None
-        deadline = t0 + timeout
-        while True:
-            remaining = deadline - self.clock()
-            try:  # past the deadline, one last look: a reply that came while this process was paused counts
-                _, reply, _ = self.chan.recv(min(max(remaining, 0.0), CANCEL_POLL_S), alloc=self._alloc)
-            except TimeoutError:
-                if remaining <= 0:
-                    if isinstance(msg, Hello):
-                        raise TimeoutError from None
-                    raise WorkerError(f"no reply from the server within {timeout:.0f}s (server gone?)") from None
-                self._check_cancel()
-                continue
-            except ReceiveError as err:
-                raise WorkerError(f"undecodable reply from the server: {err}") from None
-            if isinstance(reply, Heartbeat):
-                deadline = self.clock() + timeout
-                continue
-            self.stats.wait_s += self.clock() - t0
-            return reply
+            return self.link.exchange(msg, timeout_s)
+        except LinkError as err:
+            raise WorkerError(str(err)) from None
 
     def _alloc(self, cls: type[Message], spec: codec.TensorSpec) -> torch.Tensor:
         """Parameters go straight into the (host) parameter buffer: no allocation per reply."""

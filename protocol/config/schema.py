@@ -321,6 +321,10 @@ class ServerConfig:
     max_message_bytes: int = 1 << 31
     send_timeout_s: float = 30.0  # a send that cannot be queued for this long fails
     reply_timeout_s: float = 120.0  # a worker waits this long for a reply before failing
+    # a worker sends a request again when nothing has come from the server for this long (a lost message, or a
+    # restarted server, which then makes it join again); the server answers a resent push without applying it
+    # twice
+    resend_s: float = 5.0
     connect_timeout_s: float = 30.0  # a worker gives up joining after this long (heartbeats extend it)
     wait_for_workers: bool = True  # start training only when all workers joined (fair timing, same start)
     join_timeout_s: float = 120.0  # ...but start with those present after this long
@@ -365,6 +369,7 @@ class ServerConfig:
         for key in (
             "send_timeout_s",
             "reply_timeout_s",
+            "resend_s",
             "connect_timeout_s",
             "join_timeout_s",
             "stop_grace_s",
@@ -373,6 +378,40 @@ class ServerConfig:
         ):
             require(getattr(self, key) > 0, key, "must be > 0")
             require(getattr(self, key) <= MAX_WAIT_S, key, "must be <= 2147483 s (24.8 days: a C int of milliseconds)")
+
+
+@dataclass(frozen=True)
+class FaultsConfig:
+    """Deliberate message faults on every socket (tests of a lossy network; all 0 in real runs)."""
+
+    drop: float = 0.0  # probability that a message is not sent
+    duplicate: float = 0.0  # ... that it is sent twice
+    delay: float = 0.0  # ... that it is sent faults.delay_s later
+    reorder: float = 0.0  # ... that it is held back and sent after the next message
+    delay_s: float = 0.05  # how much later a delayed message goes out
+    seed: int = 0  # the faults' own random stream (each process adds its rank, the server -1)
+
+    def check(self) -> None:
+        for key in ("drop", "duplicate", "delay", "reorder"):
+            require(0 <= getattr(self, key) < 1, key, "must be in [0, 1)")
+        require(self.drop + self.duplicate + self.delay + self.reorder < 1, "drop", "the four must sum below 1")
+        require(0 <= self.delay_s <= 60, "delay_s", "must be in [0, 60]")
+        require(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    # write a server checkpoint (parameters, optimizer and EF21 state, version, sequence numbers, policy and
+    # counters) this often, in seconds of training; 0: never on a timer
+    every_s: float = 30.0
+    every_updates: int = 0  # ... and every this many updates; 0: never on a count
+    keep: int = 3  # the newest this many checkpoints are kept in RUN/checkpoints/
+    at_end: bool = True  # and one when the run ends
+
+    def check(self) -> None:
+        require(0 <= self.every_s <= MAX_WAIT_S, "every_s", "must be in [0, 2147483] (0: off)")
+        require(self.every_updates >= 0, "every_updates", "must be >= 0 (0: off)")
+        require(1 <= self.keep <= 1000, "keep", "must be in [1, 1000]")
 
 
 @dataclass(frozen=True)
@@ -387,10 +426,19 @@ class RunConfig:
     progress_every_s: float = 1.0  # launcher progress line cadence
     runs_dir: str = "runs"  # run folders go to <runs_dir>/<name>-<timestamp>/
     plots: bool = True  # draw PNG plots into the run folder at the end
+    # restart a process that dies, up to this many times per process (the server from its last checkpoint;
+    # a worker rejoins and goes on), waiting 1, 2, 4, ... s (at most 30 s) before each restart; 0: a death
+    # ends the run
+    max_restarts: int = 0
+    # the run stops with an error when fewer workers than this are left (a worker silent for
+    # server.worker_timeout_s has left)
+    min_workers: int = 1
 
     def check(self) -> None:
         require(self.max_updates >= 1, "max_updates", "must be >= 1")
         require(self.eval_max_samples >= 1, "eval_max_samples", "must be >= 1")
+        require(0 <= self.max_restarts <= 1000, "max_restarts", "must be in [0, 1000]")
+        require(self.min_workers >= 1, "min_workers", "must be >= 1")
         for key in ("max_seconds", "eval_every_s", "progress_every_s"):
             require(getattr(self, key) > 0, key, "must be > 0")
             require(getattr(self, key) <= MAX_WAIT_S, key, "must be <= 2147483 s (24.8 days: a C int of milliseconds)")
@@ -411,7 +459,9 @@ class ExperimentConfig:
     # stale pushes: lr rules, bounds, SSP, grouped steps, artificial delay (docs/algorithms.md, Staleness)
     staleness: StalenessConfig = field(default_factory=StalenessConfig)
     server: ServerConfig = field(default_factory=ServerConfig)  # the server's socket, message limits, timeouts
-    run: RunConfig = field(default_factory=RunConfig)  # when to stop, evaluation, the run folder
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # server checkpoints and resume
+    faults: FaultsConfig = field(default_factory=FaultsConfig)  # deliberate message faults (tests)
+    run: RunConfig = field(default_factory=RunConfig)  # when to stop, evaluation, restarts, the run folder
     # {dotted key: [values]}: run every combination (launch/sweep.py); empty = one run
     sweep: dict[str, list[Any]] = field(default_factory=dict)
 
@@ -425,6 +475,7 @@ class ExperimentConfig:
         require(0 <= self.seed <= MAX_SEED, "seed", "must be in [0, 2^63 - 1] (torch and numpy seeds)")
         require(1 <= self.workers <= 256, "workers", "must be in [1, 256]")
         require(len(self.worker.slowdown) <= self.workers, "worker.slowdown", "has more entries than workers")
+        require(self.run.min_workers <= self.workers, "run.min_workers", f"must be <= workers ({self.workers})")
         self._check_staleness()
         if self.mode == "sync":  # the baseline steps with the server's optimizers; nothing in it is ever stale
             self._check_sync()

@@ -39,6 +39,31 @@ class Counters:
             self.pushes_rejected += 1
             self.reasons[r.reason] += 1
 
+    def state(self) -> dict[str, Any]:
+        """Everything, as JSON (a checkpoint restores the counters exactly)."""
+        plain = {k: v for k, v in vars(self).items() if isinstance(v, int)}
+        return {
+            **plain,
+            "reasons": dict(self.reasons),
+            "staleness_hist": {str(k): v for k, v in self.staleness_hist.items()},
+            "staleness_by_worker": {
+                str(w): {str(k): v for k, v in h.items()} for w, h in self.staleness_by_worker.items()
+            },
+            "recent": [list(x) for x in self.recent],
+        }
+
+    def load_state(self, facts: dict[str, Any]) -> None:
+        for k, v in facts.items():
+            if isinstance(getattr(self, k, None), int) and isinstance(v, int):
+                setattr(self, k, v)
+        self.reasons = Counter(facts["reasons"])
+        self.staleness_hist = Counter({int(k): v for k, v in facts["staleness_hist"].items()})
+        self.staleness_by_worker = {
+            int(w): Counter({int(k): v for k, v in h.items()}) for w, h in facts["staleness_by_worker"].items()
+        }
+        self.recent.clear()
+        self.recent.extend(tuple(x) for x in facts["recent"])
+
     def note_clipped(self, clipped: object) -> None:
         """A push's meta.clipped, if it is a count (anything else is ignored: it is only reported)."""
         if type(clipped) is int and clipped > 0:

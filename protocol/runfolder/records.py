@@ -100,6 +100,12 @@ class ServerSummary:
     mode: str = "async"
     ranks_agree: bool | None = None  # sync: every rank ended with bitwise the same parameters
     replies_dropped: int = 0  # replies and heartbeats a peer's full queue could not take (never waited for)
+    checkpoints_written: int = 0
+    checkpoints_skipped: int = 0  # due while the previous one was still being written
+    checkpoint_stall_ms_max: float = 0.0  # the longest the loop spent copying state for a checkpoint
+    server_restarts: int = 0  # resumes from a checkpoint
+    updates_lost: int = 0  # updates applied after the checkpoint a restart resumed from (redone since)
+    workers_left: list[int] = field(default_factory=list)  # ranks that left, silent for server.worker_timeout_s
     write_errors: list[str] = field(default_factory=list)  # run-folder files that could not be written
 
 
@@ -156,6 +162,9 @@ class RunSummary:
     staleness_p99: int | None = None
     pushes_dropped_stale: int = 0
     evaluations: int = 0
+    restarts: dict[str, int] = field(default_factory=dict)  # process name -> times the launcher restarted it
+    server_restarts: int = 0  # times the server resumed from a checkpoint
+    updates_lost: int = 0  # updates applied after the checkpoint a restart resumed from (redone since)
     processes: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> pid, exit, cpu %, peak RSS
     status: str = "ok"  # how the run ended: ok | failed | interrupted (SIGINT) | terminated (SIGTERM, SIGHUP)
     failure: str | None = None  # why it did not end normally: the launcher's error message (None when ok)

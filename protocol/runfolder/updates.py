@@ -8,6 +8,7 @@ writing, remembers why, and counts the rows it could not write; the summary repo
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import TextIO
 
@@ -34,6 +35,7 @@ class UpdateLog:
     def __init__(self, path: Path | None, append: bool = False):
         self.error: str | None = None  # why writing stopped, if it did
         self.rows_lost = 0
+        self._path = path
         self._f: TextIO | None = None
         if path is not None:
             self._guard(lambda: self._open(path, append))
@@ -43,6 +45,15 @@ class UpdateLog:
         self._f = open(path, "a" if append else "w", buffering=1 << 20)
         if fresh:
             self._f.write(",".join(UPDATE_COLUMNS) + "\n")
+
+    def truncate(self, size: int) -> None:
+        """Cut the log back to `size` bytes (rows past a checkpoint a resume goes back to) and append from there."""
+        if self._f is None or self._path is None or size < 0:
+            return
+        f, self._f = self._f, None
+        f.close()
+        path = self._path
+        self._guard(lambda: (os.truncate(path, size), self._open(path, append=True)))
 
     def write(self, r: PushRecord) -> None:
         if self._f is None:
@@ -60,6 +71,14 @@ class UpdateLog:
         f = self._f
         if f is not None:
             self._guard(f.flush)
+
+    def position(self) -> int:
+        """Bytes written so far, flushed (a checkpoint records it: a resume truncates the log back to it)."""
+        f = self._f
+        if f is None:
+            return -1
+        self._guard(f.flush)
+        return f.tell() if self._f is not None else -1
 
     def close(self) -> None:
         f, self._f = self._f, None

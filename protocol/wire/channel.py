@@ -7,6 +7,7 @@ Every blocking operation takes a timeout; sockets close with linger 0.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from typing import NamedTuple
@@ -16,6 +17,7 @@ import zmq
 
 from protocol.errors import ProtocolError
 from protocol.wire import codec
+from protocol.wire.faults import FaultInjector
 from protocol.wire.messages import Message
 
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 31
@@ -67,6 +69,7 @@ class Channel:
         send_timeout_s: float = 30.0,
         send_hwm: int = 1000,
         context: zmq.Context | None = None,
+        faults: FaultInjector | None = None,
     ):
         if kind not in ("router", "dealer"):
             raise ValueError(f"kind must be 'router' or 'dealer', got {kind!r}")
@@ -89,6 +92,7 @@ class Channel:
             self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._header_buf = bytearray(codec.MAX_HEADER_BYTES + 1)
         self._header_len = 0
+        self.faults = faults if faults is not None and faults.active else None  # deliberate message faults
         self.endpoint: str | None = None
         self.bytes_sent = 0  # header + tensor frames, identity frames excluded
         self.bytes_received = 0
@@ -128,6 +132,8 @@ class Channel:
             if to is None:
                 raise ValueError("a ROUTER channel needs the peer identity to send")
             frames = [to, *frames]
+        if self.faults is not None:
+            return self._send_faulty(msg, frames, nbytes, to)
         if track:
             frames = [zmq.Frame(f, track=True, copy=False) for f in frames]
         try:
@@ -145,8 +151,32 @@ class Channel:
             tracker = zmq.MessageTracker(*[f for f in frames if isinstance(f, zmq.Frame)])
         return Sent(nbytes, tracker)
 
+    def _send_faulty(self, msg: Message, frames: list, nbytes: int, to: bytes | None) -> Sent:
+        """Through the fault injector: copies of the frames, sent now, twice, later, or not at all."""
+        assert self.faults is not None
+        for message in self.faults.route([bytes(f) for f in frames]):
+            self._send_raw(message, msg.TYPE, to)
+        self.bytes_sent += nbytes
+        return Sent(nbytes, None)
+
+    def _send_raw(self, frames: list[bytes], what: str, to: bytes | None) -> None:
+        try:
+            self.sock.send_multipart(frames, copy=True)
+        except zmq.Again:
+            if self.kind == "router":
+                raise PeerBusy(f"peer {to!r} does not take {what} messages now (its queue is full)") from None
+            raise TimeoutError(f"send of {what} timed out") from None
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                raise ConnectionError(f"peer {to!r} is gone") from None
+            raise
+
     # -- receive ---------------------------------------------------------------------------------
     def poll(self, timeout_s: float) -> bool:
+        if self.faults is not None:
+            for message in self.faults.due():  # delayed messages go out whenever the channel is used
+                with contextlib.suppress(TimeoutError, ConnectionError):  # a peer gone or full: lost too
+                    self._send_raw(message, "delayed", message[0] if self.kind == "router" else None)
         return bool(self.sock.poll(max(0, int(timeout_s * 1000)), zmq.POLLIN))
 
     def recv(self, timeout_s: float, alloc: codec.Allocator | None = None) -> Received:

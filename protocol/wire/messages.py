@@ -81,6 +81,7 @@ class Reply(Message):
     staleness: int
     version: int
     lr: float
+    seq: int = -1  # the push this answers (-1: a pull); a worker ignores answers to pushes it no longer waits on
     params: Tensor | None = None
 
 
