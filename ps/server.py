@@ -254,7 +254,7 @@ class ParameterServer:
         elif self.gate.held and now >= self._next_heartbeat:  # held by ssp or the barrier: keep them waiting
             self._next_heartbeat = now + 1.0
             self.members.heartbeat(self.gate.waiting(), self.version)
-        if self.report.snapshot_due(now, self.t_start is not None):
+        if self.report.snapshot_due(now, self.t_start is not None, self.version):
             self.report.snapshot(self.status(), self.params, self.model.mean_buffers())
         self.report.tick(now, self.status())
 
