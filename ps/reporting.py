@@ -104,6 +104,9 @@ class Reporter:
             messages_rejected=c.messages_rejected,
             workers=self.cfg.workers,
             staleness_max=c.staleness_max,
+            uplink_bytes=c.uplink_bytes,
+            downlink_bytes=c.downlink_bytes,
+            values_clipped=c.values_clipped,
             **c.window(),
             **fields,
         )

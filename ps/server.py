@@ -280,6 +280,7 @@ class ParameterServer:
             workers_joined=len(self.members.members),
             started=self.t_start is not None,
             stopping=self.stop_reason,
+            ef_drift_max=self.model.agg.drift_max,
         )
 
     def _finish(self) -> ServerSummary:
