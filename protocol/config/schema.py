@@ -390,6 +390,9 @@ class RunConfig:
     progress_every_s: float = 1.0  # launcher progress line cadence
     runs_dir: str = "runs"  # run folders go to <runs_dir>/<name>-<timestamp>/
     plots: bool = True  # draw PNG plots into the run folder at the end
+    # TensorBoard event files in <run folder>/tensorboard/, written by the launcher as the run goes (needs the
+    # tensorboard package: pip install 'taups[tensorboard]'; without it a run says so once and goes on)
+    tensorboard: bool = True
 
     def check(self) -> None:
         require(self.max_updates >= 1, "max_updates", "must be >= 1")
