@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from launch.eta import Limits
 from launch.outcome import Outcome, RunFailed
 from launch.plots import plot_run
 from launch.proclog import ProcessLog
@@ -46,7 +47,8 @@ class Run:
         self.run_dir = run_dir
         self.config_path = run_dir / "config.yaml"
         self.sup = Supervisor(run_dir / "logs")
-        self.progress = Progress(cfg.run.max_updates, cfg.run.progress_every_s, starting=self.starting)
+        limits = Limits(cfg.run.max_updates, cfg.run.max_seconds)
+        self.progress = Progress(limits, cfg.run.progress_every_s, starting=self.starting)
         self.quiet = quiet
         self.signals = signals or StopSignals()  # not entered: nothing installed, check() never raises
         self.proc_log = ProcessLog(run_dir / "processes.csv")

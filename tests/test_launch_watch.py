@@ -1,7 +1,8 @@
 """Watching a real run of `python -m launch` (slow tier): the TensorBoard event files the watch loop leaves in
-the run folder, and evaluations every run.eval_every_updates."""
+the run folder, evaluations every run.eval_every_updates, and the progress lines in a log."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,8 +29,9 @@ def _launch(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
 def test_a_run_leaves_event_files_of_its_metrics_and_status(tmp_path):
     run = tmp_path / "run"
     overrides = [f"run.max_updates={UPDATES}", f"run.eval_every_updates={EVERY}", "run.eval_every_s=1000"]
-    out = _launch(run, *overrides, "server.status_every_s=0.1", "run.plots=false", "--quiet")
+    out = _launch(run, *overrides, "server.status_every_s=0.1", "run.progress_every_s=0.2", "run.plots=false")
     assert out.returncode == 0, out.stderr + out.stdout
+    _assert_plain_progress_lines(out.stdout)
     summary = json.loads((run / "summary.json").read_text())
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # eval_every_s this long: every evaluation but the first (version 0) comes from eval_every_updates
@@ -46,3 +48,14 @@ def test_a_run_leaves_event_files_of_its_metrics_and_status(tmp_path):
     values = [v for _, _, v in uplink]
     assert values == sorted(values) and 0 < values[-1] <= summary["uplink_bytes"]
     assert all(0 <= v <= summary["staleness_max"] for _, _, v in scalars["staleness/max"])
+
+
+def _assert_plain_progress_lines(stdout: str) -> None:
+    """stdout is a pipe: one line per change, percent and ETA, no carriage returns."""
+    assert "\r" not in stdout
+    lines = stdout.splitlines()
+    assert "starting the server..." in lines, stdout
+    progress = [line for line in lines if re.match(r"\[ *\d+\.\ds\] +\d+%  (ETA \d|stopping)", line)]
+    assert any("ETA" in line for line in progress), stdout
+    # the last line, drawn after the server's end
+    assert re.search(rf"\] +100%  .*updates {UPDATES}/{UPDATES}", progress[-1]), stdout
