@@ -70,7 +70,11 @@ class Progress:
 
 
 def format_line(
-    status: Status | None, metric: dict | None, limits: Limits, starting: str = "starting the server...", percent=True
+    status: Status | None,
+    metric: dict | None,
+    limits: Limits,
+    starting: str = "starting the server...",
+    percent: bool = True,
 ) -> str:
     """The progress line; percent=False leaves out the percent (the bar shows it)."""
     if status is None:
