@@ -1,22 +1,36 @@
-"""The launcher's live progress line: updates, updates/s, loss, staleness, latest test accuracy."""
+"""The launcher's live progress: percent done and ETA (launch/eta.py), updates, updates/s, loss, staleness, latest
+test accuracy.
+
+On a terminal it is a tqdm bar redrawn in place. Anywhere else (a log file, CI) it is one plain line per change:
+tqdm writes to a non-terminal the same way, joining every redraw with carriage returns into one endless line,
+so there the text is written as lines instead.
+"""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 
+from tqdm import tqdm
+
+from launch.eta import Estimate, Limits, estimate, version_rate
 from protocol.runfolder.records import Status
+
+BAR = "{percentage:3.0f}%|{bar:10}| {desc}"  # narrow: on 80 columns the text after it matters more
+TEXT = "{desc}"  # before training starts: the starting and waiting messages alone
+STEPS = 1000  # the bar's resolution: tenths of a percent
 
 
 class Progress:
-    def __init__(self, max_updates: int, every_s: float, stream=None, starting: str = "starting the server..."):
-        self.max_updates = max_updates
+    def __init__(self, limits: Limits, every_s: float, stream=None, starting: str = "starting the server..."):
+        self.limits = limits
         self.starting = starting  # shown until the first status.json
         self.every_s = every_s
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
+        self._bar: tqdm | None = None
         self._next = 0.0
-        self._drawn = False
         self._last = ""
 
     def show(self, status: Status | None, metric: dict | None, force: bool = False) -> None:
@@ -24,37 +38,66 @@ class Progress:
         if not force and now < self._next:
             return
         self._next = now + self.every_s
-        line = format_line(status, metric, self.max_updates, self.starting)
+        line = format_line(status, metric, self.limits, self.starting, percent=not self.tty)
         if line == self._last:
             return
         self._last = line
         if self.tty:
-            self.stream.write("\r\033[K" + line)
-            self._drawn = True
+            self._draw(line, status)
         else:
             self.stream.write(line + "\n")
-        self.stream.flush()
+            self.stream.flush()
+
+    def _draw(self, text: str, status: Status | None) -> None:
+        if self._bar is None:
+            self._bar = tqdm(total=STEPS, file=self.stream, bar_format=TEXT, mininterval=0)
+        # the size now (a resized window), from shutil: for a pty nobody sized, tqdm reads -1 x -1 and then
+        # draws nothing at all, where shutil falls back to 80 x 24
+        self._bar.ncols, self._bar.nrows = shutil.get_terminal_size()
+        started = status is not None and status.started
+        self._bar.bar_format = BAR if started else TEXT
+        self._bar.n = round(STEPS * estimate(status, self.limits).fraction) if started else 0
+        self._bar.set_description_str(text, refresh=False)
+        self._bar.refresh()
 
     def done(self) -> None:
-        """End the line in place (a terminal); may be called again (after a failure, then at the end)."""
-        if self.tty and self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
+        """Leave the bar's last state on its line (a terminal); may be called again (after a failure, then at
+        the end)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+            self._last = ""  # a later show() starts a new bar
 
 
 def format_line(
-    status: Status | None, metric: dict | None, max_updates: int, starting: str = "starting the server..."
+    status: Status | None,
+    metric: dict | None,
+    limits: Limits,
+    starting: str = "starting the server...",
+    percent: bool = True,
 ) -> str:
+    """The progress line; percent=False leaves out the percent (the bar shows it)."""
     if status is None:
         return starting
     if not status.started:
         return f"waiting for workers to join: {status.workers_joined}/{status.workers}"
-    parts = [
-        f"[{status.wall_s:7.1f}s]",
-        f"updates {status.updates}/{max_updates}",
-        f"({status.updates_per_s or 0:.1f}/s)",
-    ]
+    est = estimate(status, limits)
+    parts = [f"[{status.wall_s:7.1f}s]"]
+    if percent:
+        parts.append(f"{100 * est.fraction:3.0f}%")
+    parts += [_when(status, est), f"updates {status.version}/{limits.max_updates}", f"({version_rate(status):.1f}/s)"]
+    return "  ".join(parts + _figures(status, metric))
+
+
+def _when(status: Status, est: Estimate) -> str:
+    """The time left, or why the run is ending once the server stops."""
+    if status.stopping:
+        return f"stopping ({status.stopping})"
+    return f"ETA {tqdm.format_interval(est.eta_s)}" + (" (max_seconds)" if est.limit == "seconds" else "")
+
+
+def _figures(status: Status, metric: dict | None) -> list[str]:
+    parts = []
     if status.loss is not None:
         parts.append(f"loss {status.loss:.4f}")
     if status.staleness_mean is not None:
@@ -65,4 +108,4 @@ def format_line(
         parts.append(f"test_acc {metric['test_acc']:.4f} @{metric['updates']}")
     elif metric:
         parts.append(f"test_loss {metric['test_loss']:.4g} @{metric['updates']}")
-    return "  ".join(parts)
+    return parts

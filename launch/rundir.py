@@ -11,6 +11,7 @@ runs/<name>-<timestamp>/
     logs/<process>.log   stdout + stderr of every process
     plots/*.png          loss/accuracy vs time and updates, staleness, bytes
     snapshots/           parameter snapshots for the evaluator (final.safetensors = the trained model)
+    tensorboard/         TensorBoard event files of metrics and status (run.tensorboard; launch/tensorboard.py)
 """
 
 from __future__ import annotations

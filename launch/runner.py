@@ -1,11 +1,13 @@
-"""What every mode of a run shares: supervision, the progress line, psutil samples (processes.csv), naming a
-failure, stop signals, the 'finish after failure' path, plots and summary.json. The modes are in run.py.
+"""What every mode of a run shares: supervision, the progress line, psutil samples (processes.csv), TensorBoard
+event files (launch/tensorboard.py), naming a failure, stop signals, the 'finish after failure' path, plots and
+summary.json. The modes are in run.py.
 
 execute(): train (start the processes; watch them: any child dying -> a failure naming it, SIGINT/SIGTERM/SIGHUP
     to the launcher -> a stop; the evaluator scores the final snapshot) -> if that did not end normally, finish
     after failure (launch/shutdown.py: the children stop in order, each with the time it needs to leave its
-    results) -> conclude (processes.csv closed, plots, summary.json with status and failure) -> return the
-    summary, or raise RunFailed / Stopped. A write the launcher cannot do is named, never raised over the outcome.
+    results) -> conclude (processes.csv and event files closed, plots, summary.json with status and failure) ->
+    return the summary, or raise RunFailed / Stopped. A write the launcher cannot do is named, never raised over
+    the outcome.
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ import sys
 import time
 from pathlib import Path
 
+from launch.eta import Limits
 from launch.outcome import Outcome, RunFailed
 from launch.plots import plot_run
 from launch.proclog import ProcessLog
 from launch.progress import Progress
 from launch.restarts import Restarts
-from launch.rundir import read_metrics
 from launch.shutdown import Stage, let_evaluator_finish, stop_in_order
 from launch.signals import Stopped, StopSignals
 from launch.summary import build_summary
 from launch.supervisor import Child, Supervisor
+from launch.tail import JsonLinesTail
+from launch.tensorboard import open_board
 from launch.writes import WriteError, write_record_file
 from protocol.config.schema import ExperimentConfig
 from protocol.runfolder.records import RunSummary, Status, read_record
@@ -44,10 +48,13 @@ class Run:
         self.run_dir = run_dir
         self.config_path = run_dir / "config.yaml"
         self.sup = Supervisor(run_dir / "logs")
-        self.progress = Progress(cfg.run.max_updates, cfg.run.progress_every_s, starting=self.starting)
+        limits = Limits(cfg.run.max_updates, cfg.run.max_seconds)
+        self.progress = Progress(limits, cfg.run.progress_every_s, starting=self.starting)
         self.quiet = quiet
         self.signals = signals or StopSignals()  # not entered: nothing installed, check() never raises
         self.proc_log = ProcessLog(run_dir / "processes.csv")
+        self.metrics = JsonLinesTail(run_dir / "metrics.jsonl")
+        self.board = open_board(run_dir, cfg.run.tensorboard)  # says once when tensorboard is not installed
         self.write_errors: list[str] = []  # the launcher's own failed writes, each naming its file
         self._exit_seen: dict[str, int] = {}  # child name -> watch tick at which it was first seen exited
         self.restarts = Restarts(cfg.run.max_restarts)
@@ -92,8 +99,10 @@ class Run:
         let_evaluator_finish(self.sup, self.run_dir, FINISH_TIMEOUT_S, self._say)
 
     def _conclude(self, outcome: Outcome) -> RunSummary:
-        """processes.csv closed, plots (if run.plots), then summary.json, which lists the writes that failed."""
+        """processes.csv and the event files closed, plots (if run.plots), then summary.json, which lists the
+        writes that failed."""
         self.proc_log.close()
+        self._close_board()
         self._end_progress()
         if self.proc_log.error:
             self.write_errors.append(self.proc_log.error)
@@ -228,13 +237,17 @@ class Run:
         wall = time.monotonic() - self.t0
         for name, pid, cpu, rss in self.sup.sample():
             self.proc_log.row(wall, name, pid, cpu, rss)
+        status = read_record(Status, self.run_dir / "status.json")
+        self.board.write(status, self.metrics.read_new())
         if not self.quiet:
-            metrics = read_metrics(self.run_dir) if (self.run_dir / "metrics.jsonl").exists() else []
-            self.progress.show(
-                read_record(Status, self.run_dir / "status.json"),
-                metrics[-1] if metrics else None,
-                force=force_progress,
-            )
+            self.progress.show(status, self.metrics.last, force=force_progress)
+
+    def _close_board(self) -> None:
+        """What the run wrote since the last tick (after a failure, the evaluator's last line), then close."""
+        self.board.write(read_record(Status, self.run_dir / "status.json"), self.metrics.read_new())
+        self.board.close()
+        if self.board.error:
+            self.write_errors.append(self.board.error)
 
     def _fail(self, child: Child, when: str, failed: list[Child] | None = None) -> None:
         also = [f"{c.name} {c.describe_exit()}" for c in failed or [] if c is not child]

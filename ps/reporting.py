@@ -37,6 +37,7 @@ class Reporter:
         self.write_errors: list[str] = []
         self._next_status = 0.0
         self._next_snapshot = 0.0
+        self._update_mark = 0  # version // run.eval_every_updates at the last snapshot it made due
 
     def record(self, r: PushRecord) -> None:
         self.counters.add(r)
@@ -68,11 +69,24 @@ class Reporter:
             self.log.flush()
             self._write("status.json", status)
 
-    def snapshot_due(self, now: float, started: bool) -> bool:
-        """Whether a snapshot for the evaluator is due (every run.eval_every_s once training started)."""
-        if self.snapshots is None or not started or now < self._next_snapshot:
+    def snapshot_due(self, now: float, started: bool, version: int) -> bool:
+        """Whether a snapshot for the evaluator is due once training started: every run.eval_every_s, and
+        each time `version` crossed a multiple of run.eval_every_updates since the last call."""
+        if self.snapshots is None or not started:
             return False
+        by_updates = self._crossed_update_mark(version)
+        if now < self._next_snapshot:
+            return by_updates
         self._next_snapshot = now + self.cfg.run.eval_every_s
+        return True
+
+    def _crossed_update_mark(self, version: int) -> bool:
+        """True once per multiple of run.eval_every_updates reached (several crossed between two calls, as
+        a grouped step or a slow tick may do, still make one snapshot: of the parameters of now)."""
+        every = self.cfg.run.eval_every_updates
+        if every <= 0 or version // every <= self._update_mark:
+            return False
+        self._update_mark = version // every
         return True
 
     def snapshot(self, status: Status, params: torch.Tensor, buffers: torch.Tensor | None = None) -> None:
@@ -90,6 +104,9 @@ class Reporter:
             messages_rejected=c.messages_rejected,
             workers=self.cfg.workers,
             staleness_max=c.staleness_max,
+            uplink_bytes=c.uplink_bytes,
+            downlink_bytes=c.downlink_bytes,
+            values_clipped=c.values_clipped,
             **c.window(),
             **fields,
         )

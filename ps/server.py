@@ -287,7 +287,7 @@ class ParameterServer:
             and self.plan.due(self.wall(), self.version)
         ):
             durable.checkpoint(self, self.plan)
-        if self.report.snapshot_due(now, self.t_start is not None):
+        if self.report.snapshot_due(now, self.t_start is not None, self.version):
             self.report.snapshot(self.status(), self.params, self.model.mean_buffers())
         self.report.tick(now, self.status())
 
@@ -333,6 +333,7 @@ class ParameterServer:
             workers_joined=len(self.members.members),
             started=self.t_start is not None,
             stopping=self.stop_reason,
+            ef_drift_max=self.model.agg.drift_max,
         )
 
     def _finish(self) -> ServerSummary:

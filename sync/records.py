@@ -5,7 +5,8 @@ updates.csv          one row per rank per step: version = step number after the 
                      step's collective: its packed push, or its dense all-reduce buffer), applied 1,
                      loss, seq = step before, reason ok, wall_s
 status.json          every server.status_every_s; `updates` counts steps (N pushes make one step)
-snapshots/           latest.safetensors every run.eval_every_s (background thread), final.safetensors at the end
+snapshots/           latest.safetensors every run.eval_every_s and run.eval_every_updates steps (background
+                     thread), final.safetensors at the end
 server_summary.json  the server's record (staleness all 0, ef_drift_max 0), with mode 'sync', this rank's
                      time split and whether every rank ended with the same parameters
 """
@@ -59,7 +60,7 @@ class SyncRecorder:
 
     def tick(self, wall_s: float, params: torch.Tensor, buffers: torch.Tensor | None = None) -> None:
         """status.json and the evaluator's snapshot (rank 0's parameters and buffers), each on its cadence."""
-        if self.report.snapshot_due(wall_s, started=True):
+        if self.report.snapshot_due(wall_s, True, self.steps):
             self.report.snapshot(self.status(), params, buffers)
         self.report.tick(wall_s, self.status())
 

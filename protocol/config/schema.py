@@ -419,6 +419,9 @@ class RunConfig:
     max_updates: int = 1000  # the server stops after this many applied updates
     max_seconds: float = 600.0  # ... or after this much wall time, whichever comes first
     eval_every_s: float = 1.0  # the server snapshots parameters this often; the evaluator scores them
+    # ... and also each time the version crosses a multiple of this many updates (0: off), so that a short run
+    # gets more evaluation points; a snapshot offered while the previous one is still being written is skipped
+    eval_every_updates: int = 0
     eval_max_samples: int = 10000  # cap on train/test samples scored per evaluation
     # also report ||grad f(x)||^2 of the training objective (full batch over eval_max_samples, regularizer
     # included) in every metrics line; costs one backward pass per evaluation (quadratic: always reported)
@@ -433,12 +436,16 @@ class RunConfig:
     # the run stops with an error when fewer workers than this are left (a worker silent for
     # server.worker_timeout_s has left)
     min_workers: int = 1
+    # TensorBoard event files in <run folder>/tensorboard/, written by the launcher as the run goes (needs the
+    # tensorboard package: pip install 'taups[tensorboard]'; without it a run says so once and goes on)
+    tensorboard: bool = True
 
     def check(self) -> None:
         require(self.max_updates >= 1, "max_updates", "must be >= 1")
         require(self.eval_max_samples >= 1, "eval_max_samples", "must be >= 1")
         require(0 <= self.max_restarts <= 1000, "max_restarts", "must be in [0, 1000]")
         require(self.min_workers >= 1, "min_workers", "must be >= 1")
+        require(self.eval_every_updates >= 0, "eval_every_updates", "must be >= 0 (0: off)")
         for key in ("max_seconds", "eval_every_s", "progress_every_s"):
             require(getattr(self, key) > 0, key, "must be > 0")
             require(getattr(self, key) <= MAX_WAIT_S, key, "must be <= 2147483 s (24.8 days: a C int of milliseconds)")

@@ -62,6 +62,10 @@ class Status:
     loss: float | None = None  # mean minibatch loss of the most recent applied pushes
     staleness_mean: float | None = None
     staleness_max_recent: int | None = None
+    uplink_bytes: int = 0  # so far: bytes of the pushes received (as ServerSummary)
+    downlink_bytes: int = 0  # so far: bytes of every message the server (sync: the group's collectives) sent
+    values_clipped: int = 0  # so far: values workers clipped to the wire dtype's range (compression.values float16)
+    ef_drift_max: float = 0.0  # so far: largest relative float drift of the EF21 mirror (0 without EF21, sync)
 
 
 @dataclass
