@@ -23,12 +23,16 @@ def make(seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
     return x, labels
 
 
-def main() -> None:
+def write(path: Path) -> None:
     x, labels = make()
-    path = Path(__file__).with_name("blobs.csv")
     header = ",".join(f"x{i}" for i in range(FEATURES)) + ",label"
     rows = [",".join(f"{v:.6g}" for v in row) + f",{label}" for row, label in zip(x, labels)]
     path.write_text(header + "\n" + "\n".join(rows) + "\n")
+
+
+def main() -> None:
+    path = Path(__file__).with_name("blobs.csv")
+    write(path)
     print(f"wrote {path}: {ROWS} rows, {path.stat().st_size} bytes")
 
 
