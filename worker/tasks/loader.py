@@ -81,6 +81,12 @@ def _identity(batch: Any) -> Any:
     return batch
 
 
+def _default_collate(dataset: Dataset):
+    """TensorData's __getitems__ returns a batch already (kept as it is); any other Dataset's, e.g. torch's
+    Subset from random_split, returns a list of samples that torch's default collate stacks."""
+    return _identity if isinstance(dataset, TensorData) else None
+
+
 def rank_loader(
     data: Data, batch_size: int, sampling: str, rank: int, world: int, seed: int, workers: int = 0, collate=None
 ) -> DataLoader:
@@ -90,7 +96,7 @@ def rank_loader(
     return DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=collate or (_identity if hasattr(dataset, "__getitems__") else None),
+        collate_fn=collate or _default_collate(dataset),
         num_workers=workers,
         persistent_workers=workers > 0,
     )
@@ -104,7 +110,7 @@ def eval_batches(data: Data, max_samples: int, batch_size: int = 4096, collate=N
     loader = DataLoader(
         dataset,
         batch_sampler=batches,
-        collate_fn=collate or (_identity if hasattr(dataset, "__getitems__") else None),
+        collate_fn=collate or _default_collate(dataset),
     )
     return islice(iter(loader), len(batches))
 
