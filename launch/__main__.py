@@ -71,8 +71,9 @@ def run_one(cfg: ExperimentConfig, explicit_dir: str | None, quiet: bool, signal
 
 def describe(cfg: ExperimentConfig) -> str:
     """The line under the run folder: what is about to run."""
+    task = cfg.task.factory or f"{cfg.task.model} on {cfg.task.dataset}"
     return (
-        f"{count(cfg.workers, 'worker')}, {cfg.task.model} on {cfg.task.dataset}, {cfg.optimizer.name} "
+        f"{count(cfg.workers, 'worker')}, {task}, {cfg.optimizer.name} "
         f"lr {cfg.optimizer.lr:g}, until {count(cfg.run.max_updates, 'update')} or {cfg.run.max_seconds:g}s"
     )
 

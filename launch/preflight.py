@@ -29,6 +29,7 @@ from types import SimpleNamespace
 import torch
 import zmq
 
+from launch.handoff import built_task
 from launch.sweep import expand_sweep
 from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
@@ -37,7 +38,6 @@ from protocol.wire.encoding import INT32_MAX_NUMEL, VALUE_DTYPES
 from protocol.wire.layout import Layout
 from ps.history import ParamHistory
 from worker.compressors import segments
-from worker.tasks import TaskError, build_spec
 from worker.tasks.data import DataShape, check_data
 from worker.tasks.models import build_model
 
@@ -84,14 +84,19 @@ def model_layout(cfg: ExperimentConfig, shape: DataShape | None) -> Layout:
 
 
 def factory_layout(cfg: ExperimentConfig) -> Layout:
-    """The layout of the model task.factory builds: the factory imported and called once, its TaskSpec checked.
-    Raises ConfigError naming task.factory and the cause (an import error, what the factory raised, a return
-    value that is not a usable TaskSpec)."""
+    """The layout of the model task.factory builds: the factory imported and called once (the launcher hands
+    this very model to the server), its TaskSpec checked, one training batch taken through forward, loss and
+    backward. Raises ConfigError naming task.factory and the cause (an import error, what the factory raised,
+    a return value that is not a usable TaskSpec, a batch the model cannot take, too little data)."""
+    task = built_task(cfg)  # raises ConfigError('task.factory', ...)
+    data = task.spec.train
+    if cfg.task.sampling == "shard" and data is not None and task.spec.batches is None and len(data) < cfg.workers:
+        raise ConfigError("task.sampling", f"shard gives each of {cfg.workers} workers a slice of {len(data)} samples")
     try:
-        spec = build_spec(cfg)
-    except TaskError as err:
-        raise ConfigError("task.factory", str(err)) from None
-    return Layout.from_shapes([(n, tuple(p.shape)) for n, p in spec.model.named_parameters() if p.requires_grad])
+        task.gradient(next(task.batches(0, cfg.workers)))
+    except Exception as err:  # the user's model, data or loss: say what went wrong before any process starts
+        raise ConfigError("task.factory", f"one training batch fails: {type(err).__name__}: {err}") from None
+    return task.layout
 
 
 def size_key(cfg: ExperimentConfig) -> str:

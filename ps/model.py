@@ -96,7 +96,8 @@ class ServedModel:
         """What snapshots and checkpoints serve: the mean over workers of their latest buffers."""
         if not self.buffers:
             return self.init_buffers
-        return torch.stack(list(self.buffers.values())).mean(dim=0)
+        # float64: the mean of equal values is that value again (a float32 mean of 3 can be 1 ulp off)
+        return torch.stack(list(self.buffers.values())).double().mean(dim=0).float()
 
     def apply(self, rank: int, staged: Staged, lr: float) -> bool:
         """Fold an accepted push in; step the optimizer when a group of apply_every pushes is complete."""
