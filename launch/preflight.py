@@ -175,16 +175,18 @@ def check_memory(cfg: ExperimentConfig, n: int, memory_bytes: int | None = None)
 # -- this host ----------------------------------------------------------------------------------------------
 def check_device(cfg: ExperimentConfig, cuda_devices: int | None = None) -> None:
     """cuda asked for: this host must have the devices the ranks take (sync: one per rank, as nccl needs)."""
-    device = cfg.worker.device
-    if not device.startswith("cuda"):
+    key = "worker.devices" if cfg.worker.devices else "worker.device"
+    wanted = cfg.worker.devices or (cfg.worker.device,)
+    if not any(d.startswith("cuda") for d in wanted):
         return
     count = torch.cuda.device_count() if cuda_devices is None else cuda_devices
-    if cfg.mode == "sync" and device == "cuda":
-        need, why = cfg.workers, f"sync mode puts rank i on cuda:i ({cfg.workers} ranks)"
+    if cfg.mode == "sync" and cfg.worker.device == "cuda" and not cfg.worker.devices:
+        need, why = cfg.workers, f"sync mode puts rank i on cuda:i ({cfg.workers} ranks; nccl needs one GPU per rank)"
     else:
-        need, why = int(device.partition(":")[2] or 0) + 1, f"the workers compute on {device}"
+        need = max(int(d.partition(":")[2] or 0) for d in wanted if d.startswith("cuda")) + 1
+        why = f"the workers compute on {', '.join(wanted)}"
     if count < need:
-        raise ConfigError("worker.device", f"{why}, but this host has {count} CUDA device(s)")
+        raise ConfigError(key, f"{why}, but this host has {count} CUDA device(s)")
 
 
 def check_endpoint(endpoint: str) -> None:

@@ -159,6 +159,7 @@ class ParameterServer:
         self.model.forget_buffers(hello.rank)
         if self.t_start is not None:
             self.gate.join(hello.rank)
+            self.model.set_group(min(self.cfg.staleness.apply_every, self.members.live()))
             self.members.welcome(member, self.model, self.uplink)
         elif self.members.wait_for_start(hello.rank):
             self._start_training()
@@ -322,6 +323,7 @@ class ParameterServer:
     def _start_training(self) -> None:
         """Welcome every waiting worker with the same version-0 parameters and start the clock."""
         self.t_start = self.clock()
+        self.model.set_group(min(self.cfg.staleness.apply_every, self.members.live()))
         for rank in self.members.pending:
             self.gate.join(rank)
         self.members.welcome_pending(self.model, self.uplink)

@@ -15,7 +15,8 @@ from protocol.errors import ConfigError
 
 
 def rank_device(cfg: ExperimentConfig, local_rank: int, world: int) -> torch.device:
-    d = cfg.worker.device
+    """The rank's device: worker.devices[local_rank mod len] if given, else worker.device (cuda: cuda:LOCAL_RANK)."""
+    d = cfg.worker.devices[local_rank % len(cfg.worker.devices)] if cfg.worker.devices else cfg.worker.device
     if d == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -28,7 +29,7 @@ def rank_device(cfg: ExperimentConfig, local_rank: int, world: int) -> torch.dev
                 f"{torch.cuda.device_count()} GPU(s) (nccl needs one GPU per rank)",
             )
         return torch.device("cuda", local_rank)
-    if world > 1:
+    if world > 1 and not cfg.worker.devices:
         raise ConfigError(
             "worker.device",
             f"{d} would put every rank on one GPU (nccl needs one GPU per rank); "

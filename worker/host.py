@@ -22,6 +22,8 @@ import time
 import traceback
 from dataclasses import dataclass
 
+import torch
+
 from protocol.config.schema import ExperimentConfig
 from protocol.runfolder.records import WorkerReport
 from protocol.wire.channel import Channel
@@ -56,7 +58,7 @@ class RankHost:
         spec = build_spec(cfg)  # the factory runs once; every rank gets its own model, all share the data
         specs = [spec, *(another_rank(spec) for _ in ranks[1:])]  # copied before any Task flattens one
         for rank, rank_spec in zip(ranks, specs):
-            task = Task(cfg, device=cfg.worker.device, spec=rank_spec)
+            task = Task(cfg, device=cfg.device_of(rank, torch.cuda.device_count()), spec=rank_spec)
             chan = worker_channel(cfg, rank)
             chan.connect(endpoint)
             self.channels.append(chan)

@@ -94,7 +94,7 @@ class WorkerLoop:
         self.clock, self.sleep = clock, sleep
         self.run_id = run_id
         self.cancel = cancel  # set by the hosting process: leave between steps or waits (raises Cancelled)
-        self.task = task or Task(cfg, device=cfg.worker.device)
+        self.task = task or Task(cfg, device=cfg.device_of(rank, torch.cuda.device_count()))
         net = self.task.net
         on_cpu = net.params.device.type == "cpu"
         # The wire needs host memory: on the CPU the model's own flat buffers travel; on a GPU,

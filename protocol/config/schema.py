@@ -152,7 +152,11 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    device: str = "cpu"  # cpu | cuda | cuda:N  (gradients on this device; the wire is always host memory)
+    # cpu | cuda | cuda:N: where gradients are computed (the wire is always host memory). cuda spreads the ranks
+    # over the visible GPUs (async: rank i on cuda:(i mod GPUs); sync: rank i on cuda:LOCAL_RANK)
+    device: str = "cpu"
+    # the devices the ranks take in turn (rank i on devices[i mod len]), e.g. [cuda:0, cuda:1]; overrides device
+    devices: tuple[str, ...] = ()
     threads: int = 1  # torch intra-op threads per worker process
     # mixed precision for the forward and backward: bf16 runs them under torch.autocast in bfloat16; the
     # parameters, gradients and pushes stay float32
@@ -168,11 +172,13 @@ class WorkerConfig:
     per_process: int = 1
 
     def check(self) -> None:
-        match = re.fullmatch(r"cpu|cuda(:(\d+))?", self.device)
-        require(match is not None, "device", "must be cpu, cuda or cuda:N")
-        require(
-            int(match[2] or 0) <= MAX_CUDA_INDEX, "device", "cuda:N takes N <= 127 (torch's device index is an int8)"
-        )
+        for key, value in (("device", self.device), *(("devices", d) for d in self.devices)):
+            match = re.fullmatch(r"cpu|cuda(:(\d+))?", value)
+            require(match is not None, key, f"must be cpu, cuda or cuda:N, got {value!r}")
+            assert match is not None
+            require(
+                int(match[2] or 0) <= MAX_CUDA_INDEX, key, "cuda:N takes N <= 127 (torch's device index is an int8)"
+            )
         require(1 <= self.threads <= MAX_THREADS, "threads", "must be in [1, 1024]")
         require(all(1 <= s <= MAX_FACTOR for s in self.slowdown), "slowdown", "factors must be in [1, 1000]")
         require(0 <= self.jitter <= MAX_FACTOR, "jitter", "must be in [0, 1000]")
@@ -528,6 +534,15 @@ class ExperimentConfig:
                 "is not a setting of the config (use a dotted path such as optimizer.lr; sections cannot be swept)",
             )
             require(len(values) > 0, f"sweep.{key}", "needs at least one value")
+
+    def device_of(self, rank: int, gpus: int) -> str:
+        """The device rank `rank` computes on, given this host's number of GPUs (worker.devices, else
+        worker.device with cuda spread over the GPUs)."""
+        if self.worker.devices:
+            return self.worker.devices[rank % len(self.worker.devices)]
+        if self.worker.device == "cuda" and gpus > 0:
+            return f"cuda:{rank % gpus}"
+        return self.worker.device
 
     def slowdown(self, rank: int) -> float:
         return self.worker.slowdown[rank] if rank < len(self.worker.slowdown) else 1.0
