@@ -174,8 +174,17 @@ def test_worker_that_cannot_reach_the_server_fails_clearly(tmp_path):
 
 @pytest.mark.slow
 def test_each_role_runs_by_hand(tmp_path):
-    cfg = ROOT / "configs" / "tiny.yaml"
+    """python -m launch.prepare writes the run's config and initial model and prints the commands; the server
+    and the workers started by hand with those commands train the run."""
+    run = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    prep = subprocess.run(
+        [sys.executable, "-m", "launch.prepare", "configs/tiny.yaml", "--run-dir", str(run)],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+    )  # fmt: skip
+    assert prep.returncode == 0, prep.stderr
+    assert f"--run-id {run.name}" in prep.stdout and "python -m ps" in prep.stdout
+    cfg, tmp_path = run / "config.yaml", run
     server = subprocess.Popen(
         [sys.executable, "-m", "ps", "--config", str(cfg), "--run-dir", str(tmp_path)],
         stdout=subprocess.PIPE,
@@ -189,7 +198,19 @@ def test_each_role_runs_by_hand(tmp_path):
         endpoint = line.split()[1]
         workers = [
             subprocess.Popen(
-                [sys.executable, "-m", "worker", "--config", str(cfg), "--rank", str(r), "--server", endpoint],
+                [
+                    sys.executable,
+                    "-m",
+                    "worker",
+                    "--config",
+                    str(cfg),
+                    "--rank",
+                    str(r),
+                    "--server",
+                    endpoint,
+                    "--run-id",
+                    run.name,
+                ],  # fmt: skip
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
             )
