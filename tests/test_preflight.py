@@ -169,7 +169,7 @@ def test_cuda_is_refused_where_this_host_has_too_few_devices():
     assert "has 0 CUDA device(s)" in _refused("worker.device", preflight, make_config(worker={"device": "cuda"}), 0)
     _refused("worker.device", preflight, make_config(worker={"device": "cuda:1"}), 1)
     sync = make_config(mode="sync", workers=2, worker={"device": "cuda"})
-    assert "cuda:i (2 ranks)" in _refused("worker.device", preflight, sync, 1)
+    assert "cuda:i (2 ranks" in _refused("worker.device", preflight, sync, 1)
     preflight(make_config(worker={"device": "cuda:1"}), 2)
     preflight(make_config(mode="sync", workers=2, worker={"device": "cuda"}), 2)
 
