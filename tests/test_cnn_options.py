@@ -1,0 +1,75 @@
+"""The built-in CNN's options (task.pool, task.batch_norm, task.head, task.dropout): the defaults are the original
+network, each option changes what it says, bad values are refused before anything starts, and the Fashion-MNIST
+configs hold the models the study documents (quick)."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from launch.preflight import check_model
+from protocol.config.schema import TaskConfig
+from protocol.errors import ConfigError
+from tests.helpers import make_config
+from worker.tasks.models import build_model
+
+ROOT = Path(__file__).resolve().parent.parent
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+IMAGES = SimpleNamespace(features=784, num_classes=10, input_shape=(1, 28, 28))
+
+
+def _cnn(**task) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(TaskConfig(dataset="fashion_mnist", model="cnn", **task), IMAGES)
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_the_defaults_are_the_original_cnn_layer_for_layer():
+    model = _cnn(channels=(16, 32))
+    kinds = [type(m).__name__ for m in model]
+    assert kinds == ["Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear"]
+    assert _count(model) == 160 + 4640 + 32 * 14 * 14 * 10 + 10  # the 67,530 of the earlier built-in CNN
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias", "6.weight", "6.bias"]
+
+
+def test_pool_each_batch_norm_head_and_dropout_build_what_they_say():
+    model = _cnn(channels=(32, 64), pool="each", batch_norm=True, head=(16,), dropout=0.3)
+    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    assert all(c.bias is None for c in convs)  # BatchNorm's shift replaces the bias
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model) == 2
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model) == 2
+    assert [m.p for m in model if isinstance(m, nn.Dropout)] == [0.3, 0.3]  # before each linear layer
+    conv = 1 * 32 * 9 + 2 * 32 + 32 * 64 * 9 + 2 * 64
+    assert _count(model) == conv + (64 * 7 * 7 * 16 + 16) + (16 * 10 + 10)  # two pools: 28 -> 7
+    assert sorted(name for name, _ in model.named_buffers() if name.endswith("running_mean")) == [
+        "1.running_mean",
+        "5.running_mean",
+    ]
+    x = torch.randn(8, 1, 28, 28)
+    model.eval()
+    assert model(x).shape == (8, 10) and torch.equal(model(x), model(x))  # dropout is off in evaluation
+    model.train()
+    assert not torch.equal(model(x), model(x))
+
+
+def test_pooling_images_below_one_pixel_is_refused_naming_the_channels():
+    cfg = make_config(task={"model": "cnn", "channels": [2, 2, 2, 2], "pool": "each"})  # 8x8 digits: 4 halvings
+    with pytest.raises(ConfigError) as info:
+        check_model(cfg, 1 << 40)
+    assert info.value.key == "task.channels" and "below 1 pixel" in info.value.message
+    check_model(make_config(task={"model": "cnn", "channels": [2, 2, 2], "pool": "each"}), 1 << 40)  # 1x1 is fine
+
+
+@pytest.mark.parametrize(
+    ("task", "key"),
+    [({"head": [0]}, "task.head"), ({"dropout": 1.0}, "task.dropout"), ({"dropout": -0.1}, "task.dropout")],
+)
+def test_bad_values_are_refused(task, key):
+    with pytest.raises(ConfigError) as info:
+        make_config(task={"model": "cnn", **task})
+    assert info.value.key == key
