@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from launch.preflight import check_model
+from protocol.config.loader import load_experiment
 from protocol.config.schema import TaskConfig
 from protocol.errors import ConfigError
 from tests.helpers import make_config
@@ -73,3 +74,11 @@ def test_bad_values_are_refused(task, key):
     with pytest.raises(ConfigError) as info:
         make_config(task={"model": "cnn", **task})
     assert info.value.key == key
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_the_fashion_configs_hold_the_models_the_study_documents():
+    small = check_model(load_experiment(ROOT / "configs" / "fashion_mnist.yaml"), 1 << 40).total
+    ef21 = check_model(load_experiment(ROOT / "configs" / "fashion_mnist_ef21_sgdm.yaml"), 1 << 40).total
+    wide = check_model(load_experiment(ROOT / "configs" / "fashion_mnist_wide.yaml"), 1 << 40).total
+    assert small == ef21 < 100_000 and 1_000_000 <= wide <= 5_000_000
+    for name, n in (("fashion_mnist", small), ("fashion_mnist_ef21_sgdm", ef21), ("fashion_mnist_wide", wide)):
+        assert f"{n:,} parameters" in (ROOT / "configs" / f"{name}.yaml").read_text(), name
