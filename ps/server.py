@@ -251,7 +251,8 @@ class ParameterServer:
         self._send(got.identity, Heartbeat(rank=-1, version=self.version))
 
     def _on_bad_message(self, err: ReceiveError) -> None:
-        if err.code == "throttled":  # unanswered: an answer is what a flood would cost the loop
+        throttled = err.code == "throttled" or (err.identity is not None and self.admit.over_budget(err.identity))
+        if throttled:  # unanswered: an answer is what a flood would cost the loop
             self.report.counters.messages_throttled += 1
             return
         self.report.counters.messages_rejected += 1
