@@ -283,3 +283,13 @@ def test_another_ranks_key_cannot_push_through_a_routing_id_it_took_over(tmp_pat
         assert refused.TYPE == "reject" and refused.code == "unknown_rank", refused
         assert server.version == 1  # only the victim's own push was applied
         thief.close()
+
+
+@pytest.mark.parametrize("source", ["worker-0", "server"])
+def test_a_public_key_copied_over_another_ranks_is_refused_naming_both(tmp_path, source):
+    """One key under two names would let its holder join as either rank and lock the other rank out."""
+    create_keys(tmp_path, 2)
+    shutil.copy(tmp_path / f"{source}.key", tmp_path / "worker-1.key")
+    with pytest.raises(KeyFileError) as err:
+        server_keys(tmp_path, 2)
+    assert "worker-1.key" in str(err.value) and f"{source}.key" in str(err.value)

@@ -120,8 +120,17 @@ def read_public(folder: Path, name: str) -> bytes:
 
 def server_keys(folder: Path, workers: int) -> ServerKeys:
     """The server's pair and the public keys of worker-0 .. worker-(workers-1); KeyFileError names a bad file."""
-    allow = {read_public(folder, worker_name(r)): worker_name(r) for r in range(workers)}
-    return ServerKeys(read_secret(folder, SERVER), allow)
+    pair, allow = read_secret(folder, SERVER), {}
+    for r in range(workers):
+        public = read_public(folder, worker_name(r))
+        other = allow.get(public, SERVER if public == pair.public else None)
+        if other is not None:  # one key for two names: its holder could join as either rank, the other as none
+            raise KeyFileError(
+                f"{folder / (worker_name(r) + '.key')} holds the same public key as {folder / (other + '.key')}: "
+                "every rank needs a pair of its own"
+            )
+        allow[public] = worker_name(r)
+    return ServerKeys(pair, allow)
 
 
 def worker_keys(folder: Path, rank: int) -> WorkerKeys:
