@@ -293,3 +293,16 @@ def test_a_public_key_copied_over_another_ranks_is_refused_naming_both(tmp_path,
     with pytest.raises(KeyFileError) as err:
         server_keys(tmp_path, 2)
     assert "worker-1.key" in str(err.value) and f"{source}.key" in str(err.value)
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o1777])
+def test_a_key_folder_others_may_write_is_refused_naming_it(tmp_path, mode):
+    """Whoever may write the folder may swap a public key: a worker's (and join), or the server's."""
+    folder = tmp_path / "keys"
+    create_keys(folder, 1)
+    folder.chmod(mode)
+    for read in (lambda: server_keys(folder, 1), lambda: worker_keys(folder, 0)):
+        with pytest.raises(KeyFileError, match=f"{folder} is writable by others"):
+            read()
+    folder.chmod(0o755)  # readable by others is fine: the secret files are 0600
+    assert server_keys(folder, 1).allow and worker_keys(folder, 0)

@@ -120,6 +120,7 @@ def read_public(folder: Path, name: str) -> bytes:
 
 def server_keys(folder: Path, workers: int) -> ServerKeys:
     """The server's pair and the public keys of worker-0 .. worker-(workers-1); KeyFileError names a bad file."""
+    _check_folder(folder)
     pair, allow = read_secret(folder, SERVER), {}
     for r in range(workers):
         public = read_public(folder, worker_name(r))
@@ -134,7 +135,22 @@ def server_keys(folder: Path, workers: int) -> ServerKeys:
 
 
 def worker_keys(folder: Path, rank: int) -> WorkerKeys:
+    _check_folder(folder)
     return WorkerKeys(read_secret(folder, worker_name(rank)), read_public(folder, SERVER))
+
+
+def _check_folder(folder: Path) -> None:
+    """A key folder that others may write to is refused: they could put their own public key in place of a
+    worker's (the server would admit them) or of the server's (a worker would talk to them)."""
+    try:
+        mode = folder.stat().st_mode
+    except OSError:
+        return  # a missing folder: the key file's own check names the file
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise KeyFileError(
+            f"{folder} is writable by others (mode {stat.S_IMODE(mode):04o}), who could replace its public keys: "
+            f"chmod 700 {folder}"
+        )
 
 
 def _check_private(path: Path) -> None:
