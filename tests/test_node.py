@@ -5,8 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+
+from launch import node_store
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = {"RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
@@ -33,3 +36,48 @@ def test_a_config_that_does_not_fit_the_placement_exits_2_naming_the_key(overrid
 def test_an_unreachable_store_is_named(tmp_path):
     done = _node("server.connect_timeout_s=2", "--run-dir", str(tmp_path / "r"), env=TORCHRUN)
     assert done.returncode in (1, 2) and "127.0.0.1:1" in done.stderr, done.stderr
+
+
+class _Store:
+    """What a worker slot says to and hears from the head, without torchrun."""
+
+    def __init__(self, start):
+        self.start_msg, self.keys, self.reports = start, {}, {}
+
+    def publish_key(self, rank, public):
+        self.keys[rank] = public
+
+    def start(self, timeout_s):
+        return self.start_msg
+
+    def publish_report(self, rank, report):
+        self.reports[rank] = report
+
+
+def test_a_worker_slot_uses_the_named_key_folder_the_head_serves(tmp_path, monkeypatch):
+    """With server.keys the head's allowlist is that folder's: a worker slot that made a pair of its own
+    was refused by the server, every one of them."""
+    from launch import node
+    from protocol.config.loader import load_experiment
+    from protocol.wire.curve import create_keys, server_keys, worker_keys
+
+    folder = tmp_path / "keys"
+    create_keys(folder, 3)
+    overrides = ["server.auth=curve", f"server.keys={folder}"]
+    cfg_text = (ROOT / "configs/tiny.yaml").read_text()
+    server_public = server_keys(folder, 3).pair.public.decode()
+    ran: list[list[str]] = []
+    monkeypatch.setattr(node, "_run_forwarding_signals", lambda cmd: ran.append(cmd) or 0)
+    args = SimpleNamespace(config=str(ROOT / "configs/tiny.yaml"), overrides=overrides, run_dir=str(tmp_path / "run"))
+    store = _Store(node_store.Start("tcp://10.0.0.1:5555", server_public, cfg_text, "run"))
+    assert node.worker(args, {"RANK": "2"}, store) == 0
+    used = Path(ran[0][ran[0].index("--keys") + 1])
+    assert worker_keys(used, 1).pair.public in server_keys(folder, 3).allow  # a key the server admits
+    assert store.keys[1] == worker_keys(folder, 1).pair.public
+    assert load_experiment(args.config, overrides).server.keys == str(folder)
+    other = tmp_path / "other"  # the head serves another folder's server key: named, not a refused handshake
+    create_keys(other, 3)
+    store.start_msg = node_store.Start("tcp://10.0.0.1:5555", server_keys(other, 3).pair.public.decode(), cfg_text, "r")
+    args.run_dir = str(tmp_path / "run2")
+    with pytest.raises(node.KeyFileError, match=f"{folder / 'server.key'} is not the public key of the head"):
+        node.worker(args, {"RANK": "2"}, store)
