@@ -81,3 +81,14 @@ def test_a_worker_slot_uses_the_named_key_folder_the_head_serves(tmp_path, monke
     args.run_dir = str(tmp_path / "run2")
     with pytest.raises(node.KeyFileError, match=f"{folder / 'server.key'} is not the public key of the head"):
         node.worker(args, {"RANK": "2"}, store)
+
+
+def test_waiting_for_the_workers_keys_names_the_ranks_that_never_published():
+    import torch.distributed as dist
+
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    store = node_store.NodeStore.connect({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(server.port)}, timeout_s=5)
+    for rank in (0, 2):
+        store.publish_key(rank, b"k" * 40)
+    with pytest.raises(TimeoutError, match=r"none from worker 1 \(RANK 2\), worker 3 \(RANK 4\)\)"):
+        store.public_keys(4, timeout_s=0.5)
