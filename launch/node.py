@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from launch.__main__ import format_summary
-from launch.node_store import NodeStore
+from launch.node_store import NodeStore, StoreError
 from launch.preflight import preflight
 from launch.run import AsyncRun, RunFailed
 from launch.rundir import make_run_dir
@@ -125,7 +125,12 @@ def worker(args, env: dict[str, str], store: NodeStore) -> int:
            "--server", start.endpoint, "--run-dir", str(folder), "--run-id", start.run_id, *keys]  # fmt: skip
     code = _run_forwarding_signals(cmd)
     report = folder / f"worker-{rank}.json"
-    store.publish_report(rank, report.read_text() if report.exists() else "")
+    try:
+        store.publish_report(rank, report.read_text() if report.exists() else "")
+    except StoreError as err:  # the head's torchrun is gone: this worker's own outcome still decides
+        print(f"error: worker {rank}'s report ({report}) did not reach the head: torchrun's store is gone ({err})",
+              file=sys.stderr)  # fmt: skip
+        return code or 1
     return code
 
 
@@ -172,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except TimeoutError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except StoreError as err:
+        print(f"error: torchrun's store at {env['MASTER_ADDR']}:{env['MASTER_PORT']} is gone: {err}", file=sys.stderr)
         return 1
 
 

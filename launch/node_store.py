@@ -19,6 +19,7 @@ from datetime import timedelta
 import torch.distributed as dist
 
 POLL_S = 0.2
+StoreError = dist.DistError  # the store cannot be reached any more (its host's torchrun ended, say)
 
 
 @dataclass(frozen=True)

@@ -92,3 +92,20 @@ def test_waiting_for_the_workers_keys_names_the_ranks_that_never_published():
         store.publish_key(rank, b"k" * 40)
     with pytest.raises(TimeoutError, match=r"none from worker 1 \(RANK 2\), worker 3 \(RANK 4\)\)"):
         store.public_keys(4, timeout_s=0.5)
+
+
+def test_a_worker_slot_whose_head_is_gone_ends_with_its_workers_code_naming_the_report(tmp_path, monkeypatch):
+    """The head's host ended (its torchrun took the store with it) while this worker ran: no traceback."""
+    from launch import node
+
+    class Gone(_Store):
+        def publish_report(self, rank, report):
+            raise node_store.StoreError("Broken pipe")
+
+    monkeypatch.setattr(node, "_run_forwarding_signals", lambda cmd: 1)  # the worker lost its server
+    args = SimpleNamespace(config=str(ROOT / "configs/tiny.yaml"), overrides=[], run_dir=str(tmp_path / "run"))
+    store = Gone(node_store.Start("tcp://127.0.0.1:5555", "", (ROOT / "configs/tiny.yaml").read_text(), "run"))
+    assert node.worker(args, {"RANK": "1"}, store) == 1
+    monkeypatch.setattr(node, "_run_forwarding_signals", lambda cmd: 0)
+    args.run_dir = str(tmp_path / "run2")
+    assert node.worker(args, {"RANK": "1"}, store) == 1  # a report that did not arrive is a failure
