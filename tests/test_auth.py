@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import zmq
 from launch.keys import main as keys_main
 from launch.keys import run_keys
 from protocol.errors import ConfigError
-from protocol.wire.channel import Channel
+from protocol.wire.channel import HANDSHAKE_MS, Channel
 from protocol.wire.curve import KeyFileError, create_keys, server_keys, worker_keys
 from protocol.wire.endpoints import is_local
 from protocol.wire.layout import Layout
@@ -306,3 +307,21 @@ def test_a_key_folder_others_may_write_is_refused_naming_it(tmp_path, mode):
             read()
     folder.chmod(0o755)  # readable by others is fine: the secret files are 0600
     assert server_keys(folder, 1).allow and worker_keys(folder, 0)
+
+
+@pytest.mark.parametrize("curve", [False, True])
+def test_a_connection_that_never_completes_its_handshake_is_dropped(tmp_path, curve):
+    """An idle TCP connection holds one of the server's file descriptors: ZeroMQ drops it after HANDSHAKE_MS."""
+    create_keys(tmp_path, 1)
+    router = Channel("router", curve=server_keys(tmp_path, 1) if curve else None, send_timeout_s=1)
+    endpoint = router.bind("tcp://127.0.0.1:0")
+    host, port = endpoint[len("tcp://") :].rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as raw:
+            raw.settimeout(HANDSHAKE_MS / 1000 + 5)
+            t0, data = time.monotonic(), b"x"
+            while data:  # the server's greeting, then end of stream when it gives up on us
+                data = raw.recv(4096)
+            assert time.monotonic() - t0 < HANDSHAKE_MS / 1000 + 5
+    finally:
+        router.close()
