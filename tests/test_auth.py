@@ -325,3 +325,22 @@ def test_a_connection_that_never_completes_its_handshake_is_dropped(tmp_path, cu
             assert time.monotonic() - t0 < HANDSHAKE_MS / 1000 + 5
     finally:
         router.close()
+
+
+def test_an_ipv6_loopback_endpoint_is_accepted_local_and_carries_messages():
+    cfg = make_config(server={"endpoint": "tcp://[::1]:0"})
+    assert cfg.server.endpoint == "tcp://[::1]:0" and not cfg.server.curve  # loopback: auto leaves CURVE off
+    router = Channel("router")
+    try:
+        endpoint = router.bind("tcp://[::1]:0")
+    except zmq.ZMQError as err:
+        router.close()
+        pytest.skip(f"this host has no IPv6 loopback: {err}")
+    worker = Channel("dealer", send_timeout_s=1)
+    try:
+        worker.connect(endpoint)
+        worker.send(Pull(rank=0))
+        assert router.recv(5).msg == Pull(rank=0)
+    finally:
+        worker.close()
+        router.close()
