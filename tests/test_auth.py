@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -205,7 +206,8 @@ def test_a_worker_whose_key_the_server_refuses_notices_it(tmp_path):
     worker.watch_handshakes()
     try:
         worker.connect(endpoint)
-        worker.send(Pull(rank=0))
+        with contextlib.suppress(TimeoutError):  # once the refused handshake drops the pipe, a send has no peer
+            worker.send(Pull(rank=0))
         assert _wait_failures(worker, 1) >= 1
         assert not router.poll(0.1)
     finally:
