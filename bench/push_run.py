@@ -35,11 +35,15 @@ def run_push_server(
     server: dict | None = None,
     beside: Callable[[str, Path], subprocess.Popen] | None = None,
     extra_ranks: int = 0,
+    sections: dict | None = None,
+    read_run: Callable[[Path], dict] | None = None,
 ) -> dict:
     """`compression`: the config's compression section (server and workers use the same); None = dense.
     `auth`: server.auth ("curve": keys made for the run, every worker connects with its own). `server`: more
     server settings. `beside(endpoint, folder)`: another process started with the workers (a flooder, say),
-    stopped when they end; `extra_ranks` more ranks in the run (and keys) for it to join as."""
+    stopped when they end; `extra_ranks` more ranks in the run (and keys) for it to join as. `sections`: more
+    config sections (checkpoint, say). `read_run(run_dir)`: reads the server's run folder once the server
+    ended, before the temporary folder goes; its result is returned as "run"."""
     compression = compression or {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -55,9 +59,10 @@ def run_push_server(
                 **(server or {}),
             },  # fmt: skip
             "run": {"max_updates": 10**9, "max_seconds": warmup_s + seconds + 1.0, "eval_every_s": 1e6},
+            **(sections or {}),
         }
         (tmp / "c.yaml").write_text(yaml.safe_dump(cfg))
-        _write_model(tmp / "run", params)
+        write_model(tmp / "run", params)
         keys = ["--keys", str(tmp / "keys")] if auth == "curve" else []
         if keys:
             create_keys(tmp / "keys", workers + extra_ranks)
@@ -95,10 +100,11 @@ def run_push_server(
         server_proc.wait(timeout=60)
         results = [json.loads((tmp / f"w{r}.json").read_text()) for r in range(workers)]
         summary = json.loads((tmp / "run" / "server_summary.json").read_text())
-    return {**summarize(results, summary), "server_cpu_s": server_cpu_s, "summary": summary}
+        run = read_run(tmp / "run") if read_run else None
+    return {**summarize(results, summary), "server_cpu_s": server_cpu_s, "summary": summary, "run": run}
 
 
-def _write_model(run_dir: Path, params: int) -> None:
+def write_model(run_dir: Path, params: int) -> None:
     """The served model the bench workers push to: one flat float32 parameter `w` of `params` zeros."""
     empty = Layout.from_shapes([])
     init = ModelInit(Layout.from_shapes([("w", (params,))]), torch.zeros(params), empty, torch.zeros(0), "bench")
