@@ -89,11 +89,12 @@ def field_comments(cls: type) -> dict[str, str]:
 
 def _own_field_comments(cls: type) -> dict[str, str]:
     _, comments, own_line = _module_source(cls.__module__)
-    out = {}
+    out: dict[str, str] = {}
     for node in _class_node(cls).body:
         if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
             continue
-        above, line = [], node.lineno - 1
+        above: list[str] = []
+        line = node.lineno - 1
         while line in own_line:
             above.insert(0, comments[line])
             line -= 1
@@ -242,7 +243,7 @@ def _walk(cls: type, path: str, intro: str, out: list[Section], cross: dict[str,
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
         key = _join(path, f.name)
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             nested.append((hint, key, comments.get(f.name, "") or class_doc(hint)))
             continue
         default = _default(f)

@@ -124,7 +124,9 @@ class TaskConfig:
         require(self.batch_size >= 0, "batch_size", "must be >= 0 (0 = full local data)")
         require(all(1 <= h <= MAX_ELEMENTS for h in self.hidden), "hidden", "widths must be in [1, 2^28]")
         require(
-            all(1 <= c <= MAX_ELEMENTS for c in self.channels) and self.channels, "channels", "must be in [1, 2^28]"
+            all(1 <= c <= MAX_ELEMENTS for c in self.channels) and bool(self.channels),
+            "channels",
+            "must be in [1, 2^28]",
         )
         require(0 < self.test_fraction < 1, "test_fraction", "must be in (0, 1)")
         require(0 <= self.reg_lambda <= FLOAT32_MAX, "reg_lambda", "must be in [0, 3.4e38] (float32)")
@@ -561,6 +563,6 @@ def _is_setting(cls: type, dotted: str) -> bool:
     if head not in fields:
         return False
     hint = typing.get_type_hints(cls)[head]
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return rest != "" and _is_setting(hint, rest)
     return rest == ""

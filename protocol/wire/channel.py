@@ -210,7 +210,7 @@ class Channel:
             self._drain()
             raise ReceiveError(ProtocolError("bad_message", f"{type(err).__name__}: {err}"), identity, header) from None
 
-    def _recv_header(self):
+    def _recv_header(self) -> tuple[type[Message], dict, list[codec.TensorSpec]]:
         n = self.sock.recv_into(self._header_buf)
         self._header_len = n
         if n > codec.MAX_HEADER_BYTES:
