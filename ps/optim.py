@@ -68,7 +68,7 @@ class TorchAdam(ServerOptimizer):
             [direction],
             [self.m],
             [self.v],
-            [self.v_hat] if self.amsgrad else [],
+            [self.v_hat] if self.v_hat is not None else [],  # there is one when amsgrad
             [self._step],
             lr=lr,
             beta1=b1,
