@@ -26,6 +26,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
 from protocol.runfolder.records import WorkerReport
 from ps.optim import make_optimizer
-from sync.collective import STOP_REASONS, Collective, make_combiner
+from sync.collective import STOP_REASONS, Collective, Round, make_combiner
 from sync.records import SyncRecorder
 from worker.loop import rank_uplink
 from worker.step import Stepper
@@ -52,8 +53,8 @@ class SyncWorker:
         world: int,
         device: str | torch.device = "cpu",
         run_dir: Path | None = None,
-        clock=time.monotonic,
-        sleep=time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         if world != cfg.workers:
             raise ConfigError("workers", f"is {cfg.workers}, but the process group has {world} ranks")
@@ -111,7 +112,7 @@ class SyncWorker:
         self.stats.pushes += 1
         self.stats.applied += 1
 
-    def _record(self, step: int, wall_s: float, rnd) -> None:
+    def _record(self, step: int, wall_s: float, rnd: Round) -> None:
         t0 = time.perf_counter()
         assert self.recorder is not None
         self.recorder.record(step, wall_s, self.cfg.optimizer.lr, rnd)
