@@ -7,6 +7,7 @@ and left out of the statistics (n says how many points contributed).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def write_tables(
     sweep: dict[str, list],
     results: list[PointResult],
     total: int,
-    reports: list[tuple[str, Path]] = (),
+    reports: Sequence[tuple[str, Path]] = (),
 ) -> None:
     keys = sweep_keys(sweep)
     group_keys = [k for k in keys if k != "seed"]
@@ -92,7 +93,15 @@ def _group_row(g: Group) -> list:
     return [*(show(v) for v in g.values), len(g.results), len(g.results) - len(g.succeeded), *cols]
 
 
-def _markdown(sweep_dir, keys, group_keys, results, groups, total, reports) -> str:
+def _markdown(
+    sweep_dir: Path,
+    keys: list[str],
+    group_keys: list[str],
+    results: list[PointResult],
+    groups: list[Group],
+    total: int,
+    reports: Sequence[tuple[str, Path]],
+) -> str:
     failed = [r for r in results if not r.ok]
     parts = [
         f"# Sweep {sweep_dir.name}",
