@@ -83,7 +83,7 @@ def main() -> None:
         )
     )
     while True:
-        _, msg, _ = chan.recv(120, alloc=alloc)
+        msg = chan.recv(120, alloc=alloc).msg
         if isinstance(msg, Welcome):
             break
     result = push_loop(chan, uplink, grads, args, msg.next_seq, msg.version, alloc)
@@ -119,7 +119,7 @@ def push_loop(chan: Channel, uplink, grads: list, args, seq: int, version: int, 
                 signs=p.signs,
             )
         ).nbytes
-        _, reply, _ = chan.recv(120, alloc=alloc)
+        reply = chan.recv(120, alloc=alloc).msg
         t2 = time.perf_counter()
         if isinstance(reply, Stop) or t2 > hi:
             break

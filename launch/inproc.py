@@ -19,6 +19,7 @@ from protocol.config.typed import build
 from protocol.runfolder.model_init import ModelInit
 from protocol.runfolder.records import as_dict
 from protocol.wire.channel import Channel
+from protocol.wire.curve import ServerKeys, WorkerKeys
 from protocol.wire.layout import Layout
 from protocol.wire.messages import Hello, Message, Push, Reply, Welcome
 from ps.outbox import server_channel
@@ -43,14 +44,15 @@ def running_server(
     run_dir: Path | None = None,
     endpoint: str = "tcp://127.0.0.1:0",
     model: ModelInit | tuple[Layout, torch.Tensor] | None = None,
+    keys: ServerKeys | None = None,
 ) -> Iterator[tuple[ParameterServer, str, dict]]:
     """The server in a thread, serving `model` (a ModelInit, a (layout, initial parameters) pair, or None:
-    the experiment's task, as the launcher would hand it over)."""
+    the experiment's task, as the launcher would hand it over); with CURVE when given the server's keys."""
     if model is None:
         model = initial_model(cfg, run_id="")
     elif isinstance(model, tuple):
         model = served(*model)
-    chan = server_channel(cfg)
+    chan = server_channel(cfg, keys)
     bound = chan.bind(endpoint)
     server = ParameterServer(cfg, chan, model, run_dir=run_dir)
     result: dict = {}
@@ -69,10 +71,17 @@ def running_server(
 class FakeWorker:
     """A worker without a model: pushes whatever vectors a test hands it."""
 
-    def __init__(self, endpoint: str, rank: int, layout: Layout, max_message_bytes: int = 1 << 28):
+    def __init__(
+        self,
+        endpoint: str,
+        rank: int,
+        layout: Layout,
+        max_message_bytes: int = 1 << 28,
+        keys: WorkerKeys | None = None,
+    ):
         self.rank = rank
         self.layout = layout
-        self.chan = Channel("dealer", max_message_bytes=max_message_bytes, send_timeout_s=5)
+        self.chan = Channel("dealer", max_message_bytes=max_message_bytes, send_timeout_s=5, curve=keys)
         self.chan.connect(endpoint)
         self.seq = 0
         self.version = 0
@@ -138,7 +147,7 @@ class FakeWorker:
 
     def recv(self) -> Message:
         while True:
-            _, reply, _ = self.chan.recv(TIMEOUT_S)
+            reply = self.chan.recv(TIMEOUT_S).msg
             if reply.TYPE != "heartbeat":
                 return reply
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from launch.handoff import hand_off
+from launch.keys import run_keys
 from launch.outcome import RunFailed
 from launch.rundir import read_json
 from launch.runner import Run
@@ -60,6 +61,8 @@ class AsyncRun(Run):
         try:
             with writing(self.run_dir / "model"):
                 hand_off(self.cfg, self.run_dir)  # the server starts knowing its model and run
+            with writing(self.run_dir / "keys"):
+                run_keys(self.cfg, self.run_dir)  # CURVE without server.keys: this run's own keys
         except ConfigError as err:
             raise RunFailed(f"the task cannot be built: {err}") from None
         server = self.sup.start("server", "ps", ["--config", str(self.config_path), "--run-dir", str(self.run_dir)])

@@ -15,6 +15,7 @@ from typing import Any
 
 from protocol.config.schema import ExperimentConfig
 from protocol.errors import ProtocolError
+from protocol.wire.curve import worker_name
 from protocol.wire.layout import Layout
 from protocol.wire.messages import Heartbeat, Hello, Stop, Welcome
 from ps.model import ServedModel
@@ -72,6 +73,13 @@ class Membership:
                 f"(compression.method {cfg.compression.method})",
             )
 
+    def check_key(self, rank: int, user: str, curve: bool) -> None:
+        """On a CURVE server a connection joins only as the rank its key names (worker-<rank>)."""
+        if curve and user != worker_name(rank):
+            raise ProtocolError(
+                "wrong_key", f"this connection authenticated as {user or 'an unnamed key'!r}, not {worker_name(rank)}"
+            )
+
     def check_free(self, rank: int, identity: bytes, reachable: Callable[[bytes], bool]) -> None:
         """Raises rank_in_use when another connection holds the rank and is still there."""
         old = self.members.get(rank)
@@ -102,6 +110,11 @@ class Membership:
             raise ProtocolError("unknown_rank", f"rank {rank} has not joined from this connection")
         member.last_seen = self.clock()
         return member
+
+    def holds(self, identity: bytes, rank: int) -> bool:
+        """Whether the connection `identity` holds `rank` (joined as it, and not replaced since)."""
+        member = self.members.get(rank)
+        return member is not None and member.identity == identity
 
     def rank_of(self, identity: bytes) -> int | None:
         return next((r for r, m in self.members.items() if m.identity == identity), None)

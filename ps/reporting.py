@@ -104,6 +104,7 @@ class Reporter:
             pushes_rejected=c.pushes_rejected,
             pushes_refused=c.pushes_rejected - c.reasons.get("stopped", 0),
             messages_rejected=c.messages_rejected,
+            auth_rejected=c.auth_rejected,
             workers=self.cfg.workers,
             staleness_max=c.staleness_max,
             uplink_bytes=c.uplink_bytes,

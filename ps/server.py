@@ -24,8 +24,10 @@ from protocol.errors import ProtocolError
 from protocol.runfolder.model_init import ModelInit
 from protocol.runfolder.records import ServerSummary, Status
 from protocol.wire.channel import Channel, Received, ReceiveError
+from protocol.wire.endpoints import is_local
 from protocol.wire.messages import Heartbeat, Hello, Message, Pull, Push, Reject, Reply
 from ps import durable
+from ps.admission import Admission
 from ps.gate import ReplyGate
 from ps.membership import Member, Membership
 from ps.model import ServedModel
@@ -69,6 +71,7 @@ class ParameterServer:
         self.report = Reporter(cfg, run_dir, 0, append=resume)
         self.out = Outbox(channel, self.report.counters)
         self.members = Membership(cfg, clock, self.out)
+        self.admit = Admission(cfg.server, self.members.holds, clock)
         self.policy = StalenessPolicy(cfg.optimizer.lr, cfg.staleness)
         self.gate = ReplyGate(cfg.staleness.ssp, cfg.staleness.barrier)
         self.held: dict[int, Outcome] = {}  # per rank: the outcome of its push, sent when the gate opens
@@ -108,7 +111,7 @@ class ParameterServer:
         if not ready:
             return
         try:
-            got = self.chan.recv(timeout_s=0, alloc=self.model.arena)
+            got = self.chan.recv(timeout_s=0, alloc=self.model.arena, admit=self.admit)
         except ReceiveError as err:
             self._on_bad_message(err)
             return
@@ -149,6 +152,7 @@ class ParameterServer:
             return self._tell_stop(identity, hello.rank)
         try:
             self.members.check_hello(hello, self.model, self.run_id, self.uplink)
+            self.members.check_key(hello.rank, got.user, self.chan.curve)
             self.members.check_free(hello.rank, identity, self._reachable)
         except ProtocolError as err:
             self.report.counters.messages_rejected += 1
@@ -247,6 +251,9 @@ class ParameterServer:
         self._send(got.identity, Heartbeat(rank=-1, version=self.version))
 
     def _on_bad_message(self, err: ReceiveError) -> None:
+        if err.code == "throttled":  # unanswered: an answer is what a flood would cost the loop
+            self.report.counters.messages_throttled += 1
+            return
         self.report.counters.messages_rejected += 1
         if err.identity is not None:
             rank = err.header.get("rank", -1)
@@ -271,6 +278,8 @@ class ParameterServer:
     # -- periodic work -------------------------------------------------------------------------------
     def _tick(self) -> None:
         now = self.clock()
+        if self.chan.curve:
+            self.report.counters.auth_rejected += self.chan.handshake_failures()
         if self._signalled:
             self.request_stop(self._signalled)
         if self.t_start is None:
@@ -354,6 +363,8 @@ class ParameterServer:
             replies_dropped=self.out.dropped,
             **(durable.summary_fields(self.plan) if self.plan else {}),
             workers_left=sorted(set(self.evicted)),
+            auth="curve" if self.chan.curve else "none",
+            insecure=not self.chan.curve and not is_local(self.chan.endpoint or ""),
         )
         self.report.finish(summary, self.status(), self.params, model.mean_buffers())
         return summary

@@ -24,6 +24,7 @@ from protocol.errors import ProtocolError
 from protocol.runfolder.records import WorkerReport
 from protocol.wire import codec
 from protocol.wire.channel import Channel
+from protocol.wire.curve import WorkerKeys
 from protocol.wire.encoding import is_finite
 from protocol.wire.faults import injector
 from protocol.wire.messages import Hello, Message, Push, Reject, Reply, Stop, Welcome
@@ -54,16 +55,21 @@ def rank_uplink(cfg: ExperimentConfig, rank: int, net):
     return make_uplink(comp, net.numel, compressor, net.params.device)
 
 
-def worker_channel(cfg: ExperimentConfig, rank: int) -> Channel:
-    """A worker's DEALER channel as the config says (frame size, message cap, send timeout, faults)."""
+def worker_channel(cfg: ExperimentConfig, rank: int, keys: WorkerKeys | None = None) -> Channel:
+    """A worker's DEALER channel as the config says (frame size, message cap, send timeout, faults), with
+    CURVE when given the rank's keys (then a refused handshake is noticed: ServerLink)."""
     s = cfg.server
-    return Channel(
+    chan = Channel(
         "dealer",
         chunk_bytes=s.chunk_bytes,
         max_message_bytes=s.max_message_bytes,
         send_timeout_s=s.send_timeout_s,
         faults=injector(cfg, rank),
+        curve=keys,
     )
+    if keys is not None:
+        chan.watch_handshakes()
+    return chan
 
 
 class WorkerError(RuntimeError):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from protocol.errors import ConfigError
+from protocol.wire.endpoints import is_local, uses_curve
 
 # Every choice list is written once, as a Literal; the tuples are derived from it.
 DatasetName = Literal["digits", "synthetic", "mnist", "fashion_mnist", "libsvm"]
@@ -321,6 +322,15 @@ class ServerConfig:
     # tcp://HOST:PORT (port 0 = any free port) or ipc:///path; before starting anything the launcher binds it
     # once (an address of this host, a free port) or checks the ipc folder (launch/preflight.py)
     endpoint: str = "tcp://127.0.0.1:0"
+    # curve: every connection authenticated and encrypted (ZeroMQ CURVE; keys in server.keys); none: neither;
+    # auto: curve when server.endpoint reaches beyond this host (not loopback, not ipc), none otherwise
+    auth: Literal["auto", "none", "curve"] = "auto"
+    # the key folder (server.key_secret, worker-<rank>.key ...: python -m launch.keys create DIR); empty: the
+    # run folder's keys/, where the launcher writes new keys for each run
+    keys: str = ""
+    # allow binding beyond this host without CURVE (anyone who reaches the port can join and push): a warning
+    # in the server's log and summary
+    allow_insecure: bool = False
     threads: int = 1  # torch intra-op threads in the server (the step is memory-bound)
     # tensors travel as frames of at most this size (1 MiB moves fastest); a tensor may have 65536 frames
     chunk_bytes: int = 1 << 20
@@ -344,6 +354,11 @@ class ServerConfig:
     # clip_grad_norm_ does, per server step); null: no clipping. Pushes whose squares overflow float32 are
     # always refused, clipping or not.
     max_grad_norm: float | None = None
+    # admission (ps/admission.py): messages per second one connection may send; beyond, its messages are dropped
+    # unread and counted (messages_throttled). A worker sends one request per answer, far below this.
+    peer_messages_per_s: float = 10000.0
+    stranger_messages_per_s: float = 100.0  # ... for a connection that holds no rank (a worker joins with one)
+    peer_bytes_per_s: float = 0.0  # tensor bytes per second one connection may send; 0: no limit
     status_every_s: float = 0.5  # how often the server publishes its counters (status.json)
 
     def check(self) -> None:
@@ -359,10 +374,15 @@ class ServerConfig:
             "endpoint",
             "an ipc path must be at most 107 bytes (a Unix socket address holds no more)",
         )
+        self.check_exposure(self.endpoint)
         require(1 <= self.threads <= MAX_THREADS, "threads", "must be in [1, 1024]")
         require(1 << 10 <= self.chunk_bytes <= 1 << 30, "chunk_bytes", "must be in [1 KiB, 1 GiB]")
         require(self.max_message_bytes >= 1 << 16, "max_message_bytes", "must be >= 64 KiB")
         require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be > 0 (or null)")
+        for key in ("peer_messages_per_s", "stranger_messages_per_s"):
+            require(1 <= getattr(self, key) <= 1e9, key, "must be in [1, 1e9]")
+        require(self.peer_bytes_per_s == 0 or 1 << 16 <= self.peer_bytes_per_s <= 1e15, "peer_bytes_per_s",
+                "must be 0 (no limit) or in [65536, 1e15]")  # fmt: skip
         require(
             self.chunk_bytes <= self.max_message_bytes,
             "chunk_bytes",
@@ -386,6 +406,21 @@ class ServerConfig:
         ):
             require(getattr(self, key) > 0, key, "must be > 0")
             require(getattr(self, key) <= MAX_WAIT_S, key, "must be <= 2147483 s (24.8 days: a C int of milliseconds)")
+
+    @property
+    def curve(self) -> bool:
+        """Whether the run uses CURVE (server.auth, with auto resolved against server.endpoint)."""
+        return uses_curve(self.auth, self.endpoint)
+
+    def check_exposure(self, endpoint: str) -> None:
+        """Refuse binding `endpoint` beyond this host without CURVE, unless server.allow_insecure."""
+        auth = f"{self.auth!r}" + (f", which chose none for {self.endpoint}" if self.auth == "auto" else "")
+        require(
+            self.curve or is_local(endpoint) or self.allow_insecure,
+            "endpoint",
+            f"{endpoint} reaches beyond this host, but server.auth is {auth}: anyone who reaches it could join "
+            "and push. Set server.auth: curve, or server.allow_insecure: true",
+        )
 
 
 @dataclass(frozen=True)
