@@ -10,37 +10,62 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import torch
 import yaml
+
+from protocol.runfolder.model_init import FILE, ModelInit, write_model_init
+from protocol.wire.curve import create_keys
+from protocol.wire.layout import Layout
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_push_server(
-    params: int, workers: int, warmup_s: float, seconds: float, endpoint: str, compression: dict | None = None
+    params: int,
+    workers: int,
+    warmup_s: float,
+    seconds: float,
+    endpoint: str,
+    compression: dict | None = None,
+    auth: str = "none",
+    server: dict | None = None,
+    beside: Callable[[str, Path], subprocess.Popen] | None = None,
+    extra_ranks: int = 0,
 ) -> dict:
-    """`compression`: the config's compression section (server and workers use the same); None = dense."""
+    """`compression`: the config's compression section (server and workers use the same); None = dense.
+    `auth`: server.auth ("curve": keys made for the run, every worker connects with its own). `server`: more
+    server settings. `beside(endpoint, folder)`: another process started with the workers (a flooder, say),
+    stopped when they end; `extra_ranks` more ranks in the run (and keys) for it to join as."""
     compression = compression or {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cfg = {
             "name": "bench",
-            "workers": workers,
+            "workers": workers + extra_ranks,
             "compression": compression,
-            "server": {"endpoint": endpoint, "stop_grace_s": 1.0, "join_timeout_s": 60},
+            "server": {
+                "endpoint": endpoint,
+                "stop_grace_s": 1.0,
+                "join_timeout_s": 60,
+                "auth": auth,
+                **(server or {}),
+            },  # fmt: skip
             "run": {"max_updates": 10**9, "max_seconds": warmup_s + seconds + 1.0, "eval_every_s": 1e6},
         }
         (tmp / "c.yaml").write_text(yaml.safe_dump(cfg))
-        server = subprocess.Popen(
-            [sys.executable, "-m", "ps", "--config", str(tmp / "c.yaml"), "--run-dir", str(tmp / "run")],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        ep = server.stdout.readline().split()[1]
-        flags = [f"--{key}={value}" for key, value in compression.items()]
+        _write_model(tmp / "run", params)
+        keys = ["--keys", str(tmp / "keys")] if auth == "curve" else []
+        if keys:
+            create_keys(tmp / "keys", workers + extra_ranks)
+        ps = [sys.executable, "-m", "ps", "--config", str(tmp / "c.yaml"), "--run-dir", str(tmp / "run"), *keys]
+        server_proc = subprocess.Popen(ps, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        ep = server_proc.stdout.readline().split()[1]
+        flags = [f"--{key}={value}" for key, value in compression.items()] + keys
+        window = ["--params", str(params), "--warmup-s", str(warmup_s), "--seconds", str(seconds)]
         procs = [
             subprocess.Popen(
                 [
@@ -51,27 +76,33 @@ def run_push_server(
                     ep,
                     "--rank",
                     str(r),
-                    "--params",
-                    str(params),
-                    "--warmup-s",
-                    str(warmup_s),
-                    "--seconds",
-                    str(seconds),
+                    *window,
                     "--out",
                     str(tmp / f"w{r}.json"),
                     *flags,
                 ],
                 cwd=ROOT,
-            )
+            )  # fmt: skip
             for r in range(workers)
         ]
-        server_cpu_s = _cpu_in_window(server.pid, warmup_s, seconds)
+        other = beside(ep, tmp) if beside else None
+        server_cpu_s = _cpu_in_window(server_proc.pid, warmup_s, seconds)
         for p in procs:
             p.wait(timeout=warmup_s + seconds + 120)
-        server.wait(timeout=60)
+        if other is not None:
+            other.terminate()
+            other.wait(timeout=30)
+        server_proc.wait(timeout=60)
         results = [json.loads((tmp / f"w{r}.json").read_text()) for r in range(workers)]
         summary = json.loads((tmp / "run" / "server_summary.json").read_text())
-    return {**summarize(results, summary), "server_cpu_s": server_cpu_s}
+    return {**summarize(results, summary), "server_cpu_s": server_cpu_s, "summary": summary}
+
+
+def _write_model(run_dir: Path, params: int) -> None:
+    """The served model the bench workers push to: one flat float32 parameter `w` of `params` zeros."""
+    empty = Layout.from_shapes([])
+    init = ModelInit(Layout.from_shapes([("w", (params,))]), torch.zeros(params), empty, torch.zeros(0), "bench")
+    write_model_init(run_dir / FILE, init)
 
 
 def _cpu_in_window(pid: int, warmup_s: float, seconds: float) -> float:

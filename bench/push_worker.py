@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
 from protocol.config.schema import CompressionConfig
 from protocol.wire.channel import Channel
+from protocol.wire.curve import worker_keys
 from protocol.wire.layout import Layout
 from protocol.wire.messages import Hello, Push, Reply, Stop, Welcome
 from worker.compressors import make_compressor
@@ -57,6 +59,7 @@ def main() -> None:
     ap.add_argument("--warmup-s", type=float, default=2.0)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--keys", default="", help="CURVE key folder (the server runs with server.auth: curve)")
     compression_args(ap)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -67,7 +70,8 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.rank)
     grads = [torch.randn(args.params, generator=gen) * 1e-3 for _ in range(GRADIENTS)]
     params = torch.zeros(args.params)
-    chan = Channel("dealer")
+    keys = worker_keys(Path(args.keys), args.rank) if args.keys else None
+    chan = Channel("dealer", curve=keys)
     chan.connect(args.server)
     alloc = lambda cls, spec: params  # every reply lands in the same buffer
     chan.send(
@@ -79,7 +83,6 @@ def main() -> None:
             run_id="bench",
             uplink=uplink.uplink,
             signature=layout.signature(),
-            init=params,
         )
     )
     while True:

@@ -62,6 +62,14 @@ class Admission:
         if nbytes and self.cfg.peer_bytes_per_s and not self._take_bytes(peer, nbytes, now):
             raise ProtocolError("throttled", f"more than {self.cfg.peer_bytes_per_s:g} bytes/s from this connection")
 
+    def over_budget(self, identity: bytes | None) -> bool:
+        """Charge a message that did not decode to its connection's budget; True when it is over it, so a
+        flood of garbage is dropped unanswered like any other flood."""
+        peer, now = identity or b"", self.clock()
+        known = self._messages.get(peer)  # a member's bucket keeps its rate; anyone else is a stranger
+        rate = known.rate if known is not None else self.cfg.stranger_messages_per_s
+        return not _bucket(self._messages, peer, rate, now).take(1, now)
+
     def _take_bytes(self, peer: bytes, nbytes: int, now: float) -> bool:
         bucket = _bucket(self._bytes, peer, self.cfg.peer_bytes_per_s, now)
         # a message larger than a second's budget passes when the bucket is full: it must be possible at all

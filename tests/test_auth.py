@@ -21,7 +21,7 @@ from protocol.wire.channel import Channel
 from protocol.wire.curve import KeyFileError, create_keys, server_keys, worker_keys
 from protocol.wire.endpoints import is_local
 from protocol.wire.layout import Layout
-from protocol.wire.messages import Heartbeat, Pull
+from protocol.wire.messages import Heartbeat, Pull, Reply
 from tests.helpers import FakeWorker, make_config, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,6 +169,28 @@ def test_only_allowed_keys_reach_the_server_and_their_messages_name_the_key(tmp_
     finally:
         for s in strangers:
             s.close(linger=0)
+        worker.close()
+        router.close()
+
+
+@pytest.mark.parametrize("chunk", [1 << 16, 1 << 20])
+def test_full_chunk_frames_pass_under_curve_both_ways(tmp_path, chunk):
+    """CURVE wraps every frame, and ZeroMQ's frame limit applies to the wrapped size: a tensor cut into
+    full chunks must still arrive (it once dropped the connection silently)."""
+    create_keys(tmp_path, 1)
+    keys = server_keys(tmp_path, 1)
+    router = Channel("router", curve=keys, chunk_bytes=chunk)
+    endpoint = router.bind("tcp://127.0.0.1:0")
+    worker = Channel("dealer", curve=worker_keys(tmp_path, 0), chunk_bytes=chunk, send_timeout_s=5)
+    try:
+        worker.connect(endpoint)
+        values = torch.arange(3 * chunk // 4, dtype=torch.float32)  # three full frames
+        worker.send(Reply(applied=True, reason="", staleness=0, version=1, lr=0.0, params=values))
+        got = router.recv(10)
+        assert torch.equal(got.msg.params, values)
+        router.send(Reply(applied=True, reason="", staleness=0, version=2, lr=0.0, params=values), to=got.identity)
+        assert torch.equal(worker.recv(10).msg.params, values)
+    finally:
         worker.close()
         router.close()
 

@@ -52,10 +52,17 @@ class PeerBusy(TimeoutError):
     """A ROUTER peer's queue is full (it does not read): the message was not sent. Nothing was queued."""
 
 
+# CURVE sends each frame inside a MESSAGE command (its name, an 8-byte nonce, a flags byte and a 16-byte MAC
+# around the payload), and ZeroMQ applies MAXMSGSIZE to that wrapped frame: without room for it, every full
+# chunk would drop the connection.
+FRAME_OVERHEAD = 256
+
+
 def frame_limit(chunk_bytes: int, max_message_bytes: int) -> int:
     """The largest frame a peer may send: one chunk of a tensor, or a header (with room to spare, so that
-    a header a little over MAX_HEADER_BYTES is answered with a Reject rather than a dropped connection)."""
-    return min(max_message_bytes, max(chunk_bytes, 2 * codec.MAX_HEADER_BYTES))
+    a header a little over MAX_HEADER_BYTES is answered with a Reject rather than a dropped connection),
+    plus what CURVE wraps around it."""
+    return min(max_message_bytes, max(chunk_bytes, 2 * codec.MAX_HEADER_BYTES)) + FRAME_OVERHEAD
 
 
 # Called with (identity, message type, header fields, declared tensor bytes) once a message's header is read and
