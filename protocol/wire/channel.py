@@ -292,7 +292,7 @@ class Channel:
             return self.sock.recv(), ""
         frame = self.sock.recv(copy=False)
         try:
-            user = frame.get("User-Id")
+            user = str(frame.get("User-Id"))  # a string property (get's type also covers the int ones)
         except zmq.ZMQError:  # a connection whose key has no name
             user = ""
         return frame.bytes, user
