@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class ParameterServer:
         channel: Channel,
         init: ModelInit,
         run_dir: Path | None = None,
-        clock=time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
         resume: bool = False,
     ):
         self.cfg, self.chan, self.run_dir, self.clock = cfg, channel, run_dir, clock

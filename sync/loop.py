@@ -34,7 +34,7 @@ import torch
 from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
 from protocol.runfolder.records import WorkerReport
-from ps.optim import make_optimizer
+from ps.optim import Optimizer, make_optimizer
 from sync.collective import STOP_REASONS, Collective, Round, make_combiner
 from sync.records import SyncRecorder
 from worker.loop import rank_uplink
@@ -66,7 +66,7 @@ class SyncWorker:
         self.step = Stepper(cfg, rank, self.task, self.stats, clock, sleep)  # async rank i's streams
         self.comm = Collective(world, net.params.device)  # gloo: host tensors; nccl: this rank's GPU
         self.combiner = make_combiner(cfg, rank, net.numel, self.comm, rank_uplink(cfg, rank, net), net.params.device)
-        self.opt = make_optimizer(net.params, cfg.optimizer)  # the server's optimizer, on every rank
+        self.opt: Optimizer = make_optimizer(net.params, cfg.optimizer)  # the server's optimizer, on every rank
         self.recorder = SyncRecorder(cfg, run_dir, net.numel, world) if rank == 0 else None
         self.stop_request = ""  # set by a signal handler; the next step's collective carries it
         self.record_s = 0.0

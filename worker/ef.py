@@ -45,6 +45,10 @@ class Uplink(Protocol):
         """The server's copy of the mirrored state may differ (a sequence error): the next push starts over."""
         ...
 
+    def mirror(self) -> torch.Tensor | None:
+        """g_i, the vector the server keeps a copy of (the EF21 family); None for a method without one."""
+        ...
+
 
 def add_payload(target: torch.Tensor, payload: Payload, scratch: torch.Tensor, alpha: float = 1.0) -> None:
     """target += alpha * decode(payload): the server's arithmetic, so both sides stay bitwise equal."""
@@ -72,6 +76,9 @@ class DenseUplink:
 
     def resync(self) -> None:
         """Nothing to resynchronise."""
+
+    def mirror(self) -> torch.Tensor | None:
+        return None
 
 
 class NaiveUplink(DenseUplink):
@@ -166,6 +173,9 @@ class EF21Uplink:
         """After a sequence error the server's g_i may differ: the next push resets it densely."""
         self._need_reset = True
         self._pending = None
+
+    def mirror(self) -> torch.Tensor | None:
+        return self.g
 
 
 def make_uplink(
