@@ -107,26 +107,9 @@ def _markdown(
         f"# Sweep {sweep_dir.name}",
         f"{len(results)} of {count(total, 'point')} run, {len(failed)} failed; swept: {', '.join(keys)}.",
         "## Points",
-        markdown_table(
-            ["#", *keys, "status", *FIGURES],
-            [
-                [
-                    r.point.index,
-                    *(show(v) for _, v in r.point.combo),
-                    _status(r),
-                    *(fmt(figures(r.summary)[k]) for k in FIGURES),
-                ]
-                for r in results
-            ],
-        ),
+        markdown_table(["#", *keys, "status", *FIGURES], [_point_cells(r) for r in results]),
         "## Mean ± sample std over seeds",
-        markdown_table(
-            [*group_keys, "n", *FIGURES],
-            [
-                [*(show(v) for v in g.values), _n(g), *(fmt_stat(s, len(g.succeeded)) for s in g.stats().values())]
-                for g in groups
-            ],
-        ),
+        markdown_table([*group_keys, "n", *FIGURES], [_group_cells(g) for g in groups]),
     ]
     if failed:
         parts.append("## Failed points")
@@ -135,6 +118,19 @@ def _markdown(
         parts.append("## Plots")
         parts.append("\n".join(f"- [{title}]({path.relative_to(sweep_dir).as_posix()})" for title, path in reports))
     return "\n\n".join(parts) + "\n"
+
+
+def _point_cells(r: PointResult) -> list:
+    return [
+        r.point.index,
+        *(show(v) for _, v in r.point.combo),
+        _status(r),
+        *(fmt(figures(r.summary)[k]) for k in FIGURES),
+    ]
+
+
+def _group_cells(g: Group) -> list:
+    return [*(show(v) for v in g.values), _n(g), *(fmt_stat(s, len(g.succeeded)) for s in g.stats().values())]
 
 
 def _status(r: PointResult) -> str:
