@@ -256,9 +256,10 @@ class ParameterServer:
             self.report.counters.messages_throttled += 1
             return
         self.report.counters.messages_rejected += 1
-        if err.identity is not None:
-            rank = err.header.get("rank", -1)
-            self._send(err.identity, Reject(err.code, err.message, rank=rank if type(rank) is int else -1))
+        if err.identity is not None:  # the rank and seq it named, so a worker knows which request this answers
+            rank, seq = (err.header.get(k, -1) for k in ("rank", "seq"))
+            rank, seq = (v if type(v) is int else -1 for v in (rank, seq))
+            self._send(err.identity, Reject(err.code, err.message, rank=rank, seq=seq))
 
     # -- sending -----------------------------------------------------------------------------------
     def _reply(self, identity: bytes, outcome: Outcome) -> None:

@@ -110,3 +110,15 @@ def test_a_flooding_stranger_is_dropped_unanswered_while_a_member_is_served(tmp_
     assert answers + throttled == 600, (answers, throttled)
     assert answers <= 20 + 20 * 3.5 and throttled >= 500, (answers, throttled)  # a burst of 20, then 20/s
     assert server.version == 6
+
+
+def test_a_push_refused_from_its_header_is_answered_with_its_seq():
+    """A worker matches answers to its push by seq: a restarted server's unknown_rank must name it, or the
+    worker never learns that it has to join again."""
+    cfg = make_config(workers=1, optimizer={"name": "sgd", "lr": 0.1}, server={"stop_grace_s": 0.5})
+    with running_server(cfg, model=(LAYOUT, torch.zeros(8))) as (_, endpoint, _):
+        stranger = FakeWorker(endpoint, 0, LAYOUT)
+        stranger.seq = 7
+        answer = stranger.push(torch.ones(8), advance=False)
+        assert answer.code == "unknown_rank" and answer.seq == 7 and answer.rank == 0
+        stranger.close()

@@ -9,6 +9,7 @@ Each field's comment is its documentation: docs/config.md is generated from them
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import typing
 from dataclasses import dataclass, field
@@ -326,6 +327,9 @@ class ServerConfig:
     # the key folder (server.key_secret, worker-<rank>.key ...: python -m launch.keys create DIR); empty: the
     # run folder's keys/, where the launcher writes new keys for each run
     keys: str = ""
+    # python -m launch.node (runs placed by torchrun): the address this host's server binds (an IPv4/IPv6
+    # literal, port chosen free); empty: this host's address on the route to MASTER_ADDR. Never a wildcard.
+    interface: str = ""
     # allow binding beyond this host without CURVE (anyone who reaches the port can join and push): a warning
     # in the server's log and summary
     allow_insecure: bool = False
@@ -373,6 +377,8 @@ class ServerConfig:
             "an ipc path must be at most 107 bytes (a Unix socket address holds no more)",
         )
         self.check_exposure(self.endpoint)
+        require(self.interface == "" or _is_address(self.interface), "interface",
+                f"must be an IP address of this host (e.g. 10.0.0.5), got {self.interface!r}")  # fmt: skip
         require(1 <= self.threads <= MAX_THREADS, "threads", "must be in [1, 1024]")
         require(1 << 10 <= self.chunk_bytes <= 1 << 30, "chunk_bytes", "must be in [1 KiB, 1 GiB]")
         require(self.max_message_bytes >= 1 << 16, "max_message_bytes", "must be >= 64 KiB")
@@ -599,3 +605,11 @@ def _is_setting(cls: type, dotted: str) -> bool:
     if dataclasses.is_dataclass(hint):
         return rest != "" and _is_setting(hint, rest)
     return rest == ""
+
+
+def _is_address(text: str) -> bool:
+    """An IPv4 or IPv6 literal that names one host (no wildcard)."""
+    try:
+        return not ipaddress.ip_address(text).is_unspecified
+    except ValueError:
+        return False

@@ -80,6 +80,29 @@ def create_keys(folder: Path, workers: int) -> list[Path]:
     return written
 
 
+def create_pair(folder: Path, name: str) -> KeyPair:
+    """One new key pair `name` in `folder` (made 0700 if new; the secret file 0600), replacing any."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    old = os.umask(0o077)
+    try:
+        public, _ = zmq.auth.create_certificates(str(folder), name)
+        os.chmod(public, 0o644)
+    finally:
+        os.umask(old)
+    return read_secret(folder, name)
+
+
+def write_public(folder: Path, name: str, public: bytes) -> Path:
+    """folder/name.key holding only `public` (z85), in the format zmq.auth reads; KeyFileError if malformed."""
+    if not _is_z85_key(public):
+        raise KeyFileError(f"the public key for {name} is not 40 z85 characters")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / f"{name}.key"
+    path.write_text(f'#   taups: the public key of {name}\nmetadata\ncurve\n    public-key = "{public.decode()}"\n')
+    os.chmod(path, 0o644)
+    return path
+
+
 def read_secret(folder: Path, name: str) -> KeyPair:
     """`name`'s key pair from folder/name.key_secret, refused when missing, unreadable or readable by others."""
     path = folder / f"{name}.key_secret"
