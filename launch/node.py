@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from launch.__main__ import format_summary
-from launch.node_store import NodeStore
+from launch.node_store import NodeStore, StoreError
 from launch.preflight import preflight
 from launch.run import AsyncRun, RunFailed
 from launch.rundir import make_run_dir
@@ -35,7 +35,7 @@ from launch.writes import write_text
 from protocol.config.loader import load_experiment, resolved_yaml
 from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
-from protocol.wire.curve import SERVER, create_pair, read_public, worker_name, write_public
+from protocol.wire.curve import SERVER, KeyFileError, create_pair, read_public, worker_keys, worker_name, write_public
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 REPORT_WAIT_S = 60.0  # after the server ends: the workers' reports reach the store
@@ -107,19 +107,30 @@ def worker(args, env: dict[str, str], store: NodeStore) -> int:
         folder.mkdir(parents=True, exist_ok=True)
     else:
         folder = make_run_dir(own.run.runs_dir, f"{own.name}-worker{rank}", None)
-    pair = create_pair(folder / "keys", worker_name(rank))  # made on this host; only its public half travels
+    named = Path(own.server.keys) if own.server.keys else None  # the head uses the same folder (same config)
+    keydir = named or folder / "keys"
+    # a named folder's own pair, else one made on this host; only its public half travels
+    pair = worker_keys(named, rank).pair if named else create_pair(keydir, worker_name(rank))
     store.publish_key(rank, pair.public)
     start = store.start(own.server.join_timeout_s + own.server.connect_timeout_s)
     (folder / "config.yaml").write_text(start.config)
     keys = []
     if start.server_public:
-        write_public(folder / "keys", SERVER, start.server_public.encode())
-        keys = ["--keys", str(folder / "keys")]
+        if named is None:
+            write_public(keydir, SERVER, start.server_public.encode())
+        elif read_public(named, SERVER) != start.server_public.encode():
+            raise KeyFileError(f"{named / 'server.key'} is not the public key of the head's server (server.keys)")
+        keys = ["--keys", str(keydir)]
     cmd = [sys.executable, "-m", "worker", "--config", str(folder / "config.yaml"), "--rank", str(rank),
            "--server", start.endpoint, "--run-dir", str(folder), "--run-id", start.run_id, *keys]  # fmt: skip
     code = _run_forwarding_signals(cmd)
     report = folder / f"worker-{rank}.json"
-    store.publish_report(rank, report.read_text() if report.exists() else "")
+    try:
+        store.publish_report(rank, report.read_text() if report.exists() else "")
+    except StoreError as err:  # the head's torchrun is gone: this worker's own outcome still decides
+        print(f"error: worker {rank}'s report ({report}) did not reach the head: torchrun's store is gone ({err})",
+              file=sys.stderr)  # fmt: skip
+        return code or 1
     return code
 
 
@@ -161,12 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except FileExistsError as err:
+    except (FileExistsError, KeyFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TimeoutError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except StoreError as err:
+        print(f"error: torchrun's store at {env['MASTER_ADDR']}:{env['MASTER_PORT']} is gone: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C (torchrun passes it on) while waiting on the store, before any run
+        print("stopped (SIGINT) while waiting for the other processes", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from datetime import timedelta
 import torch.distributed as dist
 
 POLL_S = 0.2
+StoreError = dist.DistError  # the store cannot be reached any more (its host's torchrun ended, say)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ class NodeStore:
 
     def public_keys(self, workers: int, timeout_s: float) -> dict[int, bytes]:
         names = [f"key/{r}" for r in range(workers)]
-        self._wait(names, timeout_s, "every worker's public key")
+        labels = {name: f"worker {r} (RANK {r + 1})" for r, name in enumerate(names)}
+        self._wait(names, timeout_s, "every worker's public key", labels)
         return {r: self.store.get(name) for r, name in enumerate(names)}
 
     def publish_start(self, endpoint: str, server_public: str, config: str, run_id: str) -> None:
@@ -74,8 +76,13 @@ class NodeStore:
         found = {r: self.store.get(n).decode() for r, n in enumerate(names) if self.store.check([n])}
         return {r: text for r, text in found.items() if text}
 
-    def _wait(self, names: list[str], timeout_s: float, what: str) -> None:
+    def _wait(self, names: list[str], timeout_s: float, what: str, labels: dict[str, str] | None = None) -> None:
         try:
             self.store.wait(names, timedelta(seconds=timeout_s))
         except (RuntimeError, dist.DistStoreError) as err:
-            raise TimeoutError(f"waited {timeout_s:g}s for {what} in torchrun's store: {err}") from None
+            try:  # which are missing: a worker rank whose slot never started (or died) is named
+                missing = [(labels or {}).get(n, n) for n in names if not self.store.check([n])]
+            except (RuntimeError, dist.DistStoreError):
+                missing = []
+            absent = f" (none from {', '.join(missing)})" if missing and len(names) > 1 else ""
+            raise TimeoutError(f"waited {timeout_s:g}s for {what} in torchrun's store{absent}: {err}") from None

@@ -10,8 +10,10 @@ was stopped early.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -52,8 +54,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     torch.set_num_threads(cfg.server.threads)
+    raise_fd_limit()
     args.run_dir.mkdir(parents=True, exist_ok=True)
     return serve(cfg, init, args.run_dir, endpoint, args.resume, keys)
+
+
+def raise_fd_limit() -> None:
+    """Every connection holds a file descriptor: take all the system allows this process (the soft limit is
+    often 1024, the hard one far more), so strangers' connections do not starve the workers' and the files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard if hard != resource.RLIM_INFINITY else 1 << 20, 1 << 20)
+    if soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def check_endpoint(cfg: ExperimentConfig, endpoint: str) -> None:

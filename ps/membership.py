@@ -34,6 +34,7 @@ class Member:
     pushes: int = 0
     applied: int = 0
     last_outcome: Any = None  # the answer to its last push, to answer a resend of it again
+    user: str = ""  # on a CURVE server, the name of the key its connection authenticated with (worker-<rank>)
 
     def report(self) -> dict[str, object]:
         """What server_summary.json says of this worker."""
@@ -93,20 +94,22 @@ class Membership:
                 "or stop that process first",
             )
 
-    def join(self, hello: Hello, identity: bytes) -> Member:
+    def join(self, hello: Hello, identity: bytes, user: str = "") -> Member:
         """Admit the Hello's connection as the rank's holder; a rejoin continues the rank's sequence."""
         old = self.members.get(hello.rank)
-        member = Member(hello.rank, identity, hello.pid, hello.host, hello.device, last_seen=self.clock())
+        member = Member(hello.rank, identity, hello.pid, hello.host, hello.device, last_seen=self.clock(), user=user)
         if old is not None:
             member.last_seq, member.pushes, member.applied = old.last_seq, old.pushes, old.applied
         self.members[hello.rank] = member
         self.stopped.discard(hello.rank)
         return member
 
-    def sender(self, rank: int, identity: bytes) -> Member:
-        """The member that sent a message as `rank` from `identity`, or unknown_rank."""
+    def sender(self, rank: int, identity: bytes, user: str = "") -> Member:
+        """The member that sent a message as `rank` from `identity`, or unknown_rank. On a CURVE server the
+        connection's key (`user`) must be the one it joined with too: a peer may choose its own routing id,
+        so the id alone would let another rank's key take over a connection id that has gone."""
         member = self.members.get(rank)
-        if member is None or member.identity != identity:
+        if member is None or member.identity != identity or member.user != user:
             raise ProtocolError("unknown_rank", f"rank {rank} has not joined from this connection")
         member.last_seen = self.clock()
         return member
@@ -116,8 +119,8 @@ class Membership:
         member = self.members.get(rank)
         return member is not None and member.identity == identity
 
-    def rank_of(self, identity: bytes) -> int | None:
-        return next((r for r, m in self.members.items() if m.identity == identity), None)
+    def rank_of(self, identity: bytes, user: str = "") -> int | None:
+        return next((r for r, m in self.members.items() if m.identity == identity and m.user == user), None)
 
     def wait_for_start(self, rank: int) -> bool:
         """Queue a rank that joined before the start; True when the run may start now."""

@@ -157,7 +157,7 @@ class ParameterServer:
         except ProtocolError as err:
             self.report.counters.messages_rejected += 1
             return self._send(identity, Reject(err.code, err.message, rank=hello.rank))
-        member = self.members.join(hello, identity)
+        member = self.members.join(hello, identity, got.user)
         self.held.pop(hello.rank, None)  # a reply held for the rank's old connection: that connection is gone
         self.gate.forget(hello.rank)
         self.model.forget_buffers(hello.rank)
@@ -178,7 +178,7 @@ class ParameterServer:
             return self._tell_stop(identity, push.rank)
         t0 = time.perf_counter()
         try:
-            member = self._check_push(identity, push)
+            member = self._check_push(identity, push, got.user)
             if push.seq == member.last_seq:  # a resend of the last push: answered again, never applied twice
                 return self._replay(identity, push, got.nbytes, member)
             staged = self.model.stage(push)
@@ -203,8 +203,8 @@ class ParameterServer:
         if self.version >= self.cfg.run.max_updates:
             self.request_stop("max_updates")
 
-    def _check_push(self, identity: bytes, push: Push) -> Member:
-        member = self.members.sender(push.rank, identity)
+    def _check_push(self, identity: bytes, push: Push, user: str) -> Member:
+        member = self.members.sender(push.rank, identity, user)
         if push.seq == member.last_seq and member.last_outcome is not None:
             return member  # a resend: answered again (or, while its reply is held, once the gate opens)
         if push.rank in self.held:
@@ -238,14 +238,14 @@ class ParameterServer:
         if self.stop_reason is not None:
             return self._tell_stop(identity, pull.rank)
         try:
-            self.members.sender(pull.rank, identity)
+            self.members.sender(pull.rank, identity, got.user)
         except ProtocolError as err:
             self.report.counters.messages_rejected += 1
             return self._send(identity, Reject(err.code, err.message, rank=pull.rank))
         self._reply(identity, PULLED)
 
     def _on_beat(self, got: Received) -> None:
-        rank = self.members.rank_of(got.identity or b"")
+        rank = self.members.rank_of(got.identity or b"", got.user)
         if rank is not None:
             self.members.members[rank].last_seen = self.clock()
         self._send(got.identity, Heartbeat(rank=-1, version=self.version))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -17,12 +19,12 @@ import zmq
 from launch.keys import main as keys_main
 from launch.keys import run_keys
 from protocol.errors import ConfigError
-from protocol.wire.channel import Channel
+from protocol.wire.channel import HANDSHAKE_MS, Channel
 from protocol.wire.curve import KeyFileError, create_keys, server_keys, worker_keys
 from protocol.wire.endpoints import is_local
 from protocol.wire.layout import Layout
 from protocol.wire.messages import Heartbeat, Pull, Reply
-from tests.helpers import FakeWorker, make_config, running_server
+from tests.helpers import TIMEOUT_S, FakeWorker, make_config, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUT = Layout.from_shapes([("w", (4,))])
@@ -204,7 +206,8 @@ def test_a_worker_whose_key_the_server_refuses_notices_it(tmp_path):
     worker.watch_handshakes()
     try:
         worker.connect(endpoint)
-        worker.send(Pull(rank=0))
+        with contextlib.suppress(TimeoutError):  # once the refused handshake drops the pipe, a send has no peer
+            worker.send(Pull(rank=0))
         assert _wait_failures(worker, 1) >= 1
         assert not router.poll(0.1)
     finally:
@@ -250,4 +253,96 @@ def test_a_worker_with_a_refused_key_exits_1_saying_so(tmp_path):
         p = subprocess.run([*cmd, "--keys", str(tmp_path / "nokeys")], capture_output=True, text=True, timeout=120)
         assert p.returncode == 2 and "nokeys/worker-0.key_secret is missing" in p.stderr, p.stderr[-2000:]
     finally:
+        router.close()
+
+
+def _worker_with_routing_id(endpoint: str, rank: int, keys, routing_id: bytes) -> FakeWorker:
+    """A FakeWorker whose connection names its own routing id (any peer may choose one)."""
+    w = FakeWorker(endpoint, rank, LAYOUT, keys=keys)
+    w.chan.close()
+    w.chan = Channel("dealer", send_timeout_s=5, curve=keys)
+    w.chan.sock.setsockopt(zmq.ROUTING_ID, routing_id)
+    w.chan.connect(endpoint)
+    return w
+
+
+def test_another_ranks_key_cannot_push_through_a_routing_id_it_took_over(tmp_path):
+    """The rank a key names binds every message, not only the Hello: a peer chooses its own routing id, so
+    after rank 0's connection has gone, worker-1's key connecting with that id must not push or pull as rank 0."""
+    create_keys(tmp_path, 2)
+    cfg = make_config(workers=2, server={"auth": "curve", "wait_for_workers": False})
+    with running_server(cfg, model=(LAYOUT, torch.zeros(4)), keys=server_keys(tmp_path, 2)) as (server, endpoint, _):
+        victim = _worker_with_routing_id(endpoint, 0, worker_keys(tmp_path, 0), b"rank0-connection")
+        assert victim.hello(run_id="").TYPE == "welcome"
+        assert victim.push(torch.ones(4)).TYPE == "reply"
+        victim.close()
+        thief = _worker_with_routing_id(endpoint, 0, worker_keys(tmp_path, 1), b"rank0-connection")
+        thief.seq, thief.version = victim.seq, victim.version
+        deadline = time.monotonic() + TIMEOUT_S  # the server may still see the old connection for a moment
+        while (got := thief.request(Pull(rank=0))).TYPE == "reject" and got.code == "rank_in_use":
+            assert time.monotonic() < deadline
+        assert got.TYPE == "reject" and got.code == "unknown_rank", got
+        refused = thief.push(torch.full((4,), 100.0))
+        assert refused.TYPE == "reject" and refused.code == "unknown_rank", refused
+        assert server.version == 1  # only the victim's own push was applied
+        thief.close()
+
+
+@pytest.mark.parametrize("source", ["worker-0", "server"])
+def test_a_public_key_copied_over_another_ranks_is_refused_naming_both(tmp_path, source):
+    """One key under two names would let its holder join as either rank and lock the other rank out."""
+    create_keys(tmp_path, 2)
+    shutil.copy(tmp_path / f"{source}.key", tmp_path / "worker-1.key")
+    with pytest.raises(KeyFileError) as err:
+        server_keys(tmp_path, 2)
+    assert "worker-1.key" in str(err.value) and f"{source}.key" in str(err.value)
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o1777])
+def test_a_key_folder_others_may_write_is_refused_naming_it(tmp_path, mode):
+    """Whoever may write the folder may swap a public key: a worker's (and join), or the server's."""
+    folder = tmp_path / "keys"
+    create_keys(folder, 1)
+    folder.chmod(mode)
+    for read in (lambda: server_keys(folder, 1), lambda: worker_keys(folder, 0)):
+        with pytest.raises(KeyFileError, match=f"{folder} is writable by others"):
+            read()
+    folder.chmod(0o755)  # readable by others is fine: the secret files are 0600
+    assert server_keys(folder, 1).allow and worker_keys(folder, 0)
+
+
+@pytest.mark.parametrize("curve", [False, True])
+def test_a_connection_that_never_completes_its_handshake_is_dropped(tmp_path, curve):
+    """An idle TCP connection holds one of the server's file descriptors: ZeroMQ drops it after HANDSHAKE_MS."""
+    create_keys(tmp_path, 1)
+    router = Channel("router", curve=server_keys(tmp_path, 1) if curve else None, send_timeout_s=1)
+    endpoint = router.bind("tcp://127.0.0.1:0")
+    host, port = endpoint[len("tcp://") :].rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as raw:
+            raw.settimeout(HANDSHAKE_MS / 1000 + 5)
+            t0, data = time.monotonic(), b"x"
+            while data:  # the server's greeting, then end of stream when it gives up on us
+                data = raw.recv(4096)
+            assert time.monotonic() - t0 < HANDSHAKE_MS / 1000 + 5
+    finally:
+        router.close()
+
+
+def test_an_ipv6_loopback_endpoint_is_accepted_local_and_carries_messages():
+    cfg = make_config(server={"endpoint": "tcp://[::1]:0"})
+    assert cfg.server.endpoint == "tcp://[::1]:0" and not cfg.server.curve  # loopback: auto leaves CURVE off
+    router = Channel("router")
+    try:
+        endpoint = router.bind("tcp://[::1]:0")
+    except zmq.ZMQError as err:
+        router.close()
+        pytest.skip(f"this host has no IPv6 loopback: {err}")
+    worker = Channel("dealer", send_timeout_s=1)
+    try:
+        worker.connect(endpoint)
+        worker.send(Pull(rank=0))
+        assert router.recv(5).msg == Pull(rank=0)
+    finally:
+        worker.close()
         router.close()

@@ -29,6 +29,11 @@ HANDSHAKE_FAILED = (
 )
 
 
+# A peer must complete the ZeroMQ (and CURVE) handshake within this long or the server drops its connection
+# (ZeroMQ's default: 30 s): idle connections are how a stranger would hold the server's file descriptors.
+HANDSHAKE_MS = 5000
+
+
 class Received(NamedTuple):
     """One decoded message: who sent it (ROUTER; None on a DEALER), the message, the bytes that crossed
     the socket for it (header + tensor frames, identity frame excluded), and on a CURVE server the name of
@@ -115,6 +120,8 @@ class Channel:
         self.sock.setsockopt(zmq.SNDHWM, send_hwm)
         # Whole messages ZeroMQ queues from one peer before it stops reading that peer's connection.
         self.sock.setsockopt(zmq.RCVHWM, recv_hwm)
+        if kind == "router":  # a connection that says nothing holds a file descriptor: not for long
+            self.sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         # A ROUTER (the server's one loop) never waits on a peer: a send that its queue cannot take now fails
         # at once (PeerBusy). A DEALER (a worker, one peer) waits up to send_timeout_s.
         self.sock.setsockopt(zmq.SNDTIMEO, 0 if kind == "router" else int(send_timeout_s * 1000))
@@ -157,6 +164,7 @@ class Channel:
         """Bind and return the actual address (port 0 or '*' picks a free port). An ipc socket file is made
         readable and writable by its owner alone: other users of the host cannot connect to it."""
         old = os.umask(0o077) if endpoint.startswith("ipc://") else None
+        self._ipv6(endpoint)
         try:
             self.sock.bind(re.sub(r":0$", ":*", endpoint))
         finally:
@@ -168,8 +176,15 @@ class Channel:
         return self.endpoint
 
     def connect(self, endpoint: str) -> None:
+        self._ipv6(endpoint)
         self.sock.connect(endpoint)
         self.endpoint = endpoint
+
+    def _ipv6(self, endpoint: str) -> None:
+        """tcp://[v6 address]:port needs ZeroMQ's IPv6 switch; left off otherwise, so an IPv4 bind keeps
+        reporting a plain IPv4 address."""
+        if endpoint.startswith("tcp://["):
+            self.sock.setsockopt(zmq.IPV6, 1)
 
     def close(self) -> None:
         if self._monitor is not None:

@@ -120,12 +120,37 @@ def read_public(folder: Path, name: str) -> bytes:
 
 def server_keys(folder: Path, workers: int) -> ServerKeys:
     """The server's pair and the public keys of worker-0 .. worker-(workers-1); KeyFileError names a bad file."""
-    allow = {read_public(folder, worker_name(r)): worker_name(r) for r in range(workers)}
-    return ServerKeys(read_secret(folder, SERVER), allow)
+    _check_folder(folder)
+    pair, allow = read_secret(folder, SERVER), {}
+    for r in range(workers):
+        public = read_public(folder, worker_name(r))
+        other = allow.get(public, SERVER if public == pair.public else None)
+        if other is not None:  # one key for two names: its holder could join as either rank, the other as none
+            raise KeyFileError(
+                f"{folder / (worker_name(r) + '.key')} holds the same public key as {folder / (other + '.key')}: "
+                "every rank needs a pair of its own"
+            )
+        allow[public] = worker_name(r)
+    return ServerKeys(pair, allow)
 
 
 def worker_keys(folder: Path, rank: int) -> WorkerKeys:
+    _check_folder(folder)
     return WorkerKeys(read_secret(folder, worker_name(rank)), read_public(folder, SERVER))
+
+
+def _check_folder(folder: Path) -> None:
+    """A key folder that others may write to is refused: they could put their own public key in place of a
+    worker's (the server would admit them) or of the server's (a worker would talk to them)."""
+    try:
+        mode = folder.stat().st_mode
+    except OSError:
+        return  # a missing folder: the key file's own check names the file
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise KeyFileError(
+            f"{folder} is writable by others (mode {stat.S_IMODE(mode):04o}), who could replace its public keys: "
+            f"chmod 700 {folder}"
+        )
 
 
 def _check_private(path: Path) -> None:
