@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as err:
         print(f"error: torchrun's store at {env['MASTER_ADDR']}:{env['MASTER_PORT']} is gone: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C (torchrun passes it on) while waiting on the store, before any run
+        print("stopped (SIGINT) while waiting for the other processes", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -383,11 +383,11 @@ class ServerConfig:
         self._check_waits()
 
     def _check_endpoint(self) -> None:
-        tcp = re.fullmatch(r"tcp://[^:]+:(\d+|\*)", self.endpoint)
+        tcp = re.fullmatch(r"tcp://(?:\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):(\d+|\*)", self.endpoint)  # host or [IPv6]
         require(
             tcp is not None or re.fullmatch(r"ipc://.+", self.endpoint) is not None,
             "endpoint",
-            f"must look like tcp://127.0.0.1:0 or ipc:///tmp/name, got {self.endpoint!r}",
+            f"must look like tcp://127.0.0.1:0, tcp://[::1]:0 or ipc:///tmp/name, got {self.endpoint!r}",
         )
         require(tcp is None or tcp[1] == "*" or int(tcp[1]) <= 65535, "endpoint", "a tcp port must be in [0, 65535]")
         require(

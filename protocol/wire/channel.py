@@ -169,6 +169,7 @@ class Channel:
         """Bind and return the actual address (port 0 or '*' picks a free port). An ipc socket file is made
         readable and writable by its owner alone: other users of the host cannot connect to it."""
         old = os.umask(0o077) if endpoint.startswith("ipc://") else None
+        self._ipv6(endpoint)
         try:
             self.sock.bind(re.sub(r":0$", ":*", endpoint))
         finally:
@@ -180,8 +181,15 @@ class Channel:
         return self.endpoint
 
     def connect(self, endpoint: str) -> None:
+        self._ipv6(endpoint)
         self.sock.connect(endpoint)
         self.endpoint = endpoint
+
+    def _ipv6(self, endpoint: str) -> None:
+        """tcp://[v6 address]:port needs ZeroMQ's IPv6 switch; left off otherwise, so an IPv4 bind keeps
+        reporting a plain IPv4 address."""
+        if endpoint.startswith("tcp://["):
+            self.sock.setsockopt(zmq.IPV6, 1)
 
     def close(self) -> None:
         if self._monitor is not None:
