@@ -47,61 +47,70 @@ def run_push_server(
     compression = compression or {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cfg = {
-            "name": "bench",
-            "workers": workers + extra_ranks,
-            "compression": compression,
-            "server": {
-                "endpoint": endpoint,
-                "stop_grace_s": 1.0,
-                "join_timeout_s": 60,
-                "auth": auth,
-                **(server or {}),
-            },  # fmt: skip
-            "run": {"max_updates": 10**9, "max_seconds": warmup_s + seconds + 1.0, "eval_every_s": 1e6},
-            **(sections or {}),
-        }
-        (tmp / "c.yaml").write_text(yaml.safe_dump(cfg))
+        server_cfg = {"auth": auth, **(server or {})}
+        _write_config(
+            tmp / "c.yaml", workers + extra_ranks, warmup_s + seconds + 1.0, endpoint, compression, server_cfg, sections
+        )
         write_model(tmp / "run", params)
         keys = ["--keys", str(tmp / "keys")] if auth == "curve" else []
         if keys:
             create_keys(tmp / "keys", workers + extra_ranks)
-        ps = [sys.executable, "-m", "ps", "--config", str(tmp / "c.yaml"), "--run-dir", str(tmp / "run"), *keys]
-        server_proc = subprocess.Popen(ps, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        ep = server_proc.stdout.readline().split()[1]
+        server_proc, ep = _start_server(tmp, keys)
         flags = [f"--{key}={value}" for key, value in compression.items()] + keys
         window = ["--params", str(params), "--warmup-s", str(warmup_s), "--seconds", str(seconds)]
-        procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.push_worker",
-                    "--server",
-                    ep,
-                    "--rank",
-                    str(r),
-                    *window,
-                    "--out",
-                    str(tmp / f"w{r}.json"),
-                    *flags,
-                ],
-                cwd=ROOT,
-            )  # fmt: skip
-            for r in range(workers)
-        ]
+        procs = [_start_worker(ep, r, [*window, "--out", str(tmp / f"w{r}.json"), *flags]) for r in range(workers)]
         other = beside(ep, tmp) if beside else None
         server_cpu_s = _cpu_in_window(server_proc.pid, warmup_s, seconds)
-        for p in procs:
-            p.wait(timeout=warmup_s + seconds + 120)
-        if other is not None:
-            other.terminate()
-            other.wait(timeout=30)
-        server_proc.wait(timeout=60)
-        results = [json.loads((tmp / f"w{r}.json").read_text()) for r in range(workers)]
-        summary = json.loads((tmp / "run" / "server_summary.json").read_text())
-        run = read_run(tmp / "run") if read_run else None
+        _wait_for_the_end(server_proc, procs, other, warmup_s + seconds + 120)
+        results, summary, run = _read_results(tmp, workers, read_run)
     return {**summarize(results, summary), "server_cpu_s": server_cpu_s, "summary": summary, "run": run}
+
+
+def _write_config(
+    path: Path, workers: int, max_seconds: float, endpoint: str, compression: dict, server: dict, sections: dict | None
+) -> None:
+    """The run's config: the server at `endpoint` runs for max_seconds, however many updates that is; `sections`:
+    more config sections."""
+    cfg = {
+        "name": "bench",
+        "workers": workers,
+        "compression": compression,
+        "server": {"endpoint": endpoint, "stop_grace_s": 1.0, "join_timeout_s": 60, **server},
+        "run": {"max_updates": 10**9, "max_seconds": max_seconds, "eval_every_s": 1e6},
+        **(sections or {}),
+    }
+    path.write_text(yaml.safe_dump(cfg))
+
+
+def _start_server(tmp: Path, keys: list[str]) -> tuple[subprocess.Popen, str]:
+    """python -m ps on tmp/c.yaml, and the endpoint it bound (its first line of output)."""
+    ps = [sys.executable, "-m", "ps", "--config", str(tmp / "c.yaml"), "--run-dir", str(tmp / "run"), *keys]
+    server_proc = subprocess.Popen(ps, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    return server_proc, server_proc.stdout.readline().split()[1]
+
+
+def _wait_for_the_end(
+    server_proc: subprocess.Popen, workers: list[subprocess.Popen], other: subprocess.Popen | None, timeout_s: float
+) -> None:
+    """The workers end by themselves; the process beside them is stopped then; the server ends its run."""
+    for p in workers:
+        p.wait(timeout=timeout_s)
+    if other is not None:
+        other.terminate()
+        other.wait(timeout=30)
+    server_proc.wait(timeout=60)
+
+
+def _start_worker(endpoint: str, rank: int, flags: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "bench.push_worker", "--server", endpoint, "--rank", str(rank), *flags]
+    return subprocess.Popen(cmd, cwd=ROOT)
+
+
+def _read_results(tmp: Path, workers: int, read_run: Callable[[Path], dict] | None) -> tuple[list, dict, dict | None]:
+    """The workers' results, the server's summary, and what `read_run` read from the run folder (None without)."""
+    results = [json.loads((tmp / f"w{r}.json").read_text()) for r in range(workers)]
+    summary = json.loads((tmp / "run" / "server_summary.json").read_text())
+    return results, summary, read_run(tmp / "run") if read_run else None
 
 
 def write_model(run_dir: Path, params: int) -> None:

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from launch.__main__ import format_summary
 from launch.node_store import NodeStore, StoreError
@@ -44,7 +45,7 @@ REPORT_WAIT_S = 60.0  # after the server ends: the workers' reports reach the st
 class HeadRun(AsyncRun):
     """The asynchronous run of python -m launch with its workers on other processes (other hosts)."""
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: Path, store: NodeStore, **kw):
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, store: NodeStore, **kw: Any):
         super().__init__(cfg, run_dir, **kw)
         self.store = store
 
@@ -71,7 +72,7 @@ def interface(cfg: ExperimentConfig, master_addr: str) -> str:
         return s.getsockname()[0]
 
 
-def head(args, env: dict[str, str], store: NodeStore) -> int:
+def head(args: argparse.Namespace, env: dict[str, str], store: NodeStore) -> int:
     cfg = load_experiment(args.config, args.overrides)
     host = interface(cfg, env["MASTER_ADDR"])
     bind = f"tcp://[{host}]:0" if ":" in host else f"tcp://{host}:0"
@@ -99,7 +100,7 @@ def head(args, env: dict[str, str], store: NodeStore) -> int:
     return 0
 
 
-def worker(args, env: dict[str, str], store: NodeStore) -> int:
+def worker(args: argparse.Namespace, env: dict[str, str], store: NodeStore) -> int:
     rank = int(env["RANK"]) - 1
     own = load_experiment(args.config, args.overrides)  # validated here too: a bad file fails on every host
     if args.run_dir:

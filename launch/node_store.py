@@ -48,7 +48,7 @@ class NodeStore:
         return cls(dist.PrefixStore(prefix, tcp))
 
     def publish_key(self, rank: int, public: bytes) -> None:
-        self.store.set(f"key/{rank}", public)
+        self.store.set(f"key/{rank}", public.decode("ascii"))  # z85 is ASCII: the store holds the same bytes
 
     def public_keys(self, workers: int, timeout_s: float) -> dict[int, bytes]:
         names = [f"key/{r}" for r in range(workers)]

@@ -31,6 +31,7 @@ from protocol.runfolder.records import RunSummary
 __all__ = ["RunFailed", "run_experiment", "worker_process"]  # RunFailed lives with the outcomes; callers use it here
 
 START_TIMEOUT_S = 60.0  # server import + bind
+SERVER_DECIDED = (2, 3)  # python -m ps exit codes that a restart would repeat (ps/__main__.py)
 
 
 class AsyncRun(Run):
@@ -81,7 +82,10 @@ class AsyncRun(Run):
         return self.sup.children["server"].returncode == 0
 
     def _restartable(self, name: str) -> bool:
-        return True  # the server resumes from its checkpoint, workers and the evaluator join again
+        """The server resumes from its checkpoint, workers and the evaluator join again; but a server that
+        ended the run on purpose (exit 3: too few workers left, ...) or cannot start (exit 2: its config or
+        checkpoint) would only do the same again."""
+        return name != "server" or self.sup.children[name].returncode not in SERVER_DECIDED
 
     def _restart_args(self, name: str, args: list[str]) -> list[str]:
         if name != "server":

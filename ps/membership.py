@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from protocol.config.schema import ExperimentConfig
 from protocol.errors import ProtocolError
@@ -20,6 +19,7 @@ from protocol.wire.layout import Layout
 from protocol.wire.messages import Heartbeat, Hello, Stop, Welcome
 from ps.model import ServedModel
 from ps.outbox import Outbox
+from ps.replies import Outcome
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Member:
     last_seq: int = -1
     pushes: int = 0
     applied: int = 0
-    last_outcome: Any = None  # the answer to its last push, to answer a resend of it again
+    last_outcome: Outcome | None = None  # the answer to its last push, to answer a resend of it again
     user: str = ""  # on a CURVE server, the name of the key its connection authenticated with (worker-<rank>)
 
     def report(self) -> dict[str, object]:

@@ -54,7 +54,9 @@ class Outbox:
         self.dropped = 0  # messages a full queue could not take, or skipped for want of a send buffer
         self._in_flight: dict[bytes, list[zmq.MessageTracker]] = {}  # per peer: snapshots ZeroMQ still holds
 
-    def send(self, identity: bytes | None, msg: Message, track: bool = False, copy: bool = False):
+    def send(
+        self, identity: bytes | None, msg: Message, track: bool = False, copy: bool = False
+    ) -> zmq.MessageTracker | None:
         """Send now or never; returns the tracker of a tracked send that went out, else None."""
         if identity is None:
             return None

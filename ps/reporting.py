@@ -43,7 +43,9 @@ class Reporter:
         self.counters.add(r)
         self.log.write(r)
 
-    def record_push(self, push: Push, nbytes: int, tau: int, reason: str, lr: float, version: int, wall_s: float):
+    def record_push(
+        self, push: Push, nbytes: int, tau: int, reason: str, lr: float, version: int, wall_s: float
+    ) -> None:
         """One push as handled (reason "ok": applied at lr); version is the server's after handling it."""
         applied = reason == "ok"
         self.record(

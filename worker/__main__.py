@@ -40,27 +40,12 @@ def parse_ranks(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m worker", description=__doc__.split("\n\n")[0])
-    which = ap.add_mutually_exclusive_group(required=True)
-    which.add_argument("--rank", type=int, help="the one rank this process runs")
-    which.add_argument("--ranks", help="A-B: run ranks A..B (inclusive), one thread each")
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--server", required=True, help="server endpoint, e.g. tcp://127.0.0.1:5555")
-    ap.add_argument("--run-dir", type=Path, help="where to write worker-<rank>.json")
-    ap.add_argument("--run-id", default="")
-    ap.add_argument("--keys", type=Path, help="CURVE key folder (default: server.keys, else RUN_DIR/keys)")
-    args = ap.parse_args(argv)
+    args = _parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(threadName)s %(levelname)s %(message)s"
     )
     try:
-        ranks = [args.rank] if args.ranks is None else parse_ranks(args.ranks)
-        cfg = load_experiment(args.config)
-        bad = [r for r in ranks if not 0 <= r < cfg.workers]
-        if bad:
-            raise ConfigError(
-                "--rank" if args.ranks is None else "--ranks", f"{bad[0]} is outside 0..{cfg.workers - 1}"
-            )
+        cfg, ranks = _config_and_ranks(args)
         keys = load_keys(cfg, ranks, args.keys, args.run_dir)
     except (ConfigError, OSError, ValueError) as err:  # KeyFileError is a ValueError naming the file
         print(f"error: {err}", file=sys.stderr)
@@ -82,6 +67,29 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(code)
     host.close()
     return code
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m worker", description=__doc__.split("\n\n")[0])
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--rank", type=int, help="the one rank this process runs")
+    which.add_argument("--ranks", help="A-B: run ranks A..B (inclusive), one thread each")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--server", required=True, help="server endpoint, e.g. tcp://127.0.0.1:5555")
+    ap.add_argument("--run-dir", type=Path, help="where to write worker-<rank>.json")
+    ap.add_argument("--run-id", default="")
+    ap.add_argument("--keys", type=Path, help="CURVE key folder (default: server.keys, else RUN_DIR/keys)")
+    return ap.parse_args(argv)
+
+
+def _config_and_ranks(args: argparse.Namespace) -> tuple[ExperimentConfig, list[int]]:
+    """The config and the ranks this process runs; ConfigError for a rank outside the run."""
+    ranks = [args.rank] if args.ranks is None else parse_ranks(args.ranks)
+    cfg = load_experiment(args.config)
+    bad = [r for r in ranks if not 0 <= r < cfg.workers]
+    if bad:
+        raise ConfigError("--rank" if args.ranks is None else "--ranks", f"{bad[0]} is outside 0..{cfg.workers - 1}")
+    return cfg, ranks
 
 
 def load_keys(

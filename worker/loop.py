@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -25,14 +26,15 @@ from protocol.runfolder.records import WorkerReport
 from protocol.wire import codec
 from protocol.wire.channel import Channel
 from protocol.wire.curve import WorkerKeys
-from protocol.wire.encoding import is_finite
+from protocol.wire.encoding import Payload, is_finite
 from protocol.wire.faults import injector
 from protocol.wire.messages import Hello, Message, Push, Reject, Reply, Stop, Welcome
 from worker.compressors import make_compressor
-from worker.ef import make_uplink
+from worker.ef import Uplink, make_uplink
 from worker.link import LinkError, ServerLink
 from worker.step import Stepper
 from worker.tasks import Task, rank_seed
+from worker.tasks.flat import FlatModel
 
 log = logging.getLogger("worker")
 MAX_CONSECUTIVE_REJECTS = 20
@@ -43,7 +45,7 @@ CLIPPED_WARN_AFTER = 100  # pushes in a row with values clipped to the wire dtyp
 COMPRESSOR_STREAM = 1  # the compressor's random stream is independent of the sampling stream
 
 
-def rank_uplink(cfg: ExperimentConfig, rank: int, net):
+def rank_uplink(cfg: ExperimentConfig, rank: int, net: FlatModel) -> Uplink:
     """This rank's error-feedback uplink (and compressor, with its own random stream) for the model `net`.
 
     The synchronous baseline (sync/loop.py) builds its uplinks here too, so both modes compress alike.
@@ -92,8 +94,8 @@ class WorkerLoop:
         channel: Channel,
         task: Task | None = None,
         run_id: str = "",
-        clock=time.monotonic,
-        sleep=time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
         cancel: threading.Event | None = None,
     ):
         self.cfg, self.rank, self.chan = cfg, rank, channel
@@ -205,10 +207,10 @@ class WorkerLoop:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled(f"rank {self.rank} was asked to stop")
 
-    def _meta(self, payload, kind: str) -> dict:
+    def _meta(self, payload: Payload, kind: str) -> dict:
         """Encoding metadata, plus now and then ||g_i||^2 so the server can check its mirror of g_i."""
         meta = dict(payload.meta)
-        g = getattr(self.uplink, "g", None)
+        g = self.uplink.mirror()
         if g is not None and kind == "delta" and self.seq % self.cfg.compression.resync_every == 0:
             meta["g_sq"] = float(g.double().square().sum())
         return meta

@@ -126,7 +126,9 @@ class TaskConfig:
         require(self.batch_size >= 0, "batch_size", "must be >= 0 (0 = full local data)")
         require(all(1 <= h <= MAX_ELEMENTS for h in self.hidden), "hidden", "widths must be in [1, 2^28]")
         require(
-            all(1 <= c <= MAX_ELEMENTS for c in self.channels) and self.channels, "channels", "must be in [1, 2^28]"
+            all(1 <= c <= MAX_ELEMENTS for c in self.channels) and bool(self.channels),
+            "channels",
+            "must be in [1, 2^28]",
         )
         require(0 < self.test_fraction < 1, "test_fraction", "must be in (0, 1)")
         require(0 <= self.reg_lambda <= FLOAT32_MAX, "reg_lambda", "must be in [0, 3.4e38] (float32)")
@@ -364,6 +366,23 @@ class ServerConfig:
     status_every_s: float = 0.5  # how often the server publishes its counters (status.json)
 
     def check(self) -> None:
+        self._check_endpoint()
+        require(self.interface == "" or _is_address(self.interface), "interface",
+                f"must be an IP address of this host (e.g. 10.0.0.5), got {self.interface!r}")  # fmt: skip
+        require(1 <= self.threads <= MAX_THREADS, "threads", "must be in [1, 1024]")
+        require(1 << 10 <= self.chunk_bytes <= 1 << 30, "chunk_bytes", "must be in [1 KiB, 1 GiB]")
+        require(self.max_message_bytes >= 1 << 16, "max_message_bytes", "must be >= 64 KiB")
+        require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be > 0 (or null)")
+        self._check_budgets()
+        require(
+            self.chunk_bytes <= self.max_message_bytes,
+            "chunk_bytes",
+            "must be <= server.max_message_bytes: ZeroMQ drops a frame larger than its MAXMSGSIZE together "
+            "with the connection, and the peer waits out its timeout",
+        )
+        self._check_waits()
+
+    def _check_endpoint(self) -> None:
         tcp = re.fullmatch(r"tcp://(?:\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):(\d+|\*)", self.endpoint)  # host or [IPv6]
         require(
             tcp is not None or re.fullmatch(r"ipc://.+", self.endpoint) is not None,
@@ -377,22 +396,14 @@ class ServerConfig:
             "an ipc path must be at most 107 bytes (a Unix socket address holds no more)",
         )
         self.check_exposure(self.endpoint)
-        require(self.interface == "" or _is_address(self.interface), "interface",
-                f"must be an IP address of this host (e.g. 10.0.0.5), got {self.interface!r}")  # fmt: skip
-        require(1 <= self.threads <= MAX_THREADS, "threads", "must be in [1, 1024]")
-        require(1 << 10 <= self.chunk_bytes <= 1 << 30, "chunk_bytes", "must be in [1 KiB, 1 GiB]")
-        require(self.max_message_bytes >= 1 << 16, "max_message_bytes", "must be >= 64 KiB")
-        require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be > 0 (or null)")
+
+    def _check_budgets(self) -> None:
         for key in ("peer_messages_per_s", "stranger_messages_per_s"):
             require(1 <= getattr(self, key) <= 1e9, key, "must be in [1, 1e9]")
         require(self.peer_bytes_per_s == 0 or 1 << 16 <= self.peer_bytes_per_s <= 1e15, "peer_bytes_per_s",
                 "must be 0 (no limit) or in [65536, 1e15]")  # fmt: skip
-        require(
-            self.chunk_bytes <= self.max_message_bytes,
-            "chunk_bytes",
-            "must be <= server.max_message_bytes: ZeroMQ drops a frame larger than its MAXMSGSIZE together "
-            "with the connection, and the peer waits out its timeout",
-        )
+
+    def _check_waits(self) -> None:
         require(
             self.send_timeout_s >= 0.001,
             "send_timeout_s",
@@ -602,7 +613,7 @@ def _is_setting(cls: type, dotted: str) -> bool:
     if head not in fields:
         return False
     hint = typing.get_type_hints(cls)[head]
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return rest != "" and _is_setting(hint, rest)
     return rest == ""
 

@@ -112,27 +112,32 @@ class Channel:
         self.curve = curve is not None
         if curve is not None:
             self._secure(curve)
-        # ZeroMQ holds a whole multipart message before handing over its first frame, bounding only each
-        # frame (MAXMSGSIZE; a larger one drops the connection before it is buffered). Every legal frame is a
-        # header or a chunk of at most chunk_bytes, so that is the bound; the message's total is checked on
-        # its header before any tensor byte is read.
-        self.sock.setsockopt(zmq.MAXMSGSIZE, frame_limit(chunk_bytes, max_message_bytes))
-        self.sock.setsockopt(zmq.SNDHWM, send_hwm)
-        # Whole messages ZeroMQ queues from one peer before it stops reading that peer's connection.
-        self.sock.setsockopt(zmq.RCVHWM, recv_hwm)
-        if kind == "router":  # a connection that says nothing holds a file descriptor: not for long
-            self.sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
-        # A ROUTER (the server's one loop) never waits on a peer: a send that its queue cannot take now fails
-        # at once (PeerBusy). A DEALER (a worker, one peer) waits up to send_timeout_s.
-        self.sock.setsockopt(zmq.SNDTIMEO, 0 if kind == "router" else int(send_timeout_s * 1000))
-        if kind == "router":
-            self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._limit(send_timeout_s, send_hwm, recv_hwm)
         self._header_buf = bytearray(codec.MAX_HEADER_BYTES + 1)
         self._header_len = 0
         self.faults = faults if faults is not None and faults.active else None  # deliberate message faults
         self.endpoint: str | None = None
         self.bytes_sent = 0  # header + tensor frames, identity frames excluded
         self.bytes_received = 0
+
+    def _limit(self, send_timeout_s: float, send_hwm: int, recv_hwm: int) -> None:
+        """The socket's bounds: frame size, queues, handshake time, and how long a send may wait."""
+        # ZeroMQ holds a whole multipart message before handing over its first frame, bounding only each
+        # frame (MAXMSGSIZE; a larger one drops the connection before it is buffered). Every legal frame is a
+        # header or a chunk of at most chunk_bytes, so that is the bound; the message's total is checked on
+        # its header before any tensor byte is read.
+        self.sock.setsockopt(zmq.MAXMSGSIZE, frame_limit(self.chunk_bytes, self.max_message_bytes))
+        self.sock.setsockopt(zmq.SNDHWM, send_hwm)
+        # Whole messages ZeroMQ queues from one peer before it stops reading that peer's connection.
+        self.sock.setsockopt(zmq.RCVHWM, recv_hwm)
+        router = self.kind == "router"
+        if router:  # a connection that says nothing holds a file descriptor: not for long
+            self.sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+        # A ROUTER (the server's one loop) never waits on a peer: a send that its queue cannot take now fails
+        # at once (PeerBusy). A DEALER (a worker, one peer) waits up to send_timeout_s.
+        self.sock.setsockopt(zmq.SNDTIMEO, 0 if router else int(send_timeout_s * 1000))
+        if router:
+            self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
 
     # -- connection ------------------------------------------------------------------------------
     def _secure(self, keys: ServerKeys | WorkerKeys) -> None:
@@ -307,12 +312,12 @@ class Channel:
             return self.sock.recv(), ""
         frame = self.sock.recv(copy=False)
         try:
-            user = frame.get("User-Id")
+            user = str(frame.get("User-Id"))  # a string property (get's type also covers the int ones)
         except zmq.ZMQError:  # a connection whose key has no name
             user = ""
         return frame.bytes, user
 
-    def _recv_header(self):
+    def _recv_header(self) -> tuple[type[Message], dict, list[codec.TensorSpec]]:
         n = self.sock.recv_into(self._header_buf)
         self._header_len = n
         if n > codec.MAX_HEADER_BYTES:

@@ -121,7 +121,8 @@ def read_public(folder: Path, name: str) -> bytes:
 def server_keys(folder: Path, workers: int) -> ServerKeys:
     """The server's pair and the public keys of worker-0 .. worker-(workers-1); KeyFileError names a bad file."""
     _check_folder(folder)
-    pair, allow = read_secret(folder, SERVER), {}
+    pair = read_secret(folder, SERVER)
+    allow: dict[bytes, str] = {}
     for r in range(workers):
         public = read_public(folder, worker_name(r))
         other = allow.get(public, SERVER if public == pair.public else None)
