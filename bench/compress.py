@@ -170,8 +170,16 @@ def _write(args, copy_ms: float, sel: list[dict], rows: list[dict]) -> None:
         "",
         f"Measured {when} with `{command.strip()}` on {args.device}, {args.threads} torch thread(s), best of "
         f"{args.repeats} calls after a warm-up (shared 2-core machine). Inputs are Gaussian.",
+        *_selection_section(args.select_d, sel),
+        *_compressor_section(args.d, copy_ms, rows),
+    ]
+    (args.out / "compress.md").write_text("\n".join(lines) + "\n")
+
+
+def _selection_section(d: int, sel: list[dict]) -> list[str]:
+    lines = [
         "",
-        f"## Top-K 1% at {args.select_d} floats",
+        f"## Top-K 1% at {d} floats",
         "",
         "select = index selection on a precomputed |x|; compress = the compressor call (|x| into a reused "
         "buffer, selection, gather, encode). exact-full runs torch.topk over the whole vector; exact gives "
@@ -187,11 +195,15 @@ def _write(args, copy_ms: float, sel: list[dict], rows: list[dict]) -> None:
             f"| {r['selection']} | {r['k']} | {r['select_ms']:.1f} | {comp} | {r['kept_min']}..{r['kept_max']}"
             f" | {r['kept_min'] / r['d']:.4%}..{r['kept_max'] / r['d']:.4%} |"
         )
-    lines += [
+    return lines
+
+
+def _compressor_section(d: int, copy_ms: float, rows: list[dict]) -> list[str]:
+    lines = [
         "",
-        f"## Every compressor at {args.d} floats; one copy of the vector took {copy_ms:.2f} ms in this run",
+        f"## Every compressor at {d} floats; one copy of the vector took {copy_ms:.2f} ms in this run",
         "",
-        f"That copy ran at {8 * args.d / copy_ms / 1e6:.0f} GB/s (read + write, best of 20, so the vector was warm "
+        f"That copy ran at {8 * d / copy_ms / 1e6:.0f} GB/s (read + write, best of 20, so the vector was warm "
         "in cache); x copy = compress ms / copy ms.",
         "",
         "| compressor | compress ms | x copy | decode ms | payload bytes | dense float32 / bytes |",
@@ -207,7 +219,7 @@ def _write(args, copy_ms: float, sel: list[dict], rows: list[dict]) -> None:
         "Sparse payloads use `indices: auto` (delta16 here: gaps are ~100). decode = "
         "protocol.wire.encoding.decode_into into a preallocated float32 buffer (the server side).",
     ]
-    (args.out / "compress.md").write_text("\n".join(lines) + "\n")
+    return lines
 
 
 if __name__ == "__main__":

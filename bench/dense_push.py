@@ -32,6 +32,33 @@ def run_taups(params: int, workers: int, warmup_s: float, seconds: float, endpoi
 
 
 def main() -> int:
+    args = _parse_args()
+    copy_gbs = copy_bandwidth_gbs()
+    print(f"copy bandwidth (1 thread, read+write): {copy_gbs:.1f} GB/s", flush=True)
+    rows = []
+    for params in args.params:
+        step = amsgrad_step_s(params)
+        wire = zmq_round_trip_s(4 * params)
+        print(
+            f"{params:>8} params: bare ZeroMQ round trip of the gradient and the parameters {1e3 * wire:.2f} ms, "
+            f"isolated AMSGrad step {1e3 * step:.2f} ms",
+            flush=True,
+        )
+        for workers in args.workers:
+            rows.append(_measure(args, params, workers, step, wire))
+            print(_line(rows[-1], copy_gbs), flush=True)
+    _write(args.out, rows, copy_gbs, args)
+    for r in rows:
+        for transport, ratio in r["ratio"].items() if r["target_ratio"] else ():
+            if (ratio or 0) < r["target_ratio"]:
+                print(
+                    f"BELOW TARGET against rpc/{transport}: {r['params']} params, {r['workers']} workers: "
+                    f"{ratio:.2f}x < {r['target_ratio']}x"
+                )
+    return 0
+
+
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", type=int, nargs="+", default=[262144, 4194304])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -47,57 +74,35 @@ def main() -> int:
         help="auto: TensorPipe's choice (shared memory on one host); tcp: the loopback socket only",
     )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    args = ap.parse_args()
-    copy_gbs = copy_bandwidth_gbs()
-    print(f"copy bandwidth (1 thread, read+write): {copy_gbs:.1f} GB/s", flush=True)
-    rows = []
-    for params in args.params:
-        step = amsgrad_step_s(params)
-        wire = zmq_round_trip_s(4 * params)
-        print(
-            f"{params:>8} params: bare ZeroMQ round trip of the gradient and the parameters {1e3 * wire:.2f} ms, "
-            f"isolated AMSGrad step {1e3 * step:.2f} ms",
-            flush=True,
-        )
-        apply_gbs = AMSGRAD_BYTES_PER_PARAM * params / step / 1e9
-        for workers in args.workers:
-            trials_t, trials_r = [], {t: [] for t in args.rpc_transports}
-            for _ in range(args.repeats):  # interleaved, so drifts in machine load hit both alike
-                trials_t.append(run_taups(params, workers, args.warmup_s, args.seconds, args.endpoint))
-                for transport in args.rpc_transports:
-                    trials_r[transport].append(
-                        rpc_baseline.measure(params, workers, args.warmup_s, args.seconds, transport)
-                    )
-            t = sorted(trials_t, key=lambda x: x["updates_per_s"])[len(trials_t) // 2]
-            rpc = {k: statistics.median(v) for k, v in trials_r.items()}
-            row = {
-                "params": params,
-                "workers": workers,
-                "taups_updates_per_s": t["updates_per_s"],
-                "rpc_updates_per_s": rpc,
-                "ratio": {k: t["updates_per_s"] / v if v else None for k, v in rpc.items()},
-                "taups_trials": [round(x["updates_per_s"], 1) for x in trials_t],
-                "rpc_trials": {k: [round(x, 1) for x in v] for k, v in trials_r.items()},
-                "target_ratio": TARGETS.get((params, workers)),
-                "server_per_update_ms": t["per_update_ms"],
-                "server_idle_fraction": t["server_idle_fraction"],
-                "worker_cpu_ms_per_push": t["worker_cpu_ms_per_push"],
-                "server_cpu_ms_per_update": 1e3 * t["server_cpu_s"] / max(1e-9, t["updates_per_s"] * args.seconds),
-                "isolated_step_ms": 1e3 * step,
-                "isolated_step_gbs": apply_gbs,
-                "wire_round_trip_ms": 1e3 * wire,
-            }
-            rows.append(row)
-            print(_line(row, copy_gbs), flush=True)
-    _write(args.out, rows, copy_gbs, args)
-    for r in rows:
-        for transport, ratio in r["ratio"].items() if r["target_ratio"] else ():
-            if (ratio or 0) < r["target_ratio"]:
-                print(
-                    f"BELOW TARGET against rpc/{transport}: {r['params']} params, {r['workers']} workers: "
-                    f"{ratio:.2f}x < {r['target_ratio']}x"
-                )
-    return 0
+    return ap.parse_args()
+
+
+def _measure(args: argparse.Namespace, params: int, workers: int, step: float, wire: float) -> dict:
+    """One table row: taups and rpc alternated args.repeats times, the median trial of each."""
+    trials_t, trials_r = [], {t: [] for t in args.rpc_transports}
+    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit both alike
+        trials_t.append(run_taups(params, workers, args.warmup_s, args.seconds, args.endpoint))
+        for transport in args.rpc_transports:
+            trials_r[transport].append(rpc_baseline.measure(params, workers, args.warmup_s, args.seconds, transport))
+    t = sorted(trials_t, key=lambda x: x["updates_per_s"])[len(trials_t) // 2]
+    rpc = {k: statistics.median(v) for k, v in trials_r.items()}
+    return {
+        "params": params,
+        "workers": workers,
+        "taups_updates_per_s": t["updates_per_s"],
+        "rpc_updates_per_s": rpc,
+        "ratio": {k: t["updates_per_s"] / v if v else None for k, v in rpc.items()},
+        "taups_trials": [round(x["updates_per_s"], 1) for x in trials_t],
+        "rpc_trials": {k: [round(x, 1) for x in v] for k, v in trials_r.items()},
+        "target_ratio": TARGETS.get((params, workers)),
+        "server_per_update_ms": t["per_update_ms"],
+        "server_idle_fraction": t["server_idle_fraction"],
+        "worker_cpu_ms_per_push": t["worker_cpu_ms_per_push"],
+        "server_cpu_ms_per_update": 1e3 * t["server_cpu_s"] / max(1e-9, t["updates_per_s"] * args.seconds),
+        "isolated_step_ms": 1e3 * step,
+        "isolated_step_gbs": AMSGRAD_BYTES_PER_PARAM * params / step / 1e9,
+        "wire_round_trip_ms": 1e3 * wire,
+    }
 
 
 def _line(r: dict, copy_gbs: float) -> str:
@@ -149,20 +154,28 @@ def _write(out: Path, rows: list[dict], copy_gbs: float, args) -> None:
         f"CPU ms/update (server + workers) | cores busy (of {os.cpu_count()}) | 1-worker floor |",
         "|---|---|---|" + "---|---|" * len(args.rpc_transports) + "---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        ms = r["server_per_update_ms"]
-        gbs = AMSGRAD_BYTES_PER_PARAM * r["params"] / (ms["apply"] / 1e3) / 1e9 if ms["apply"] else 0.0
-        rpc = " | ".join(f"{r['rpc_updates_per_s'][t]:.1f} | {r['ratio'][t]:.2f}x" for t in args.rpc_transports)
-        lines.append(
-            f"| {r['params']} | {r['workers']} | {r['taups_updates_per_s']:.1f} | {rpc} | "
-            f"{r['target_ratio'] or ''} | "
-            f"{ms['receive']:.2f} | {ms['apply']:.2f} | {gbs:.1f} ({gbs / copy_gbs:.0%}) | "
-            f"{ms['reply']:.2f} | {r['server_idle_fraction']:.0%} | {r['server_cpu_ms_per_update']:.2f} + "
-            f"{r['worker_cpu_ms_per_push']:.2f} | {_cores_busy(r):.2f} | {_of_floor(r)} |"
-        )
+    lines += [_table_row(r, args.rpc_transports, copy_gbs) for r in rows]
+    lines += ["", _notes(rows)]
+    (out / "dense_push.md").write_text("\n".join(lines) + "\n")
+
+
+def _table_row(r: dict, transports: list[str], copy_gbs: float) -> str:
+    ms = r["server_per_update_ms"]
+    gbs = AMSGRAD_BYTES_PER_PARAM * r["params"] / (ms["apply"] / 1e3) / 1e9 if ms["apply"] else 0.0
+    rpc = " | ".join(f"{r['rpc_updates_per_s'][t]:.1f} | {r['ratio'][t]:.2f}x" for t in transports)
+    return (
+        f"| {r['params']} | {r['workers']} | {r['taups_updates_per_s']:.1f} | {rpc} | "
+        f"{r['target_ratio'] or ''} | "
+        f"{ms['receive']:.2f} | {ms['apply']:.2f} | {gbs:.1f} ({gbs / copy_gbs:.0%}) | "
+        f"{ms['reply']:.2f} | {r['server_idle_fraction']:.0%} | {r['server_cpu_ms_per_update']:.2f} + "
+        f"{r['worker_cpu_ms_per_push']:.2f} | {_cores_busy(r):.2f} | {_of_floor(r)} |"
+    )
+
+
+def _notes(rows: list[dict]) -> str:
+    """What the columns mean, and the isolated step's time at each size."""
     isolated = {r["params"]: r["isolated_step_ms"] for r in rows}
-    lines += [
-        "",
+    return (
         "apply = validate + AMSGrad step inside the server loop (36 bytes moved per parameter); "
         "receive = reading the push off the socket into the preallocated buffer; reply = copying the "
         "parameters into ZeroMQ (<= 4 MiB) or a pooled snapshot sent zero-copy (larger), and the send. "
@@ -175,9 +188,8 @@ def _write(out: Path, rows: list[dict], copy_gbs: float, args) -> None:
         "a one-worker loop cannot be faster on this transport. "
         "An isolated fused step (no other process running) takes "
         + ", ".join(f"{ms:.2f} ms at {p}" for p, ms in isolated.items())
-        + ".",
-    ]
-    (out / "dense_push.md").write_text("\n".join(lines) + "\n")
+        + "."
+    )
 
 
 if __name__ == "__main__":

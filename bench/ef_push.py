@@ -127,6 +127,22 @@ def line(r: dict) -> str:
     )
 
 
+COLUMNS = " ".join(  # what the table's columns mean
+    [
+        "vs dense = median updates/s over median dense updates/s; paired = the median over repeats of each",
+        "trial's ratio to the dense trial of the same repeat. bytes/push = header + frames of a push inside",
+        "the measurement window (the first, dense EF21 reset of each worker is outside it); Top-K 1% in",
+        "float32 + int32 is 8 bytes per kept value, exactly 50x less payload than 4 bytes per coordinate, so",
+        "the ~200-byte message header puts it a hair under 50x. Server: receive = reading the push off the",
+        "socket; apply = validate + decode + (EF21: index_add into g_i and g) + AMSGrad step; reply = sending",
+        "the parameters. Worker: prepare = EF state update + compression + encoding; exchange = send, wait,",
+        "receive the parameters; commit = decoding the sent payload into g_i; worker CPU = the worker",
+        "process's CPU time per push (all its threads, ZeroMQ's I/O thread included). Server and worker times",
+        "are wall times: with 3 processes on 2 cores, each includes time spent descheduled.",
+    ]
+)
+
+
 def write(out: Path, rows: list[dict], pieces: dict, args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -152,48 +168,42 @@ def write(out: Path, rows: list[dict], pieces: dict, args) -> None:
         "| case | updates/s | vs dense | paired | bytes/push | x smaller | server receive ms | apply ms | reply ms | "
         "server idle | worker prepare ms | exchange ms | commit ms | worker CPU ms | trials upd/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        s, w = r["server_per_update_ms"], r["worker_per_push_ms"]
-        lines.append(
-            f"| {r['case']} | {r['updates_per_s']:.1f} | {r['speed_vs_dense']:.2f}x | "
-            f"{r['speed_vs_dense_paired']:.2f}x | {r['push_bytes']:.0f} | {r['bytes_vs_dense']:.2f}x | "
-            f"{s['receive']:.2f} | {s['apply']:.2f} | "
-            f"{s['reply']:.2f} | {r['server_idle_fraction']:.0%} | {w['prepare']:.2f} | "
-            f"{w['exchange']:.2f} | {w['commit']:.2f} | {r['worker_cpu_ms_per_push']:.2f} | "
-            f"{r['trials_updates_per_s']} |"
-        )
-    lines += [
+        *(_table_row(r) for r in rows),
         "",
-        " ".join(
-            [
-                "vs dense = median updates/s over median dense updates/s; paired = the median over repeats of each",
-                "trial's ratio to the dense trial of the same repeat. bytes/push = header + frames of a push inside",
-                "the measurement window (the first, dense EF21 reset of each worker is outside it); Top-K 1% in",
-                "float32 + int32 is 8 bytes per kept value, exactly 50x less payload than 4 bytes per coordinate, so",
-                "the ~200-byte message header puts it a hair under 50x. Server: receive = reading the push off the",
-                "socket; apply = validate + decode + (EF21: index_add into g_i and g) + AMSGrad step; reply = sending",
-                "the parameters. Worker: prepare = EF state update + compression + encoding; exchange = send, wait,",
-                "receive the parameters; commit = decoding the sent payload into g_i; worker CPU = the worker",
-                "process's CPU time per push (all its threads, ZeroMQ's I/O thread included). Server and worker times",
-                "are wall times: with 3 processes on 2 cores, each includes time spent descheduled.",
-            ]
-        ),
+        COLUMNS,
+        *_profile_section(args.params, pieces),
+        "",
+        HISTORY,
     ]
-    lines += [
+    (out / "ef_push.md").write_text("\n".join(lines) + "\n")
+
+
+def _table_row(r: dict) -> str:
+    s, w = r["server_per_update_ms"], r["worker_per_push_ms"]
+    return (
+        f"| {r['case']} | {r['updates_per_s']:.1f} | {r['speed_vs_dense']:.2f}x | "
+        f"{r['speed_vs_dense_paired']:.2f}x | {r['push_bytes']:.0f} | {r['bytes_vs_dense']:.2f}x | "
+        f"{s['receive']:.2f} | {s['apply']:.2f} | "
+        f"{s['reply']:.2f} | {r['server_idle_fraction']:.0%} | {w['prepare']:.2f} | "
+        f"{w['exchange']:.2f} | {w['commit']:.2f} | {r['worker_cpu_ms_per_push']:.2f} | "
+        f"{r['trials_updates_per_s']} |"
+    )
+
+
+def _profile_section(params: int, pieces: dict) -> list[str]:
+    """Where an EF21 push's time goes (bench.ef_profile's pieces)."""
+    return [
         "",
         "## Where an EF21 push's time goes",
         "",
-        f"`python -m bench.ef_profile --params {args.params}` in the same run: one thread, one process, "
+        f"`python -m bench.ef_profile --params {params}` in the same run: one thread, one process, "
         "median of 10 calls with an AMSGrad step over the same size between calls (caches as cold as in the "
         "server), float32 + int32.",
         "",
         "| piece | ms |",
         "|---|---|",
+        *(f"| {name} | {ms:.2f} |" for name, ms in pieces.items()),
     ]
-    lines += [f"| {name} | {ms:.2f} |" for name, ms in pieces.items()]
-    lines += ["", HISTORY]
-    (out / "ef_push.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,68 +10,114 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import torch
 import yaml
+
+from protocol.runfolder.model_init import FILE, ModelInit, write_model_init
+from protocol.wire.curve import create_keys
+from protocol.wire.layout import Layout
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_push_server(
-    params: int, workers: int, warmup_s: float, seconds: float, endpoint: str, compression: dict | None = None
+    params: int,
+    workers: int,
+    warmup_s: float,
+    seconds: float,
+    endpoint: str,
+    compression: dict | None = None,
+    auth: str = "none",
+    server: dict | None = None,
+    beside: Callable[[str, Path], subprocess.Popen] | None = None,
+    extra_ranks: int = 0,
+    sections: dict | None = None,
+    read_run: Callable[[Path], dict] | None = None,
 ) -> dict:
-    """`compression`: the config's compression section (server and workers use the same); None = dense."""
+    """`compression`: the config's compression section (server and workers use the same); None = dense.
+    `auth`: server.auth ("curve": keys made for the run, every worker connects with its own). `server`: more
+    server settings. `beside(endpoint, folder)`: another process started with the workers (a flooder, say),
+    stopped when they end; `extra_ranks` more ranks in the run (and keys) for it to join as. `sections`: more
+    config sections (checkpoint, say). `read_run(run_dir)`: reads the server's run folder once the server
+    ended, before the temporary folder goes; its result is returned as "run"."""
     compression = compression or {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cfg = {
-            "name": "bench",
-            "workers": workers,
-            "compression": compression,
-            "server": {"endpoint": endpoint, "stop_grace_s": 1.0, "join_timeout_s": 60},
-            "run": {"max_updates": 10**9, "max_seconds": warmup_s + seconds + 1.0, "eval_every_s": 1e6},
-        }
-        (tmp / "c.yaml").write_text(yaml.safe_dump(cfg))
-        server = subprocess.Popen(
-            [sys.executable, "-m", "ps", "--config", str(tmp / "c.yaml"), "--run-dir", str(tmp / "run")],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
+        server_cfg = {"auth": auth, **(server or {})}
+        _write_config(
+            tmp / "c.yaml", workers + extra_ranks, warmup_s + seconds + 1.0, endpoint, compression, server_cfg, sections
         )
-        ep = server.stdout.readline().split()[1]
-        flags = [f"--{key}={value}" for key, value in compression.items()]
-        procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.push_worker",
-                    "--server",
-                    ep,
-                    "--rank",
-                    str(r),
-                    "--params",
-                    str(params),
-                    "--warmup-s",
-                    str(warmup_s),
-                    "--seconds",
-                    str(seconds),
-                    "--out",
-                    str(tmp / f"w{r}.json"),
-                    *flags,
-                ],
-                cwd=ROOT,
-            )
-            for r in range(workers)
-        ]
-        server_cpu_s = _cpu_in_window(server.pid, warmup_s, seconds)
-        for p in procs:
-            p.wait(timeout=warmup_s + seconds + 120)
-        server.wait(timeout=60)
-        results = [json.loads((tmp / f"w{r}.json").read_text()) for r in range(workers)]
-        summary = json.loads((tmp / "run" / "server_summary.json").read_text())
-    return {**summarize(results, summary), "server_cpu_s": server_cpu_s}
+        write_model(tmp / "run", params)
+        keys = ["--keys", str(tmp / "keys")] if auth == "curve" else []
+        if keys:
+            create_keys(tmp / "keys", workers + extra_ranks)
+        server_proc, ep = _start_server(tmp, keys)
+        flags = [f"--{key}={value}" for key, value in compression.items()] + keys
+        window = ["--params", str(params), "--warmup-s", str(warmup_s), "--seconds", str(seconds)]
+        procs = [_start_worker(ep, r, [*window, "--out", str(tmp / f"w{r}.json"), *flags]) for r in range(workers)]
+        other = beside(ep, tmp) if beside else None
+        server_cpu_s = _cpu_in_window(server_proc.pid, warmup_s, seconds)
+        _wait_for_the_end(server_proc, procs, other, warmup_s + seconds + 120)
+        results, summary, run = _read_results(tmp, workers, read_run)
+    return {**summarize(results, summary), "server_cpu_s": server_cpu_s, "summary": summary, "run": run}
+
+
+def _write_config(
+    path: Path, workers: int, max_seconds: float, endpoint: str, compression: dict, server: dict, sections: dict | None
+) -> None:
+    """The run's config: the server at `endpoint` runs for max_seconds, however many updates that is; `sections`:
+    more config sections."""
+    cfg = {
+        "name": "bench",
+        "workers": workers,
+        "compression": compression,
+        "server": {"endpoint": endpoint, "stop_grace_s": 1.0, "join_timeout_s": 60, **server},
+        "run": {"max_updates": 10**9, "max_seconds": max_seconds, "eval_every_s": 1e6},
+        **(sections or {}),
+    }
+    path.write_text(yaml.safe_dump(cfg))
+
+
+def _start_server(tmp: Path, keys: list[str]) -> tuple[subprocess.Popen, str]:
+    """python -m ps on tmp/c.yaml, and the endpoint it bound (its first line of output)."""
+    ps = [sys.executable, "-m", "ps", "--config", str(tmp / "c.yaml"), "--run-dir", str(tmp / "run"), *keys]
+    server_proc = subprocess.Popen(ps, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    return server_proc, server_proc.stdout.readline().split()[1]
+
+
+def _wait_for_the_end(
+    server_proc: subprocess.Popen, workers: list[subprocess.Popen], other: subprocess.Popen | None, timeout_s: float
+) -> None:
+    """The workers end by themselves; the process beside them is stopped then; the server ends its run."""
+    for p in workers:
+        p.wait(timeout=timeout_s)
+    if other is not None:
+        other.terminate()
+        other.wait(timeout=30)
+    server_proc.wait(timeout=60)
+
+
+def _start_worker(endpoint: str, rank: int, flags: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "bench.push_worker", "--server", endpoint, "--rank", str(rank), *flags]
+    return subprocess.Popen(cmd, cwd=ROOT)
+
+
+def _read_results(tmp: Path, workers: int, read_run: Callable[[Path], dict] | None) -> tuple[list, dict, dict | None]:
+    """The workers' results, the server's summary, and what `read_run` read from the run folder (None without)."""
+    results = [json.loads((tmp / f"w{r}.json").read_text()) for r in range(workers)]
+    summary = json.loads((tmp / "run" / "server_summary.json").read_text())
+    return results, summary, read_run(tmp / "run") if read_run else None
+
+
+def write_model(run_dir: Path, params: int) -> None:
+    """The served model the bench workers push to: one flat float32 parameter `w` of `params` zeros."""
+    empty = Layout.from_shapes([])
+    init = ModelInit(Layout.from_shapes([("w", (params,))]), torch.zeros(params), empty, torch.zeros(0), "bench")
+    write_model_init(run_dir / FILE, init)
 
 
 def _cpu_in_window(pid: int, warmup_s: float, seconds: float) -> float:

@@ -14,11 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from protocol.config.schema import CompressionConfig
 from protocol.wire.channel import Channel
+from protocol.wire.curve import worker_keys
+from protocol.wire.encoding import Payload
 from protocol.wire.layout import Layout
 from protocol.wire.messages import Hello, Push, Reply, Stop, Welcome
 from worker.compressors import make_compressor
@@ -50,15 +54,7 @@ def compression_config(args) -> CompressionConfig:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--server", required=True)
-    ap.add_argument("--rank", type=int, required=True)
-    ap.add_argument("--params", type=int, required=True)
-    ap.add_argument("--warmup-s", type=float, default=2.0)
-    ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--out", required=True)
-    compression_args(ap)
-    args = ap.parse_args()
+    args = _parse_args()
     torch.set_num_threads(1)
     comp = compression_config(args)
     layout = Layout.from_shapes([("w", (args.params,))])
@@ -67,29 +63,40 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.rank)
     grads = [torch.randn(args.params, generator=gen) * 1e-3 for _ in range(GRADIENTS)]
     params = torch.zeros(args.params)
-    chan = Channel("dealer")
+    keys = worker_keys(Path(args.keys), args.rank) if args.keys else None
+    chan = Channel("dealer", curve=keys)
     chan.connect(args.server)
     alloc = lambda cls, spec: params  # every reply lands in the same buffer
-    chan.send(
-        Hello(
-            rank=args.rank,
-            pid=0,
-            host="bench",
-            device="cpu",
-            run_id="bench",
-            uplink=uplink.uplink,
-            signature=layout.signature(),
-            init=params,
-        )
-    )
-    while True:
-        _, msg, _ = chan.recv(120, alloc=alloc)
-        if isinstance(msg, Welcome):
-            break
-    result = push_loop(chan, uplink, grads, args, msg.next_seq, msg.version, alloc)
+    welcome = _join(chan, args.rank, uplink.uplink, layout, alloc)
+    result = push_loop(chan, uplink, grads, args, welcome.next_seq, welcome.version, alloc)
     chan.close()
     with open(args.out, "w") as f:
         json.dump({"rank": args.rank, **result}, f)
+
+
+def _parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--server", required=True)
+    ap.add_argument("--rank", type=int, required=True)
+    ap.add_argument("--params", type=int, required=True)
+    ap.add_argument("--warmup-s", type=float, default=2.0)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--keys", default="", help="CURVE key folder (the server runs with server.auth: curve)")
+    compression_args(ap)
+    return ap.parse_args()
+
+
+def _join(chan: Channel, rank: int, uplink: str, layout: Layout, alloc: Callable) -> Welcome:
+    """Hello, then wait for the Welcome (heartbeats before it are passed over)."""
+    hello = Hello(
+        rank=rank, pid=0, host="bench", device="cpu", run_id="bench", uplink=uplink, signature=layout.signature()
+    )
+    chan.send(hello)
+    while True:
+        msg = chan.recv(120, alloc=alloc).msg
+        if isinstance(msg, Welcome):
+            return msg
 
 
 def push_loop(chan: Channel, uplink, grads: list, args, seq: int, version: int, alloc) -> dict:
@@ -103,23 +110,8 @@ def push_loop(chan: Channel, uplink, grads: list, args, seq: int, version: int, 
         t0 = time.perf_counter()
         kind, p = uplink.prepare(grads[seq % len(grads)])
         t1 = time.perf_counter()
-        sent = chan.send(
-            Push(
-                rank=args.rank,
-                seq=seq,
-                base_version=version,
-                kind=kind,
-                encoding=p.encoding,
-                numel=args.params,
-                loss=0.0,
-                samples=1,
-                meta=p.meta,
-                values=p.values,
-                indices=p.indices,
-                signs=p.signs,
-            )
-        ).nbytes
-        _, reply, _ = chan.recv(120, alloc=alloc)
+        sent = _push(chan, args, seq, version, kind, p)
+        reply = chan.recv(120, alloc=alloc).msg
         t2 = time.perf_counter()
         if isinstance(reply, Stop) or t2 > hi:
             break
@@ -142,6 +134,25 @@ def push_loop(chan: Channel, uplink, grads: list, args, seq: int, version: int, 
         "split_s": split,
         "cpu_s": cpu_last - cpu_first,
     }
+
+
+def _push(chan: Channel, args: argparse.Namespace, seq: int, version: int, kind: str, p: Payload) -> int:
+    """Send one push of payload `p`; its size in bytes."""
+    push = Push(
+        rank=args.rank,
+        seq=seq,
+        base_version=version,
+        kind=kind,
+        encoding=p.encoding,
+        numel=args.params,
+        loss=0.0,
+        samples=1,
+        meta=p.meta,
+        values=p.values,
+        indices=p.indices,
+        signs=p.signs,
+    )
+    return chan.send(push).nbytes
 
 
 if __name__ == "__main__":

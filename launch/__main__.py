@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from launch.preflight import preflight
 from launch.run import RunFailed, run_experiment
@@ -78,13 +79,13 @@ def describe(cfg: ExperimentConfig) -> str:
     )
 
 
-def _point_at_summary(run_dir) -> None:
+def _point_at_summary(run_dir: Path) -> None:
     """Where a failed or stopped run left its figures, before the error line (which stays the last one)."""
     if (run_dir / "summary.json").exists():
         print(f"results so far: {run_dir}/summary.json", file=sys.stderr)
 
 
-def format_summary(s: RunSummary, run_dir, plots: bool = True) -> str:
+def format_summary(s: RunSummary, run_dir: Path, plots: bool = True) -> str:
     acc = s.final_test_acc
     acc_txt = f"test_acc {acc:.4f}" if acc is not None else f"test_loss {s.final_test_loss}"
     where = f"results: {run_dir}/summary.json" + (f", plots in {run_dir}/plots/" if plots else "")

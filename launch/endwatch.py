@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from protocol.config.schema import ExperimentConfig
@@ -29,7 +30,13 @@ def default_idle_timeout(cfg: ExperimentConfig) -> float:
 
 
 class EndWatch:
-    def __init__(self, run_dir: Path, idle_timeout_s: float, final_grace_s: float = FINAL_GRACE_S, clock=None):
+    def __init__(
+        self,
+        run_dir: Path,
+        idle_timeout_s: float,
+        final_grace_s: float = FINAL_GRACE_S,
+        clock: Callable[[], float] | None = None,
+    ):
         self.run_dir = run_dir
         self.idle_timeout_s = idle_timeout_s
         self.final_grace_s = final_grace_s

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,15 +19,16 @@ from protocol.config.typed import build
 from protocol.runfolder.model_init import ModelInit
 from protocol.runfolder.records import as_dict
 from protocol.wire.channel import Channel
+from protocol.wire.curve import ServerKeys, WorkerKeys
 from protocol.wire.layout import Layout
-from protocol.wire.messages import Hello, Message, Push
+from protocol.wire.messages import Hello, Message, Push, Reply, Welcome
 from ps.outbox import server_channel
 from ps.server import ParameterServer
 
 TIMEOUT_S = 10.0
 
 
-def make_config(**sections) -> ExperimentConfig:
+def make_config(**sections: Any) -> ExperimentConfig:
     """An ExperimentConfig from plain dicts, e.g. make_config(workers=2, run={"max_updates": 10})."""
     return build(ExperimentConfig, sections)
 
@@ -41,14 +44,15 @@ def running_server(
     run_dir: Path | None = None,
     endpoint: str = "tcp://127.0.0.1:0",
     model: ModelInit | tuple[Layout, torch.Tensor] | None = None,
-):
+    keys: ServerKeys | None = None,
+) -> Iterator[tuple[ParameterServer, str, dict]]:
     """The server in a thread, serving `model` (a ModelInit, a (layout, initial parameters) pair, or None:
-    the experiment's task, as the launcher would hand it over)."""
+    the experiment's task, as the launcher would hand it over); with CURVE when given the server's keys."""
     if model is None:
         model = initial_model(cfg, run_id="")
     elif isinstance(model, tuple):
         model = served(*model)
-    chan = server_channel(cfg)
+    chan = server_channel(cfg, keys)
     bound = chan.bind(endpoint)
     server = ParameterServer(cfg, chan, model, run_dir=run_dir)
     result: dict = {}
@@ -67,21 +71,28 @@ def running_server(
 class FakeWorker:
     """A worker without a model: pushes whatever vectors a test hands it."""
 
-    def __init__(self, endpoint: str, rank: int, layout: Layout, max_message_bytes: int = 1 << 28):
+    def __init__(
+        self,
+        endpoint: str,
+        rank: int,
+        layout: Layout,
+        max_message_bytes: int = 1 << 28,
+        keys: WorkerKeys | None = None,
+    ):
         self.rank = rank
         self.layout = layout
-        self.chan = Channel("dealer", max_message_bytes=max_message_bytes, send_timeout_s=5)
+        self.chan = Channel("dealer", max_message_bytes=max_message_bytes, send_timeout_s=5, curve=keys)
         self.chan.connect(endpoint)
         self.seq = 0
         self.version = 0
         self.params: torch.Tensor | None = None
 
-    def hello(self, **overrides) -> Message:
+    def hello(self, **overrides: Any) -> Message:
         self.send_hello(**overrides)
         return self.recv_welcome()
 
-    def send_hello(self, **overrides) -> None:
-        fields = dict(
+    def send_hello(self, **overrides: Any) -> None:
+        fields: dict[str, Any] = dict(
             rank=self.rank,
             pid=0,
             host="test",
@@ -95,7 +106,7 @@ class FakeWorker:
 
     def recv_welcome(self) -> Message:
         reply = self.recv()
-        if reply.TYPE == "welcome":
+        if isinstance(reply, Welcome):
             self.seq, self.version, self.params = reply.next_seq, reply.version, reply.params
         return reply
 
@@ -105,9 +116,9 @@ class FakeWorker:
         base_version: int | None = None,
         seq: int | None = None,
         advance: bool = True,
-        **overrides,
+        **overrides: Any,
     ) -> Message:
-        fields = dict(
+        fields: dict[str, Any] = dict(
             rank=self.rank,
             seq=self.seq if seq is None else seq,
             base_version=self.version if base_version is None else base_version,
@@ -120,7 +131,7 @@ class FakeWorker:
         )
         fields.update(overrides)
         reply = self.request(Push(**fields))
-        if advance and reply.TYPE == "reply":
+        if advance and isinstance(reply, Reply):
             self.seq += 1
             self.version = reply.version
             self.params = reply.params
@@ -136,7 +147,7 @@ class FakeWorker:
 
     def recv(self) -> Message:
         while True:
-            _, reply, _ = self.chan.recv(TIMEOUT_S)
+            reply = self.chan.recv(TIMEOUT_S).msg
             if reply.TYPE != "heartbeat":
                 return reply
 

@@ -14,6 +14,7 @@ shows (axis title -> legend labels), so callers and tests can tell what was draw
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +22,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from launch.rundir import read_metrics, read_updates  # noqa: E402
 from launch.writes import writing  # noqa: E402
+
+RunData = tuple[str, list[dict], dict[str, list]]  # (label, metrics.jsonl rows, updates.csv columns) of one run
 
 
 @dataclass
@@ -40,7 +45,7 @@ def plot_runs(runs: list[tuple[str, Path]], out_dir: Path) -> Plots:
     """Raises WriteError (naming the file) when a plot cannot be saved."""
     with writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
-    data = [(label, read_metrics(path), read_updates(path)) for label, path in runs]
+    data: list[RunData] = [(label, read_metrics(path), read_updates(path)) for label, path in runs]
     plots = Plots()
     for name, draw in (
         ("metrics", _metrics),
@@ -58,7 +63,7 @@ def plot_runs(runs: list[tuple[str, Path]], out_dir: Path) -> Plots:
     return plots
 
 
-def _metrics(data):
+def _metrics(data: list[RunData]) -> Figure:
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     for label, metrics, _ in data:
         m = [x for x in metrics if x.get("updates") is not None]
@@ -90,7 +95,7 @@ def _metrics(data):
     return fig
 
 
-def _staleness(data):
+def _staleness(data: list[RunData]) -> Figure:
     """Histogram overall and per worker, staleness and applied lr over time (one run: lines per worker)."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     (ax_h, ax_w), (ax_t, ax_lr) = axes
@@ -122,7 +127,7 @@ def _staleness(data):
     return fig
 
 
-def _bytes(data):
+def _bytes(data: list[RunData]) -> Figure:
     fig, (ax_u, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
     for label, _, upd in data:
         if not upd.get("bytes"):
@@ -143,7 +148,7 @@ def _bytes(data):
     return fig
 
 
-def _accuracy_bytes(data):
+def _accuracy_bytes(data: list[RunData]) -> Figure:
     fig, (ax_a, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
     for label, metrics, upd in data:
         m = [x for x in metrics if x.get("updates") is not None]
@@ -165,7 +170,7 @@ def _accuracy_bytes(data):
     return fig
 
 
-def _grad_norm(data):
+def _grad_norm(data: list[RunData]) -> Figure:
     fig, (ax_u, ax_b) = plt.subplots(1, 2, figsize=(11, 4))
     for label, metrics, upd in data:
         m = [x for x in metrics if x.get("updates") is not None and x.get("grad_norm_sq") is not None]
@@ -201,7 +206,7 @@ def uplink_mib_at(upd: dict[str, list], versions: list[int]) -> list[float]:
     return out
 
 
-def _finish_axes(axes) -> None:
+def _finish_axes(axes: Iterable[Axes]) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -218,11 +223,11 @@ def _rolling_mean(xs: list[float], k: int) -> list[float]:
     return out
 
 
-def _series(fig) -> dict[str, list[str]]:
+def _series(fig: Figure) -> dict[str, list[str]]:
     return {ax.get_title(): ax.get_legend_handles_labels()[1] for ax in fig.axes}
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     try:
         with writing(path):  # matplotlib's OSError may not say which file

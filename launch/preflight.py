@@ -34,6 +34,7 @@ from launch.sweep import expand_sweep
 from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
 from protocol.wire import codec
+from protocol.wire.curve import KeyFileError, server_keys, worker_keys
 from protocol.wire.encoding import INT32_MAX_NUMEL, VALUE_DTYPES
 from protocol.wire.layout import Layout
 from ps.history import ParamHistory
@@ -54,6 +55,21 @@ def preflight(cfg: ExperimentConfig, cuda_devices: int | None = None, memory_byt
             raise ConfigError(err.key, err.message + where) from None
     for endpoint in sorted({p.server.endpoint for p, _ in points if p.mode == "async"}):
         check_endpoint(endpoint)
+    check_keys(cfg)
+
+
+def check_keys(cfg: ExperimentConfig) -> None:
+    """A key folder named in server.keys must hold every pair this host's processes need, each secret file
+    private (the launcher writes new keys into the run folder when server.keys is empty)."""
+    if cfg.mode != "async" or not cfg.server.curve or not cfg.server.keys:
+        return
+    folder = Path(cfg.server.keys)
+    try:
+        server_keys(folder, cfg.workers)
+        for rank in range(cfg.workers):
+            worker_keys(folder, rank)
+    except KeyFileError as err:
+        raise ConfigError("server.keys", str(err)) from None
 
 
 # -- the model --------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from launch.handoff import hand_off
+from launch.keys import run_keys
 from launch.preflight import preflight
 from launch.rundir import make_run_dir
 from protocol.config.loader import load_experiment, resolved_yaml
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = make_run_dir(cfg.run.runs_dir, cfg.name, args.run_dir)
         (run_dir / "config.yaml").write_text(resolved_yaml(cfg))
         hand_off(cfg, run_dir)
+        run_keys(cfg, run_dir)
     except (ConfigError, FileExistsError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -17,7 +18,7 @@ HEADER = ["wall_s", "process", "pid", "cpu_percent", "rss_mb"]
 
 
 class ProcessLog:
-    def __init__(self, path: Path, opener=open):
+    def __init__(self, path: Path, opener: Callable[..., IO[str]] = open):
         self.path = path
         self.error: str | None = None  # the first failed write, naming the file; no row is written after it
         self._file: IO[str] | None = None

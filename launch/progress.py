@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -23,7 +24,9 @@ STEPS = 1000  # the bar's resolution: tenths of a percent
 
 
 class Progress:
-    def __init__(self, limits: Limits, every_s: float, stream=None, starting: str = "starting the server..."):
+    def __init__(
+        self, limits: Limits, every_s: float, stream: TextIO | None = None, starting: str = "starting the server..."
+    ):
         self.limits = limits
         self.starting = starting  # shown until the first status.json
         self.every_s = every_s
@@ -54,9 +57,12 @@ class Progress:
         # the size now (a resized window), from shutil: for a pty nobody sized, tqdm reads -1 x -1 and then
         # draws nothing at all, where shutil falls back to 80 x 24
         self._bar.ncols, self._bar.nrows = shutil.get_terminal_size()
-        started = status is not None and status.started
-        self._bar.bar_format = BAR if started else TEXT
-        self._bar.n = round(STEPS * estimate(status, self.limits).fraction) if started else 0
+        if status is not None and status.started:
+            self._bar.bar_format = BAR
+            self._bar.n = round(STEPS * estimate(status, self.limits).fraction)
+        else:
+            self._bar.bar_format = TEXT
+            self._bar.n = 0
         self._bar.set_description_str(text, refresh=False)
         self._bar.refresh()
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from launch.handoff import hand_off
+from launch.keys import run_keys
 from launch.outcome import RunFailed
 from launch.rundir import read_json
 from launch.runner import Run
@@ -30,6 +31,7 @@ from protocol.runfolder.records import RunSummary
 __all__ = ["RunFailed", "run_experiment", "worker_process"]  # RunFailed lives with the outcomes; callers use it here
 
 START_TIMEOUT_S = 60.0  # server import + bind
+SERVER_DECIDED = (2, 3)  # python -m ps exit codes that a restart would repeat (ps/__main__.py)
 
 
 class AsyncRun(Run):
@@ -60,6 +62,8 @@ class AsyncRun(Run):
         try:
             with writing(self.run_dir / "model"):
                 hand_off(self.cfg, self.run_dir)  # the server starts knowing its model and run
+            with writing(self.run_dir / "keys"):
+                run_keys(self.cfg, self.run_dir)  # CURVE without server.keys: this run's own keys
         except ConfigError as err:
             raise RunFailed(f"the task cannot be built: {err}") from None
         server = self.sup.start("server", "ps", ["--config", str(self.config_path), "--run-dir", str(self.run_dir)])
@@ -78,7 +82,10 @@ class AsyncRun(Run):
         return self.sup.children["server"].returncode == 0
 
     def _restartable(self, name: str) -> bool:
-        return True  # the server resumes from its checkpoint, workers and the evaluator join again
+        """The server resumes from its checkpoint, workers and the evaluator join again; but a server that
+        ended the run on purpose (exit 3: too few workers left, ...) or cannot start (exit 2: its config or
+        checkpoint) would only do the same again."""
+        return name != "server" or self.sup.children[name].returncode not in SERVER_DECIDED
 
     def _restart_args(self, name: str, args: list[str]) -> list[str]:
         if name != "server":

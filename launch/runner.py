@@ -213,7 +213,7 @@ class Run:
         """The child whose failure started it: one killed by a signal, else the first seen to exit.
 
         In a process group one dead rank makes its peers fail too; the peers are consequences."""
-        return min(failed, key=lambda c: (c.returncode >= 0, self._exit_seen.get(c.name, 0)))
+        return min(failed, key=lambda c: (not c.killed, self._exit_seen.get(c.name, 0)))
 
     def _wait(self, names: list[str], timeout_s: float) -> bool:
         """Supervisor.wait in ticks, so that a stop signal is acted on within one."""

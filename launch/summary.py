@@ -64,6 +64,7 @@ def _add_last_status(s: RunSummary, status: Status | None) -> None:
     s.pushes_applied = status.pushes_received - status.pushes_rejected
     s.pushes_refused = status.pushes_refused
     s.messages_rejected = status.messages_rejected
+    s.auth_rejected = status.auth_rejected
     s.staleness_max = status.staleness_max
 
 
@@ -78,6 +79,8 @@ def _add_server_figures(s: RunSummary, server: ServerSummary) -> None:
     s.pushes_rejected = server.pushes_rejected
     s.pushes_refused = sum(n for reason, n in server.rejected_by_reason.items() if reason != AFTER_THE_STOP)
     s.messages_rejected = server.messages_rejected
+    s.auth, s.insecure, s.auth_rejected = server.auth, server.insecure, server.auth_rejected
+    s.messages_throttled = server.messages_throttled
     s.rejected_by_reason = server.rejected_by_reason
     s.uplink_bytes = server.uplink_bytes
     s.downlink_bytes = server.downlink_bytes

@@ -41,6 +41,12 @@ class Child:
     def returncode(self) -> int | None:
         return self.popen.poll()
 
+    @property
+    def killed(self) -> bool:
+        """Whether it has ended by a signal (a negative return code)."""
+        rc = self.returncode
+        return rc is not None and rc < 0
+
     def describe_exit(self) -> str:
         rc = self.popen.returncode
         if rc is None:

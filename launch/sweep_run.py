@@ -34,7 +34,7 @@ from protocol.runfolder.records import RunSummary
 
 SMALL_SWEEP = 8  # up to this many points share one set of plots; more get one set per group
 
-Runner = Callable[[ExperimentConfig, Path, bool], dict]
+Runner = Callable[[ExperimentConfig, Path, bool], RunSummary]  # run_experiment, or a stand-in
 
 
 def run_sweep(

@@ -7,6 +7,7 @@ and left out of the statistics (n says how many points contributed).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def write_tables(
     sweep: dict[str, list],
     results: list[PointResult],
     total: int,
-    reports: list[tuple[str, Path]] = (),
+    reports: Sequence[tuple[str, Path]] = (),
 ) -> None:
     keys = sweep_keys(sweep)
     group_keys = [k for k in keys if k != "seed"]
@@ -92,32 +93,23 @@ def _group_row(g: Group) -> list:
     return [*(show(v) for v in g.values), len(g.results), len(g.results) - len(g.succeeded), *cols]
 
 
-def _markdown(sweep_dir, keys, group_keys, results, groups, total, reports) -> str:
+def _markdown(
+    sweep_dir: Path,
+    keys: list[str],
+    group_keys: list[str],
+    results: list[PointResult],
+    groups: list[Group],
+    total: int,
+    reports: Sequence[tuple[str, Path]],
+) -> str:
     failed = [r for r in results if not r.ok]
     parts = [
         f"# Sweep {sweep_dir.name}",
         f"{len(results)} of {count(total, 'point')} run, {len(failed)} failed; swept: {', '.join(keys)}.",
         "## Points",
-        markdown_table(
-            ["#", *keys, "status", *FIGURES],
-            [
-                [
-                    r.point.index,
-                    *(show(v) for _, v in r.point.combo),
-                    _status(r),
-                    *(fmt(figures(r.summary)[k]) for k in FIGURES),
-                ]
-                for r in results
-            ],
-        ),
+        markdown_table(["#", *keys, "status", *FIGURES], [_point_cells(r) for r in results]),
         "## Mean ± sample std over seeds",
-        markdown_table(
-            [*group_keys, "n", *FIGURES],
-            [
-                [*(show(v) for v in g.values), _n(g), *(fmt_stat(s, len(g.succeeded)) for s in g.stats().values())]
-                for g in groups
-            ],
-        ),
+        markdown_table([*group_keys, "n", *FIGURES], [_group_cells(g) for g in groups]),
     ]
     if failed:
         parts.append("## Failed points")
@@ -126,6 +118,19 @@ def _markdown(sweep_dir, keys, group_keys, results, groups, total, reports) -> s
         parts.append("## Plots")
         parts.append("\n".join(f"- [{title}]({path.relative_to(sweep_dir).as_posix()})" for title, path in reports))
     return "\n\n".join(parts) + "\n"
+
+
+def _point_cells(r: PointResult) -> list:
+    return [
+        r.point.index,
+        *(show(v) for _, v in r.point.combo),
+        _status(r),
+        *(fmt(figures(r.summary)[k]) for k in FIGURES),
+    ]
+
+
+def _group_cells(g: Group) -> list:
+    return [*(show(v) for v in g.values), _n(g), *(fmt_stat(s, len(g.succeeded)) for s in g.stats().values())]
 
 
 def _status(r: PointResult) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +73,10 @@ def fmt_stat(s: Stat, expected: int) -> str:
     return text if s.n == expected else f"{text} ({s.n}/{expected})"
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    def line(cells):
+def markdown_table(header: list[str], rows: Sequence[Sequence[object]]) -> str:
+    """A markdown table; cells are written as str() gives them."""
+
+    def line(cells: Sequence[object]) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
 
     return "\n".join([line(header), line(["---"] * len(header)), *(line(r) for r in rows)])

@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from launch.writes import WriteError
 from protocol.runfolder.records import Status
@@ -41,6 +43,14 @@ STATUS_SCALARS = {
 NOT_SCALARS = {"wall_s", "updates", "final", "eval_s", "train_loss_pushed"}  # the step, clock, flags, or a status'
 
 _told_missing = False  # a sweep runs many points in one launcher: say it once
+
+
+class EventWriter(Protocol):
+    """What a Board writes through: torch.utils.tensorboard's SummaryWriter (a test's stand-in fails)."""
+
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int, walltime: float) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class NoBoard:
@@ -78,11 +88,12 @@ class Board:
     """Writes the scalars above into `folder`. A write that fails (a full disk) stops the event files, never
     the run: `error` names the folder, for the run's list of files it could not write."""
 
-    def __init__(self, folder: Path, writer_class):
+    def __init__(self, folder: Path, writer_class: Callable[..., EventWriter]):
         self.folder = folder
         self.error: str | None = None
         self._writer_class = writer_class
-        self._writer = None  # opened with the first scalar: a run that never starts gets no empty event file
+        # opened with the first scalar: a run that never starts gets no empty event file
+        self._writer: EventWriter | None = None
         self._version = -1  # status.json's version whose scalars were written last
         self._epoch: float | None = None  # Unix time of the run's wall_s 0
 

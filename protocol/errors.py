@@ -9,7 +9,7 @@ class ProtocolError(Exception):
     Codes used on the wire (Reject.code and the `reason` column of updates.csv):
     bad_header, bad_version, bad_type, bad_field, bad_tensor, truncated, oversized, extra_frames,
     bad_message, bad_shape, bad_index, nonfinite, overflow, unknown_rank, rank_in_use, bad_run, bad_seq,
-    future_version, not_ready, bad_encoding, busy.
+    future_version, not_ready, bad_encoding, busy, wrong_key, throttled.
     """
 
     def __init__(self, code: str, message: str):

@@ -10,8 +10,10 @@ was stopped early.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -23,6 +25,8 @@ from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
 from protocol.runfolder.model_init import FILE, ModelInit, read_model_init
 from protocol.runfolder.records import ServerSummary
+from protocol.wire.curve import ServerKeys, key_folder, server_keys
+from protocol.wire.endpoints import is_local
 from ps.checkpoint import CheckpointMismatch
 from ps.outbox import server_channel
 from ps.server import ParameterServer
@@ -36,28 +40,67 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", type=Path, required=True, help="folder for updates.csv, status.json, snapshots")
     ap.add_argument("--init", type=Path, help=f"the initial model (default: RUN_DIR/{FILE})")
     ap.add_argument("--endpoint", help="override server.endpoint")
+    ap.add_argument("--keys", type=Path, help="CURVE key folder (default: server.keys, else RUN_DIR/keys)")
     ap.add_argument("--resume", action="store_true", help="go on from the newest checkpoint in RUN_DIR/checkpoints")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s ps %(levelname)s %(message)s", stream=sys.stdout)
     try:
         cfg = load_experiment(args.config)
+        endpoint = args.endpoint or cfg.server.endpoint
+        check_endpoint(cfg, endpoint)
         init = read_model_init(args.init or args.run_dir / FILE)
-    except (ConfigError, OSError, ValueError) as err:
+        keys = load_keys(cfg, args.keys, args.run_dir)
+    except (ConfigError, OSError, ValueError) as err:  # KeyFileError is a ValueError naming the file
         print(f"error: {err}", file=sys.stderr)
         return 2
     torch.set_num_threads(cfg.server.threads)
+    raise_fd_limit()
     args.run_dir.mkdir(parents=True, exist_ok=True)
-    return serve(cfg, init, args.run_dir, args.endpoint or cfg.server.endpoint, args.resume)
+    return serve(cfg, init, args.run_dir, endpoint, args.resume, keys)
 
 
-def serve(cfg: ExperimentConfig, init: ModelInit, run_dir: Path, endpoint: str, resume: bool = False) -> int:
-    chan = server_channel(cfg)
+def raise_fd_limit() -> None:
+    """Every connection holds a file descriptor: take all the system allows this process (the soft limit is
+    often 1024, the hard one far more), so strangers' connections do not starve the workers' and the files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard if hard != resource.RLIM_INFINITY else 1 << 20, 1 << 20)
+    if soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def check_endpoint(cfg: ExperimentConfig, endpoint: str) -> None:
+    """--endpoint too may not reach beyond this host without CURVE (ConfigError naming server.endpoint)."""
+    try:
+        cfg.server.check_exposure(endpoint)
+    except ConfigError as err:
+        raise ConfigError(f"server.{err.key}", err.message) from None
+
+
+def load_keys(cfg: ExperimentConfig, folder: Path | None, run_dir: Path) -> ServerKeys | None:
+    """The server's CURVE keys and allowlist when the run uses CURVE (server.auth), else None."""
+    if not cfg.server.curve:
+        return None
+    return server_keys(folder or key_folder(cfg.server.keys, run_dir), cfg.workers)
+
+
+def serve(
+    cfg: ExperimentConfig,
+    init: ModelInit,
+    run_dir: Path,
+    endpoint: str,
+    resume: bool = False,
+    keys: ServerKeys | None = None,
+) -> int:
+    chan = server_channel(cfg, keys)
     try:
         bound = chan.bind(endpoint)
     except Exception as err:
         print(f"error: cannot bind {endpoint}: {err}", file=sys.stderr)
         chan.close()
         return 1
+    if not keys and not is_local(bound):
+        log.warning("INSECURE: %s reaches beyond this host without CURVE (server.allow_insecure)", bound)
     try:
         server = ParameterServer(cfg, chan, init, run_dir=run_dir, resume=resume)
     except CheckpointMismatch as err:
@@ -68,8 +111,9 @@ def serve(cfg: ExperimentConfig, init: ModelInit, run_dir: Path, endpoint: str, 
     signal.signal(signal.SIGINT, lambda *_: server.signal_stop("interrupted"))
     (run_dir / "server.json").write_text(json.dumps({"endpoint": bound}))
     print(f"TAUPS_SERVER_READY {bound}", flush=True)
-    log.info("serving %d workers at %s (%d parameters, optimizer %s, lr %g)", cfg.workers, bound,
-             init.layout.total, cfg.optimizer.name, cfg.optimizer.lr)  # fmt: skip
+    log.info("serving %d workers at %s (%d parameters, optimizer %s, lr %g, %s)", cfg.workers, bound,
+             init.layout.total, cfg.optimizer.name, cfg.optimizer.lr,
+             f"CURVE: keys of worker-0..{cfg.workers - 1} only" if keys else "no authentication")  # fmt: skip
     try:
         summary = server.serve()
     finally:

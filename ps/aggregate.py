@@ -187,20 +187,27 @@ class EF21Aggregator:
 
     def apply(self, rank: int, staged: Staged) -> torch.Tensor | None:
         if staged.kind == "reset":
+            assert staged.dense is not None  # stage() decodes every reset densely
             self._reset(rank, staged.dense)
         else:
-            g_i, inv_n = self.g_i[rank], 1.0 / len(self.g_i)
-            if staged.indices is not None:
-                g_i.index_add_(0, staged.indices, staged.values)
-                self.g.index_add_(0, staged.indices, staged.values, alpha=inv_n)
-            else:
-                g_i.add_(staged.dense)
-                self.g.add_(staged.dense, alpha=inv_n)
+            self._add_delta(rank, staged)
         self.applied += 1
         self._count += 1
         if self.applied % self.resync_every == 0:
             self.recompute()
         return self._complete()
+
+    def _add_delta(self, rank: int, staged: Staged) -> None:
+        """g_i += c and g += c/n, from a sparse (indices, values) or a dense decoded delta."""
+        g_i, inv_n = self.g_i[rank], 1.0 / len(self.g_i)
+        if staged.indices is not None:
+            assert staged.values is not None  # stage() decodes a sparse delta into both
+            g_i.index_add_(0, staged.indices, staged.values)
+            self.g.index_add_(0, staged.indices, staged.values, alpha=inv_n)
+        else:
+            assert staged.dense is not None  # any other delta is decoded densely
+            g_i.add_(staged.dense)
+            self.g.add_(staged.dense, alpha=inv_n)
 
     def _complete(self) -> torch.Tensor | None:
         if self._count < self.every:

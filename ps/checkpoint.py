@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,19 +105,20 @@ class Checkpointer:
         stem = f"ckpt-{state.version:010d}"
         data = self.folder / f"{stem}.safetensors"
         _atomic(data, lambda tmp: save_file(state.tensors, str(tmp)))
+        size = data.stat().st_size
         manifest = {
             "version": state.version,
             "wall_s": state.wall_s,
             "file": data.name,
             "sha256": sha256(data),
-            "bytes": data.stat().st_size,
+            "bytes": size,
             "written_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             "identity": self.identity,
             "facts": state.facts,
         }
         _atomic(self.folder / f"{stem}.json", lambda tmp: tmp.write_text(json.dumps(manifest)))
         self.stats.written += 1
-        self.stats.write_s_last, self.stats.bytes_last = time.perf_counter() - t0, manifest["bytes"]
+        self.stats.write_s_last, self.stats.bytes_last = time.perf_counter() - t0, size
         self._prune()
 
     def _prune(self) -> None:
@@ -125,7 +127,7 @@ class Checkpointer:
                 path.unlink(missing_ok=True)
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     with open(tmp, "rb") as f:

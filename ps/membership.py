@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from protocol.config.schema import ExperimentConfig
 from protocol.errors import ProtocolError
+from protocol.wire.curve import worker_name
 from protocol.wire.layout import Layout
 from protocol.wire.messages import Heartbeat, Hello, Stop, Welcome
 from ps.model import ServedModel
 from ps.outbox import Outbox
+from ps.replies import Outcome
 
 
 @dataclass
@@ -32,7 +33,8 @@ class Member:
     last_seq: int = -1
     pushes: int = 0
     applied: int = 0
-    last_outcome: Any = None  # the answer to its last push, to answer a resend of it again
+    last_outcome: Outcome | None = None  # the answer to its last push, to answer a resend of it again
+    user: str = ""  # on a CURVE server, the name of the key its connection authenticated with (worker-<rank>)
 
     def report(self) -> dict[str, object]:
         """What server_summary.json says of this worker."""
@@ -72,6 +74,13 @@ class Membership:
                 f"(compression.method {cfg.compression.method})",
             )
 
+    def check_key(self, rank: int, user: str, curve: bool) -> None:
+        """On a CURVE server a connection joins only as the rank its key names (worker-<rank>)."""
+        if curve and user != worker_name(rank):
+            raise ProtocolError(
+                "wrong_key", f"this connection authenticated as {user or 'an unnamed key'!r}, not {worker_name(rank)}"
+            )
+
     def check_free(self, rank: int, identity: bytes, reachable: Callable[[bytes], bool]) -> None:
         """Raises rank_in_use when another connection holds the rank and is still there."""
         old = self.members.get(rank)
@@ -85,26 +94,33 @@ class Membership:
                 "or stop that process first",
             )
 
-    def join(self, hello: Hello, identity: bytes) -> Member:
+    def join(self, hello: Hello, identity: bytes, user: str = "") -> Member:
         """Admit the Hello's connection as the rank's holder; a rejoin continues the rank's sequence."""
         old = self.members.get(hello.rank)
-        member = Member(hello.rank, identity, hello.pid, hello.host, hello.device, last_seen=self.clock())
+        member = Member(hello.rank, identity, hello.pid, hello.host, hello.device, last_seen=self.clock(), user=user)
         if old is not None:
             member.last_seq, member.pushes, member.applied = old.last_seq, old.pushes, old.applied
         self.members[hello.rank] = member
         self.stopped.discard(hello.rank)
         return member
 
-    def sender(self, rank: int, identity: bytes) -> Member:
-        """The member that sent a message as `rank` from `identity`, or unknown_rank."""
+    def sender(self, rank: int, identity: bytes, user: str = "") -> Member:
+        """The member that sent a message as `rank` from `identity`, or unknown_rank. On a CURVE server the
+        connection's key (`user`) must be the one it joined with too: a peer may choose its own routing id,
+        so the id alone would let another rank's key take over a connection id that has gone."""
         member = self.members.get(rank)
-        if member is None or member.identity != identity:
+        if member is None or member.identity != identity or member.user != user:
             raise ProtocolError("unknown_rank", f"rank {rank} has not joined from this connection")
         member.last_seen = self.clock()
         return member
 
-    def rank_of(self, identity: bytes) -> int | None:
-        return next((r for r, m in self.members.items() if m.identity == identity), None)
+    def holds(self, identity: bytes, rank: int) -> bool:
+        """Whether the connection `identity` holds `rank` (joined as it, and not replaced since)."""
+        member = self.members.get(rank)
+        return member is not None and member.identity == identity
+
+    def rank_of(self, identity: bytes, user: str = "") -> int | None:
+        return next((r for r, m in self.members.items() if m.identity == identity and m.user == user), None)
 
     def wait_for_start(self, rank: int) -> bool:
         """Queue a rank that joined before the start; True when the run may start now."""

@@ -22,14 +22,14 @@ from protocol.wire.messages import Push
 from ps.aggregate import Aggregator, Staged, make_aggregator
 from ps.arena import RecvArena
 from ps.history import ParamHistory
-from ps.optim import ServerOptimizer, make_optimizer
+from ps.optim import Optimizer, make_optimizer
 
 
 @dataclass
 class ServedModel:
     layout: Layout
     params: torch.Tensor  # flat float32 (layout.total,), updated in place by every step
-    opt: ServerOptimizer
+    opt: Optimizer
     agg: Aggregator
     pool: SendPool  # snapshot buffers for zero-copy replies
     arena: RecvArena  # preallocated receive buffers for pushes

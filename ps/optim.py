@@ -16,12 +16,33 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import Protocol
 
 import torch
 
 from protocol.config.schema import OptimizerConfig
 
 TINY = torch.finfo(torch.float32).tiny
+
+
+class Optimizer(Protocol):
+    """What the server (ps/model.py) and the sync baseline (sync/loop.py) step: one iteration per direction on
+    the flat parameter vector it was made for. ServerOptimizer below is the base class of the built-in ones
+    (make_optimizer); anything of this shape serves."""
+
+    steps: int  # iterations taken (part of the checkpointed state)
+
+    def step(self, direction: torch.Tensor, lr: float, worker: int = 0) -> None:
+        """Apply one iteration with `direction` (read only) at learning rate `lr`; `worker` sent it."""
+        ...
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The state tensors by name, live (a checkpoint copies them)."""
+        ...
+
+    def load_state(self, tensors: dict[str, torch.Tensor], steps: int) -> None:
+        """Restore what state() returned."""
+        ...
 
 
 class ServerOptimizer(ABC):
@@ -68,7 +89,7 @@ class TorchAdam(ServerOptimizer):
             [direction],
             [self.m],
             [self.v],
-            [self.v_hat] if self.amsgrad else [],
+            [self.v_hat] if self.v_hat is not None else [],  # there is one when amsgrad
             [self._step],
             lr=lr,
             beta1=b1,

@@ -14,6 +14,7 @@ from protocol.config.schema import ExperimentConfig
 from protocol.runfolder.counters import Counters
 from protocol.wire.buffers import SendPool
 from protocol.wire.channel import Channel, PeerBusy
+from protocol.wire.curve import ServerKeys
 from protocol.wire.faults import injector
 from protocol.wire.messages import Heartbeat, Message, Reply, Welcome
 
@@ -27,17 +28,23 @@ PEER_QUEUE = 16
 SNAPSHOTS_PER_PEER = 2
 
 
-def server_channel(cfg: ExperimentConfig) -> Channel:
-    """The server's ROUTER channel as the config says (frame size, message cap, per-peer queue, faults)."""
+def server_channel(cfg: ExperimentConfig, keys: ServerKeys | None = None) -> Channel:
+    """The server's ROUTER channel as the config says (frame size, message cap, per-peer queues, faults), with
+    CURVE and a count of refused handshakes when given the server's keys."""
     s = cfg.server
-    return Channel(
+    chan = Channel(
         "router",
         chunk_bytes=s.chunk_bytes,
         max_message_bytes=s.max_message_bytes,
         send_timeout_s=s.send_timeout_s,
         send_hwm=PEER_QUEUE,
+        recv_hwm=PEER_QUEUE,
         faults=injector(cfg, -1),
+        curve=keys,
     )
+    if keys is not None:
+        chan.watch_handshakes()
+    return chan
 
 
 class Outbox:
@@ -47,7 +54,9 @@ class Outbox:
         self.dropped = 0  # messages a full queue could not take, or skipped for want of a send buffer
         self._in_flight: dict[bytes, list[zmq.MessageTracker]] = {}  # per peer: snapshots ZeroMQ still holds
 
-    def send(self, identity: bytes | None, msg: Message, track: bool = False, copy: bool = False):
+    def send(
+        self, identity: bytes | None, msg: Message, track: bool = False, copy: bool = False
+    ) -> zmq.MessageTracker | None:
         """Send now or never; returns the tracker of a tracked send that went out, else None."""
         if identity is None:
             return None

@@ -43,7 +43,9 @@ class Reporter:
         self.counters.add(r)
         self.log.write(r)
 
-    def record_push(self, push: Push, nbytes: int, tau: int, reason: str, lr: float, version: int, wall_s: float):
+    def record_push(
+        self, push: Push, nbytes: int, tau: int, reason: str, lr: float, version: int, wall_s: float
+    ) -> None:
         """One push as handled (reason "ok": applied at lr); version is the server's after handling it."""
         applied = reason == "ok"
         self.record(
@@ -102,6 +104,7 @@ class Reporter:
             pushes_rejected=c.pushes_rejected,
             pushes_refused=c.pushes_rejected - c.reasons.get("stopped", 0),
             messages_rejected=c.messages_rejected,
+            auth_rejected=c.auth_rejected,
             workers=self.cfg.workers,
             staleness_max=c.staleness_max,
             uplink_bytes=c.uplink_bytes,

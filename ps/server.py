@@ -8,13 +8,16 @@ on Push(rank, seq, base_version, c):
     record the push ; reply with the fresh parameters and the new version (now, or when the gate opens)
 
 The loop never waits on one peer: a reply a peer's queue cannot take is dropped and counted.
+
+The loop and the push path are here; the other messages are answered in ps/answers.py, the periodic work
+(heartbeats, eviction, checkpoints, status) is ps/periodic.py, the end ps/ending.py, and each Reply is built
+in ps/replies.py.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,31 +27,17 @@ from protocol.errors import ProtocolError
 from protocol.runfolder.model_init import ModelInit
 from protocol.runfolder.records import ServerSummary, Status
 from protocol.wire.channel import Channel, Received, ReceiveError
-from protocol.wire.messages import Heartbeat, Hello, Message, Pull, Push, Reject, Reply
-from ps import durable
+from protocol.wire.messages import Message, Push, Reject
+from ps import answers, durable, ending
+from ps.admission import Admission
 from ps.gate import ReplyGate
 from ps.membership import Member, Membership
 from ps.model import ServedModel
 from ps.outbox import Outbox
+from ps.periodic import Periodic
 from ps.policy import StalenessPolicy
+from ps.replies import Outcome, send_reply
 from ps.reporting import Reporter
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a Reply says about the push it answers."""
-
-    applied: bool
-    reason: str
-    staleness: int
-    lr: float
-    seq: int = -1
-
-
-PULLED = Outcome(False, "pull", 0, 0.0)
-
-
-log = logging.getLogger("ps")
 
 
 class ParameterServer:
@@ -58,7 +47,7 @@ class ParameterServer:
         channel: Channel,
         init: ModelInit,
         run_dir: Path | None = None,
-        clock=time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
         resume: bool = False,
     ):
         self.cfg, self.chan, self.run_dir, self.clock = cfg, channel, run_dir, clock
@@ -69,6 +58,7 @@ class ParameterServer:
         self.report = Reporter(cfg, run_dir, 0, append=resume)
         self.out = Outbox(channel, self.report.counters)
         self.members = Membership(cfg, clock, self.out)
+        self.admit = Admission(cfg.server, self.members.holds, clock)
         self.policy = StalenessPolicy(cfg.optimizer.lr, cfg.staleness)
         self.gate = ReplyGate(cfg.staleness.ssp, cfg.staleness.barrier)
         self.held: dict[int, Outcome] = {}  # per rank: the outcome of its push, sent when the gate opens
@@ -76,8 +66,9 @@ class ParameterServer:
         self.stop_reason: str | None = None
         self._stop_at = 0.0
         self._signalled: str | None = None
-        self._next_heartbeat = 0.0
-        self._handlers = {Push: self._on_push, Hello: self._on_hello, Pull: self._on_pull, Heartbeat: self._on_beat}
+        self.periodic = Periodic(self)
+        self._handlers: dict[type[Message], Callable[[Received], None]] = {Push: self._on_push}
+        self._handlers.update(answers.handlers(self))
         self.plan = durable.schedule(self)  # checkpoints (None without a run folder)
         self.evicted: list[int] = []
         if resume:
@@ -97,8 +88,10 @@ class ParameterServer:
         """Serve until the run ends and every worker was told to stop; returns the summary."""
         while not self._done():
             self._receive_one()
-            self._tick()
-        return self._finish()
+            if self._signalled:
+                self.request_stop(self._signalled)
+            self.periodic.tick()
+        return ending.finish(self)
 
     def _receive_one(self) -> None:
         t0 = time.perf_counter()
@@ -108,15 +101,15 @@ class ParameterServer:
         if not ready:
             return
         try:
-            got = self.chan.recv(timeout_s=0, alloc=self.model.arena)
+            got = self.chan.recv(timeout_s=0, alloc=self.model.arena, admit=self.admit)
         except ReceiveError as err:
-            self._on_bad_message(err)
+            answers.on_bad_message(self, err)
             return
         self.report.timing["receive_s"] += time.perf_counter() - t1
         handler = self._handlers.get(type(got.msg))
         if handler is None:
             self.report.counters.messages_rejected += 1
-            self._send(got.identity, Reject("bad_type", f"a server does not accept {got.msg.TYPE} messages"))
+            self.send(got.identity, Reject("bad_type", f"a server does not accept {got.msg.TYPE} messages"))
         else:
             handler(got)
 
@@ -129,7 +122,7 @@ class ParameterServer:
             return
         self.stop_reason, self._stop_at = reason, self.clock()
         for rank in self.members.pending + self.gate.waiting():  # nothing else will reach them
-            self._tell_stop(self.members.identity(rank), rank)
+            self.tell_stop(self.members.identity(rank), rank)
         self.members.pending.clear()
         self.gate.clear()
 
@@ -141,29 +134,7 @@ class ParameterServer:
             return False
         return self.members.told_everyone() or self.clock() - self._stop_at > self.cfg.server.stop_grace_s
 
-    # -- joining -----------------------------------------------------------------------------------
-    def _on_hello(self, got: Received) -> None:
-        hello, identity = got.msg, got.identity
-        assert isinstance(hello, Hello) and identity is not None
-        if self.stop_reason is not None:
-            return self._tell_stop(identity, hello.rank)
-        try:
-            self.members.check_hello(hello, self.model, self.run_id, self.uplink)
-            self.members.check_free(hello.rank, identity, self._reachable)
-        except ProtocolError as err:
-            self.report.counters.messages_rejected += 1
-            return self._send(identity, Reject(err.code, err.message, rank=hello.rank))
-        member = self.members.join(hello, identity)
-        self.held.pop(hello.rank, None)  # a reply held for the rank's old connection: that connection is gone
-        self.gate.forget(hello.rank)
-        self.model.forget_buffers(hello.rank)
-        if self.t_start is not None:
-            self.gate.join(hello.rank)
-            self.model.set_group(min(self.cfg.staleness.apply_every, self.members.live()))
-            self.members.welcome(member, self.model, self.uplink)
-        elif self.members.wait_for_start(hello.rank):
-            self._start_training()
-
+    # -- the push path -------------------------------------------------------------------------------
     def _on_push(self, got: Received) -> None:
         push, identity = got.msg, got.identity
         assert isinstance(push, Push) and identity is not None
@@ -171,10 +142,10 @@ class ParameterServer:
         tau = self.version - push.base_version
         if self.stop_reason is not None:
             self._record(push, got.nbytes, tau, "stopped")
-            return self._tell_stop(identity, push.rank)
+            return self.tell_stop(identity, push.rank)
         t0 = time.perf_counter()
         try:
-            member = self._check_push(identity, push)
+            member = self._check_push(identity, push, got.user)
             if push.seq == member.last_seq:  # a resend of the last push: answered again, never applied twice
                 return self._replay(identity, push, got.nbytes, member)
             staged = self.model.stage(push)
@@ -193,14 +164,14 @@ class ParameterServer:
         )
         t1 = time.perf_counter()
         for rank in self.gate.pushed(push.rank, stepped):
-            self._reply(self.members.identity(rank), self.held.pop(rank))
+            self.reply(self.members.identity(rank), self.held.pop(rank))
         self.report.timing["apply_s"] += t1 - t0
         self.report.timing["reply_s"] += time.perf_counter() - t1
         if self.version >= self.cfg.run.max_updates:
             self.request_stop("max_updates")
 
-    def _check_push(self, identity: bytes, push: Push) -> Member:
-        member = self.members.sender(push.rank, identity)
+    def _check_push(self, identity: bytes, push: Push, user: str) -> Member:
+        member = self.members.sender(push.rank, identity, user)
         if push.seq == member.last_seq and member.last_outcome is not None:
             return member  # a resend: answered again (or, while its reply is held, once the gate opens)
         if push.rank in self.held:
@@ -217,110 +188,32 @@ class ParameterServer:
         """The worker resent its last push (its reply was lost, or is slow): the same outcome again, with the
         parameters of now. Recorded as not applied (reason duplicate): it was applied once, when it came."""
         self._record(push, nbytes, self.version - push.base_version, "duplicate")
+        assert member.last_outcome is not None  # _check_push lets a resend through only when there is one
         if push.rank not in self.held:
-            self._reply(identity, member.last_outcome)
+            self.reply(identity, member.last_outcome)
 
     def _reject_push(self, identity: bytes, push: Push, err: ProtocolError) -> None:
         member = self.members.members.get(push.rank)
         expected = member.last_seq + 1 if member is not None and member.identity == identity else -1
-        self._send(identity, Reject(err.code, err.message, rank=push.rank, seq=push.seq, expected_seq=expected))
+        self.send(identity, Reject(err.code, err.message, rank=push.rank, seq=push.seq, expected_seq=expected))
 
     def _record(self, push: Push, nbytes: int, tau: int, reason: str, lr: float = 0.0) -> None:
         self.report.record_push(push, nbytes, tau, reason, lr, version=self.version, wall_s=self.wall())
 
-    def _on_pull(self, got: Received) -> None:
-        pull, identity = got.msg, got.identity
-        assert isinstance(pull, Pull) and identity is not None
-        if self.stop_reason is not None:
-            return self._tell_stop(identity, pull.rank)
-        try:
-            self.members.sender(pull.rank, identity)
-        except ProtocolError as err:
-            self.report.counters.messages_rejected += 1
-            return self._send(identity, Reject(err.code, err.message, rank=pull.rank))
-        self._reply(identity, PULLED)
+    # -- sending (for the push path and ps/answers.py) --------------------------------------------------
+    def reply(self, identity: bytes, outcome: Outcome) -> None:
+        send_reply(self.out, self.model, identity, outcome)
 
-    def _on_beat(self, got: Received) -> None:
-        rank = self.members.rank_of(got.identity or b"")
-        if rank is not None:
-            self.members.members[rank].last_seen = self.clock()
-        self._send(got.identity, Heartbeat(rank=-1, version=self.version))
-
-    def _on_bad_message(self, err: ReceiveError) -> None:
-        self.report.counters.messages_rejected += 1
-        if err.identity is not None:
-            rank = err.header.get("rank", -1)
-            self._send(err.identity, Reject(err.code, err.message, rank=rank if type(rank) is int else -1))
-
-    # -- sending -----------------------------------------------------------------------------------
-    def _reply(self, identity: bytes, outcome: Outcome) -> None:
-        """The one place a Reply is built: the outcome, and the parameters of now (or, delayed, older ones)."""
-        version, source = self.model.outgoing(delayed=True)
-        reply = Reply(outcome.applied, outcome.reason, outcome.staleness, version, outcome.lr, outcome.seq)
-        self.out.send_params(identity, reply, source, self.model.pool)
-
-    def _send(self, identity: bytes | None, msg: Message) -> None:
+    def send(self, identity: bytes | None, msg: Message) -> None:
         self.out.send(identity, msg)
 
-    def _reachable(self, identity: bytes) -> bool:
+    def reachable(self, identity: bytes) -> bool:
         return self.out.reachable(identity, self.version)
 
-    def _tell_stop(self, identity: bytes, rank: int) -> None:
+    def tell_stop(self, identity: bytes, rank: int) -> None:
         self.members.tell_stop(identity, rank, self.stop_reason or "stopped", self.version)
 
-    # -- periodic work -------------------------------------------------------------------------------
-    def _tick(self) -> None:
-        now = self.clock()
-        if self._signalled:
-            self.request_stop(self._signalled)
-        if self.t_start is None:
-            self._tick_waiting(now)
-        elif self.stop_reason is None and now - self.t_start >= self.cfg.run.max_seconds:
-            self.request_stop("max_seconds")
-        elif now >= self._next_heartbeat:  # once a second: the waiting get a heartbeat, the silent leave
-            self._next_heartbeat = now + 1.0
-            self.members.heartbeat(self.gate.waiting(), self.version)
-            self._evict()
-        if (
-            self.plan
-            and self.stop_reason is None
-            and self.model.at_boundary()
-            and self.plan.due(self.wall(), self.version)
-        ):
-            durable.checkpoint(self, self.plan)
-        if self.report.snapshot_due(now, self.t_start is not None, self.version):
-            self.report.snapshot(self.status(), self.params, self.model.mean_buffers())
-        self.report.tick(now, self.status())
-
-    def _evict(self) -> None:
-        """Workers silent for server.worker_timeout_s leave: nobody waits for them (SSP, the barrier, a group),
-        EF21 drops their g_i; too few left stops the run."""
-        for rank in self.members.silent(set(self.held)):
-            self.members.leave(rank)
-            self.gate.leave(rank)
-            self.model.agg.drop(rank)
-            self.evicted.append(rank)
-            log.warning("worker %d left: silent for %gs", rank, self.cfg.server.worker_timeout_s)
-        if not self.evicted or self.stop_reason is not None:
-            return
-        live = self.members.live()
-        if live < self.cfg.run.min_workers:
-            return self.request_stop(
-                f"too_few_workers: {live} left of {self.cfg.workers} (workers {self.evicted} left)"
-            )
-        stepped = self.model.set_group(min(self.cfg.staleness.apply_every, live))
-        for rank in self.gate.release_barrier() if stepped or self.gate.barrier_full(live) else []:
-            self._reply(self.members.identity(rank), self.held.pop(rank))
-
-    def _tick_waiting(self, now: float) -> None:
-        """Before the start: keep joined workers waiting (heartbeats), start anyway after join_timeout_s."""
-        if self.members.pending and now - self.t0 >= self.cfg.server.join_timeout_s:
-            self._start_training()
-        elif now >= self._next_heartbeat:
-            self._next_heartbeat = now + 1.0
-            self.members.heartbeat(self.members.pending, self.version)
-
-    def _start_training(self) -> None:
+    def start_training(self) -> None:
         """Welcome every waiting worker with the same version-0 parameters and start the clock."""
         self.t_start = self.clock()
         self.model.set_group(min(self.cfg.staleness.apply_every, self.members.live()))
@@ -337,23 +230,3 @@ class ParameterServer:
             stopping=self.stop_reason,
             ef_drift_max=self.model.agg.drift_max,
         )
-
-    def _finish(self) -> ServerSummary:
-        model = self.model
-        model.agg.recompute()  # measure the drift left at the end too
-        if self.plan is not None and self.cfg.checkpoint.at_end and model.at_boundary():
-            durable.checkpoint(self, self.plan, final=True)
-        summary = self.report.summary(
-            updates=self.version,
-            stop_reason=self.stop_reason,
-            wall_s=self.wall(),
-            num_params=model.numel,
-            ef_drift_max=model.agg.drift_max,
-            steps_clipped=model.steps_clipped,
-            workers={str(r): m.report() for r, m in sorted(self.members.members.items())},
-            replies_dropped=self.out.dropped,
-            **(durable.summary_fields(self.plan) if self.plan else {}),
-            workers_left=sorted(set(self.evicted)),
-        )
-        self.report.finish(summary, self.status(), self.params, model.mean_buffers())
-        return summary

@@ -20,8 +20,9 @@ import torch
 import torch.distributed as dist
 
 from protocol.config.loader import load_experiment
+from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
-from protocol.runfolder.records import write_record
+from protocol.runfolder.records import WorkerReport, write_record
 from sync.group import join_group, rank_device
 from sync.loop import SyncWorker
 
@@ -30,26 +31,52 @@ NORMAL_ENDS = ("max_updates", "max_seconds")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sync", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--run-dir", type=Path, help="rank 0 writes the run's records here; every rank its worker json")
-    args = ap.parse_args(argv)
+    args = _parse_args(argv)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     logging.basicConfig(
         level=logging.INFO, stream=sys.stdout, format=f"%(asctime)s sync{rank} %(levelname)s %(message)s"
     )
     try:
-        if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-            raise ConfigError("MASTER_ADDR", "and MASTER_PORT must be set (the launcher or torchrun sets them)")
-        cfg = load_experiment(args.config)
-        device = rank_device(cfg, int(os.environ.get("LOCAL_RANK", rank)), world)
-        torch.set_num_threads(cfg.worker.threads)
-        if args.run_dir:
-            args.run_dir.mkdir(parents=True, exist_ok=True)
-        worker = SyncWorker(cfg, rank, world, device, run_dir=args.run_dir if rank == 0 else None)
+        cfg, device, worker = _prepare(args.config, args.run_dir, rank, world)
     except (ConfigError, OSError) as err:
         print(f"error: rank {rank}: {err}", file=sys.stderr)
         return 2
+    if not _join(rank, world, device, cfg):
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: setattr(worker, "stop_request", "terminated"))
+    signal.signal(signal.SIGINT, lambda *_: setattr(worker, "stop_request", "interrupted"))
+    stats = _train(worker, rank, world, device)
+    if stats is None:
+        return 1
+    _log_end(stats)
+    if args.run_dir:
+        write_record(args.run_dir / f"worker-{rank}.json", stats)
+    return exit_code(stats.stop_reason, worker.stop_request)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m sync", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--run-dir", type=Path, help="rank 0 writes the run's records here; every rank its worker json")
+    return ap.parse_args(argv)
+
+
+def _prepare(
+    config: str, run_dir: Path | None, rank: int, world: int
+) -> tuple[ExperimentConfig, torch.device, SyncWorker]:
+    """The config, this rank's device and its SyncWorker (not yet in the group). Raises ConfigError or OSError."""
+    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        raise ConfigError("MASTER_ADDR", "and MASTER_PORT must be set (the launcher or torchrun sets them)")
+    cfg = load_experiment(config)
+    device = rank_device(cfg, int(os.environ.get("LOCAL_RANK", rank)), world)
+    torch.set_num_threads(cfg.worker.threads)
+    if run_dir:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return cfg, device, SyncWorker(cfg, rank, world, device, run_dir=run_dir if rank == 0 else None)
+
+
+def _join(rank: int, world: int, device: torch.device, cfg: ExperimentConfig) -> bool:
+    """Form the process group; False (said on stderr) if it cannot be formed."""
     try:
         join_group(rank, world, device, cfg)
     except (RuntimeError, OSError) as err:
@@ -59,18 +86,24 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-        return 1
-    signal.signal(signal.SIGTERM, lambda *_: setattr(worker, "stop_request", "terminated"))
-    signal.signal(signal.SIGINT, lambda *_: setattr(worker, "stop_request", "interrupted"))
+        return False
+    return True
+
+
+def _train(worker: SyncWorker, rank: int, world: int, device: torch.device) -> WorkerReport | None:
+    """The rank's steps, then the process group destroyed; None (said on stderr) when a step failed."""
     try:
         log.info("rank %d of %d on %s (%s)", rank, world, device, dist.get_backend())
-        stats = worker.run()
+        return worker.run()
     except RuntimeError as err:  # a peer died or stopped answering (gloo/nccl errors are RuntimeErrors)
         log.exception("the step failed")
         print(f"error: rank {rank}: {err}", file=sys.stderr, flush=True)
-        return 1
+        return None
     finally:
         dist.destroy_process_group()
+
+
+def _log_end(stats: WorkerReport) -> None:
     log.info(
         "stopped (%s) after %d steps: compute %.2fs, simulated %.2fs, collectives %.2fs, apply %.2fs",
         stats.stop_reason,
@@ -80,9 +113,6 @@ def main(argv: list[str] | None = None) -> int:
         stats.wait_s,
         stats.apply_s,
     )
-    if args.run_dir:
-        write_record(args.run_dir / f"worker-{rank}.json", stats)
-    return exit_code(stats.stop_reason, worker.stop_request)
 
 
 def exit_code(stop_reason: str, own_request: str) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -29,6 +30,7 @@ from protocol.wire.encoding import VALUE_DTYPES, narrow
 from protocol.wire.messages import Push
 from protocol.wire.packed import pack, unpack
 from ps.aggregate import make_aggregator
+from worker.ef import Uplink
 
 STOP_REASONS = ("", "max_updates", "max_seconds", "terminated", "interrupted")  # code = index
 
@@ -42,6 +44,15 @@ class Round:
     sent: list[int]  # per rank: bytes of its contribution (the push, as it would cross a socket)
     received: int  # bytes this rank received from the step's collectives (every rank receives as many)
     stop_reason: str  # "" = go on; else the reason of the lowest rank that asked to stop
+
+
+class Combiner(Protocol):
+    """Turns every rank's gradient of one step into the same direction on every rank (DenseAllReduce for
+    compression.method none, else GatheredPushes)."""
+
+    def combine(self, grad: torch.Tensor, loss: float, samples: int, step: int, stop_code: int) -> Round:
+        """This rank's gradient, loss and stop request (a STOP_REASONS code, 0: go on) in; the step's Round out."""
+        ...
 
 
 def first_stop(codes: list[int]) -> str:
@@ -119,7 +130,9 @@ class GatheredPushes:
     """Compressed pushes: every rank gathers every rank's packed Push and feeds them, in rank order, through
     the server's own aggregation code (ps/aggregate.py), so both modes combine the same pushes alike."""
 
-    def __init__(self, cfg: ExperimentConfig, rank: int, numel: int, comm: Collective, uplink, device):
+    def __init__(
+        self, cfg: ExperimentConfig, rank: int, numel: int, comm: Collective, uplink: Uplink, device: torch.device
+    ):
         self.rank, self.numel, self.comm, self.uplink = rank, numel, comm, uplink
         self.world = comm.world
         comp = cfg.compression
@@ -145,7 +158,7 @@ class GatheredPushes:
             signs=p.signs,
         )
         sizes, gathered = self._gather(push, stop_code)
-        pushes = [unpack(gathered[i, : int(sizes[i, 0])], int(sizes[i, 1])) for i in range(self.world)]
+        pushes = [self._unpack(gathered[i, : int(sizes[i, 0])], int(sizes[i, 1])) for i in range(self.world)]
         self.direction.copy_(self._combine(pushes))
         self.uplink.commit(True)  # every push of a sync step is applied
         received = sizes.numel() * sizes.element_size() + gathered.numel()
@@ -166,6 +179,12 @@ class GatheredPushes:
         self._send = send
         return sizes, self.comm.all_gather(send[:longest])
 
+    @staticmethod
+    def _unpack(buf: torch.Tensor, header_len: int) -> Push:
+        push = unpack(buf, header_len)
+        assert isinstance(push, Push)  # every rank packs a Push (combine)
+        return push
+
     def _combine(self, pushes: list[Push]) -> torch.Tensor:
         direction = None
         for rank, push in enumerate(pushes):  # rank order, the server's arithmetic
@@ -175,7 +194,9 @@ class GatheredPushes:
         return direction
 
 
-def make_combiner(cfg: ExperimentConfig, rank: int, numel: int, comm: Collective, uplink, device: torch.device):
+def make_combiner(
+    cfg: ExperimentConfig, rank: int, numel: int, comm: Collective, uplink: Uplink, device: torch.device
+) -> Combiner:
     if cfg.compression.method == "none":
         return DenseAllReduce(cfg, rank, numel, comm)
     return GatheredPushes(cfg, rank, numel, comm, uplink, device)

@@ -26,6 +26,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,8 +34,8 @@ import torch
 from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
 from protocol.runfolder.records import WorkerReport
-from ps.optim import make_optimizer
-from sync.collective import STOP_REASONS, Collective, make_combiner
+from ps.optim import Optimizer, make_optimizer
+from sync.collective import STOP_REASONS, Collective, Round, make_combiner
 from sync.records import SyncRecorder
 from worker.loop import rank_uplink
 from worker.step import Stepper
@@ -52,8 +53,8 @@ class SyncWorker:
         world: int,
         device: str | torch.device = "cpu",
         run_dir: Path | None = None,
-        clock=time.monotonic,
-        sleep=time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         if world != cfg.workers:
             raise ConfigError("workers", f"is {cfg.workers}, but the process group has {world} ranks")
@@ -65,7 +66,7 @@ class SyncWorker:
         self.step = Stepper(cfg, rank, self.task, self.stats, clock, sleep)  # async rank i's streams
         self.comm = Collective(world, net.params.device)  # gloo: host tensors; nccl: this rank's GPU
         self.combiner = make_combiner(cfg, rank, net.numel, self.comm, rank_uplink(cfg, rank, net), net.params.device)
-        self.opt = make_optimizer(net.params, cfg.optimizer)  # the server's optimizer, on every rank
+        self.opt: Optimizer = make_optimizer(net.params, cfg.optimizer)  # the server's optimizer, on every rank
         self.recorder = SyncRecorder(cfg, run_dir, net.numel, world) if rank == 0 else None
         self.stop_request = ""  # set by a signal handler; the next step's collective carries it
         self.record_s = 0.0
@@ -111,7 +112,7 @@ class SyncWorker:
         self.stats.pushes += 1
         self.stats.applied += 1
 
-    def _record(self, step: int, wall_s: float, rnd) -> None:
+    def _record(self, step: int, wall_s: float, rnd: Round) -> None:
         t0 = time.perf_counter()
         assert self.recorder is not None
         self.recorder.record(step, wall_s, self.cfg.optimizer.lr, rnd)

@@ -2,6 +2,7 @@
 one is resumed, another config's is refused, and a resumed server ends bitwise where an uninterrupted one
 does."""
 
+import ctypes
 import json
 import logging
 import os
@@ -112,6 +113,13 @@ def test_checkpoint_files_are_checked_and_the_newest_whole_one_is_resumed(tmp_pa
 
 
 # -- a real server process, killed and resumed ------------------------------------------------------------------
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _server(run_dir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "ps", "--config", str(run_dir / "config.yaml"), "--run-dir", str(run_dir), *extra],
@@ -119,6 +127,7 @@ def _server(run_dir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
         stderr=subprocess.STDOUT,
         text=True,
         cwd=ROOT,
+        preexec_fn=_die_with_parent,  # a failed assertion, or a killed pytest, must not leave a server running
     )
     line = ""
     while not line.startswith("TAUPS_SERVER_READY"):

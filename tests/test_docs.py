@@ -403,6 +403,8 @@ class Inner:
         require(self.depth >= 1, "depth", "must be >= 1")
         for key in ("limit",):
             require(True, key, f"must be below {self.depth}")
+        for key in ("depth",):  # the same loop variable: each loop's rules stay with its own keys
+            require(True, key, "must be odd")
 
 
 @dataclass(frozen=True)
@@ -439,7 +441,9 @@ def test_the_generator_reads_comments_types_defaults_and_checks(tmp_path):
     assert found[1].intro == "the inner section"
     rows = {r.key: r for s in found for r in s.rows}
     assert list(rows) == ["name", "sizes", "late", "inner.depth", "inner.mode", "inner.limit"]
-    assert rows["inner.depth"] == reference.Row("inner.depth", "int", "`3`", "how deep", ("must be >= 1",))
+    assert rows["inner.depth"] == reference.Row(
+        "inner.depth", "int", "`3`", "how deep", ("must be >= 1", "must be odd")
+    )
     assert rows["inner.mode"].comment == "spread over two lines and inline"
     assert rows["inner.mode"].type == "one of `a`, `b`"
     assert rows["inner.mode"].rules == ("cannot be b with late",)

@@ -159,7 +159,8 @@ def server(tmp_path):
         workers=1,
         optimizer={"name": "amsgrad", "lr": 0.01},
         run={"max_updates": 10**9, "max_seconds": 600, "eval_every_s": 1000},
-        server={"stop_grace_s": 1},
+        # the fuzzer, a connection holding no rank, waits for an answer to each message: no admission budget
+        server={"stop_grace_s": 1, "stranger_messages_per_s": 1e9},
     )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     write_model_init(tmp_path / "run" / FILE, served(LAYOUT, torch.randn(N), run_id="fuzz"))

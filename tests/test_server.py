@@ -244,3 +244,30 @@ def test_reply_carries_bytes_accounting(tmp_path):
         assert server.report.counters.uplink_bytes == push_bytes
     row = (tmp_path / "updates.csv").read_text().splitlines()[1].split(",")
     assert int(row[5]) == push_bytes
+
+
+def test_a_connection_that_has_not_joined_reads_no_parameters():
+    cfg = _cfg(2, server={"wait_for_workers": False})
+    with running_server(cfg, model=(LAYOUT, torch.randn(N))) as (server, endpoint, _):
+        member = FakeWorker(endpoint, 0, LAYOUT)
+        member.hello()
+        stranger = FakeWorker(endpoint, 1, LAYOUT)
+        for rank in (0, 1, 7):  # a joined rank, a free rank, a rank the run does not have
+            answer = stranger.request(Pull(rank=rank))
+            assert answer.TYPE == "reject" and answer.code == "unknown_rank", answer
+        assert member.request(Pull(rank=0)).TYPE == "reply"
+        stranger.close(), member.close()
+
+
+def test_a_live_rank_cannot_be_taken_by_a_second_hello():
+    with running_server(_cfg(1), model=(LAYOUT, torch.zeros(N))) as (server, endpoint, _):
+        owner = FakeWorker(endpoint, 0, LAYOUT)
+        owner.hello()
+        assert owner.push(torch.ones(N)).applied
+        thief = FakeWorker(endpoint, 0, LAYOUT)
+        refused = thief.hello()
+        assert refused.code == "rank_in_use" and "live connection" in refused.message
+        assert thief.push(torch.ones(N), advance=False).code == "unknown_rank"
+        assert owner.push(torch.ones(N)).applied  # the owner was not expelled
+        assert server.version == 2
+        thief.close(), owner.close()

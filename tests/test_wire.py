@@ -65,7 +65,7 @@ def test_every_message_type_round_trips(pair):
     assert {type(m) for m in examples} == set(MESSAGE_TYPES.values())
     for msg in examples:
         dealer.send(msg)
-        identity, got, _ = router.recv(5)
+        identity, got = (r := router.recv(5)).identity, r.msg
         assert identity is not None
         assert type(got) is type(msg)
         for name in msg.__dataclass_fields__:
@@ -75,7 +75,7 @@ def test_every_message_type_round_trips(pair):
             else:
                 assert a == b, name
         router.send(msg, to=identity)  # and back the other way
-        _, back, _ = dealer.recv(5)
+        back = dealer.recv(5).msg
         assert type(back) is type(msg)
 
 
@@ -97,7 +97,7 @@ def test_every_dtype_round_trips_across_frames(pair, dtype, numel):
             values=values,
         )
     )
-    _, got, _ = router.recv(5)
+    got = router.recv(5).msg
     assert got.values.dtype == dtype and torch.equal(got.values, values)
 
 
@@ -113,9 +113,9 @@ def test_receive_into_preallocated_buffer(pair):
     ptr = dest.data_ptr()
     router_msg = Reply(applied=True, reason="ok", staleness=0, version=1, lr=0.1, params=torch.arange(100.0))
     dealer.send(Pull(rank=0))
-    identity, _, _ = router.recv(5)
+    identity = router.recv(5).identity
     router.send(router_msg, to=identity)
-    _, got, _ = dealer.recv(5, alloc=lambda cls, spec: dest)
+    got = dealer.recv(5, alloc=lambda cls, spec: dest).msg
     assert got.params.data_ptr() == ptr and torch.equal(dest, torch.arange(100.0))
 
 
@@ -178,7 +178,7 @@ def test_malformed_messages_are_refused_and_the_channel_stays_usable(pair, case)
     assert info.value.code == code, info.value
     assert info.value.identity is not None  # so the server can answer with a Reject
     dealer.send(Pull(rank=7))  # the next message decodes normally: nothing was left half-read
-    _, msg, _ = router.recv(5)
+    msg = router.recv(5).msg
     assert msg == Pull(rank=7)
 
 
@@ -258,7 +258,7 @@ def test_ipc_endpoints_work(tmp_path):
     dealer.connect(endpoint)
     try:
         dealer.send(Pull(rank=1))
-        _, msg, _ = router.recv(5)
+        msg = router.recv(5).msg
         assert msg == Pull(rank=1)
     finally:
         dealer.close()
@@ -280,14 +280,14 @@ def test_send_pool_reuses_buffers_once_zeromq_released_them(pair):
     src = torch.randn(50_000)
     pool = SendPool(src.numel())
     dealer.send(Pull(rank=0))
-    identity, _, _ = router.recv(5)
+    identity = router.recv(5).identity
     for _ in range(5):
         buf = pool.snapshot(src)
         tracker = router.send(
             Reply(applied=True, reason="ok", staleness=0, version=0, lr=0.0, params=buf), to=identity, track=True
         ).tracker
         pool.sent(buf, tracker)
-        _, got, _ = dealer.recv(5)
+        got = dealer.recv(5).msg
         assert torch.equal(got.params, src)
         tracker.wait(timeout=5)  # released by ZeroMQ's I/O thread, possibly just after the peer got the bytes
     assert pool.allocated == 1

@@ -50,7 +50,7 @@ def test_a_reply_that_arrived_during_a_pause_longer_than_the_timeout_is_still_re
     sent = threading.Event()
 
     def answer():
-        identity, _, _ = router.recv(5)
+        identity = router.recv(5).identity
         router.send(Reply(True, "ok", 0, 1, 0.1), to=identity)
         sent.set()
 

@@ -21,8 +21,10 @@ from pathlib import Path
 import torch
 
 from protocol.config.loader import load_experiment
+from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
 from protocol.runfolder.records import write_record
+from protocol.wire.curve import WorkerKeys, key_folder, worker_keys
 from worker.host import EXIT_CANCELLED, RankHost, RankResult, exit_code
 
 log = logging.getLogger("worker")
@@ -38,31 +40,18 @@ def parse_ranks(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m worker", description=__doc__.split("\n\n")[0])
-    which = ap.add_mutually_exclusive_group(required=True)
-    which.add_argument("--rank", type=int, help="the one rank this process runs")
-    which.add_argument("--ranks", help="A-B: run ranks A..B (inclusive), one thread each")
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--server", required=True, help="server endpoint, e.g. tcp://127.0.0.1:5555")
-    ap.add_argument("--run-dir", type=Path, help="where to write worker-<rank>.json")
-    ap.add_argument("--run-id", default="")
-    args = ap.parse_args(argv)
+    args = _parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(threadName)s %(levelname)s %(message)s"
     )
     try:
-        ranks = [args.rank] if args.ranks is None else parse_ranks(args.ranks)
-        cfg = load_experiment(args.config)
-        bad = [r for r in ranks if not 0 <= r < cfg.workers]
-        if bad:
-            raise ConfigError(
-                "--rank" if args.ranks is None else "--ranks", f"{bad[0]} is outside 0..{cfg.workers - 1}"
-            )
-    except (ConfigError, OSError) as err:
+        cfg, ranks = _config_and_ranks(args)
+        keys = load_keys(cfg, ranks, args.keys, args.run_dir)
+    except (ConfigError, OSError, ValueError) as err:  # KeyFileError is a ValueError naming the file
         print(f"error: {err}", file=sys.stderr)
         return 2
     torch.set_num_threads(cfg.worker.threads)  # shared by every rank of this process
-    host = RankHost(cfg, ranks, args.server, run_id=args.run_id)
+    host = RankHost(cfg, ranks, args.server, run_id=args.run_id, keys=keys)
     signal.signal(signal.SIGTERM, lambda *_: host.cancel())
     host.start()
     try:
@@ -78,6 +67,39 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(code)
     host.close()
     return code
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m worker", description=__doc__.split("\n\n")[0])
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--rank", type=int, help="the one rank this process runs")
+    which.add_argument("--ranks", help="A-B: run ranks A..B (inclusive), one thread each")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--server", required=True, help="server endpoint, e.g. tcp://127.0.0.1:5555")
+    ap.add_argument("--run-dir", type=Path, help="where to write worker-<rank>.json")
+    ap.add_argument("--run-id", default="")
+    ap.add_argument("--keys", type=Path, help="CURVE key folder (default: server.keys, else RUN_DIR/keys)")
+    return ap.parse_args(argv)
+
+
+def _config_and_ranks(args: argparse.Namespace) -> tuple[ExperimentConfig, list[int]]:
+    """The config and the ranks this process runs; ConfigError for a rank outside the run."""
+    ranks = [args.rank] if args.ranks is None else parse_ranks(args.ranks)
+    cfg = load_experiment(args.config)
+    bad = [r for r in ranks if not 0 <= r < cfg.workers]
+    if bad:
+        raise ConfigError("--rank" if args.ranks is None else "--ranks", f"{bad[0]} is outside 0..{cfg.workers - 1}")
+    return cfg, ranks
+
+
+def load_keys(
+    cfg: ExperimentConfig, ranks: list[int], folder: Path | None, run_dir: Path | None
+) -> dict[int, WorkerKeys] | None:
+    """Each rank's CURVE key pair and the server's public key when the run uses CURVE (server.auth)."""
+    if not cfg.server.curve:
+        return None
+    folder = folder or key_folder(cfg.server.keys, run_dir)
+    return {rank: worker_keys(folder, rank) for rank in ranks}
 
 
 def report(results: list[RankResult], run_dir: Path | None) -> None:

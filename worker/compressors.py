@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from fractions import Fraction
+from typing import Protocol
 
 import torch
 
@@ -43,6 +44,16 @@ from worker import sparsify
 def alpha_of_unbiased(omega: float) -> float | None:
     """An unbiased C with omega < 1 is also contractive: E||C(x) - x||^2 <= omega ||x||^2 = (1 - (1 - omega))||x||^2."""
     return 1 - omega if omega < 1 else None
+
+
+class PayloadCompressor(Protocol):
+    """What an uplink (worker/ef.py) takes: C as a map from a flat float32 vector to a wire payload.
+
+    Compressor below is the base class of the built-in ones (make_compressor); anything of this shape serves."""
+
+    def compress(self, x: torch.Tensor) -> Payload:
+        """C(x) as a payload of CPU tensors ready to send; raises ValueError for a vector C has no meaning for."""
+        ...
 
 
 class Compressor(ABC):
@@ -120,21 +131,35 @@ class TopK(_Sparsifier):
 
     name, omega = "topk", None
 
-    def __init__(self, segments, numel, values="float32", indices="auto", exact=True, sample_fraction=0.01, seed=0):
+    def __init__(
+        self,
+        segments: list[tuple[int, int, int]],
+        numel: int,
+        values: str = "float32",
+        indices: str = "auto",
+        exact: bool = True,
+        sample_fraction: float = 0.01,
+        seed: int = 0,
+    ):
         super().__init__(segments, numel, values, indices, seed)
         self.exact, self.sample_fraction = exact, sample_fraction
         self.alpha = min(k / n for _, n, k in segments) if exact and segments else None
         self._mag: torch.Tensor | None = None  # reused |x| and mask buffers on x's device
         self._mask: torch.Tensor | None = None
 
-    def _compress(self, x: torch.Tensor) -> Payload:
-        if self._mag is None or self._mag.device != x.device:
+    def _buffers(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reused |x| and mask buffers, allocated (again) on x's device."""
+        if self._mag is None or self._mask is None or self._mag.device != x.device:
             self._mag = torch.empty_like(x)
             self._mask = torch.empty(x.numel(), dtype=torch.bool, device=x.device)
-        mag = torch.abs(x, out=self._mag)
+        return self._mag, self._mask
+
+    def _compress(self, x: torch.Tensor) -> Payload:
+        mag_buf, mask_buf = self._buffers(x)
+        mag = torch.abs(x, out=mag_buf)
         idx, vals = [], []
         for off, n, k in self.segments:
-            seg, mask = mag[off : off + n], self._mask[off : off + n]
+            seg, mask = mag[off : off + n], mask_buf[off : off + n]
             if self.exact:
                 sel = sparsify.topk_exact(seg, k, mask, self._gen(x.device))
             else:
@@ -151,12 +176,21 @@ class RandK(_Sparsifier):
 
     name = "randk"
 
-    def __init__(self, segments, numel, values="float32", indices="auto", scaled=False, seed=0):
+    def __init__(
+        self,
+        segments: list[tuple[int, int, int]],
+        numel: int,
+        values: str = "float32",
+        indices: str = "auto",
+        scaled: bool = False,
+        seed: int = 0,
+    ):
         super().__init__(segments, numel, values, indices, seed)
         self.scaled = scaled
         ratios = [n / k for _, n, k in segments] or [1.0]
-        self.omega = max(ratios) - 1 if scaled else None
-        self.alpha = alpha_of_unbiased(self.omega) if scaled else 1 / max(ratios)
+        omega = max(ratios) - 1  # of the scaled variant
+        self.omega = omega if scaled else None
+        self.alpha = alpha_of_unbiased(omega) if scaled else 1 / max(ratios)
 
     def _compress(self, x: torch.Tensor) -> Payload:
         idx, vals = [], []

@@ -18,10 +18,36 @@ payload -- exactly what crossed the socket -- never the pre-quantisation values.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from protocol.config.schema import CompressionConfig
 from protocol.wire.encoding import Payload, decode_into, decode_sparse, encode_dense
+from worker.compressors import PayloadCompressor
+
+
+class Uplink(Protocol):
+    """A worker's half of one compression.method: what each push carries, and the state that mirrors the
+    server's (the asynchronous worker, worker/loop.py, and the sync baseline, sync/collective.py, drive one)."""
+
+    uplink: str  # how the server aggregates the pushes: "grad" (the push is the direction) or "ef21"
+
+    def prepare(self, grad: torch.Tensor) -> tuple[str, Payload]:
+        """(push kind, payload) for this gradient: kind "grad", or "delta" / "reset" for the EF21 family."""
+        ...
+
+    def commit(self, applied: bool) -> None:
+        """The server's verdict on the last prepared push; state that mirrors the server's follows it."""
+        ...
+
+    def resync(self) -> None:
+        """The server's copy of the mirrored state may differ (a sequence error): the next push starts over."""
+        ...
+
+    def mirror(self) -> torch.Tensor | None:
+        """g_i, the vector the server keeps a copy of (the EF21 family); None for a method without one."""
+        ...
 
 
 def add_payload(target: torch.Tensor, payload: Payload, scratch: torch.Tensor, alpha: float = 1.0) -> None:
@@ -51,11 +77,14 @@ class DenseUplink:
     def resync(self) -> None:
         """Nothing to resynchronise."""
 
+    def mirror(self) -> torch.Tensor | None:
+        return None
+
 
 class NaiveUplink(DenseUplink):
     """method naive: C(grad) with no memory of what was lost."""
 
-    def __init__(self, numel: int, cfg: CompressionConfig, compressor):
+    def __init__(self, numel: int, cfg: CompressionConfig, compressor: PayloadCompressor):
         super().__init__(numel, cfg)
         self.compressor = compressor
 
@@ -66,7 +95,7 @@ class NaiveUplink(DenseUplink):
 class EF14Uplink(DenseUplink):
     """method ef14: the residual e carries what compression dropped into the next push."""
 
-    def __init__(self, numel: int, cfg: CompressionConfig, compressor, device: torch.device):
+    def __init__(self, numel: int, cfg: CompressionConfig, compressor: PayloadCompressor, device: torch.device):
         super().__init__(numel, cfg)
         self.compressor = compressor
         self.e = torch.zeros(numel, device=device)
@@ -89,7 +118,7 @@ class EF21Uplink:
 
     uplink = "ef21"
 
-    def __init__(self, numel: int, cfg: CompressionConfig, compressor, device: torch.device):
+    def __init__(self, numel: int, cfg: CompressionConfig, compressor: PayloadCompressor, device: torch.device):
         self.numel = numel
         self.compressor = compressor
         self.eta = 1.0 if cfg.method == "ef21" else cfg.eta
@@ -134,6 +163,7 @@ class EF21Uplink:
         if not applied:
             return
         if kind == "reset":
+            assert payload.values is not None  # a dense payload carries its values
             self.g.copy_(payload.values)
             self._need_reset = False
         else:
@@ -144,10 +174,17 @@ class EF21Uplink:
         self._need_reset = True
         self._pending = None
 
+    def mirror(self) -> torch.Tensor | None:
+        return self.g
 
-def make_uplink(cfg: CompressionConfig, numel: int, compressor, device: torch.device):
+
+def make_uplink(
+    cfg: CompressionConfig, numel: int, compressor: PayloadCompressor | None, device: torch.device
+) -> Uplink:
+    """The uplink of compression.method; every method but none compresses, with `compressor`."""
     if cfg.method == "none":
         return DenseUplink(numel, cfg)
+    assert compressor is not None, f"compression.method {cfg.method} needs a compressor"
     if cfg.method == "naive":
         return NaiveUplink(numel, cfg, compressor)
     if cfg.method == "ef14":

@@ -27,6 +27,7 @@ import torch
 from protocol.config.schema import ExperimentConfig
 from protocol.runfolder.records import WorkerReport
 from protocol.wire.channel import Channel
+from protocol.wire.curve import WorkerKeys
 from worker.loop import Cancelled, WorkerError, WorkerLoop, worker_channel
 from worker.tasks import Task, build_spec
 from worker.tasks.task import another_rank
@@ -46,7 +47,14 @@ class RankResult:
 
 
 class RankHost:
-    def __init__(self, cfg: ExperimentConfig, ranks: list[int], endpoint: str, run_id: str = ""):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        ranks: list[int],
+        endpoint: str,
+        run_id: str = "",
+        keys: dict[int, WorkerKeys] | None = None,
+    ):
         self.cfg = cfg
         self.cancel_event = threading.Event()
         self._done: queue.Queue[RankResult] = queue.Queue()
@@ -59,7 +67,7 @@ class RankHost:
         specs = [spec, *(another_rank(spec) for _ in ranks[1:])]  # copied before any Task flattens one
         for rank, rank_spec in zip(ranks, specs):
             task = Task(cfg, device=cfg.device_of(rank, torch.cuda.device_count()), spec=rank_spec)
-            chan = worker_channel(cfg, rank)
+            chan = worker_channel(cfg, rank, (keys or {}).get(rank))
             chan.connect(endpoint)
             self.channels.append(chan)
             self.loops.append(WorkerLoop(cfg, rank, chan, task=task, run_id=run_id, cancel=self.cancel_event))

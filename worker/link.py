@@ -64,6 +64,7 @@ class ServerLink:
             remaining = deadline - self.clock()
             got = self._recv(min(max(remaining, 0.0), CANCEL_POLL_S))
             if got is None:
+                self._check_handshake()
                 if remaining <= 0:
                     raise TimeoutError if isinstance(msg, Hello) else LinkError(self._silent(timeout))
                 if self.clock() - quiet_since >= self.cfg.server.resend_s:
@@ -77,6 +78,15 @@ class ServerLink:
             elif matches(got):
                 self.stats.wait_s += self.clock() - t0
                 return got
+
+    def _check_handshake(self) -> None:
+        """A CURVE handshake the server refused: this rank's key is not in its key folder (or the server key
+        is another one). ZeroMQ would retry forever; the worker says why at once."""
+        if self.chan.curve and self.chan.handshake_failures():
+            raise LinkError(
+                f"the server at {self.chan.endpoint} refused this worker's CURVE handshake: its key is not one the "
+                "server accepts, or server.key is not the server's (see docs/security.md)"
+            )
 
     def _send(self, msg: Message) -> None:
         try:

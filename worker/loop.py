@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -24,14 +25,16 @@ from protocol.errors import ProtocolError
 from protocol.runfolder.records import WorkerReport
 from protocol.wire import codec
 from protocol.wire.channel import Channel
-from protocol.wire.encoding import is_finite
+from protocol.wire.curve import WorkerKeys
+from protocol.wire.encoding import Payload, is_finite
 from protocol.wire.faults import injector
 from protocol.wire.messages import Hello, Message, Push, Reject, Reply, Stop, Welcome
 from worker.compressors import make_compressor
-from worker.ef import make_uplink
+from worker.ef import Uplink, make_uplink
 from worker.link import LinkError, ServerLink
 from worker.step import Stepper
 from worker.tasks import Task, rank_seed
+from worker.tasks.flat import FlatModel
 
 log = logging.getLogger("worker")
 MAX_CONSECUTIVE_REJECTS = 20
@@ -42,7 +45,7 @@ CLIPPED_WARN_AFTER = 100  # pushes in a row with values clipped to the wire dtyp
 COMPRESSOR_STREAM = 1  # the compressor's random stream is independent of the sampling stream
 
 
-def rank_uplink(cfg: ExperimentConfig, rank: int, net):
+def rank_uplink(cfg: ExperimentConfig, rank: int, net: FlatModel) -> Uplink:
     """This rank's error-feedback uplink (and compressor, with its own random stream) for the model `net`.
 
     The synchronous baseline (sync/loop.py) builds its uplinks here too, so both modes compress alike.
@@ -54,16 +57,21 @@ def rank_uplink(cfg: ExperimentConfig, rank: int, net):
     return make_uplink(comp, net.numel, compressor, net.params.device)
 
 
-def worker_channel(cfg: ExperimentConfig, rank: int) -> Channel:
-    """A worker's DEALER channel as the config says (frame size, message cap, send timeout, faults)."""
+def worker_channel(cfg: ExperimentConfig, rank: int, keys: WorkerKeys | None = None) -> Channel:
+    """A worker's DEALER channel as the config says (frame size, message cap, send timeout, faults), with
+    CURVE when given the rank's keys (then a refused handshake is noticed: ServerLink)."""
     s = cfg.server
-    return Channel(
+    chan = Channel(
         "dealer",
         chunk_bytes=s.chunk_bytes,
         max_message_bytes=s.max_message_bytes,
         send_timeout_s=s.send_timeout_s,
         faults=injector(cfg, rank),
+        curve=keys,
     )
+    if keys is not None:
+        chan.watch_handshakes()
+    return chan
 
 
 class WorkerError(RuntimeError):
@@ -86,8 +94,8 @@ class WorkerLoop:
         channel: Channel,
         task: Task | None = None,
         run_id: str = "",
-        clock=time.monotonic,
-        sleep=time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
         cancel: threading.Event | None = None,
     ):
         self.cfg, self.rank, self.chan = cfg, rank, channel
@@ -199,10 +207,10 @@ class WorkerLoop:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled(f"rank {self.rank} was asked to stop")
 
-    def _meta(self, payload, kind: str) -> dict:
+    def _meta(self, payload: Payload, kind: str) -> dict:
         """Encoding metadata, plus now and then ||g_i||^2 so the server can check its mirror of g_i."""
         meta = dict(payload.meta)
-        g = getattr(self.uplink, "g", None)
+        g = self.uplink.mirror()
         if g is not None and kind == "delta" and self.seq % self.cfg.compression.resync_every == 0:
             meta["g_sq"] = float(g.double().square().sum())
         return meta

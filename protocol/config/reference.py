@@ -89,11 +89,12 @@ def field_comments(cls: type) -> dict[str, str]:
 
 def _own_field_comments(cls: type) -> dict[str, str]:
     _, comments, own_line = _module_source(cls.__module__)
-    out = {}
+    out: dict[str, str] = {}
     for node in _class_node(cls).body:
         if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
             continue
-        above, line = [], node.lineno - 1
+        above: list[str] = []
+        line = node.lineno - 1
         while line in own_line:
             above.insert(0, comments[line])
             line -= 1
@@ -121,25 +122,17 @@ def check_rules(cls: type) -> dict[str, list[str]]:
         for n in _class_node(cls).body
         if isinstance(n, ast.FunctionDef) and (n.name == "check" or n.name.startswith("_check"))
     ]
-    loops: dict[str, list[str]] = {}
-    for node in (n for check in checks for n in ast.walk(check)):
-        if isinstance(node, ast.For) and isinstance(node.target, ast.Name) and isinstance(node.iter, ast.Tuple):
-            values = [e.value for e in node.iter.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
-            loops[node.target.id] = values
+    looped = _looped_keys(checks)
     rules: dict[str, list[str]] = {}
     for node in (n for check in checks for n in ast.walk(check)):
-        if not (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id == "require"
-            and len(node.args) == 3
-        ):
+        args = _require_args(node)
+        if args is None:
             continue
-        key_node, msg_node = node.args[1], node.args[2]
+        key_node, msg_node = args
         if isinstance(key_node, ast.Constant) and isinstance(key_node.value, str):
             keys = [key_node.value]
-        elif isinstance(key_node, ast.Name) and key_node.id in loops:
-            keys = loops[key_node.id]
+        elif id(node) in looped:
+            keys = looped[id(node)]
         else:
             continue
         message = _message_text(msg_node)
@@ -149,6 +142,33 @@ def check_rules(cls: type) -> dict[str, list[str]]:
             if message not in rules.setdefault(key, []):
                 rules[key].append(message)
     return rules
+
+
+def _require_args(node: ast.AST) -> tuple[ast.expr, ast.expr] | None:
+    """(key, message) of a `require(condition, key, message)` call; None for any other node."""
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "require"
+        and len(node.args) == 3
+    ):
+        return node.args[1], node.args[2]
+    return None
+
+
+def _looped_keys(checks: list[ast.FunctionDef]) -> dict[int, list[str]]:
+    """id of each require call inside `for key in ("a", "b", ...)` whose key is that loop's variable -> the
+    strings (each loop its own: two loops may use the same variable name)."""
+    out: dict[int, list[str]] = {}
+    for loop in (n for check in checks for n in ast.walk(check)):
+        if not (isinstance(loop, ast.For) and isinstance(loop.target, ast.Name) and isinstance(loop.iter, ast.Tuple)):
+            continue
+        values = [e.value for e in loop.iter.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+        for node in (n for stmt in loop.body for n in ast.walk(stmt)):
+            args = _require_args(node)
+            if args is not None and isinstance(args[0], ast.Name) and args[0].id == loop.target.id:
+                out[id(node)] = values
+    return out
 
 
 def _message_text(node: ast.expr) -> str | None:
@@ -242,7 +262,7 @@ def _walk(cls: type, path: str, intro: str, out: list[Section], cross: dict[str,
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
         key = _join(path, f.name)
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             nested.append((hint, key, comments.get(f.name, "") or class_doc(hint)))
             continue
         default = _default(f)

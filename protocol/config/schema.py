@@ -9,12 +9,14 @@ Each field's comment is its documentation: docs/config.md is generated from them
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from protocol.errors import ConfigError
+from protocol.wire.endpoints import is_local, uses_curve
 
 # Every choice list is written once, as a Literal; the tuples are derived from it.
 DatasetName = Literal["digits", "synthetic", "mnist", "fashion_mnist", "libsvm"]
@@ -134,7 +136,9 @@ class TaskConfig:
         require(self.batch_size >= 0, "batch_size", "must be >= 0 (0 = full local data)")
         require(all(1 <= h <= MAX_ELEMENTS for h in self.hidden), "hidden", "widths must be in [1, 2^28]")
         require(
-            all(1 <= c <= MAX_ELEMENTS for c in self.channels) and self.channels, "channels", "must be in [1, 2^28]"
+            all(1 <= c <= MAX_ELEMENTS for c in self.channels) and bool(self.channels),
+            "channels",
+            "must be in [1, 2^28]",
         )
         require(all(1 <= h <= MAX_ELEMENTS for h in self.head), "head", "widths must be in [1, 2^28]")
         require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
@@ -331,6 +335,18 @@ class ServerConfig:
     # tcp://HOST:PORT (port 0 = any free port) or ipc:///path; before starting anything the launcher binds it
     # once (an address of this host, a free port) or checks the ipc folder (launch/preflight.py)
     endpoint: str = "tcp://127.0.0.1:0"
+    # curve: every connection authenticated and encrypted (ZeroMQ CURVE; keys in server.keys); none: neither;
+    # auto: curve when server.endpoint reaches beyond this host (not loopback, not ipc), none otherwise
+    auth: Literal["auto", "none", "curve"] = "auto"
+    # the key folder (server.key_secret, worker-<rank>.key ...: python -m launch.keys create DIR); empty: the
+    # run folder's keys/, where the launcher writes new keys for each run
+    keys: str = ""
+    # python -m launch.node (runs placed by torchrun): the address this host's server binds (an IPv4/IPv6
+    # literal, port chosen free); empty: this host's address on the route to MASTER_ADDR. Never a wildcard.
+    interface: str = ""
+    # allow binding beyond this host without CURVE (anyone who reaches the port can join and push): a warning
+    # in the server's log and summary
+    allow_insecure: bool = False
     threads: int = 1  # torch intra-op threads in the server (the step is memory-bound)
     # tensors travel as frames of at most this size (1 MiB moves fastest); a tensor may have 65536 frames
     chunk_bytes: int = 1 << 20
@@ -354,14 +370,36 @@ class ServerConfig:
     # clip_grad_norm_ does, per server step); null: no clipping. Pushes whose squares overflow float32 are
     # always refused, clipping or not.
     max_grad_norm: float | None = None
+    # admission (ps/admission.py): messages per second one connection may send; beyond, its messages are dropped
+    # unread and counted (messages_throttled). A worker sends one request per answer, far below this.
+    peer_messages_per_s: float = 10000.0
+    stranger_messages_per_s: float = 100.0  # ... for a connection that holds no rank (a worker joins with one)
+    peer_bytes_per_s: float = 0.0  # tensor bytes per second one connection may send; 0: no limit
     status_every_s: float = 0.5  # how often the server publishes its counters (status.json)
 
     def check(self) -> None:
-        tcp = re.fullmatch(r"tcp://[^:]+:(\d+|\*)", self.endpoint)
+        self._check_endpoint()
+        require(self.interface == "" or _is_address(self.interface), "interface",
+                f"must be an IP address of this host (e.g. 10.0.0.5), got {self.interface!r}")  # fmt: skip
+        require(1 <= self.threads <= MAX_THREADS, "threads", "must be in [1, 1024]")
+        require(1 << 10 <= self.chunk_bytes <= 1 << 30, "chunk_bytes", "must be in [1 KiB, 1 GiB]")
+        require(self.max_message_bytes >= 1 << 16, "max_message_bytes", "must be >= 64 KiB")
+        require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be > 0 (or null)")
+        self._check_budgets()
+        require(
+            self.chunk_bytes <= self.max_message_bytes,
+            "chunk_bytes",
+            "must be <= server.max_message_bytes: ZeroMQ drops a frame larger than its MAXMSGSIZE together "
+            "with the connection, and the peer waits out its timeout",
+        )
+        self._check_waits()
+
+    def _check_endpoint(self) -> None:
+        tcp = re.fullmatch(r"tcp://(?:\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):(\d+|\*)", self.endpoint)  # host or [IPv6]
         require(
             tcp is not None or re.fullmatch(r"ipc://.+", self.endpoint) is not None,
             "endpoint",
-            f"must look like tcp://127.0.0.1:0 or ipc:///tmp/name, got {self.endpoint!r}",
+            f"must look like tcp://127.0.0.1:0, tcp://[::1]:0 or ipc:///tmp/name, got {self.endpoint!r}",
         )
         require(tcp is None or tcp[1] == "*" or int(tcp[1]) <= 65535, "endpoint", "a tcp port must be in [0, 65535]")
         require(
@@ -369,16 +407,15 @@ class ServerConfig:
             "endpoint",
             "an ipc path must be at most 107 bytes (a Unix socket address holds no more)",
         )
-        require(1 <= self.threads <= MAX_THREADS, "threads", "must be in [1, 1024]")
-        require(1 << 10 <= self.chunk_bytes <= 1 << 30, "chunk_bytes", "must be in [1 KiB, 1 GiB]")
-        require(self.max_message_bytes >= 1 << 16, "max_message_bytes", "must be >= 64 KiB")
-        require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be > 0 (or null)")
-        require(
-            self.chunk_bytes <= self.max_message_bytes,
-            "chunk_bytes",
-            "must be <= server.max_message_bytes: ZeroMQ drops a frame larger than its MAXMSGSIZE together "
-            "with the connection, and the peer waits out its timeout",
-        )
+        self.check_exposure(self.endpoint)
+
+    def _check_budgets(self) -> None:
+        for key in ("peer_messages_per_s", "stranger_messages_per_s"):
+            require(1 <= getattr(self, key) <= 1e9, key, "must be in [1, 1e9]")
+        require(self.peer_bytes_per_s == 0 or 1 << 16 <= self.peer_bytes_per_s <= 1e15, "peer_bytes_per_s",
+                "must be 0 (no limit) or in [65536, 1e15]")  # fmt: skip
+
+    def _check_waits(self) -> None:
         require(
             self.send_timeout_s >= 0.001,
             "send_timeout_s",
@@ -396,6 +433,21 @@ class ServerConfig:
         ):
             require(getattr(self, key) > 0, key, "must be > 0")
             require(getattr(self, key) <= MAX_WAIT_S, key, "must be <= 2147483 s (24.8 days: a C int of milliseconds)")
+
+    @property
+    def curve(self) -> bool:
+        """Whether the run uses CURVE (server.auth, with auto resolved against server.endpoint)."""
+        return uses_curve(self.auth, self.endpoint)
+
+    def check_exposure(self, endpoint: str) -> None:
+        """Refuse binding `endpoint` beyond this host without CURVE, unless server.allow_insecure."""
+        auth = f"{self.auth!r}" + (f", which chose none for {self.endpoint}" if self.auth == "auto" else "")
+        require(
+            self.curve or is_local(endpoint) or self.allow_insecure,
+            "endpoint",
+            f"{endpoint} reaches beyond this host, but server.auth is {auth}: anyone who reaches it could join "
+            "and push. Set server.auth: curve, or server.allow_insecure: true",
+        )
 
 
 @dataclass(frozen=True)
@@ -573,6 +625,14 @@ def _is_setting(cls: type, dotted: str) -> bool:
     if head not in fields:
         return False
     hint = typing.get_type_hints(cls)[head]
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return rest != "" and _is_setting(hint, rest)
     return rest == ""
+
+
+def _is_address(text: str) -> bool:
+    """An IPv4 or IPv6 literal that names one host (no wildcard)."""
+    try:
+        return not ipaddress.ip_address(text).is_unspecified
+    except ValueError:
+        return False

@@ -17,11 +17,14 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from protocol.errors import ConfigError
 
-T = typing.TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = typing.TypeVar("T", bound="DataclassInstance")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -71,7 +74,7 @@ def coerce(hint: Any, value: Any, key: str) -> Any:
         if value not in args:
             raise ConfigError(key, f"must be one of {list(args)}, got {value!r}")
         return value
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return build(hint, value, key)
     if origin in (list, tuple):
         return _sequence(origin, args, value, key)

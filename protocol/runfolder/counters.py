@@ -15,6 +15,8 @@ class Counters:
     pushes_applied: int = 0
     pushes_rejected: int = 0
     messages_rejected: int = 0  # undecodable messages (no push row can be written for them)
+    auth_rejected: int = 0  # connections whose CURVE handshake failed: no message of theirs was read
+    messages_throttled: int = 0  # messages of a peer over its admission limits, dropped unread
     uplink_bytes: int = 0
     downlink_bytes: int = 0
     values_clipped: int = 0  # values workers clipped to the wire dtype's range (meta.clipped of the pushes)
@@ -93,6 +95,8 @@ class Counters:
             "pushes_applied": applied,
             "pushes_rejected": self.pushes_rejected,
             "messages_rejected": self.messages_rejected,
+            "auth_rejected": self.auth_rejected,
+            "messages_throttled": self.messages_throttled,
             "rejected_by_reason": dict(self.reasons),
             "uplink_bytes": self.uplink_bytes,
             "downlink_bytes": self.downlink_bytes,

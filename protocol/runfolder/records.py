@@ -53,6 +53,7 @@ class Status:
     pushes_rejected: int = 0
     pushes_refused: int = 0  # not applied for a reason other than arriving after the stop
     messages_rejected: int = 0
+    auth_rejected: int = 0
     workers_joined: int = 0
     workers: int = 0
     started: bool = False
@@ -80,6 +81,11 @@ class ServerSummary:
     pushes_applied: int = 0
     pushes_rejected: int = 0
     messages_rejected: int = 0  # undecodable messages (no push row can be written for them)
+    # server.auth as it was resolved: 'curve' or 'none'; insecure: bound beyond this host without CURVE
+    auth: str = "none"
+    insecure: bool = False
+    auth_rejected: int = 0  # connections whose CURVE handshake failed (an unknown key, no CURVE): none was read
+    messages_throttled: int = 0  # messages of a peer over its admission limits (ps/admission.py), dropped unread
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     uplink_bytes: int = 0
     downlink_bytes: int = 0
@@ -145,6 +151,10 @@ class RunSummary:
     pushes_applied: int = 0
     pushes_rejected: int = 0
     messages_rejected: int = 0
+    auth: str | None = None  # 'curve' or 'none' (async); insecure: bound beyond this host without CURVE
+    insecure: bool = False
+    auth_rejected: int = 0  # connections whose CURVE handshake the server refused
+    messages_throttled: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     uplink_bytes: int = 0
     downlink_bytes: int = 0

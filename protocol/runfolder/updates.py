@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -53,7 +54,12 @@ class UpdateLog:
         f, self._f = self._f, None
         f.close()
         path = self._path
-        self._guard(lambda: (os.truncate(path, size), self._open(path, append=True)))
+
+        def reopen() -> None:
+            os.truncate(path, size)
+            self._open(path, append=True)
+
+        self._guard(reopen)
 
     def write(self, r: PushRecord) -> None:
         if self._f is None:
@@ -88,7 +94,7 @@ class UpdateLog:
             except OSError as err:
                 self.error = self.error or f"{type(err).__name__}: {err}"
 
-    def _guard(self, action) -> None:
+    def _guard(self, action: Callable[[], object]) -> None:
         try:
             action()
         except OSError as err:

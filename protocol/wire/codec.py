@@ -83,7 +83,8 @@ def byte_view(t: torch.Tensor) -> memoryview:
         raise ValueError("tensors must be on the CPU to be sent; copy them to a (pinned) host buffer first")
     if not t.is_contiguous():
         raise ValueError("tensors must be contiguous to be sent without a copy")
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    # ndarray.data is memoryview(array) (the same object numpy builds), and numpy's stubs type it as one
+    return t.reshape(-1).view(torch.uint8).numpy().data
 
 
 def encode(msg: Message, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list:

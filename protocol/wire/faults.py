@@ -12,6 +12,10 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the annotation only: the wire layer does not import the config at run time
+    from protocol.config.schema import ExperimentConfig
 
 
 @dataclass
@@ -65,7 +69,7 @@ class FaultInjector:
         return ready
 
 
-def injector(cfg, who: int) -> FaultInjector | None:
+def injector(cfg: ExperimentConfig, who: int) -> FaultInjector | None:
     """The faults of a config's `faults` section for one process (`who`: a rank, -1 for the server), None
     when they are all off. Each process draws its own stream."""
     f = cfg.faults

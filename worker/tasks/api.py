@@ -22,15 +22,29 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from protocol.config.schema import TaskConfig
+
 Batch = Any  # what a DataLoader over the training data yields; (inputs, targets) by default
-Data = Dataset | tuple[torch.Tensor, ...]  # a torch Dataset, or tensors of equal length (inputs, targets)
+
+
+class SizedData(Protocol):
+    """A map-style data set as the DataLoaders read it: samples by index, and how many there are (a torch
+    Dataset that defines __len__, as TensorDataset, Subset and torchvision's do)."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+    def __len__(self) -> int: ...
+
+
+Data = SizedData | tuple[torch.Tensor, ...]  # a data set as above, or tensors of equal length (inputs, targets)
 
 
 def default_forward(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,14 +108,14 @@ def load_factory(ref: str) -> Callable[..., Any]:
     return factory
 
 
-def _import(module: str):
+def _import(module: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except Exception as err:  # any error of the user's module: say which and why
         raise TaskError(f"cannot import {module}: {type(err).__name__}: {err}") from None
 
 
-def _load_file(path: Path):
+def _load_file(path: Path) -> ModuleType:
     if not path.is_file():
         raise TaskError(f"{path} does not exist")
     name = f"taups_task_{path.stem}"
@@ -118,7 +132,7 @@ def _load_file(path: Path):
     return module
 
 
-def call_factory(factory: Callable[..., Any], task_cfg: Any, ref: str) -> TaskSpec:
+def call_factory(factory: Callable[..., Any], task_cfg: TaskConfig, ref: str) -> TaskSpec:
     """factory(task_cfg), checked: raises TaskError naming what went wrong."""
     try:
         spec = factory(task_cfg)

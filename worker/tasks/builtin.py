@@ -8,7 +8,7 @@ them by name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -33,12 +33,19 @@ def regularizer_of(task: TaskConfig) -> Callable[[nn.Module], torch.Tensor] | No
     if task.regularizer == "none" or lam == 0:
         return None
     if task.regularizer == "l2":
-        return lambda model: 0.5 * lam * sum((p * p).sum() for p in _trainable(model))
-    return lambda model: lam * sum((p * p / (1 + p * p)).sum() for p in _trainable(model))
+        return lambda model: 0.5 * lam * _total((p * p).sum() for p in _trainable(model))
+    return lambda model: lam * _total((p * p / (1 + p * p)).sum() for p in _trainable(model))
 
 
 def _trainable(model: nn.Module) -> list[torch.Tensor]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """sum(terms): a tensor, since every built-in model has trainable parameters (sum of none would be 0)."""
+    total = sum(terms)
+    assert isinstance(total, torch.Tensor)
+    return total
 
 
 def from_dataset(task: TaskConfig, data: Dataset) -> TaskSpec:

@@ -8,8 +8,10 @@ data seed, never on the experiment seed, so runs with different seeds train on t
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +27,8 @@ from worker.tasks.files import (
     scan_libsvm,
 )
 
+T = TypeVar("T")
+
 SPLIT_SEED = 20240607  # fixed: the digits (and libsvm without a test file) train/test split never changes
 MNIST_SPLITS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -35,6 +39,20 @@ FASHION_MEAN, FASHION_STD = 0.2860, 0.3530  # the same for Fashion-MNIST's train
 PIXEL_NORMS = {"mnist": (MNIST_MEAN, MNIST_STD), "fashion_mnist": (FASHION_MEAN, FASHION_STD)}
 FASHION_PACKAGE = "dataset-fashion-mnist"  # Debian's package of the official IDX files
 DIGITS_SAMPLES, DIGITS_CLASSES = 1797, 10  # scikit-learn's bundled digits (the pre-launch check does not load them)
+
+
+class ModelInput(Protocol):
+    """What build_model (worker/tasks/models.py) reads of a data set to size the model: a Dataset, or the
+    stand-in the pre-launch check makes of a DataShape (launch/preflight.py)."""
+
+    @property
+    def num_classes(self) -> int | None: ...
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def features(self) -> int: ...
 
 
 @dataclass
@@ -75,7 +93,10 @@ def load_dataset(cfg: TaskConfig) -> Dataset:
     raise ValueError(f"unknown dataset {cfg.dataset!r}")
 
 
-def _split(x: torch.Tensor, y: torch.Tensor, test_fraction: float, seed: int):
+def _split(
+    x: torch.Tensor, y: torch.Tensor, test_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_train, y_train, x_test, y_test): test_fraction of the samples (at least one) held out at random."""
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(x)))
     n_test = max(1, int(round(len(x) * test_fraction)))
     test, train = perm[:n_test], perm[n_test:]
@@ -255,6 +276,7 @@ def _check_libsvm(task: TaskConfig) -> DataShape:
         )
     unknown = {label: line for label, line in (test.labels.items() if test else ()) if label not in train.labels}
     if unknown:
+        assert test is not None  # only a test file's labels can be unknown
         label, line = min(unknown.items(), key=lambda item: item[1])
         known = ", ".join(f"{c:g}" for c in sorted(train.labels))
         message = (
@@ -292,7 +314,7 @@ def _file(path: str) -> Path:
     return Path(path)
 
 
-def _as_config_error(key: str, check):
+def _as_config_error(key: str, check: Callable[[], T]) -> T:
     try:
         return check()
     except (OSError, ValueError) as err:

@@ -23,9 +23,10 @@ import gzip
 import itertools
 import math
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -36,6 +37,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 MNIST_CLASSES = 10
 MAX_DENSE_FLOATS = 1 << 28  # 1 GiB of float32: larger LIBSVM data sets are refused rather than swapping
 CHUNK_BYTES = 1 << 20  # what the checks hold of a file at a time
+R = TypeVar("R")  # what a cached check returns
 
 
 def _is_gzip(path: Path) -> bool:
@@ -68,18 +70,24 @@ def _chunks(path: Path) -> Iterator[bytes]:
         raise ValueError(f"{path}: cannot decompress: {exc}") from None
 
 
-def _per_file_version(check):
+class _PerFileVersion(Generic[R]):
     """Cache a check's result per file version (path, inode, size, mtime): a sweep checks each file once.
     Errors are not kept; `cache_clear()` forgets every result."""
-    cached = functools.lru_cache(maxsize=64)(lambda path, _version, *args: check(Path(path), *args))
 
-    @functools.wraps(check)
-    def wrapper(path: str | Path, *args):
+    def __init__(self, check: Callable[..., R]):
+        self._check = check
+        self._cached = functools.lru_cache(maxsize=64)(self._run)
+        functools.update_wrapper(self, check)
+
+    def _run(self, path: str, _version: tuple[int, int, int], *args: Any) -> R:
+        return self._check(Path(path), *args)
+
+    def __call__(self, path: str | Path, *args: Any) -> R:
         st = Path(path).stat()
-        return cached(str(path), (st.st_ino, st.st_size, st.st_mtime_ns), *args)
+        return self._cached(str(path), (st.st_ino, st.st_size, st.st_mtime_ns), *args)
 
-    wrapper.cache_clear = cached.cache_clear
-    return wrapper
+    def cache_clear(self) -> None:
+        self._cached.cache_clear()
 
 
 def idx_header(path: Path, data: bytes, magic: int) -> tuple[int, ...]:
@@ -123,7 +131,7 @@ def _check_body_size(path: Path, dims: tuple[int, ...], got: int) -> None:
         )
 
 
-@_per_file_version
+@_PerFileVersion
 def check_idx(path: Path, magic: int, classes: int = 0) -> tuple[int, ...]:
     """Pre-launch check of a whole IDX file, a chunk at a time: header, body size against it, every gzip
     byte decompressed; with `classes`, every value (a label) below it. Returns the declared dimensions."""
@@ -264,11 +272,12 @@ class LibsvmSummary:
     max_index_line: int
 
 
-@_per_file_version
+@_PerFileVersion
 def scan_libsvm(path: Path) -> LibsvmSummary:
     """Parse every line of a LIBSVM file with the reader's parser (same errors, same messages), keeping
     only counts, labels and the largest index: the full pre-launch check, in constant memory."""
-    samples, labels, top, top_line = 0, {}, 0, 0
+    samples, top, top_line = 0, 0, 0
+    labels: dict[float, int] = {}
     for lineno, (label, indices, _) in _samples(path):
         samples += 1
         labels.setdefault(label, lineno)
@@ -302,7 +311,9 @@ def read_libsvm(path: str | Path, features: int = 0, test_path: str | Path | Non
     return LibsvmData(x_train, y_train, x_test, y_test, classes)
 
 
-def _dense(rows: SparseRows, n_features: int, class_of: dict[float, int], train_path: Path | None = None):
+def _dense(
+    rows: SparseRows, n_features: int, class_of: dict[float, int], train_path: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     if len(rows.labels) * n_features > MAX_DENSE_FLOATS:
         raise ValueError(
             f"{rows.path}: {len(rows.labels)} samples x {n_features} features is too large "

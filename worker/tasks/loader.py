@@ -13,7 +13,7 @@ Tensors given as (x, y) become a TensorData, which a DataLoader fetches a whole 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from worker.tasks.api import Data
+from worker.tasks.api import Data, SizedData
 
 
 def rank_seed(seed: int, rank: int, stream: int = 0) -> int:
@@ -47,8 +47,14 @@ class TensorData(Dataset):
         return tuple(t[idx] for t in self.tensors)
 
 
-def as_dataset(data: Data) -> Dataset:
+def as_dataset(data: Data) -> SizedData:
     return TensorData(*data) if isinstance(data, tuple) else data
+
+
+def _loader(dataset: SizedData, **options: Any) -> DataLoader:
+    """A DataLoader over `dataset`."""
+    # torch's DataLoader reads any map-style data set (__getitem__ and __len__); its stub asks for a Dataset
+    return DataLoader(dataset, **options)  # type: ignore[arg-type]
 
 
 class RankBatchSampler(Sampler[list[int]]):
@@ -81,19 +87,26 @@ def _identity(batch: Any) -> Any:
     return batch
 
 
-def _default_collate(dataset: Dataset):
+def _default_collate(dataset: SizedData) -> Callable[[Any], Any] | None:
     """TensorData's __getitems__ returns a batch already (kept as it is); any other Dataset's, e.g. torch's
     Subset from random_split, returns a list of samples that torch's default collate stacks."""
     return _identity if isinstance(dataset, TensorData) else None
 
 
 def rank_loader(
-    data: Data, batch_size: int, sampling: str, rank: int, world: int, seed: int, workers: int = 0, collate=None
+    data: Data,
+    batch_size: int,
+    sampling: str,
+    rank: int,
+    world: int,
+    seed: int,
+    workers: int = 0,
+    collate: Callable[[list], Any] | None = None,
 ) -> DataLoader:
     """The rank's DataLoader: endless, each batch drawn by its RankBatchSampler."""
     dataset = as_dataset(data)
     sampler = RankBatchSampler(len(dataset), batch_size, sampling, rank, world, seed)
-    return DataLoader(
+    return _loader(
         dataset,
         batch_sampler=sampler,
         collate_fn=collate or _default_collate(dataset),
@@ -102,12 +115,14 @@ def rank_loader(
     )
 
 
-def eval_batches(data: Data, max_samples: int, batch_size: int = 4096, collate=None) -> Iterator[Any]:
+def eval_batches(
+    data: Data, max_samples: int, batch_size: int = 4096, collate: Callable[[list], Any] | None = None
+) -> Iterator[Any]:
     """The first max_samples samples, in order, in batches (what an evaluation scores)."""
     dataset = as_dataset(data)
     n = min(max_samples, len(dataset))
     batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
-    loader = DataLoader(
+    loader = _loader(
         dataset,
         batch_sampler=batches,
         collate_fn=collate or _default_collate(dataset),

@@ -5,10 +5,10 @@ from __future__ import annotations
 from torch import nn
 
 from protocol.config.schema import TaskConfig
-from worker.tasks.data import Dataset
+from worker.tasks.data import ModelInput
 
 
-def build_model(cfg: TaskConfig, data: Dataset) -> nn.Module:
+def build_model(cfg: TaskConfig, data: ModelInput) -> nn.Module:
     out = data.num_classes or 1
     if cfg.model == "logreg":
         return nn.Sequential(nn.Flatten(), nn.Linear(data.features, out))

@@ -12,6 +12,7 @@ init_scale 0 starts at the optimum, where the objective can only grow to the met
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -76,14 +77,14 @@ class QuadraticProblem:
 
     @staticmethod
     def forward(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        return model.x, batch[0]
+        return model.get_parameter("x"), batch[0]
 
     def loss(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         diff = x - self.x_star.to(x.device)
         shift = (noise.sum(dim=0) * x).sum()
         return 0.5 * diff.dot(diff) + shift - shift.detach()  # the value is f(x); the gradient has the noise
 
-    def batches(self, rank: int, world: int, seed: int, batch_size: int):
+    def batches(self, rank: int, world: int, seed: int, batch_size: int) -> Iterator[tuple[torch.Tensor]]:
         """The rank's endless noise stream (its own generator); batch_size 0 gives exact gradients."""
         from worker.tasks.loader import rank_seed
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from protocol.config.schema import ExperimentConfig
+from protocol.wire.layout import Layout
 from worker.tasks.api import Data, TaskError, TaskSpec, call_factory, load_factory
 from worker.tasks.builtin import builtin
 from worker.tasks.flat import FlatModel
@@ -46,7 +47,7 @@ class Task:
         self.amp = cfg.worker.amp == "bf16"
 
     @property
-    def layout(self):
+    def layout(self) -> Layout:
         return self.net.layout
 
     def batches(self, rank: int, world: int) -> Iterator[Any]:
@@ -111,7 +112,8 @@ class Task:
         """Mean loss and metrics over the first max_samples samples (each batch weighted by its size)."""
         if data is None:
             return None, {}
-        total, sums, n = 0.0, {}, 0
+        total, n = 0.0, 0
+        sums: dict[str, float] = {}
         for batch in eval_batches(data, max_samples, EVAL_BATCH, self.spec.collate_fn):
             size = batch_size_of(batch)
             outputs, targets = self.spec.forward(self.net.model, to_device(batch, self.device))

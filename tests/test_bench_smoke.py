@@ -1,0 +1,49 @@
+"""The benchmarks run at a tiny size and leave every figure they promise. A benchmark is not a timed test: no
+timing is asserted, only that each figure is there and is what it claims to be (bytes of the state written,
+the counters of a run with and without checkpoints, a restart that happened)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = 65536
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_checkpoint_benchmark_writes_its_table_with_every_figure(tmp_path):
+    out = tmp_path / "out"
+    args = ["--params", str(TINY), "--seconds", "2", "--warmup-s", "1", "--repeats", "1", "--copies", "3"]
+    args += ["--every-s", "0.5", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.checkpoint", *args], cwd=ROOT, capture_output=True, text=True, timeout=400
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / "checkpoint.json").read_text())
+    assert data["command"] == "python -m bench.checkpoint " + " ".join(args)
+    (row,) = data["rows"]
+    alone, server, (rec,) = row["alone"], row["server"], row["recovery"]
+    state = 4 * TINY * 4  # params, m, v, v_hat in float32
+    for nbytes in (alone["bytes"], server["bytes_per_checkpoint"], rec["checkpoint_bytes"]):
+        assert state < nbytes < state + 64 * 1024, nbytes  # plus the safetensors header and the manifest
+    assert alone["loop_first_ms"] > 0 and alone["loop_ms"] > 0 and alone["write_s"] > 0
+    assert len(alone["loop_ms_all"]) == len(alone["write_s_all"]) == 3
+    assert server["checkpoints_off"] == 0 and server["checkpoints_written"] >= 2
+    assert server["updates_per_s_on"] > 0 and server["updates_per_s_off"] > 0
+    assert server["ratio"] == pytest.approx(server["updates_per_s_on"] / server["updates_per_s_off"])
+    assert server["stall_first_ms"] is not None and server["stall_later_ms"] is not None
+    assert server["copy_ms_max"] > 0
+    assert rec["launcher_rc"] == 0 and rec["status"] == "ok" and rec["server_restarts"] == 1
+    parts = rec["kill_to_restart_s"], rec["restart_to_resumed_s"], rec["resumed_to_update_s"]
+    assert all(p > 0 for p in parts) and sum(parts) == pytest.approx(rec["kill_to_update_s"])
+    assert rec["kill_to_restart_s"] >= 0.9  # the launcher's backoff before the first restart is 1 s
+    md = (out / "checkpoint.md").read_text()
+    assert data["command"] in md and f"| {TINY} | {server['bytes_per_checkpoint']} |" in md
+    assert f"| {TINY} | {rec['kill_to_update_s']:.2f} |" in md
+    assert f"wrote {out}/checkpoint.md" in proc.stdout

@@ -1,0 +1,101 @@
+"""A run across two hosts: two network namespaces joined by a veth pair, with addresses that exist only inside
+them, and torchrun --nnodes 2 placing the roles (python -m launch.node; docs/design.md, Runs across hosts).
+
+Node 0 (namespace A) runs the head (server, evaluator, run folder) and two workers; node 1 (namespace B) runs
+two more. The server binds A's veth address, so the launcher's default turns CURVE on; the workers' public
+keys and the endpoint travel through torchrun's own store. The run folder must be complete and its accuracy
+match the same config run on one host. Needs root (ip netns); skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 240
+ARGS = ["configs/tiny.yaml", "workers=4", "run.max_updates=600", "--quiet"]
+
+
+def _sh(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def two_hosts():
+    """Namespaces A and B, 10.231.N.1 and .2 on a veth pair between them; removed afterwards."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2 (ip): not available here")
+    tag = f"{os.getpid() % 100000}"
+    a, b, subnet = f"taupsA{tag}", f"taupsB{tag}", f"10.231.{os.getpid() % 250}"
+    made = _sh("ip", "netns", "add", a)
+    if made.returncode != 0:
+        pytest.skip(f"cannot create a network namespace: {made.stderr.strip()}")
+    try:
+        steps = [
+            ("ip", "netns", "add", b),
+            ("ip", "link", "add", f"tva{tag}", "type", "veth", "peer", "name", f"tvb{tag}"),
+            ("ip", "link", "set", f"tva{tag}", "netns", a),
+            ("ip", "link", "set", f"tvb{tag}", "netns", b),
+            ("ip", "-n", a, "addr", "add", f"{subnet}.1/24", "dev", f"tva{tag}"),
+            ("ip", "-n", b, "addr", "add", f"{subnet}.2/24", "dev", f"tvb{tag}"),
+        ]
+        for ns, dev in ((a, f"tva{tag}"), (b, f"tvb{tag}")):
+            steps += [("ip", "-n", ns, "link", "set", "lo", "up"), ("ip", "-n", ns, "link", "set", dev, "up")]
+        for step in steps:
+            done = _sh(*step)
+            assert done.returncode == 0, f"{' '.join(step)}: {done.stderr}"
+        yield a, b, f"{subnet}.1"
+    finally:
+        for ns in (a, b):
+            _sh("ip", "netns", "del", ns)  # takes its end of the veth pair with it
+
+
+def _node(ns: str, master: str, node_rank: int, nproc: int, run_dir: Path, log: Path) -> subprocess.Popen:
+    cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+           "--node-rank", str(node_rank), "--nproc-per-node", str(nproc), "--master-addr", master,
+           "--master-port", "29431", "-m", "launch.node", *ARGS, "--run-dir", str(run_dir)]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_torchrun_places_a_run_across_two_network_namespaces(two_hosts, tmp_path):
+    a, b, master = two_hosts
+    run = tmp_path / "run"
+    nodes = [_node(a, master, 0, 3, run, tmp_path / "node0.log"), _node(b, master, 1, 2, run, tmp_path / "node1.log")]
+    try:
+        codes = [p.wait(timeout=TIMEOUT_S) for p in nodes]
+    finally:
+        for p in nodes:
+            _stop(p)
+    logs = "\n".join((tmp_path / f"node{i}.log").read_text()[-3000:] for i in range(2))
+    assert codes == [0, 0], logs
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["workers"] == 4 and summary["updates"] == 600, summary
+    assert summary["auth"] == "curve" and summary["auth_rejected"] == 0  # beyond loopback: CURVE by default
+    assert json.loads((run / "server.json").read_text())["endpoint"].startswith(f"tcp://{master}:")
+    for rank in range(4):  # every worker's report reached the head's run folder
+        report = json.loads((run / f"worker-{rank}.json").read_text())
+        assert report["pushes"] > 0 and report["stop_reason"] == "max_updates", report
+    assert (run / "snapshots" / "final.safetensors").exists() and (run / "plots").is_dir()
+    one_host = subprocess.run([sys.executable, "-m", "launch", *ARGS, "--run-dir", str(tmp_path / "one")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)  # fmt: skip
+    assert one_host.returncode == 0, one_host.stderr
+    alone = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert abs(summary["final_test_acc"] - alone["final_test_acc"]) <= 0.05, (summary["final_test_acc"], alone)

@@ -1,0 +1,111 @@
+"""python -m launch.node refuses what cannot work before it waits on anyone (docs/design.md, Runs across hosts)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from launch import node_store
+
+ROOT = Path(__file__).resolve().parent.parent
+TORCHRUN = {"RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+
+
+def _node(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "launch.node", "configs/tiny.yaml", *args]
+    base = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(cmd, cwd=ROOT, env={**base, **(env or {})}, capture_output=True, text=True, timeout=60)
+
+
+def test_without_torchrun_it_says_which_variables_are_missing():
+    done = _node()
+    assert done.returncode == 2 and "RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT not set" in done.stderr
+
+
+@pytest.mark.parametrize(("override", "key"), [("workers=2", "workers"), ("mode=sync", "mode"),
+                                               ("server.interface=0.0.0.0", "server.interface")])  # fmt: skip
+def test_a_config_that_does_not_fit_the_placement_exits_2_naming_the_key(override, key):
+    done = _node(override, env=TORCHRUN)  # no store listens on port 1: the check comes first
+    assert done.returncode == 2 and f"'{key}'" in done.stderr, done.stderr
+
+
+def test_an_unreachable_store_is_named(tmp_path):
+    done = _node("server.connect_timeout_s=2", "--run-dir", str(tmp_path / "r"), env=TORCHRUN)
+    assert done.returncode in (1, 2) and "127.0.0.1:1" in done.stderr, done.stderr
+
+
+class _Store:
+    """What a worker slot says to and hears from the head, without torchrun."""
+
+    def __init__(self, start):
+        self.start_msg, self.keys, self.reports = start, {}, {}
+
+    def publish_key(self, rank, public):
+        self.keys[rank] = public
+
+    def start(self, timeout_s):
+        return self.start_msg
+
+    def publish_report(self, rank, report):
+        self.reports[rank] = report
+
+
+def test_a_worker_slot_uses_the_named_key_folder_the_head_serves(tmp_path, monkeypatch):
+    """With server.keys the head's allowlist is that folder's: a worker slot that made a pair of its own
+    was refused by the server, every one of them."""
+    from launch import node
+    from protocol.config.loader import load_experiment
+    from protocol.wire.curve import create_keys, server_keys, worker_keys
+
+    folder = tmp_path / "keys"
+    create_keys(folder, 3)
+    overrides = ["server.auth=curve", f"server.keys={folder}"]
+    cfg_text = (ROOT / "configs/tiny.yaml").read_text()
+    server_public = server_keys(folder, 3).pair.public.decode()
+    ran: list[list[str]] = []
+    monkeypatch.setattr(node, "_run_forwarding_signals", lambda cmd: ran.append(cmd) or 0)
+    args = SimpleNamespace(config=str(ROOT / "configs/tiny.yaml"), overrides=overrides, run_dir=str(tmp_path / "run"))
+    store = _Store(node_store.Start("tcp://10.0.0.1:5555", server_public, cfg_text, "run"))
+    assert node.worker(args, {"RANK": "2"}, store) == 0
+    used = Path(ran[0][ran[0].index("--keys") + 1])
+    assert worker_keys(used, 1).pair.public in server_keys(folder, 3).allow  # a key the server admits
+    assert store.keys[1] == worker_keys(folder, 1).pair.public
+    assert load_experiment(args.config, overrides).server.keys == str(folder)
+    other = tmp_path / "other"  # the head serves another folder's server key: named, not a refused handshake
+    create_keys(other, 3)
+    store.start_msg = node_store.Start("tcp://10.0.0.1:5555", server_keys(other, 3).pair.public.decode(), cfg_text, "r")
+    args.run_dir = str(tmp_path / "run2")
+    with pytest.raises(node.KeyFileError, match=f"{folder / 'server.key'} is not the public key of the head"):
+        node.worker(args, {"RANK": "2"}, store)
+
+
+def test_waiting_for_the_workers_keys_names_the_ranks_that_never_published():
+    import torch.distributed as dist
+
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    store = node_store.NodeStore.connect({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(server.port)}, timeout_s=5)
+    for rank in (0, 2):
+        store.publish_key(rank, b"k" * 40)
+    with pytest.raises(TimeoutError, match=r"none from worker 1 \(RANK 2\), worker 3 \(RANK 4\)\)"):
+        store.public_keys(4, timeout_s=0.5)
+
+
+def test_a_worker_slot_whose_head_is_gone_ends_with_its_workers_code_naming_the_report(tmp_path, monkeypatch):
+    """The head's host ended (its torchrun took the store with it) while this worker ran: no traceback."""
+    from launch import node
+
+    class Gone(_Store):
+        def publish_report(self, rank, report):
+            raise node_store.StoreError("Broken pipe")
+
+    monkeypatch.setattr(node, "_run_forwarding_signals", lambda cmd: 1)  # the worker lost its server
+    args = SimpleNamespace(config=str(ROOT / "configs/tiny.yaml"), overrides=[], run_dir=str(tmp_path / "run"))
+    store = Gone(node_store.Start("tcp://127.0.0.1:5555", "", (ROOT / "configs/tiny.yaml").read_text(), "run"))
+    assert node.worker(args, {"RANK": "1"}, store) == 1
+    monkeypatch.setattr(node, "_run_forwarding_signals", lambda cmd: 0)
+    args.run_dir = str(tmp_path / "run2")
+    assert node.worker(args, {"RANK": "1"}, store) == 1  # a report that did not arrive is a failure
