@@ -74,6 +74,8 @@ def test_bad_values_are_refused(task, key):
     with pytest.raises(ConfigError) as info:
         make_config(task={"model": "cnn", **task})
     assert info.value.key == key
+
+
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_the_fashion_configs_hold_the_models_the_study_documents():
     small = check_model(load_experiment(ROOT / "configs" / "fashion_mnist.yaml"), 1 << 40).total
@@ -82,3 +84,37 @@ def test_the_fashion_configs_hold_the_models_the_study_documents():
     assert small == ef21 < 100_000 and 1_000_000 <= wide <= 5_000_000
     for name, n in (("fashion_mnist", small), ("fashion_mnist_ef21_sgdm", ef21), ("fashion_mnist_wide", wide)):
         assert f"{n:,} parameters" in (ROOT / "configs" / f"{name}.yaml").read_text(), name
+
+
+def test_augment_is_a_parameter_free_first_layer_that_acts_only_in_training():
+    plain = _cnn(channels=(8,), pool="each")
+    flipped = _cnn(channels=(8,), pool="each", augment="flip")
+    assert type(flipped[0]).__name__ == "Augment"
+    assert _count(flipped) == _count(plain) and not list(flipped[0].state_dict())
+    x = torch.randn(64, 1, 28, 28)
+    flipped.eval()
+    assert torch.equal(flipped[0](x), x)  # evaluations see the images as they are
+    flipped.train()
+    out = flipped[0](x)
+    same = (out == x).flatten(1).all(1)
+    mirrored = (out == x.flip(3)).flatten(1).all(1)
+    assert bool((same | mirrored).all())  # each image is itself or its mirror image ...
+    assert 10 < int(mirrored.sum()) < 54  # ... about half of them mirrored (64 draws of p = 1/2)
+
+
+def test_augment_shift_moves_each_image_by_at_most_two_pixels():
+    from worker.tasks.augment import flip_shift
+
+    x = torch.zeros(32, 1, 28, 28)
+    x[:, :, 13, 13] = 1.0  # one lit pixel per image
+    out = flip_shift(x, flip=False, shift=2)
+    where = out.flatten(1).argmax(1)
+    rows, cols = where // 28, where % 28
+    assert bool(((rows - 13).abs() <= 2).all() and ((cols - 13).abs() <= 2).all())
+    assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) > 5  # each image its own shift
+    assert torch.equal(out.sum((1, 2, 3)), torch.ones(32))  # the pixel moved, nothing else appeared
+
+
+def test_augment_needs_the_cnn():
+    with pytest.raises(ConfigError, match="task.augment"):
+        make_config(task={"model": "mlp", "augment": "flip"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from protocol.config.schema import TaskConfig
+from worker.tasks.augment import Augment
 from worker.tasks.data import ModelInput
 
 
@@ -33,7 +34,7 @@ def _cnn(cfg: TaskConfig, input_shape: tuple[int, ...], out: int) -> nn.Module:
     if len(input_shape) != 3:
         raise ValueError(f"cnn needs images (C, H, W), got input shape {input_shape}")
     c, h, w = input_shape
-    layers: list[nn.Module] = []
+    layers: list[nn.Module] = [] if cfg.augment == "none" else [Augment(True, 2 if cfg.augment == "flip_shift" else 0)]
     for i, ch in enumerate(cfg.channels):
         # BatchNorm's shift makes a conv bias redundant: without it the parameter count says what is learnt
         layers.append(nn.Conv2d(c, ch, kernel_size=3, padding=1, bias=not cfg.batch_norm))
