@@ -60,19 +60,24 @@ def batch_specs(plan: Plan, batch: str) -> list[RunSpec]:
         return [_spec(batch, "01-apam-ef21-sgdm", EF21, plan.extra)]
     if batch == "straggler":
         def timed(mode: str) -> tuple[str, ...]:
-            return (SLOWDOWN, "run.max_updates=1000000", f"run.max_seconds={plan.straggler_seconds[mode]:g}")
+            return (SLOWDOWN, *timed_run(plan.straggler_seconds[mode]))
 
         return [
             _spec(batch, "01-async", CONFIG, (*timed("async"), "mode=async", *plan.extra)),
             _spec(batch, "02-sync", CONFIG, (*timed("sync"), "mode=sync", *plan.extra, *plan.sync_extra)),
         ]
     if batch == "wide":
-        timed = ("run.max_updates=1000000", f"run.max_seconds={plan.wide_seconds:g}")
+        timed = timed_run(plan.wide_seconds)
         return [
             _spec(batch, "01-dense", WIDE, (*timed, *plan.extra)),
-            _spec(batch, "02-ef21-sgdm", WIDE, (*timed, *ef21_overrides(), *plan.extra)),
+            _spec(batch, "02-ef21-sgdm", WIDE, (*ef21_overrides(), *timed, *plan.extra)),
         ]
     raise ValueError(f"unknown batch {batch!r} (this plan has: {', '.join(plan.batches())})")
+
+
+def timed_run(seconds: float) -> tuple[str, ...]:
+    """Overrides for a run bounded by wall time: no update bound, so a constant lr (a cosine needs its end)."""
+    return ("run.max_updates=1000000", f"run.max_seconds={seconds:g}", "optimizer.schedule=constant")
 
 
 def _spec(batch: str, name: str, config: str, overrides: tuple[str, ...]) -> RunSpec:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from experiments.common.templates import Prose
 from experiments.fashion_mnist.analysis import RunFigures
 from experiments.fashion_mnist.plan import CONFIG, EF21, SLOWDOWN, WIDE
-from protocol.config.schema import TaskConfig
+from protocol.config.schema import ExperimentConfig, TaskConfig
 
 prose = Prose(__package__)
+AUGMENT = {"flip": "augment_flip", "flip_shift": "augment_flip_shift"}  # task.augment
 
 
 def setup_text(runs: dict[str, list[RunFigures]], n_train: int, n_test: int, cores: int) -> str:
@@ -33,9 +34,18 @@ def model(task: TaskConfig, params: int, classes: int = 10) -> str:
         pool=prose("pool_each" if task.pool == "each" else "pool_last"),
         head=prose("model_head", head=list(task.head)) if task.head else "",
         dropout=prose("model_dropout", p=f"{task.dropout:g}") if task.dropout else "",
+        augment=prose(AUGMENT[task.augment]) if task.augment != "none" else "",
         classes=classes,
         params=f"{params:,}",
     )
+
+
+def lr_words(cfg: ExperimentConfig) -> str:
+    """lr0 and its schedule, in words."""
+    opt = cfg.optimizer
+    if opt.schedule == "constant":
+        return prose("lr_constant", lr=f"{opt.lr:g}")
+    return prose("lr_cosine", lr=f"{opt.lr:g}", horizon=f"{cfg.run.max_updates:,}")
 
 
 def small(r: RunFigures, n_train: int, n_test: int, cores: int) -> str:
@@ -56,7 +66,7 @@ def small(r: RunFigures, n_train: int, n_test: int, cores: int) -> str:
         sampling=cfg.task.sampling,
         optimizer=cfg.optimizer.name,
         form=cfg.optimizer.form,
-        lr=f"{cfg.optimizer.lr:g}",
+        lr=lr_words(cfg),
         buffers_every=cfg.worker.buffers_every,
         max_updates=cfg.run.max_updates,
         epochs=f"{cfg.run.max_updates * cfg.task.batch_size / n_train:.1f}",
@@ -82,7 +92,7 @@ def ef21(r: RunFigures, config: str, fragment: str) -> str:
         values=c.values,
         indices=c.indices,
         optimizer=cfg.optimizer.name,
-        lr=f"{cfg.optimizer.lr:g}",
+        lr=lr_words(cfg),
         max_updates=cfg.run.max_updates,
         max_seconds=f"{cfg.run.max_seconds:g}",
         **values,
@@ -102,7 +112,7 @@ def straggler(runs: list[RunFigures]) -> str:
         extra=f"{factor - 1:g}",
         workers=cfg.workers,
         optimizer=cfg.optimizer.name,
-        lr=f"{cfg.optimizer.lr:g}",
+        lr=lr_words(cfg),
         async_s=seconds.get("async", "-"),
         sync_s=seconds.get("sync", "-"),
     )
