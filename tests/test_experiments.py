@@ -161,7 +161,12 @@ def test_async_vs_sync_quick_writes_report_and_plots(tmp_path, results_untouched
 def test_fashion_mnist_quick_writes_report_and_plots(tmp_path, results_untouched):
     assert fashion_mnist.main(["--quick", "--runs", str(tmp_path / "runs")]) == 0
     (base,) = (tmp_path / "runs").glob("fashion_mnist-quick-*")
-    sections = ["## Expectations against the measurements", "## The runs", "## The wide CNN", "## Against the published"]
+    sections = [
+        "## Expectations against the measurements",
+        "## The runs",
+        "## The wide CNN",
+        "## Against the published",
+    ]
     text = _fashion_report(base, sections)
     assert "mode=sync" in text and "compression.method=ef21-sgdm" in text  # the wide EF21 run's overrides
     assert "python -m launch configs/fashion_mnist.yaml" in text  # the headline run's own command
@@ -169,6 +174,7 @@ def test_fashion_mnist_quick_writes_report_and_plots(tmp_path, results_untouched
     assert [r.removesuffix("/summary.json") for r in runs] == [
         "dense/01-apam-dense",
         "ef21/01-apam-ef21-sgdm",
+        "ef21/02-sgd-ef21-sgdm",
         "straggler/01-async",
         "straggler/02-sync",
         "wide/01-dense",

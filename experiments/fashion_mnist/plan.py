@@ -25,6 +25,8 @@ CONFIG = "configs/fashion_mnist.yaml"
 EF21 = "configs/fashion_mnist_ef21_sgdm.yaml"
 WIDE = "configs/fashion_mnist_wide.yaml"
 SLOWDOWN = "worker.slowdown=[1,1,1,4]"  # rank 3, not rank 0 (which in sync mode also writes the records)
+# the EF21 papers' server: plain SGD on g (the workers' v_i are the momentum), as configs/digits_ef21_sgdm.yaml
+EF21_SGD = ("optimizer.name=sgd", "optimizer.lr=0.2")
 EF21_SECTIONS = ("optimizer", "compression")  # what the wide model's EF21 run takes from the EF21 config
 RUN_GRACE_S = 180  # per run, on top of its run.max_seconds: start-up, the final evaluation, plots
 INVOCATIONS = "invocations.txt"  # the script's own command lines that ran batches into the folder
@@ -56,9 +58,13 @@ def batch_specs(plan: Plan, batch: str) -> list[RunSpec]:
     """The runs of one batch, in run order."""
     if batch == "dense":
         return [_spec(batch, "01-apam-dense", CONFIG, plan.extra)]
-    if batch == "ef21":
-        return [_spec(batch, "01-apam-ef21-sgdm", EF21, plan.extra)]
+    if batch == "ef21":  # the config's AMSGrad server, then the EF21 papers' plain SGD step on g
+        return [
+            _spec(batch, "01-apam-ef21-sgdm", EF21, plan.extra),
+            _spec(batch, "02-sgd-ef21-sgdm", EF21, (*EF21_SGD, *plan.extra)),
+        ]
     if batch == "straggler":
+
         def timed(mode: str) -> tuple[str, ...]:
             return (SLOWDOWN, *timed_run(plan.straggler_seconds[mode]))
 

@@ -15,8 +15,7 @@ def setup_text(runs: dict[str, list[RunFigures]], n_train: int, n_test: int, cor
     parts = []
     if runs["dense"]:
         parts.append(small(runs["dense"][0], n_train, n_test, cores))
-    if runs["ef21"]:
-        parts.append(ef21(runs["ef21"][0], EF21, "setup_ef21"))
+    parts += [ef21(r, EF21, "setup_ef21") for r in runs["ef21"]]
     if runs["straggler"]:
         parts.append(straggler(runs["straggler"]))
     wide = [r for r in runs["wide"] if r.run.config.compression.method != "none"]
@@ -87,6 +86,7 @@ def ef21(r: RunFigures, config: str, fragment: str) -> str:
         return prose(fragment, model=model(cfg.task, r.params), seconds=f"{cfg.run.max_seconds:g}", **values)
     return prose(
         fragment,
+        run=r.run.key,
         eta=f"{c.eta:g}",
         scope=c.scope,
         values=c.values,

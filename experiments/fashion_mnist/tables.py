@@ -69,11 +69,15 @@ def benchmark_table(measured: list[RunFigures]) -> str:
     for r in measured:
         if r.final_acc is not None:
             what = f"{r.label}, {r.params:,} parameters, {r.epochs:.1f} epochs in {r.wall_s:.0f} s"
-            rows.append(
-                (r.final_acc, [what, "standardised pixels", f"{r.final_acc:.4f}", f"measured here (`{r.run.key}`)"])
-            )
+            rows.append((r.final_acc, [what, preprocessing(r), f"{r.final_acc:.4f}", f"measured here (`{r.run.key}`)"]))
     rows.sort(key=lambda row: -row[0])
     return table(["classifier", "preprocessing", "test accuracy", "source"], [row for _, row in rows])
+
+
+def preprocessing(r: RunFigures) -> str:
+    """What a run did to its training images, in the published table's words."""
+    extra = {"none": "", "flip": ", random horizontal flip", "flip_shift": ", random horizontal flip and translation"}
+    return "standardised pixels" + extra[r.run.config.task.augment]
 
 
 def loads_table(base: Path) -> str:

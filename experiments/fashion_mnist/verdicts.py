@@ -46,6 +46,8 @@ def ef21_accuracy(dense: RunFigures | None, ef21: RunFigures | None) -> str:
     gap = ef21.final_acc - dense.final_acc
     return prose(
         "v_ef21_acc",
+        run=ef21.run.key,
+        optimizer=f"{ef21.run.config.optimizer.name} lr {ef21.run.config.optimizer.lr:g}",
         ef21=_acc(ef21.final_acc),
         dense=_acc(dense.final_acc),
         gap=f"{100 * gap:+.2f}",
