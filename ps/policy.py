@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from protocol.config.schema import StalenessConfig
+from ps.schedule import lr_factor
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,11 @@ def stable_lr_threshold(tau: float, curvature: float = 1.0) -> float:
 
 
 class StalenessPolicy:
-    def __init__(self, base_lr: float, cfg: StalenessConfig | None = None):
+    def __init__(
+        self, base_lr: float, cfg: StalenessConfig | None = None, schedule: str = "constant", horizon: int = 1
+    ):
         self.base_lr = base_lr
+        self.schedule, self.horizon = schedule, horizon
         self.cfg = cfg or StalenessConfig()
         self._recent: deque[int] = deque(maxlen=self.cfg.mean_window)
         self.dropped = 0
@@ -62,7 +66,8 @@ class StalenessPolicy:
         self._recent.extend(int(t) for t in facts["recent"])
         self.dropped = int(facts["dropped"])
 
-    def decide(self, tau: int) -> Decision:
+    def decide(self, tau: int, version: int = 0) -> Decision:
+        """Accept or drop a push of staleness tau arriving at `version`, and the lr of its step."""
         cfg = self.cfg
         scale = 1.0
         bound = cfg.max_staleness
@@ -73,4 +78,5 @@ class StalenessPolicy:
                 return Decision(False, 0.0, "stale")
         self._recent.append(tau)  # applied pushes only
         basis = sum(self._recent) / len(self._recent) if cfg.lr_from == "mean" else tau
-        return Decision(True, self.base_lr * scale * lr_scale(cfg.lr_rule, basis))
+        lr0 = self.base_lr * lr_factor(self.schedule, version, self.horizon)
+        return Decision(True, lr0 * scale * lr_scale(cfg.lr_rule, basis))

@@ -59,7 +59,7 @@ class ParameterServer:
         self.out = Outbox(channel, self.report.counters)
         self.members = Membership(cfg, clock, self.out)
         self.admit = Admission(cfg.server, self.members.holds, clock)
-        self.policy = StalenessPolicy(cfg.optimizer.lr, cfg.staleness)
+        self.policy = StalenessPolicy(cfg.optimizer.lr, cfg.staleness, cfg.optimizer.schedule, cfg.run.max_updates)
         self.gate = ReplyGate(cfg.staleness.ssp, cfg.staleness.barrier)
         self.held: dict[int, Outcome] = {}  # per rank: the outcome of its push, sent when the gate opens
         self.uplink = "ef21" if cfg.compression.ef21 else "grad"
@@ -155,7 +155,7 @@ class ParameterServer:
         member.last_seq, member.pushes = push.seq, member.pushes + 1
         self.report.counters.note_clipped(push.meta.get("clipped"))
         self.model.note_buffers(push.rank, push.buffers)
-        decision = self.policy.decide(tau)
+        decision = self.policy.decide(tau, self.version)
         stepped = decision.accept and self.model.apply(push.rank, staged, decision.lr)
         member.applied += decision.accept
         self._record(push, got.nbytes, tau, decision.reason, decision.lr)

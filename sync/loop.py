@@ -35,6 +35,7 @@ from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
 from protocol.runfolder.records import WorkerReport
 from ps.optim import Optimizer, make_optimizer
+from ps.schedule import lr_factor
 from sync.collective import STOP_REASONS, Collective, Round, make_combiner
 from sync.records import SyncRecorder
 from worker.loop import rank_uplink
@@ -82,7 +83,7 @@ class SyncWorker:
             stop_code = STOP_REASONS.index(self._stop_request(step, t_start))
             t0, in_collectives = time.perf_counter(), self.comm.seconds
             rnd = self.combiner.combine(self.task.net.grad, loss, samples, step, stop_code)
-            self.opt.step(rnd.direction, self.cfg.optimizer.lr)
+            self.opt.step(rnd.direction, self._lr(step))
             step += 1
             self._account(t0, in_collectives)
             if self.recorder is not None:
@@ -94,6 +95,11 @@ class SyncWorker:
         if self.recorder is not None:
             self.recorder.finish(params, rnd.stop_reason, ranks, self.time_split(), agree, self.task.net.buffers())
         return self.stats
+
+    def _lr(self, step: int) -> float:
+        """lr0 of optimizer.schedule at `step` steps done (ps/schedule.py), as the server computes it."""
+        opt = self.cfg.optimizer
+        return opt.lr * lr_factor(opt.schedule, step, self.cfg.run.max_updates)
 
     def _stop_request(self, step: int, t_start: float) -> str:
         """What this rank asks for in this step's collective: '' (go on) or why the run should end after it."""
@@ -115,7 +121,7 @@ class SyncWorker:
     def _record(self, step: int, wall_s: float, rnd: Round) -> None:
         t0 = time.perf_counter()
         assert self.recorder is not None
-        self.recorder.record(step, wall_s, self.cfg.optimizer.lr, rnd)
+        self.recorder.record(step, wall_s, self._lr(step - 1), rnd)
         self.recorder.tick(wall_s, self.task.net.params, self.task.net.buffers())
         self.record_s += time.perf_counter() - t0
 

@@ -12,11 +12,12 @@ import pytest
 from experiments.common.report import report_folder
 
 ROOT = Path(__file__).resolve().parent.parent
-STUDIES = ("artificial_delay", "async_vs_sync", "ef21_logreg", "noise_floor", "stability_edge")
+STUDIES = ("artificial_delay", "async_vs_sync", "ef21_logreg", "noise_floor", "stability_edge", "fashion_mnist")
 # each study's entry point is its package's __main__ (python -m experiments.NAME)
-artificial_delay, async_vs_sync, ef21_logreg, noise_floor, stability_edge = (
+artificial_delay, async_vs_sync, ef21_logreg, noise_floor, stability_edge, fashion_mnist = (
     importlib.import_module(f"experiments.{name}.__main__") for name in STUDIES
 )
+FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _results_state() -> dict:
@@ -152,6 +153,47 @@ def test_async_vs_sync_quick_writes_report_and_plots(tmp_path, results_untouched
     assert (tmp_path / "again" / "async_vs_sync.md").exists()
     assert async_vs_sync.main(["--quick", "--into", str(base), "--batches", "straggler"]) == 0
     assert len((base / "commands.txt").read_text().splitlines()) == len(list(base.glob("*/*/summary.json")))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_quick_writes_report_and_plots(tmp_path, results_untouched):
+    assert fashion_mnist.main(["--quick", "--runs", str(tmp_path / "runs")]) == 0
+    (base,) = (tmp_path / "runs").glob("fashion_mnist-quick-*")
+    sections = [
+        "## Expectations against the measurements",
+        "## The runs",
+        "## The wide CNN",
+        "## Against the published",
+    ]
+    text = _fashion_report(base, sections)
+    assert "mode=sync" in text and "compression.method=ef21-sgdm" in text  # the wide EF21 run's overrides
+    assert "python -m launch configs/fashion_mnist.yaml" in text  # the headline run's own command
+    runs = sorted(p.relative_to(base).as_posix() for p in base.glob("*/*/summary.json"))
+    assert [r.removesuffix("/summary.json") for r in runs] == [
+        "dense/01-apam-dense",
+        "ef21/01-apam-ef21-sgdm",
+        "ef21/02-sgd-ef21-sgdm",
+        "straggler/01-async",
+        "straggler/02-sync",
+        "wide/01-dense",
+        "wide/02-ef21-sgdm",
+    ]
+    # the report is rebuilt from the folder alone, and a second invocation into it runs nothing again
+    assert fashion_mnist.main(["--report-only", str(base), "--out", str(tmp_path / "again")]) == 0
+    _fashion_report(tmp_path / "again", sections)
+    assert fashion_mnist.main(["--quick", "--into", str(base), "--batches", "dense"]) == 0
+    assert len((base / "commands.txt").read_text().splitlines()) == len(runs)
+
+
+def _fashion_report(out: Path, sections: list[str]) -> str:
+    text = (out / "fashion_mnist.md").read_text()
+    assert all(section in text for section in sections)
+    shown = re.findall(r"!\[[^\]]*\]\((img/[^)]+\.png)\)", text)
+    assert sorted(shown) == [f"img/fashion_mnist_{n}.png" for n in ("bytes", "small", "straggler", "wide")]
+    assert all(1000 < (out / name).stat().st_size < 200_000 for name in shown)
+    return text
 
 
 def test_the_data_set_sizes_a_report_states_come_from_the_run_config(tmp_path):

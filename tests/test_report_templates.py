@@ -10,7 +10,15 @@ import pytest
 from experiments.common.templates import fragments, render
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["common", "artificial_delay", "stability_edge", "noise_floor", "ef21_logreg", "async_vs_sync"]
+PACKAGES = [
+    "common",
+    "artificial_delay",
+    "stability_edge",
+    "noise_floor",
+    "ef21_logreg",
+    "async_vs_sync",
+    "fashion_mnist",
+]
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from worker.straggler import extra_sleep_s
 from worker.tasks import Task, rank_seed
 from worker.tasks.loader import batch_size_of
 
+RANDOM_LAYERS_STREAM = 2  # rank_seed stream of dropout and augmentation (0: sampling, 1: compressor)
+
 
 class Stepper:
     def __init__(
@@ -34,6 +36,9 @@ class Stepper:
         self.clock, self.sleep = clock, sleep
         self.batches = task.batches(rank, cfg.workers)
         self._rng = random.Random(rank_seed(cfg.seed, rank))  # the straggler jitter stream
+        # torch's global generator was seeded with the experiment seed to build the same initial model in every
+        # process; from here on it draws this rank's dropout masks and augmentations, so ranks draw different ones
+        torch.manual_seed(rank_seed(cfg.seed, rank, stream=RANDOM_LAYERS_STREAM))
 
     def gradient(self, host_copy: torch.Tensor | None = None) -> tuple[float, int]:
         """(minibatch loss, samples): the gradient lands in task.net.grad (and, given one, a host copy of it,

@@ -110,7 +110,20 @@ class TaskConfig:
     # logreg: one linear layer; mlp: ReLU layers of task.hidden widths; cnn: 3x3 convs of task.channels (images only)
     model: ModelName = "mlp"
     hidden: tuple[int, ...] = (128,)  # mlp hidden widths
-    channels: tuple[int, ...] = (16, 32)  # cnn conv channels (3x3 convs, then one linear layer)
+    channels: tuple[int, ...] = (16, 32)  # cnn conv channels (3x3 convs; task.pool, batch_norm and head shape the rest)
+    # cnn: where the 2x2 max-pools go. last: one after the last conv; each: one after every conv (each conv then
+    # runs at half the previous resolution, so later convs and the linear layer cost less)
+    pool: Literal["last", "each"] = "last"
+    # cnn: BatchNorm after every conv (its running statistics travel with pushes, worker.buffers_every); the convs
+    # then have no bias, which BatchNorm's shift would make redundant
+    batch_norm: bool = False
+    head: tuple[int, ...] = ()  # cnn: widths of ReLU linear layers between the convs and the output layer
+    # cnn: dropout probability on the input of every linear layer (the flattened conv features, each head layer's
+    # output) while training; evaluations see the whole network
+    dropout: float = 0.0
+    # cnn: random changes to every training image (a parameter-free first layer, off in evaluations): flip
+    # mirrors half the images left-right; flip_shift also moves each by up to 2 pixels each way
+    augment: Literal["none", "flip", "flip_shift"] = "none"
     batch_size: int = 32  # per worker per push; 0 = the worker's whole local data (full gradient)
     sampling: Literal["random", "shard"] = "random"  # random minibatches from all data, or own shard
     test_fraction: float = 0.2  # share of samples held out for testing (not mnist, nor libsvm with a test_path)
@@ -130,6 +143,9 @@ class TaskConfig:
             "channels",
             "must be in [1, 2^28]",
         )
+        require(all(1 <= h <= MAX_ELEMENTS for h in self.head), "head", "widths must be in [1, 2^28]")
+        require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        require(self.augment == "none" or self.model == "cnn", "augment", "applies to task.model cnn only")
         require(0 < self.test_fraction < 1, "test_fraction", "must be in (0, 1)")
         require(0 <= self.reg_lambda <= FLOAT32_MAX, "reg_lambda", "must be in [0, 3.4e38] (float32)")
         require(
@@ -202,6 +218,9 @@ class OptimizerConfig:
     name: OptimizerName = "amsgrad"  # the server's step (in sync mode, every rank's)
     form: Literal["torch", "paper"] = "torch"  # amsgrad: torch == torch.optim.Adam(amsgrad=True); paper: APAM Alg. 1
     lr: float = 1e-3  # lr0; staleness.lr_rule may scale it per push
+    # lr0 over the run: constant, or cosine from lr0 at update 0 to 0 at run.max_updates (applied before
+    # the staleness rule; a run that stops on run.max_seconds first ends part way down the curve)
+    schedule: Literal["constant", "cosine"] = "constant"
     betas: tuple[float, float] = (0.9, 0.999)  # (beta1, beta2) of amsgrad and adam
     eps: float = 1e-8  # ignored by the paper form (it has no eps)
     weight_decay: float = 0.0  # L2 added to the direction before the step (as the APAM code does)
