@@ -1,0 +1,133 @@
+"""Shared-memory parameters in real runs of `python -m launch` (docs/design.md, Shared-memory parameters): the
+same training as over ZeroMQ, bitwise the same with one worker, the worker's fallback to a pull, config
+errors naming server.transport, and no segment left in /dev/shm, a killed server's included."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from protocol.config.schema import ExperimentConfig, ServerConfig
+from protocol.runfolder.records import WorkerReport
+from protocol.runfolder.snapshot import read_snapshot
+from protocol.wire import shm
+from worker.shm_params import ShmParams
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(not shm.supported(), reason="shared-memory parameters need x86-64 and /dev/shm")
+
+
+def launch(args: list[str], run_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "launch", *args, "--run-dir", str(run_dir), "--quiet"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def segments(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in shm.SHM_DIR.glob(shm.prefix(run_dir.name) + "*"))
+
+
+def worker_reports(run_dir: Path, workers: int) -> list[dict]:
+    return [json.loads((run_dir / f"worker-{r}.json").read_text()) for r in range(workers)]
+
+
+def _run(tmp_path: Path, transport: str, *more: str) -> tuple[Path, dict]:
+    run = tmp_path / transport
+    out = launch(["configs/tiny.yaml", f"server.transport={transport}", *more], run)
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    assert segments(run) == []
+    return run, json.loads((run / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_run_over_shared_memory_trains_as_one_over_zeromq(tmp_path):
+    shm_run, shm_summary = _run(tmp_path, "shm")
+    zmq_run, zmq_summary = _run(tmp_path, "zmq")
+    for r in worker_reports(shm_run, 3):
+        assert r["shm_fallbacks"] == 0 and r["params_from_shm"] >= r["pushes"] - 1 > 0, r  # the last got Stop
+    assert all(r["params_from_shm"] == 0 for r in worker_reports(zmq_run, 3))
+    assert shm_summary["updates"] == zmq_summary["updates"] == 300
+    assert shm_summary["final_test_acc"] > 0.8 and zmq_summary["final_test_acc"] > 0.8
+    assert abs(shm_summary["final_test_acc"] - zmq_summary["final_test_acc"]) < 0.05
+    # the parameters no longer travel down: a reply is a header (~100 bytes), not 650 floats
+    assert shm_summary["downlink_bytes"] < zmq_summary["downlink_bytes"] / 4
+
+
+@pytest.mark.slow
+def test_one_worker_ends_with_bitwise_the_same_parameters_over_either_path(tmp_path):
+    more = ("workers=1", "run.max_updates=200")
+    finals = {}
+    for transport in ("shm", "zmq"):
+        run, summary = _run(tmp_path, transport, *more)
+        assert summary["updates"] == 200
+        finals[transport] = read_snapshot(run / "snapshots" / "final.safetensors")[1]
+        (report,) = worker_reports(run, 1)
+        assert (report["params_from_shm"] > 0) == (transport == "shm"), report
+    assert torch.equal(finals["shm"], finals["zmq"])
+
+
+@pytest.mark.slow
+def test_the_launcher_removes_the_segment_of_a_killed_server(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "launch", "configs/tiny.yaml", "run.max_updates=100000000", "run.max_seconds=300"]
+    proc = subprocess.Popen([*cmd, "--run-dir", str(run), "--quiet"], cwd=ROOT, text=True, stdout=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not segments(run) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (name,) = segments(run)
+        os.kill(int(name.split("@")[1].split("-")[0]), signal.SIGKILL)  # the server: it cannot unlink
+        assert proc.wait(timeout=120) == 1
+    finally:
+        proc.kill()
+    assert segments(run) == []
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["server.transport=pipes"], "server.transport"),
+        (["server.transport=shm", "staleness.delay=uniform", "staleness.delay_versions=3"], "server.transport"),
+    ],
+)
+def test_a_bad_transport_exits_2_naming_the_key(tmp_path, args, says):
+    out = launch(["configs/tiny.yaml", *args], tmp_path / "run", timeout=120)
+    assert out.returncode == 2 and says in out.stderr, out.stderr
+
+
+def _cfg(transport: str) -> ExperimentConfig:
+    return ExperimentConfig(server=ServerConfig(transport=transport))
+
+
+def test_a_worker_pulls_when_the_segment_has_no_consistent_version():
+    writer = shm.SegmentWriter("fallback", 16)
+    stats = WorkerReport()
+    params = torch.zeros(16)
+    worker = ShmParams(_cfg("auto"), 0, stats)
+    assert worker.attach({"shm": writer.advert().to_wire()}, 16) is None and worker.active
+    writer.publish(3, np.full(16, 3, np.float32))
+    assert worker.load(params, 3, pull=lambda: pytest.fail("read, no pull")) == 3 and (params == 3).all()
+    assert worker.load(params, 4, pull=lambda: 99) == 99  # version 4 is not there: pulled over ZeroMQ
+    assert (stats.params_from_shm, stats.shm_fallbacks) == (1, 1)
+    worker.close()
+    writer.close()
+
+
+def test_a_worker_without_a_usable_segment_stays_on_zeromq_unless_shm_is_required():
+    stats = WorkerReport()
+    bogus = {"shm": {"name": "taups-none@1-ab", "host": shm.host_id(), "numel": 16, "nonce": "00"}}
+    for settings in ({}, bogus):
+        assert ShmParams(_cfg("auto"), 0, stats).attach(settings, 16) is None
+        assert "server.transport is shm" in (ShmParams(_cfg("shm"), 0, stats).attach(settings, 16) or "")
+    writer = shm.SegmentWriter("zmq-only", 16)
+    zmq_only = ShmParams(_cfg("zmq"), 0, stats)
+    assert zmq_only.attach({"shm": writer.advert().to_wire()}, 16) is None and not zmq_only.active
+    writer.close()
