@@ -140,9 +140,12 @@ def _pull_line(p: dict) -> str:
 def _measure_push(args: argparse.Namespace, params: int, workers: int) -> dict:
     """One row: zmq, shm (and rpc) alternated args.repeats times, the median of each."""
     trials: dict[str, list[float]] = {"zmq": [], "shm": [], **({} if args.no_rpc else {"rpc": []})}
+    down: dict[str, list[float]] = {"zmq": [], "shm": []}
     for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every case alike
         for case in trials:
-            trials[case].append(_one_case(case, params, workers, args.warmup_s, args.seconds))
+            rate, downlink = _one_case(case, params, workers, args.warmup_s, args.seconds)
+            trials[case].append(rate)
+            down.get(case, []).append(downlink)
     med = {case: statistics.median(v) for case, v in trials.items()}
     return {
         "params": params,
@@ -151,17 +154,18 @@ def _measure_push(args: argparse.Namespace, params: int, workers: int) -> dict:
         "shm_over_zmq": med["shm"] / med["zmq"] if med["zmq"] else None,
         "shm_over_rpc": med["shm"] / med["rpc"] if med.get("rpc") else None,
         "trials": {case: [round(x, 1) for x in v] for case, v in trials.items()},
+        "downlink_bytes_per_update": {case: statistics.median(v) for case, v in down.items()},
     }
 
 
-def _one_case(case: str, params: int, workers: int, warmup_s: float, seconds: float) -> float:
+def _one_case(case: str, params: int, workers: int, warmup_s: float, seconds: float) -> tuple[float, float]:
+    """Updates/s, and the server's downlink bytes per update (0 for rpc): the parameters, or only a header."""
     if case == "rpc":
-        return rpc_baseline.measure(params, workers, warmup_s, seconds, "auto")
+        return rpc_baseline.measure(params, workers, warmup_s, seconds, "auto"), 0.0
     server = {"transport": "zmq" if case == "zmq" else "auto"}
     flags = ["--shm"] if case == "shm" else []
-    return run_push_server(params, workers, warmup_s, seconds, "tcp://127.0.0.1:0", server=server, worker_flags=flags)[
-        "updates_per_s"
-    ]
+    got = run_push_server(params, workers, warmup_s, seconds, "tcp://127.0.0.1:0", server=server, worker_flags=flags)
+    return got["updates_per_s"], got["summary"]["downlink_bytes"] / max(1, got["summary"]["updates"])
 
 
 def _push_line(r: dict) -> str:
