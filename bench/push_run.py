@@ -44,12 +44,11 @@ def run_push_server(
     server settings. `beside(endpoint, folder)`: another process started with the workers (a flooder, say),
     stopped when they end; `extra_ranks` more ranks in the run (and keys) for it to join as. `sections`: more
     config sections (checkpoint, say). `read_run(run_dir)`: reads the server's run folder once the server
-    ended, before the temporary folder goes; its result is returned as "run". `worker_flags`: more arguments of
-    every bench worker (--shm, say)."""
+    ended, before the temporary folder goes; its result is returned as "run". `worker_flags`: more arguments
+    of every bench worker (--shm, say)."""
     compression = compression or {}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        server_cfg = {"auth": auth, **(server or {})}
+        tmp, server_cfg = Path(tmp), {"auth": auth, **(server or {})}
         _write_config(
             tmp / "c.yaml", workers + extra_ranks, warmup_s + seconds + 1.0, endpoint, compression, server_cfg, sections
         )

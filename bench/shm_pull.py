@@ -95,7 +95,7 @@ def measure_pull(numel: int, trials: int) -> dict:
     return _pull_figures(numel, publish_ms[skip:], read_ms[skip:], uniform)
 
 
-def _read_trials(advert: dict, numel: int, todo, done) -> None:
+def _read_trials(advert: dict, numel: int, todo: mp.Queue, done: mp.Queue) -> None:
     reader = shm.SegmentReader(shm.Advert.from_wire(advert), numel)
     dst = np.empty(numel, np.float32)
     while (version := todo.get(timeout=120)) > 0:
