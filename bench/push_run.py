@@ -39,13 +39,12 @@ def run_push_server(
     read_run: Callable[[Path], dict] | None = None,
     worker_flags: list[str] | None = None,
 ) -> dict:
-    """`compression`: the config's compression section (server and workers use the same); None = dense.
-    `auth`: server.auth ("curve": keys made for the run, every worker connects with its own). `server`: more
-    server settings. `beside(endpoint, folder)`: another process started with the workers (a flooder, say),
-    stopped when they end; `extra_ranks` more ranks in the run (and keys) for it to join as. `sections`: more
-    config sections (checkpoint, say). `read_run(run_dir)`: reads the server's run folder once the server
-    ended, before the temporary folder goes; its result is returned as "run". `worker_flags`: more arguments
-    of every bench worker (--shm, say)."""
+    """`compression`: the config's compression section (server and workers use the same); None = dense. `auth`:
+    server.auth ("curve": keys made for the run, every worker connects with its own). `server`: more server
+    settings. `beside(endpoint, folder)`: another process started with the workers (a flooder, say), stopped
+    when they end; `extra_ranks` more ranks in the run (and keys) for it to join as. `sections`: more config
+    sections (checkpoint, say). `read_run(run_dir)`: reads the run folder once the server ended, before the
+    temporary folder goes; returned as "run". `worker_flags`: more arguments of every worker (--shm, say)."""
     compression = compression or {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp, server_cfg = Path(tmp), {"auth": auth, **(server or {})}

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from protocol.config.schema import CompressionConfig
+from protocol.wire import shm
 from protocol.wire.channel import Channel
 from protocol.wire.curve import worker_keys
 from protocol.wire.encoding import Payload
 from protocol.wire.layout import Layout
-from protocol.wire import shm
 from protocol.wire.messages import Hello, Push, Reply, Stop, Welcome
 from worker.compressors import make_compressor
 from worker.ef import make_uplink
