@@ -131,3 +131,49 @@ def test_a_worker_without_a_usable_segment_stays_on_zeromq_unless_shm_is_require
     zmq_only = ShmParams(_cfg("zmq"), 0, stats)
     assert zmq_only.attach({"shm": writer.advert().to_wire()}, 16) is None and not zmq_only.active
     writer.close()
+
+
+def _served_push(transport: str, delay: str = "none") -> tuple[dict, list, torch.Tensor]:
+    """One worker joins an in-process server and pushes twice asking for shared memory; the Welcome's settings,
+    each reply's (version, params, what the segment held) and the server's parameters at the end."""
+    from launch.inproc import FakeWorker, make_config, running_server
+    from protocol.wire.layout import Layout
+
+    staleness = {"delay": delay, "delay_versions": 2} if delay != "none" else {}
+    cfg = make_config(
+        workers=1, server={"transport": transport, "stop_grace_s": 0.5}, staleness=staleness, run={"max_updates": 100}
+    )
+    layout = Layout.from_shapes([("w", (1000,))])
+    with running_server(cfg, model=(layout, torch.zeros(1000))) as (server, endpoint, _):
+        w = FakeWorker(endpoint, 0, layout)
+        welcome = w.hello()
+        reader = (
+            shm.SegmentReader(shm.Advert.from_wire(welcome.settings["shm"]), 1000)
+            if "shm" in welcome.settings
+            else None
+        )
+        seen = []
+        for _ in range(2):
+            reply = w.push(torch.ones(1000), shm=True)
+            held = torch.empty(1000)
+            got = reader.read_into(held.numpy(), reply.version) if reader is not None else None
+            seen.append((reply.version, reply.params, got, held))
+        final = server.params.clone()
+        w.close()
+    return welcome.settings, seen, final
+
+
+def test_the_server_answers_a_shm_push_with_the_version_only_and_publishes_it_first():
+    settings, seen, final = _served_push("auto")
+    assert settings["shm"]["numel"] == 1000
+    for version, params, got, _ in seen:
+        assert params is None and got == version  # the reply names a version the segment already holds
+    assert seen[-1][0] == 2 and torch.equal(seen[-1][3], final)
+    assert segments(Path("norun")) == []  # the server unlinked it at its end
+
+
+def test_without_a_segment_the_server_sends_the_parameters_whatever_the_push_asked():
+    for transport, delay in (("zmq", "none"), ("auto", "uniform")):  # the artificial delay needs the wire
+        settings, seen, _ = _served_push(transport, delay)
+        assert "shm" not in settings
+        assert all(params is not None and params.numel() == 1000 for _, params, _, _ in seen)
