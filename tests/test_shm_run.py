@@ -177,3 +177,18 @@ def test_without_a_segment_the_server_sends_the_parameters_whatever_the_push_ask
         settings, seen, _ = _served_push(transport, delay)
         assert "shm" not in settings
         assert all(params is not None and params.numel() == 1000 for _, params, _, _ in seen)
+
+
+def test_a_full_dev_shm_leaves_the_server_on_zeromq(monkeypatch):
+    """A container's small /dev/shm: the pages are reserved when the segment is made, so ENOSPC shows there (and
+    the server goes on over ZeroMQ), never as a SIGBUS at the first publish."""
+    from ps.shared_params import SharedParams
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    shared = SharedParams(_cfg("auto"), "full-shm", 1 << 20)
+    assert shared.advert() == {} and not shared.active
+    assert not shared.publish(1, torch.zeros(1 << 20))
+    assert segments(Path("full-shm")) == []

@@ -163,7 +163,9 @@ class SegmentWriter:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         self._unlink = weakref.finalize(self, _unlink, self.path)  # at close, collection or interpreter exit
         try:
-            os.ftruncate(fd, _size(numel))
+            # reserve the pages now: a tmpfs that is full (a container's 64 MB /dev/shm) fails here, with
+            # ENOSPC, instead of killing the writer with SIGBUS at its first publish
+            os.posix_fallocate(fd, 0, _size(numel))
             self._m = _Mapped(fd, numel, writable=True)
         except OSError:
             self._unlink()
