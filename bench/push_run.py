@@ -37,17 +37,17 @@ def run_push_server(
     extra_ranks: int = 0,
     sections: dict | None = None,
     read_run: Callable[[Path], dict] | None = None,
+    worker_flags: list[str] | None = None,
 ) -> dict:
-    """`compression`: the config's compression section (server and workers use the same); None = dense.
-    `auth`: server.auth ("curve": keys made for the run, every worker connects with its own). `server`: more
-    server settings. `beside(endpoint, folder)`: another process started with the workers (a flooder, say),
-    stopped when they end; `extra_ranks` more ranks in the run (and keys) for it to join as. `sections`: more
-    config sections (checkpoint, say). `read_run(run_dir)`: reads the server's run folder once the server
-    ended, before the temporary folder goes; its result is returned as "run"."""
+    """`compression`: the config's compression section (server and workers use the same); None = dense. `auth`:
+    server.auth ("curve": keys made for the run, every worker connects with its own). `server`: more server
+    settings. `beside(endpoint, folder)`: another process started with the workers (a flooder, say), stopped
+    when they end; `extra_ranks` more ranks in the run (and keys) for it to join as. `sections`: more config
+    sections (checkpoint, say). `read_run(run_dir)`: reads the run folder once the server ended, before the
+    temporary folder goes; returned as "run". `worker_flags`: more arguments of every worker (--shm, say)."""
     compression = compression or {}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        server_cfg = {"auth": auth, **(server or {})}
+        tmp, server_cfg = Path(tmp), {"auth": auth, **(server or {})}
         _write_config(
             tmp / "c.yaml", workers + extra_ranks, warmup_s + seconds + 1.0, endpoint, compression, server_cfg, sections
         )
@@ -56,7 +56,7 @@ def run_push_server(
         if keys:
             create_keys(tmp / "keys", workers + extra_ranks)
         server_proc, ep = _start_server(tmp, keys)
-        flags = [f"--{key}={value}" for key, value in compression.items()] + keys
+        flags = [f"--{key}={value}" for key, value in compression.items()] + keys + (worker_flags or [])
         window = ["--params", str(params), "--warmup-s", str(warmup_s), "--seconds", str(seconds)]
         procs = [_start_worker(ep, r, [*window, "--out", str(tmp / f"w{r}.json"), *flags]) for r in range(workers)]
         other = beside(ep, tmp) if beside else None

@@ -1,10 +1,12 @@
 """A benchmark worker: joins a taups server and pushes as fast as the server answers, counting round
 trips inside a measurement window. No model: a few preallocated random gradients, cycled, stand in for
 the model's gradient (a fixed one would let g_i converge to it and leave EF21 nothing to compress).
+With --shm the worker reads the parameters from the server's shared-memory segment, as a worker on the
+server's host does (worker/shm_params.py): its pushes ask for version-only replies.
 Everything else a real worker does per push is done: the error-feedback state update and compression
 (uplink.prepare), the push/reply exchange, and decoding what was sent into g_i (uplink.commit).
 
-python -m bench.push_worker --server EP --rank R --params P --warmup-s W --seconds S --out FILE
+python -m bench.push_worker --server EP --rank R --params P --warmup-s W --seconds S --out FILE [--shm]
                             [--method none|naive|ef14|ef21|ef21-sgdm|ef21-sgd2m --compressor topk
                              --ratio 0.01 --values float32 --indices auto --selection exact]
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 
 from protocol.config.schema import CompressionConfig
+from protocol.wire import shm
 from protocol.wire.channel import Channel
 from protocol.wire.curve import worker_keys
 from protocol.wire.encoding import Payload
@@ -68,7 +71,8 @@ def main() -> None:
     chan.connect(args.server)
     alloc = lambda cls, spec: params  # every reply lands in the same buffer
     welcome = _join(chan, args.rank, uplink.uplink, layout, alloc)
-    result = push_loop(chan, uplink, grads, args, welcome.next_seq, welcome.version, alloc)
+    reader = shm.SegmentReader(shm.Advert.from_wire(welcome.settings.get("shm")), args.params) if args.shm else None
+    result = push_loop(chan, uplink, grads, args, welcome.next_seq, welcome.version, alloc, reader, params)
     chan.close()
     with open(args.out, "w") as f:
         json.dump({"rank": args.rank, **result}, f)
@@ -83,6 +87,7 @@ def _parse_args() -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--out", required=True)
     ap.add_argument("--keys", default="", help="CURVE key folder (the server runs with server.auth: curve)")
+    ap.add_argument("--shm", action="store_true", help="parameters from the server's shared-memory segment")
     compression_args(ap)
     return ap.parse_args()
 
@@ -99,8 +104,11 @@ def _join(chan: Channel, rank: int, uplink: str, layout: Layout, alloc: Callable
             return msg
 
 
-def push_loop(chan: Channel, uplink, grads: list, args, seq: int, version: int, alloc) -> dict:
-    """Push until the window ends; counts, bytes and the worker's time split inside the window."""
+def push_loop(
+    chan: Channel, uplink, grads: list, args, seq: int, version: int, alloc, reader=None, params=None
+) -> dict:
+    """Push until the window ends; counts, bytes and the worker's time split inside the window. With a
+    shared-memory `reader`, pushes ask for version-only replies and the parameters are read into `params`."""
     t_start = time.perf_counter()
     lo, hi = t_start + args.warmup_s, t_start + args.warmup_s + args.seconds
     counted, first, last, pushed_bytes = 0, None, None, 0
@@ -110,8 +118,10 @@ def push_loop(chan: Channel, uplink, grads: list, args, seq: int, version: int, 
         t0 = time.perf_counter()
         kind, p = uplink.prepare(grads[seq % len(grads)])
         t1 = time.perf_counter()
-        sent = _push(chan, args, seq, version, kind, p)
+        sent = _push(chan, args, seq, version, kind, p, reader is not None)
         reply = chan.recv(120, alloc=alloc).msg
+        if reader is not None and isinstance(reply, Reply):
+            assert reply.params is None and reader.read_into(params.numpy(), reply.version) is not None
         t2 = time.perf_counter()
         if isinstance(reply, Stop) or t2 > hi:
             break
@@ -136,7 +146,9 @@ def push_loop(chan: Channel, uplink, grads: list, args, seq: int, version: int, 
     }
 
 
-def _push(chan: Channel, args: argparse.Namespace, seq: int, version: int, kind: str, p: Payload) -> int:
+def _push(
+    chan: Channel, args: argparse.Namespace, seq: int, version: int, kind: str, p: Payload, via_shm: bool = False
+) -> int:
     """Send one push of payload `p`; its size in bytes."""
     push = Push(
         rank=args.rank,
@@ -151,6 +163,7 @@ def _push(chan: Channel, args: argparse.Namespace, seq: int, version: int, kind:
         values=p.values,
         indices=p.indices,
         signs=p.signs,
+        shm=via_shm,
     )
     return chan.send(push).nbytes
 

@@ -32,6 +32,7 @@ from launch.tensorboard import open_board
 from launch.writes import WriteError, write_record_file
 from protocol.config.schema import ExperimentConfig
 from protocol.runfolder.records import RunSummary, Status, read_record
+from protocol.wire.shm import remove_segments
 
 TICK_S = 0.2
 FINISH_TIMEOUT_S = 60.0  # evaluator scoring the final snapshot
@@ -71,6 +72,7 @@ class Run:
             summary = self._conclude(outcome)
         finally:
             self.sup.terminate_all()  # a bug in the launcher itself must not leave children behind
+            remove_segments(self.run_dir.name)  # shared memory a killed server could not unlink
         self._report_write_errors(outcome)
         outcome.raise_unless_ok()
         return summary

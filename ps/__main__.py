@@ -118,6 +118,8 @@ def serve(
         summary = server.serve()
     finally:
         chan.close()
+        if server.model.shared is not None:  # also when serving failed: the segment goes with the server
+            server.model.shared.close()
     _log_end(summary)
     return 0 if summary.stop_reason in ("max_updates", "max_seconds") else 3
 

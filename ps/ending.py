@@ -33,4 +33,6 @@ def finish(server: ParameterServer) -> ServerSummary:
         insecure=not chan.curve and not is_local(chan.endpoint or ""),
     )
     server.report.finish(summary, server.status(), server.params, model.mean_buffers())
+    if model.shared is not None:
+        model.shared.close()
     return summary

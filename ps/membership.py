@@ -162,6 +162,7 @@ class Membership:
 
     def welcome(self, member: Member, model: ServedModel, uplink: str) -> None:
         settings = {"workers": self.cfg.workers, "optimizer": self.cfg.optimizer.name, "uplink": uplink}
+        settings.update(model.shared.advert() if model.shared is not None else {})
         welcome = Welcome(model.version, member.last_seq + 1, model.layout.to_wire(), settings)
         self.out.send_params(member.identity, welcome, model.params, model.pool)
 

@@ -23,6 +23,7 @@ from ps.aggregate import Aggregator, Staged, make_aggregator
 from ps.arena import RecvArena
 from ps.history import ParamHistory
 from ps.optim import Optimizer, make_optimizer
+from ps.shared_params import SharedParams
 
 
 @dataclass
@@ -42,6 +43,7 @@ class ServedModel:
     steps_clipped: int = 0
     group_lrs: list[float] = field(default_factory=list)  # lrs of the pushes folded into the next step
     _clip: torch.Tensor | None = None  # the scaled direction (the aggregator's g must stay as it is)
+    shared: SharedParams | None = None  # same-host workers read the parameters from shared memory
 
     @classmethod
     def create(cls, cfg: ExperimentConfig, init: ModelInit) -> ServedModel:
@@ -67,6 +69,7 @@ class ServedModel:
             max_norm=cfg.server.max_grad_norm,
             buffer_layout=init.buffer_layout,
             init_buffers=init.buffers.reshape(-1).float().clone(),
+            shared=SharedParams(cfg, init.run_id, numel),
         )
         if st.delay != "none":
             model.history = ParamHistory(numel, st.delay_versions, st.delay, cfg.seed)

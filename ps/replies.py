@@ -18,13 +18,18 @@ class Outcome:
     staleness: int
     lr: float
     seq: int = -1
+    shm: bool = False  # the push asked for the version only: it reads the parameters from shared memory
 
 
 PULLED = Outcome(False, "pull", 0, 0.0)  # the answer to a Pull: parameters, no push
 
 
 def send_reply(out: Outbox, model: ServedModel, identity: bytes, outcome: Outcome) -> None:
-    """The outcome, and the parameters of now (or, under an artificial delay, older ones)."""
+    """The outcome, and the parameters of now (or, under an artificial delay, older ones); to a push that asked
+    for shared memory, the version only, once the segment holds it (ps/shared_params.py)."""
     version, source = model.outgoing(delayed=True)
     reply = Reply(outcome.applied, outcome.reason, outcome.staleness, version, outcome.lr, outcome.seq)
+    if outcome.shm and model.shared is not None and model.shared.publish(version, source):
+        out.send(identity, reply)
+        return
     out.send_params(identity, reply, source, model.pool)

@@ -160,7 +160,7 @@ class ParameterServer:
         member.applied += decision.accept
         self._record(push, got.nbytes, tau, decision.reason, decision.lr)
         self.held[push.rank] = member.last_outcome = Outcome(
-            decision.accept, decision.reason, tau, decision.lr, push.seq
+            decision.accept, decision.reason, tau, decision.lr, push.seq, push.shm
         )
         t1 = time.perf_counter()
         for rank in self.gate.pushed(push.rank, stepped):

@@ -47,3 +47,26 @@ def test_checkpoint_benchmark_writes_its_table_with_every_figure(tmp_path):
     assert data["command"] in md and f"| {TINY} | {server['bytes_per_checkpoint']} |" in md
     assert f"| {TINY} | {rec['kill_to_update_s']:.2f} |" in md
     assert f"wrote {out}/checkpoint.md" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_shm_pull_benchmark_writes_its_tables_with_every_figure(tmp_path):
+    out = tmp_path / "out"
+    args = ["--pull-params", str(TINY), "--pull-trials", "5", "--params", str(TINY), "--workers", "1"]
+    args += ["--seconds", "2", "--warmup-s", "0.5", "--repeats", "1", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.shm_pull", *args], cwd=ROOT, capture_output=True, text=True, timeout=400
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / "shm_pull.json").read_text())
+    assert data["command"] == "python -m bench.shm_pull " + " ".join(args)
+    pull = data["pull"]
+    assert pull["numel"] == TINY and pull["every_read_uniform"] is True and len(pull["read_ms_all"]) == 5
+    assert all(pull[k] > 0 for k in ("read_ms_median", "publish_ms_median", "private_copy_ms_median", "zmq_one_way_ms"))
+    (row,) = data["rows"]
+    assert set(row["updates_per_s"]) == {"zmq", "shm", "rpc"} and all(v > 0 for v in row["updates_per_s"].values())
+    down = row["downlink_bytes_per_update"]
+    assert down["zmq"] > 4 * TINY > 100 * down["shm"]  # over shm a reply is a header, not the parameters
+    md = (out / "shm_pull.md").read_text()
+    assert data["command"] in md and f"| {TINY} | 1 | {row['updates_per_s']['zmq']:.1f} |" in md

@@ -28,10 +28,11 @@ from protocol.wire.channel import Channel
 from protocol.wire.curve import WorkerKeys
 from protocol.wire.encoding import Payload, is_finite
 from protocol.wire.faults import injector
-from protocol.wire.messages import Hello, Message, Push, Reject, Reply, Stop, Welcome
+from protocol.wire.messages import Hello, Message, Pull, Push, Reject, Reply, Stop, Welcome
 from worker.compressors import make_compressor
 from worker.ef import Uplink, make_uplink
 from worker.link import LinkError, ServerLink
+from worker.shm_params import ShmParams
 from worker.step import Stepper
 from worker.tasks import Task, rank_seed
 from worker.tasks.flat import FlatModel
@@ -119,6 +120,7 @@ class WorkerLoop:
         self.stats = WorkerReport()
         self.step = Stepper(cfg, rank, self.task, self.stats, clock, sleep)
         self.link = ServerLink(cfg, channel, self._alloc, self.stats, self._check_cancel, clock)
+        self.shm = ShmParams(cfg, rank, self.stats)  # same host as the server: parameters from shared memory
         self.rejoins = 0
         self._fallback = codec.fresh_allocator(cfg.server.max_message_bytes)
         self._rejects_in_a_row = 0
@@ -151,6 +153,7 @@ class WorkerLoop:
                 values=payload.values,
                 indices=payload.indices,
                 signs=payload.signs,
+                shm=self.shm.active,
                 buffers=self._buffers_due(),
             )
             reply = self._exchange(push)
@@ -225,6 +228,8 @@ class WorkerLoop:
                 self.stats.applied += 1
             else:
                 self.stats.dropped += 1
+            if reply.params is None:  # the shared-memory path: the reply named the version only
+                self.version = self.shm.load(self.host_params, reply.version, self._pull)
             self._load_params()
         elif isinstance(reply, Reject):
             self.uplink.commit(False)
@@ -285,6 +290,9 @@ class WorkerLoop:
             raise WorkerError("the server serves a different parameter layout than this worker's model")
         self.version, self.seq = reply.version, reply.next_seq
         self._load_params()
+        unusable = self.shm.attach(reply.settings, net.numel)
+        if unusable:
+            raise WorkerError(unusable)
         log.info(
             "rank %d joined at version %d (%d parameters on %s)", self.rank, self.version, net.numel, net.params.device
         )
@@ -293,6 +301,16 @@ class WorkerLoop:
     def _load_params(self) -> None:
         if self.host_params is not self.task.net.params:
             self.task.net.params.copy_(self.host_params, non_blocking=True)
+
+    def _pull(self) -> int:
+        """The parameters over ZeroMQ (into the host buffer, as every reply); their version."""
+        reply = self._exchange(Pull(rank=self.rank))
+        if isinstance(reply, Stop):
+            self.stats.stop_reason = reply.reason
+            raise Stopped(reply.reason)
+        if not isinstance(reply, Reply) or reply.params is None:
+            raise WorkerError(f"expected parameters in answer to a pull, got {reply.TYPE}")
+        return reply.version
 
     def _exchange(self, msg: Message, timeout_s: float | None = None) -> Message:
         try:

@@ -354,6 +354,11 @@ class ServerConfig:
     # allow binding beyond this host without CURVE (anyone who reaches the port can join and push): a warning
     # in the server's log and summary
     allow_insecure: bool = False
+    # how parameters reach the workers: zmq: in every reply; shm: a worker on the server's host reads them from
+    # shared memory (/dev/shm, mode 0600) and the reply carries only their version, and a worker that cannot
+    # open the segment fails; auto: shm for the workers that can open it, zmq for the others (docs/design.md,
+    # Shared-memory parameters). Without staleness.delay only (the delay answers with older versions).
+    transport: Literal["auto", "zmq", "shm"] = "auto"
     threads: int = 1  # torch intra-op threads in the server (the step is memory-bound)
     # tensors travel as frames of at most this size (1 MiB moves fastest); a tensor may have 65536 frames
     chunk_bytes: int = 1 << 20
@@ -576,6 +581,12 @@ class ExperimentConfig:
             st.delay == "none" or (st.ssp is None and st.apply_every == 1),
             "staleness.delay",
             "the artificial delay cannot be combined with ssp or apply_every",
+        )
+        require(
+            st.delay == "none" or self.server.transport != "shm",
+            "server.transport",
+            "shm cannot be combined with staleness.delay (a delayed reply carries an older version than the "
+            "segment holds): use auto or zmq",
         )
         require(
             st.apply_every == 1 or self.optimizer.momentum_mode != "shifted",

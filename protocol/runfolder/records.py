@@ -133,6 +133,8 @@ class WorkerReport:
     apply_s: float = 0.0  # sync only: decoding, combining and the optimizer step
     skipped_nonfinite: int = 0  # gradients with NaN or inf that were not pushed
     pushes_clipped: int = 0  # pushes whose values were clipped to the wire dtype's range (float16: 65504)
+    params_from_shm: int = 0  # replies whose parameters came from the server's shared-memory segment
+    shm_fallbacks: int = 0  # ... that found no consistent version there and were pulled over ZeroMQ
     stop_reason: str = ""
 
 

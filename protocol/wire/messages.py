@@ -68,6 +68,8 @@ class Push(Message):
     values: Tensor | None = None
     indices: Tensor | None = None
     signs: Tensor | None = None
+    # the worker reads parameters from the server's shared-memory segment: the reply carries only the version
+    shm: bool = False
     buffers: Tensor | None = None  # now and then: the worker's model buffers (float32, the buffer layout)
 
 

@@ -1,0 +1,210 @@
+"""Shared-memory parameters (docs/design.md, Shared-memory parameters): what a pull through the segment costs,
+and dense push updates/s with the parameters in shared memory against in every reply, beside
+torch.distributed.rpc, in one run.
+
+python -m bench.shm_pull [--pull-params 10000000] [--params 262144 4194304] [--workers 1 2] [--seconds 5]
+                         [--repeats 3] [--out bench/results]
+
+pull   a writer process publishes a version of --pull-params floats into a segment (timed: the server's cost
+       per version), then a reader process copies it out (timed: a worker's pull); --pull-trials times. In
+       the same run: a one-thread copy of the same bytes between two private buffers, and the median bare
+       ZeroMQ round trip of that many bytes each way over loopback, zero-copy (half of it: one way).
+push   the real server (python -m ps) and bench workers pushing dense gradients: zmq (parameters in every
+       reply) against shm (python -m bench.push_worker --shm: version-only replies, parameters read from the
+       segment), and torch.distributed.rpc (its auto transport, shared memory on one host) doing the same
+       work; interleaved --repeats times, medians.
+Results go to bench/results/shm_pull.{md,json}; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import rpc_baseline
+from bench.machine import zmq_round_trip_s
+from bench.push_run import ROOT, run_push_server
+from protocol.wire import shm
+
+TARGET_PULL_MS = 5.0  # issue 15: a 10M-parameter pull through shared memory
+
+
+def main() -> int:
+    args = _parse_args()
+    pull = measure_pull(args.pull_params, args.pull_trials)
+    print(_pull_line(pull), flush=True)
+    rows = []
+    for params in args.params:
+        for workers in args.workers:
+            rows.append(_measure_push(args, params, workers))
+            print(_push_line(rows[-1]), flush=True)
+    _write(args.out, pull, rows, args)
+    print(f"wrote {args.out}/shm_pull.md", flush=True)
+    return 0
+
+
+def _parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pull-params", type=int, default=10_000_000)
+    ap.add_argument("--pull-trials", type=int, default=50)
+    ap.add_argument("--params", type=int, nargs="*", default=[262144, 4194304])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--warmup-s", type=float, default=2.0)
+    ap.add_argument("--repeats", type=int, default=3, help="alternate zmq, shm and rpc this often; report medians")
+    ap.add_argument("--no-rpc", action="store_true", help="leave torch.distributed.rpc out")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    return ap.parse_args()
+
+
+# -- pull ------------------------------------------------------------------------------------------------------
+
+
+def measure_pull(numel: int, trials: int) -> dict:
+    """Publish (this process) and read (another process) times of a numel-float segment, ms, every trial."""
+    ctx = mp.get_context("spawn")
+    todo, done = ctx.Queue(), ctx.Queue()
+    writer = shm.SegmentWriter("bench-pull", numel)
+    reader = ctx.Process(target=_read_trials, args=(writer.advert().to_wire(), numel, todo, done))
+    reader.start()
+    values, publish_ms, read_ms, uniform = np.empty(numel, np.float32), [], [], True
+    try:
+        for version in range(1, trials + 3):
+            values.fill(version)
+            t0 = time.perf_counter()
+            writer.publish(version, values)
+            publish_ms.append(1e3 * (time.perf_counter() - t0))
+            todo.put(version)
+            ms, ok = done.get(timeout=120)
+            read_ms.append(ms)
+            uniform &= ok
+        todo.put(0)
+        reader.join(timeout=60)
+    finally:
+        writer.close()
+        if reader.is_alive():
+            reader.kill()
+    skip = 2  # the first versions touch fresh pages of the segment and of the reader's buffer
+    return _pull_figures(numel, publish_ms[skip:], read_ms[skip:], uniform)
+
+
+def _read_trials(advert: dict, numel: int, todo: mp.Queue, done: mp.Queue) -> None:
+    reader = shm.SegmentReader(shm.Advert.from_wire(advert), numel)
+    dst = np.empty(numel, np.float32)
+    while (version := todo.get(timeout=120)) > 0:
+        t0 = time.perf_counter()
+        got = reader.read_into(dst, version)
+        ms = 1e3 * (time.perf_counter() - t0)
+        done.put((ms, got == version and float(dst.min()) == float(dst.max()) == version))
+    reader.close()
+
+
+def _pull_figures(numel: int, publish_ms: list[float], read_ms: list[float], uniform: bool) -> dict:
+    src, dst = np.ones(numel, np.float32), np.zeros(numel, np.float32)
+    copies = []
+    for _ in range(len(read_ms)):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        copies.append(1e3 * (time.perf_counter() - t0))
+    return {
+        "numel": numel,
+        "read_ms_median": statistics.median(read_ms),
+        "read_ms_p90": sorted(read_ms)[int(0.9 * (len(read_ms) - 1))],
+        "publish_ms_median": statistics.median(publish_ms),
+        "private_copy_ms_median": statistics.median(copies),
+        "zmq_one_way_ms": 1e3 * zmq_round_trip_s(4 * numel) / 2,
+        "every_read_uniform": uniform,
+        "read_ms_all": [round(x, 3) for x in read_ms],
+        "publish_ms_all": [round(x, 3) for x in publish_ms],
+    }
+
+
+def _pull_line(p: dict) -> str:
+    return (
+        f"pull of {p['numel']} floats through shared memory: read {p['read_ms_median']:.2f} ms (p90 "
+        f"{p['read_ms_p90']:.2f}; target {TARGET_PULL_MS} ms), publish {p['publish_ms_median']:.2f} ms; a private "
+        f"copy of the same bytes {p['private_copy_ms_median']:.2f} ms, ZeroMQ one way {p['zmq_one_way_ms']:.2f} ms"
+    )
+
+
+# -- push ------------------------------------------------------------------------------------------------------
+
+
+def _measure_push(args: argparse.Namespace, params: int, workers: int) -> dict:
+    """One row: zmq, shm (and rpc) alternated args.repeats times, the median of each."""
+    trials: dict[str, list[float]] = {"zmq": [], "shm": [], **({} if args.no_rpc else {"rpc": []})}
+    down: dict[str, list[float]] = {"zmq": [], "shm": []}
+    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every case alike
+        for case in trials:
+            rate, downlink = _one_case(case, params, workers, args.warmup_s, args.seconds)
+            trials[case].append(rate)
+            down.get(case, []).append(downlink)
+    med = {case: statistics.median(v) for case, v in trials.items()}
+    return {
+        "params": params,
+        "workers": workers,
+        "updates_per_s": med,
+        "shm_over_zmq": med["shm"] / med["zmq"] if med["zmq"] else None,
+        "shm_over_rpc": med["shm"] / med["rpc"] if med.get("rpc") else None,
+        "trials": {case: [round(x, 1) for x in v] for case, v in trials.items()},
+        "downlink_bytes_per_update": {case: statistics.median(v) for case, v in down.items()},
+    }
+
+
+def _one_case(case: str, params: int, workers: int, warmup_s: float, seconds: float) -> tuple[float, float]:
+    """Updates/s, and the server's downlink bytes per update (0 for rpc): the parameters, or only a header."""
+    if case == "rpc":
+        return rpc_baseline.measure(params, workers, warmup_s, seconds, "auto"), 0.0
+    server = {"transport": "zmq" if case == "zmq" else "auto"}
+    flags = ["--shm"] if case == "shm" else []
+    got = run_push_server(params, workers, warmup_s, seconds, "tcp://127.0.0.1:0", server=server, worker_flags=flags)
+    return got["updates_per_s"], got["summary"]["downlink_bytes"] / max(1, got["summary"]["updates"])
+
+
+def _push_line(r: dict) -> str:
+    rates = "  ".join(f"{case} {v:7.1f}/s" for case, v in r["updates_per_s"].items())
+    return f"{r['params']:>8} params {r['workers']} workers: {rates}  shm/zmq {r['shm_over_zmq']:.2f}x"
+
+
+# -- results ---------------------------------------------------------------------------------------------------
+
+
+def _write(out: Path, pull: dict, rows: list[dict], args: argparse.Namespace) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "python -m bench.shm_pull " + " ".join(sys.argv[1:])}
+    (out / "shm_pull.json").write_text(json.dumps({**meta, "pull": pull, "rows": rows}, indent=1))
+    p = pull
+    lines = [
+        "# Shared-memory parameters: pull and dense push",
+        "",
+        f"Measured {meta['date']} with `{meta['command']}`; medians (every trial in shm_pull.json).",
+        "",
+        "| floats | read ms (median) | read ms (p90) | target ms | publish ms | private copy ms | ZeroMQ one way ms "
+        "| every read uniform |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {p['numel']} | {p['read_ms_median']:.2f} | {p['read_ms_p90']:.2f} | {TARGET_PULL_MS} | "
+        f"{p['publish_ms_median']:.2f} | {p['private_copy_ms_median']:.2f} | {p['zmq_one_way_ms']:.2f} | "
+        f"{p['every_read_uniform']} |",
+        "",
+        "| params | workers | zmq upd/s | shm upd/s | shm / zmq | rpc (auto) upd/s | shm / rpc |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [_table_row(r) for r in rows]
+    (out / "shm_pull.md").write_text("\n".join(lines) + "\n")
+
+
+def _table_row(r: dict) -> str:
+    u = r["updates_per_s"]
+    rpc = f"{u['rpc']:.1f} | {r['shm_over_rpc']:.2f}x" if "rpc" in u else "| "
+    return f"| {r['params']} | {r['workers']} | {u['zmq']:.1f} | {u['shm']:.1f} | {r['shm_over_zmq']:.2f}x | {rpc} |"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

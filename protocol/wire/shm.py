@@ -1,0 +1,259 @@
+"""Same-host parameters in shared memory: a two-slot seqlock segment one writer (the server) publishes flat
+float32 vectors into, and readers (workers on the server's host) copy consistent versions out of
+(docs/design.md, Shared-memory parameters). No ML here: buffers are numpy arrays or anything numpy can view
+without a copy (a CPU torch tensor is one).
+
+Segment: one file under /dev/shm, mode 0600, named taups-<run id>@<pid>-<random>; little-endian:
+
+    0      8  magic b"TAUPSHM1"
+    8      8  numel (uint64)
+    16    16  nonce (random; the server's Welcome names it, so a reader knows it opened this very segment)
+    64    16  slot 0: seq (uint64), version (uint64)    each slot header on its own cache line
+    128   16  slot 1: seq, version
+    4096      slot 0's numel float32, then slot 1's at 4096 + stride (stride: numel * 4 rounded up to 4 KiB)
+
+Writer (publish): into the slot not holding the newest version: seq += 1 (odd: being written), copy the
+values, write the version, seq += 1 (even again). Reader (read_into): the slot with the newer version; read
+seq, the version and the values, read seq again; the copy is consistent when both reads of seq are the same
+even number. A torn copy (the writer came round to that slot during it) is retried, at most `tries` times;
+then the reader gives up (the worker then asks over ZeroMQ).
+
+Ordering assumptions, x86-64 only (`supported()` is False elsewhere, and the server then never offers a
+segment): stores become visible to other cores in program order and loads are not reordered with older
+loads (TSO); an aligned 8-byte load or store is a single instruction, never torn. Each step is a separate
+C call from Python, so no compiler reorders across them. A large memcpy may use non-temporal stores, which
+TSO does not order; `_fence` (taking and releasing an uncontended lock: a locked instruction, a full barrier
+on x86-64) sits between the copy and the sequence stores on both sides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import platform
+import re
+import secrets
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SHM_DIR = Path("/dev/shm")
+MAGIC = b"TAUPSHM1"
+HEADER_BYTES = 4096
+SLOT_HEADER = 64  # slot i's seq and version live at 64 * (i + 1)
+PAGE = 4096
+DEFAULT_TRIES = 16
+_LOCK = threading.Lock()
+
+
+class SegmentError(OSError):
+    """The segment cannot be created or opened, or is not the one advertised."""
+
+
+def supported() -> bool:
+    """Whether this host can use the shared-memory path: x86-64 (the ordering above) with /dev/shm."""
+    return platform.machine().lower() in ("x86_64", "amd64") and SHM_DIR.is_dir() and os.access(SHM_DIR, os.W_OK)
+
+
+def host_id() -> str:
+    """This boot of this machine (two containers on one host may share it, hence the nonce check too)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return platform.node()
+
+
+def prefix(run_id: str) -> str:
+    """Every segment of the run `run_id` is named prefix(run_id) + '<pid>-<random>' ('@' never occurs in the
+    sanitised run id, so one run's prefix is never another's)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)[:64] or "norun"
+    return f"taups-{safe}@"
+
+
+def remove_segments(run_id: str, only_dead: bool = False) -> list[str]:
+    """Unlink the run's segments left in /dev/shm (a writer killed before it could); only_dead: only those
+    whose writer process is gone. Returns the names removed."""
+    removed = []
+    for path in SHM_DIR.glob(prefix(run_id) + "*") if SHM_DIR.is_dir() else []:
+        pid = path.name[len(prefix(run_id)) :].split("-")[0]
+        if only_dead and pid.isdigit() and _alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fence() -> None:
+    """A full memory barrier on x86-64: an uncontended lock's acquire is a locked instruction."""
+    with _LOCK:
+        pass
+
+
+def _stride(numel: int) -> int:
+    return -(-numel * 4 // PAGE) * PAGE
+
+
+def _size(numel: int) -> int:
+    return HEADER_BYTES + 2 * _stride(numel)
+
+
+@dataclass(frozen=True)
+class Advert:
+    """What the server's Welcome says of its segment (settings["shm"]): enough to open and verify it."""
+
+    name: str
+    host: str
+    numel: int
+    nonce: str
+
+    def to_wire(self) -> dict:
+        return {"name": self.name, "host": self.host, "numel": self.numel, "nonce": self.nonce}
+
+    @classmethod
+    def from_wire(cls, d: object) -> Advert:
+        """Raises SegmentError for anything but a well-formed advert (it comes from the wire)."""
+        if not isinstance(d, dict) or {type(d.get(k)) for k in ("name", "host", "nonce")} != {str}:
+            raise SegmentError("the server's shared-memory advert is malformed")
+        if type(d.get("numel")) is not int or not re.fullmatch(r"taups-[A-Za-z0-9._-]+@[0-9]+-[0-9a-f]+", d["name"]):
+            raise SegmentError("the server's shared-memory advert is malformed")
+        return cls(d["name"], d["host"], d["numel"], d["nonce"])
+
+
+class _Mapped:
+    """The mapping and the numpy views of its headers and slots."""
+
+    def __init__(self, fd: int, numel: int, writable: bool):
+        access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+        self.map = mmap.mmap(fd, _size(numel), access=access)
+        buf = np.frombuffer(self.map, dtype=np.uint8)
+        self.headers = [buf[SLOT_HEADER * (i + 1) : SLOT_HEADER * (i + 1) + 16].view(np.uint64) for i in (0, 1)]
+        start = [HEADER_BYTES, HEADER_BYTES + _stride(numel)]
+        self.slots = [buf[s : s + 4 * numel].view(np.float32) for s in start]
+        self.numel = numel
+
+    def close(self) -> None:
+        self.headers, self.slots = [], []  # the views go first: an mmap with exported buffers cannot close
+        with contextlib.suppress(BufferError):
+            self.map.close()
+
+
+class SegmentWriter:
+    """The one writer: creates the segment (0600, never an existing file) and publishes versions into it."""
+
+    def __init__(self, run_id: str, numel: int):
+        self.name = f"{prefix(run_id)}{os.getpid()}-{secrets.token_hex(4)}"
+        self.path = SHM_DIR / self.name
+        self.nonce = secrets.token_hex(16)
+        self.numel = numel
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        self._unlink = weakref.finalize(self, _unlink, self.path)  # at close, collection or interpreter exit
+        try:
+            # reserve the pages now: a tmpfs that is full (a container's 64 MB /dev/shm) fails here, with
+            # ENOSPC, instead of killing the writer with SIGBUS at its first publish
+            os.posix_fallocate(fd, 0, _size(numel))
+            self._m = _Mapped(fd, numel, writable=True)
+        except OSError:
+            self._unlink()
+            raise
+        finally:
+            os.close(fd)
+        self._m.map[: len(MAGIC)] = MAGIC
+        self._m.map[8:16] = numel.to_bytes(8, "little")
+        self._m.map[16:32] = bytes.fromhex(self.nonce)
+        self.published = -1  # the newest version published (-1: none yet)
+        self._next = 0
+
+    def advert(self) -> Advert:
+        return Advert(self.name, host_id(), self.numel, self.nonce)
+
+    def publish(self, version: int, values: object) -> None:
+        """Make `values` (numel float32, anything numpy views without a copy) the segment's newest version."""
+        slot = self._next
+        header = self._m.headers[slot]
+        header[0] += 1  # odd: being written
+        _fence()
+        np.copyto(self._m.slots[slot], np.asarray(values).reshape(-1))
+        header[1] = version
+        _fence()
+        header[0] += 1  # even: complete
+        self._next, self.published = 1 - slot, version
+
+    def close(self) -> None:
+        """Unmap and unlink (readers keep their mappings; no new reader can open it)."""
+        self._unlink()
+        self._m.close()
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+class SegmentReader:
+    """A reader of an advertised segment. open() raises SegmentError when it is not this host's, cannot be
+    opened, or is not the advertised one."""
+
+    def __init__(self, advert: Advert, expected_numel: int):
+        if advert.host != host_id():
+            raise SegmentError(f"segment {advert.name} is on another host")
+        if advert.numel != expected_numel:
+            raise SegmentError(f"segment {advert.name} holds {advert.numel} values, the model {expected_numel}")
+        try:
+            fd = os.open(SHM_DIR / advert.name, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as err:
+            raise SegmentError(f"cannot open /dev/shm/{advert.name}: {err.strerror}") from None
+        try:
+            if os.fstat(fd).st_size != _size(advert.numel):
+                raise SegmentError(f"/dev/shm/{advert.name} has the wrong size")
+            self._m = _Mapped(fd, advert.numel, writable=False)
+        finally:
+            os.close(fd)
+        head = self._m.map[:32]
+        if head[:8] != MAGIC or head[16:32] != bytes.fromhex(advert.nonce):
+            self._m.close()
+            raise SegmentError(f"/dev/shm/{advert.name} is not the segment the server advertised")
+        self.name = advert.name
+
+    def newest(self) -> int:
+        """The newest complete version published (-1 when none; a hint: it may change at once)."""
+        return max((int(h[1]) for h in self._m.headers if int(h[0]) % 2 == 0 and int(h[0]) > 0), default=-1)
+
+    def read_into(self, out: object, min_version: int = 0, tries: int = DEFAULT_TRIES) -> int | None:
+        """Copy the newest version (at least min_version) into `out` (numel float32, viewed without a copy);
+        its version, or None when `tries` attempts found none consistent and new enough."""
+        dst = np.asarray(out).reshape(-1)
+        for _ in range(tries):
+            slot = self._newer_slot()
+            header = self._m.headers[slot]
+            seq = int(header[0])
+            if seq % 2 or seq == 0:
+                continue  # being written (or never written): look again
+            _fence()
+            version = int(header[1])
+            np.copyto(dst, self._m.slots[slot])
+            _fence()
+            if int(header[0]) == seq and version >= min_version:
+                return version
+        return None
+
+    def _newer_slot(self) -> int:
+        h0, h1 = self._m.headers
+        return 0 if int(h0[1]) >= int(h1[1]) else 1
+
+    def close(self) -> None:
+        self._m.close()

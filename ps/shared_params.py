@@ -1,0 +1,67 @@
+"""The server's side of the same-host shared-memory path (docs/design.md, Shared-memory parameters).
+
+The segment (protocol/wire/shm.py) is created when the first worker is welcomed, and its name goes into
+every Welcome's settings. A push that asks for it (Push.shm) is answered with a Reply that carries only the
+version: just before that reply goes out, the parameters of that version are published into the segment
+(once per version, however many replies name it), so a worker that reads the segment after its reply
+arrived finds that version or a newer one. Pulls, Welcomes and every worker that did not ask get the
+parameters over ZeroMQ as before. Closed (unlinked) when the server ends; the launcher removes what a
+killed server left.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from protocol.config.schema import ExperimentConfig
+from protocol.wire import shm
+
+log = logging.getLogger("ps")
+
+
+class SharedParams:
+    def __init__(self, cfg: ExperimentConfig, run_id: str, numel: int):
+        # the artificial delay answers with older versions than the newest: only the wire can carry those
+        self.wanted = cfg.server.transport != "zmq" and cfg.staleness.delay == "none"
+        self.run_id, self.numel = run_id, numel
+        self.writer: shm.SegmentWriter | None = None
+        self.replies = 0  # replies that carried only the version
+
+    @property
+    def active(self) -> bool:
+        return self.writer is not None
+
+    def advert(self) -> dict:
+        """What the Welcome's settings say of the segment ({} when there is none); creates it the first time."""
+        if self.wanted and self.writer is None:
+            self._create()
+        return {"shm": self.writer.advert().to_wire()} if self.writer is not None else {}
+
+    def _create(self) -> None:
+        self.wanted = False  # one attempt: a host without /dev/shm stays on ZeroMQ
+        if not shm.supported():
+            log.info("no shared-memory parameters on this host (x86-64 with a writable /dev/shm only)")
+            return
+        shm.remove_segments(self.run_id, only_dead=True)  # what a killed server of this run left
+        try:
+            self.writer = shm.SegmentWriter(self.run_id, self.numel)
+        except OSError as err:
+            log.warning("cannot create the shared-memory segment (%s): parameters go over ZeroMQ", err)
+            return
+        log.info("parameters for workers on this host in /dev/shm/%s", self.writer.name)
+
+    def publish(self, version: int, params: torch.Tensor) -> bool:
+        """Make `version` readable in the segment (if it is not yet); False when there is no segment."""
+        if self.writer is None:
+            return False
+        if self.writer.published != version:
+            self.writer.publish(version, params.detach().numpy())
+        self.replies += 1
+        return True
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
