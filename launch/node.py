@@ -50,10 +50,10 @@ class HeadRun(AsyncRun):
         self.store = store
 
     def _start(self) -> None:
-        endpoint = self._start_server()
+        endpoints = self._start_server()  # every shard on the head (docs/design.md, Runs across hosts)
         keys = Path(self.cfg.server.keys) if self.cfg.server.curve else None
         server_public = read_public(keys, SERVER).decode() if keys else ""
-        self.store.publish_start(endpoint, server_public, self.config_path.read_text(), self.run_dir.name)
+        self.store.publish_start(" ".join(endpoints), server_public, self.config_path.read_text(), self.run_dir.name)
         self._start_evaluator()
 
     def _stop_workers(self) -> None:
@@ -123,7 +123,7 @@ def worker(args: argparse.Namespace, env: dict[str, str], store: NodeStore) -> i
             raise KeyFileError(f"{named / 'server.key'} is not the public key of the head's server (server.keys)")
         keys = ["--keys", str(keydir)]
     cmd = [sys.executable, "-m", "worker", "--config", str(folder / "config.yaml"), "--rank", str(rank),
-           "--server", start.endpoint, "--run-dir", str(folder), "--run-id", start.run_id, *keys]  # fmt: skip
+           *(a for e in start.endpoint.split() for a in ("--server", e)), "--run-dir", str(folder), "--run-id", start.run_id, *keys]  # fmt: skip
     code = _run_forwarding_signals(cmd)
     report = folder / f"worker-{rank}.json"
     try:
