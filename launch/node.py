@@ -122,8 +122,9 @@ def worker(args: argparse.Namespace, env: dict[str, str], store: NodeStore) -> i
         elif read_public(named, SERVER) != start.server_public.encode():
             raise KeyFileError(f"{named / 'server.key'} is not the public key of the head's server (server.keys)")
         keys = ["--keys", str(keydir)]
+    servers = [a for e in start.endpoint.split() for a in ("--server", e)]  # every shard's, in shard order
     cmd = [sys.executable, "-m", "worker", "--config", str(folder / "config.yaml"), "--rank", str(rank),
-           *(a for e in start.endpoint.split() for a in ("--server", e)), "--run-dir", str(folder), "--run-id", start.run_id, *keys]  # fmt: skip
+           *servers, "--run-dir", str(folder), "--run-id", start.run_id, *keys]  # fmt: skip
     code = _run_forwarding_signals(cmd)
     report = folder / f"worker-{rank}.json"
     try:

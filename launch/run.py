@@ -141,7 +141,8 @@ class AsyncRun(Run):
         # The server first: it tells the live workers Stop and writes server_summary.json and final.safetensors
         # within stop_grace_s; the workers keep running meanwhile, so they get that Stop and leave cleanly.
         server_grace = self.cfg.server.stop_grace_s + STOP_MARGIN_S
-        return [Stage("the server", self._servers(), server_grace), Stage("the workers", self._workers(), WORKER_GRACE_S)]
+        servers = Stage("the server", self._servers(), server_grace)
+        return [servers, Stage("the workers", self._workers(), WORKER_GRACE_S)]
 
 
 class SyncRun(Run):

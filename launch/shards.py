@@ -69,8 +69,13 @@ class ShardFiles:
 
     def endpoints(self) -> list[str] | None:
         """Every shard's endpoint in shard order, once all of them have bound."""
-        infos = [read_json(self.run_dir / f"server-{s}.json") for s in range(self.shards)]
-        return [i["endpoint"] for i in infos] if all(infos) else None
+        endpoints = []
+        for s in range(self.shards):
+            info = read_json(self.run_dir / f"server-{s}.json")
+            if not info:
+                return None
+            endpoints.append(info["endpoint"])
+        return endpoints
 
     def _summary(self, shard: int) -> ServerSummary | None:
         return read_record(ServerSummary, shard_dir(self.run_dir, shard) / "server_summary.json")
@@ -87,7 +92,7 @@ class ShardFiles:
         try:
             write_snapshot(out, params, meta, snaps[0].buffers)
         except OSError as err:
-            raise WriteError(f"{out}: {err}") from None
+            raise WriteError(out, err) from None
         return True
 
 

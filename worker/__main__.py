@@ -75,8 +75,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     which.add_argument("--rank", type=int, help="the one rank this process runs")
     which.add_argument("--ranks", help="A-B: run ranks A..B (inclusive), one thread each")
     ap.add_argument("--config", required=True)
-    ap.add_argument("--server", required=True, action="append",
-                    help="server endpoint, e.g. tcp://127.0.0.1:5555; once per shard, in shard order (server.shards)")  # fmt: skip
+    ap.add_argument(
+        "--server",
+        required=True,
+        action="append",
+        help="server endpoint, e.g. tcp://127.0.0.1:5555; once per shard, in shard order (server.shards)",
+    )
     ap.add_argument("--run-dir", type=Path, help="where to write worker-<rank>.json")
     ap.add_argument("--run-id", default="")
     ap.add_argument("--keys", type=Path, help="CURVE key folder (default: server.keys, else RUN_DIR/keys)")

@@ -105,7 +105,9 @@ class ShardedLoop(WorkerLoop):
     # -- pushing ---------------------------------------------------------------------------------------
     def _push(self, kind: str, payload: Payload, loss: float, samples: int) -> bool:
         buffers = self._buffers_due()
-        pushes = {sh.index: self._part(sh, kind, payload, loss, samples, buffers) for sh in self.shards}
+        pushes: dict[int, Message] = {
+            sh.index: self._part(sh, kind, payload, loss, samples, buffers) for sh in self.shards
+        }
         answers = self._fan(pushes)
         self.stats.pushes += 1
         if self._stopped_by(answers):
