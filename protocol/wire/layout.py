@@ -94,7 +94,7 @@ def shard_ranges(total: int, k: int) -> list[tuple[int, int]]:
     when total < k * SHARD_ALIGN."""
     if k < 1:
         raise ValueError(f"shards must be >= 1, got {k}")
-    blocks = -(-total // SHARD_ALIGN)
-    bounds = [min(total, round(i * blocks / k) * SHARD_ALIGN) for i in range(k + 1)]
-    bounds[-1] = total
+    # each cut is the ideal i * total / k rounded to the nearest multiple of SHARD_ALIGN (so within
+    # SHARD_ALIGN / 2 of it), and every range within SHARD_ALIGN of total / k coordinates
+    bounds = [min(total, round(i * total / (k * SHARD_ALIGN)) * SHARD_ALIGN) for i in range(k)] + [total]
     return list(zip(bounds[:-1], bounds[1:]))
