@@ -366,12 +366,13 @@ class ServerConfig:
     peer_bytes_per_s: float = 0.0  # tensor bytes per second one connection may send; 0: no limit
     status_every_s: float = 0.5  # how often the server publishes its counters (status.json)
     # server processes, each owning one contiguous range of the flat parameters, cut by bytes at multiples of
-    # 64 coordinates (docs/design.md, Shards); shard 0 decides the end of the run. 1: one server
+    # 64 coordinates, each with its own version clock; the first to reach a run limit ends the run
+    # (docs/design.md, Shards). 1: one server
     shards: int = 1
 
     def check(self) -> None:
         self._check_endpoint()
-        require(1 <= self.shards <= MAX_SHARDS, "shards", f"must be in [1, {MAX_SHARDS}]")
+        require(1 <= self.shards <= MAX_SHARDS, "shards", "must be in [1, 64]")
         require(self.interface == "" or _is_address(self.interface), "interface",
                 f"must be an IP address of this host (e.g. 10.0.0.5), got {self.interface!r}")  # fmt: skip
         require(1 <= self.threads <= MAX_THREADS, "threads", "must be in [1, 1024]")
