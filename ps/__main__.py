@@ -130,8 +130,8 @@ def serve(
     signal.signal(signal.SIGINT, lambda *_: server.signal_stop("interrupted"))
     endpoint_file.write_text(json.dumps({"endpoint": bound}))
     print(f"TAUPS_SERVER_READY {bound}", flush=True)
-    log.info("serving %d workers at %s (%d parameters, optimizer %s, lr %g, %s)", cfg.workers, bound,
-             init.layout.total, cfg.optimizer.name, cfg.optimizer.lr,
+    log.info("serving %d workers at %s (%s, optimizer %s, lr %g, %s)", cfg.workers, bound, _serves(server),
+             cfg.optimizer.name, cfg.optimizer.lr,
              f"CURVE: keys of worker-0..{cfg.workers - 1} only" if keys else "no authentication")  # fmt: skip
     try:
         summary = server.serve()
@@ -139,6 +139,13 @@ def serve(
         chan.close()
     _log_end(summary)
     return 0 if summary.stop_reason in ("max_updates", "max_seconds") else 3
+
+
+def _serves(server: ParameterServer) -> str:
+    m, n = server.model, server.cfg.server.shards
+    if n == 1:
+        return f"{m.numel} parameters"
+    return f"shard {m.shard} of {n}: parameters [{m.lo}, {m.lo + m.numel}) of {m.layout.total}"
 
 
 def _log_end(s: ServerSummary) -> None:
