@@ -32,8 +32,9 @@ from protocol.wire.encoding import (
     slice_payload,
 )
 from protocol.wire.layout import SHARD_ALIGN, Layout, shard_ranges
+from protocol.wire.messages import Reject, Stop
 from ps.checkpoint import CheckpointMismatch
-from tests.helpers import make_config, running_server
+from tests.helpers import FakeWorker, join_all, make_config, running_server
 from worker.loop import WorkerLoop
 from worker.shards import ShardedLoop
 
@@ -227,3 +228,38 @@ def test_the_launcher_runs_two_shards_bitwise_as_one_server(tmp_path):
     assert json.loads((two / "metrics.jsonl").read_text().splitlines()[-1])["final"] is True
     processes = summary["processes"]
     assert {"server0", "server1"} <= set(processes) and "server" not in processes
+
+
+def test_a_shard_ends_the_run_on_a_joined_workers_stop_and_answers_it():
+    layout = Layout.from_shapes([("w", (256,))])
+    cfg = make_config(workers=2, run={"max_updates": 1000}, server={"shards": 2, "stop_grace_s": 1})
+    with running_server(cfg, model=(layout, torch.zeros(256)), shard=1) as (server, endpoint, result):
+        workers = [FakeWorker(endpoint, r, layout) for r in range(2)]
+        stranger = FakeWorker(endpoint, 5, layout)
+        try:
+            welcomes = join_all(workers)
+            assert [w.settings["shard"] for w in welcomes] == [[1, 128, 256]] * 2  # the range the worker checks
+            assert workers[0].push(torch.ones(128)).applied
+            refused = stranger.request(Stop(reason="max_updates", version=0))
+            assert isinstance(refused, Reject) and refused.code == "unknown_rank" and server.stop_reason is None
+            answer = workers[1].request(Stop(reason="max_updates", version=1))
+            assert isinstance(answer, Stop) and server.stop_reason == "max_updates"
+            assert isinstance(workers[0].push(torch.ones(128)), Stop)  # the other worker is told at its next push
+            _until(lambda: bool(result))
+        finally:
+            for w in (*workers, stranger):
+                w.close()
+    assert result["stop_reason"] == "max_updates" and result["updates"] == 1
+
+
+def test_one_server_refuses_a_workers_stop():
+    layout = Layout.from_shapes([("w", (64,))])
+    cfg = make_config(workers=1)
+    with running_server(cfg, model=(layout, torch.zeros(64))) as (server, endpoint, _):
+        worker = FakeWorker(endpoint, 0, layout)
+        try:
+            worker.hello()
+            refused = worker.request(Stop(reason="max_updates", version=0))
+            assert isinstance(refused, Reject) and refused.code == "bad_type" and server.stop_reason is None
+        finally:
+            worker.close()
