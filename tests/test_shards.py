@@ -18,6 +18,7 @@ import torch
 from launch.handoff import initial_model
 from launch.preflight import check_shards
 from launch.shards import merge_summaries
+from protocol.config.schema import CompressionConfig
 from protocol.errors import ConfigError
 from protocol.runfolder.records import ServerSummary
 from protocol.runfolder.snapshot import read_snapshot
@@ -35,6 +36,8 @@ from protocol.wire.layout import SHARD_ALIGN, Layout, shard_ranges
 from protocol.wire.messages import Reject, Stop
 from ps.checkpoint import CheckpointMismatch
 from tests.helpers import FakeWorker, join_all, make_config, running_server
+from worker.compressors import make_compressor
+from worker.ef import make_uplink
 from worker.loop import WorkerLoop
 from worker.shards import ShardedLoop
 
@@ -263,3 +266,28 @@ def test_one_server_refuses_a_workers_stop():
             assert isinstance(refused, Reject) and refused.code == "bad_type" and server.stop_reason is None
         finally:
             worker.close()
+
+
+def _uplink(method: str, d: int):
+    cfg = CompressionConfig(method=method, compressor="topk", k=3)
+    return make_uplink(cfg, d, make_compressor(cfg, Layout.from_shapes([("x", (d,))]), 0), torch.device("cpu"))
+
+
+def test_error_feedback_follows_each_shards_verdict_over_its_range():
+    d, parts = 8, [(0, 4, True), (4, 8, False)]
+    grad = torch.tensor([5.0, 0.1, 0.2, 4.0, 3.0, 0.3, 0.1, 0.2])
+    up = _uplink("ef21", d)
+    kind, reset = up.prepare(grad)
+    up.commit_parts(parts)  # shard 1 did not apply the reset: g_i moves on shard 0's range only, and resets again
+    assert kind == "reset" and torch.equal(up.g, torch.cat([grad[:4], torch.zeros(4)]))
+    assert up.prepare(grad)[0] == "reset"
+    up.commit_parts([(0, 4, True), (4, 8, True)])
+    kind, delta = up.prepare(grad * 2)  # top-3 of grad: coordinates 0, 3 and 4, one of them in shard 1's range
+    sent = decode_into(delta, d, torch.empty(d)).clone()
+    up.commit_parts(parts)
+    assert kind == "delta" and torch.equal(up.g, grad + torch.cat([sent[:4], torch.zeros(4)]))
+    ef14 = _uplink("ef14", d)
+    _, payload = ef14.prepare(grad)
+    sent = decode_into(payload, d, torch.empty(d)).clone()
+    ef14.commit_parts(parts)  # the residual keeps all of shard 1's part, and loses what shard 0 applied
+    assert torch.equal(ef14.e, torch.cat([grad[:4] - sent[:4], grad[4:]]))
