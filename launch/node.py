@@ -3,7 +3,8 @@
 torchrun (or srun through torchrun) starts this module once per slot on every host; the global RANK decides
 the role (docs/design.md, Runs across hosts):
 
-    RANK 0            the head: the parameter server, the evaluator and the run folder (as python -m launch)
+    RANK 0            the head: the parameter server (with server.shards, every shard), the evaluator and the
+                      run folder (as python -m launch)
     RANK 1..WORLD-1   worker rank RANK - 1 (so the config's `workers` must be WORLD_SIZE - 1)
 
 The processes meet in the c10d store torchrun already runs at MASTER_ADDR:MASTER_PORT (a PrefixStore per
