@@ -79,7 +79,7 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.mark.parametrize("shards", [1, 2])
 def test_torchrun_places_a_run_across_two_network_namespaces(two_hosts, tmp_path, shards):
     a, b, master = two_hosts
-    run, args = tmp_path / "run", [*ARGS, f"server.shards={shards}"]
+    run, args = tmp_path / "run", [*ARGS[:-1], f"server.shards={shards}", "--quiet"]  # overrides before flags
     nodes = [_node(a, master, 0, 3, run, tmp_path / "node0.log", args),
              _node(b, master, 1, 2, run, tmp_path / "node1.log", args)]  # fmt: skip
     try:
