@@ -45,16 +45,19 @@ def running_server(
     endpoint: str = "tcp://127.0.0.1:0",
     model: ModelInit | tuple[Layout, torch.Tensor] | None = None,
     keys: ServerKeys | None = None,
+    shard: int = 0,
+    resume: bool = False,
 ) -> Iterator[tuple[ParameterServer, str, dict]]:
     """The server in a thread, serving `model` (a ModelInit, a (layout, initial parameters) pair, or None:
-    the experiment's task, as the launcher would hand it over); with CURVE when given the server's keys."""
+    the experiment's task, as the launcher would hand it over); with CURVE when given the server's keys;
+    shard `shard` of server.shards."""
     if model is None:
         model = initial_model(cfg, run_id="")
     elif isinstance(model, tuple):
         model = served(*model)
     chan = server_channel(cfg, keys)
     bound = chan.bind(endpoint)
-    server = ParameterServer(cfg, chan, model, run_dir=run_dir)
+    server = ParameterServer(cfg, chan, model, run_dir=run_dir, shard=shard, resume=resume)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(as_dict(server.serve())), daemon=True)
     thread.start()

@@ -3,7 +3,8 @@
 torchrun (or srun through torchrun) starts this module once per slot on every host; the global RANK decides
 the role (docs/design.md, Runs across hosts):
 
-    RANK 0            the head: the parameter server, the evaluator and the run folder (as python -m launch)
+    RANK 0            the head: the parameter server (with server.shards, every shard), the evaluator and the
+                      run folder (as python -m launch)
     RANK 1..WORLD-1   worker rank RANK - 1 (so the config's `workers` must be WORLD_SIZE - 1)
 
 The processes meet in the c10d store torchrun already runs at MASTER_ADDR:MASTER_PORT (a PrefixStore per
@@ -50,10 +51,10 @@ class HeadRun(AsyncRun):
         self.store = store
 
     def _start(self) -> None:
-        endpoint = self._start_server()
+        endpoints = self._start_server()  # every shard on the head (docs/design.md, Runs across hosts)
         keys = Path(self.cfg.server.keys) if self.cfg.server.curve else None
         server_public = read_public(keys, SERVER).decode() if keys else ""
-        self.store.publish_start(endpoint, server_public, self.config_path.read_text(), self.run_dir.name)
+        self.store.publish_start(" ".join(endpoints), server_public, self.config_path.read_text(), self.run_dir.name)
         self._start_evaluator()
 
     def _stop_workers(self) -> None:
@@ -122,8 +123,9 @@ def worker(args: argparse.Namespace, env: dict[str, str], store: NodeStore) -> i
         elif read_public(named, SERVER) != start.server_public.encode():
             raise KeyFileError(f"{named / 'server.key'} is not the public key of the head's server (server.keys)")
         keys = ["--keys", str(keydir)]
+    servers = [a for e in start.endpoint.split() for a in ("--server", e)]  # every shard's, in shard order
     cmd = [sys.executable, "-m", "worker", "--config", str(folder / "config.yaml"), "--rank", str(rank),
-           "--server", start.endpoint, "--run-dir", str(folder), "--run-id", start.run_id, *keys]  # fmt: skip
+           *servers, "--run-dir", str(folder), "--run-id", start.run_id, *keys]  # fmt: skip
     code = _run_forwarding_signals(cmd)
     report = folder / f"worker-{rank}.json"
     try:

@@ -2,7 +2,8 @@
 
 Keys live under taups/<TORCHELASTIC_RUN_ID>/ so that nothing of torchrun's own rendezvous is touched:
     key/<rank>      a worker's CURVE public key (z85), made on its host
-    start           the head's JSON: endpoint, server public key ("" without CURVE), resolved config, run id
+    start           the head's JSON: endpoint (with server.shards, every shard's, space-separated, in shard
+                    order), server public key ("" without CURVE), resolved config, run id
     report/<rank>   a worker's report (worker-<rank>.json), "" when it wrote none
 The store has no authentication: whoever reaches MASTER_ADDR:MASTER_PORT could read or replace these, as
 it could torchrun's own rendezvous. Public keys and an endpoint are no secrets; the secret keys never travel.

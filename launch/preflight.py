@@ -36,7 +36,7 @@ from protocol.errors import ConfigError
 from protocol.wire import codec
 from protocol.wire.curve import KeyFileError, server_keys, worker_keys
 from protocol.wire.encoding import INT32_MAX_NUMEL, VALUE_DTYPES
-from protocol.wire.layout import Layout
+from protocol.wire.layout import SHARD_ALIGN, Layout
 from ps.history import ParamHistory
 from worker.compressors import segments
 from worker.tasks.data import DataShape, check_data
@@ -79,7 +79,18 @@ def check_model(cfg: ExperimentConfig, memory_bytes: int | None = None) -> Layou
     layout = factory_layout(cfg) if cfg.task.factory else model_layout(cfg, check_data(cfg))
     check_messages(cfg, layout)
     check_memory(cfg, layout.total, memory_bytes)
+    check_shards(cfg, layout)
     return layout
+
+
+def check_shards(cfg: ExperimentConfig, layout: Layout) -> None:
+    """Every shard must own some coordinates (ranges are cut at multiples of SHARD_ALIGN)."""
+    if cfg.mode == "async" and any(hi == lo for lo, hi in layout.shard_ranges(cfg.server.shards)):
+        raise ConfigError(
+            "server.shards",
+            f"{cfg.server.shards} shards of a model of {layout.total} parameters leave a shard empty (ranges are cut "
+            f"at multiples of {SHARD_ALIGN} parameters): use fewer shards",
+        )
 
 
 def model_layout(cfg: ExperimentConfig, shape: DataShape | None) -> Layout:

@@ -15,15 +15,17 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from launch.handoff import hand_off
 from launch.keys import run_keys
 from launch.outcome import RunFailed
 from launch.rundir import read_json
 from launch.runner import Run
+from launch.shards import ShardFiles
 from launch.shutdown import STOP_MARGIN_S, WORKER_GRACE_S, Stage
 from launch.signals import StopSignals
-from launch.writes import writing
+from launch.writes import WriteError, writing
 from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
 from protocol.runfolder.records import RunSummary
@@ -37,28 +39,31 @@ SERVER_DECIDED = (2, 3)  # python -m ps exit codes that a restart would repeat (
 class AsyncRun(Run):
     starting = "starting the server..."
 
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, **kw: Any):
+        super().__init__(cfg, run_dir, **kw)
+        # server.shards > 1: one server process per shard, and the run folder's top put together from theirs
+        self.shard_files = ShardFiles(run_dir, cfg.server.shards) if cfg.server.shards > 1 else None
+
     def _start(self) -> None:
-        endpoint = self._start_server()
+        endpoints = self._start_server()
         self._start_evaluator()
+        servers = [arg for e in endpoints for arg in ("--server", e)]
         for ranks in self.cfg.worker_processes():
             name, which = worker_process(ranks)
             self.sup.start(
                 name,
                 "worker",
-                [
-                    "--config",
-                    str(self.config_path),
-                    *which,
-                    "--server",
-                    endpoint,
-                    "--run-dir",
-                    str(self.run_dir),
-                    "--run-id",
-                    self.run_dir.name,
-                ],
-            )
+                ["--config", str(self.config_path), *which, *servers, "--run-dir", str(self.run_dir),
+                 "--run-id", self.run_dir.name],
+            )  # fmt: skip
 
-    def _start_server(self) -> str:
+    def _servers(self) -> list[str]:
+        """The server processes' names: server, or server0 .. server<S-1> (logs/server0.log ...)."""
+        n = self.cfg.server.shards
+        return ["server"] if n == 1 else [f"server{s}" for s in range(n)]
+
+    def _start_server(self) -> list[str]:
+        """Start the server (every shard), wait until each has bound; returns their endpoints in shard order."""
         try:
             with writing(self.run_dir / "model"):
                 hand_off(self.cfg, self.run_dir)  # the server starts knowing its model and run
@@ -66,31 +71,59 @@ class AsyncRun(Run):
                 run_keys(self.cfg, self.run_dir)  # CURVE without server.keys: this run's own keys
         except ConfigError as err:
             raise RunFailed(f"the task cannot be built: {err}") from None
-        server = self.sup.start("server", "ps", ["--config", str(self.config_path), "--run-dir", str(self.run_dir)])
+        args = ["--config", str(self.config_path), "--run-dir", str(self.run_dir)]
+        shard = [["--shard", str(s)] for s in range(self.cfg.server.shards)] if self.shard_files else [[]]
+        servers = [self.sup.start(name, "ps", [*args, *more]) for name, more in zip(self._servers(), shard)]
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             self.signals.check()
-            info = read_json(self.run_dir / "server.json")
-            if info:
-                return info["endpoint"]
-            if server.returncode is not None:
-                self._fail(server, "before it was ready")
+            endpoints = self._endpoints()
+            if endpoints:
+                return endpoints
+            for server in servers:
+                if server.returncode is not None:
+                    self._fail(server, "before it was ready")
             time.sleep(0.05)
-        raise RunFailed(f"the server did not start within {START_TIMEOUT_S:.0f}s; see {server.log_path}")
+        raise RunFailed(f"the server did not start within {START_TIMEOUT_S:.0f}s; see {servers[0].log_path}")
+
+    def _endpoints(self) -> list[str] | None:
+        if self.shard_files is not None:
+            return self.shard_files.endpoints()
+        info = read_json(self.run_dir / "server.json")
+        return [info["endpoint"]] if info else None
 
     def _training_over(self) -> bool:
-        return self.sup.children["server"].returncode == 0
+        return all(self.sup.children[name].returncode == 0 for name in self._servers())
+
+    def _watch(self) -> None:
+        super()._watch()
+        if self.shard_files is not None:  # every shard has written its final snapshot and summary
+            self.shard_files.finish()
+
+    def _sample(self, force_progress: bool = False) -> None:
+        if self.shard_files is not None:
+            self.shard_files.tick()
+        super()._sample(force_progress)
+
+    def _after_stop(self) -> None:
+        if self.shard_files is None:
+            return
+        try:  # after a failure: what the shards managed to write
+            self.shard_files.finish()
+        except WriteError as err:
+            self.write_errors.append(str(err))
 
     def _restartable(self, name: str) -> bool:
         """The server resumes from its checkpoint, workers and the evaluator join again; but a server that
         ended the run on purpose (exit 3: too few workers left, ...) or cannot start (exit 2: its config or
         checkpoint) would only do the same again."""
-        return name != "server" or self.sup.children[name].returncode not in SERVER_DECIDED
+        return name not in self._servers() or self.sup.children[name].returncode not in SERVER_DECIDED
 
     def _restart_args(self, name: str, args: list[str]) -> list[str]:
-        if name != "server":
+        if name not in self._servers():
             return args
-        info = read_json(self.run_dir / "server.json") or {}
+        shard = name.removeprefix("server")
+        info = read_json(self.run_dir / (f"server-{shard}.json" if shard else "server.json")) or {}
         endpoint = ["--endpoint", info["endpoint"]] if "endpoint" in info else []
         return [*(a for a in args if a != "--resume"), "--resume", *endpoint]  # the workers find it where it was
 
@@ -108,7 +141,8 @@ class AsyncRun(Run):
         # The server first: it tells the live workers Stop and writes server_summary.json and final.safetensors
         # within stop_grace_s; the workers keep running meanwhile, so they get that Stop and leave cleanly.
         server_grace = self.cfg.server.stop_grace_s + STOP_MARGIN_S
-        return [Stage("the server", ["server"], server_grace), Stage("the workers", self._workers(), WORKER_GRACE_S)]
+        servers = Stage("the server", self._servers(), server_grace)
+        return [servers, Stage("the workers", self._workers(), WORKER_GRACE_S)]
 
 
 class SyncRun(Run):

@@ -98,6 +98,7 @@ class Run:
         why = outcome.failure if outcome.stopped else "the run failed"
         self._say(f"{why}: stopping every process in order")
         stop_in_order(self.sup, self._stop_order(), self._say)
+        self._after_stop()
         let_evaluator_finish(self.sup, self.run_dir, FINISH_TIMEOUT_S, self._say)
 
     def _conclude(self, outcome: Outcome) -> RunSummary:
@@ -207,6 +208,9 @@ class Run:
 
     def _restartable(self, name: str) -> bool:
         return False
+
+    def _after_stop(self) -> None:
+        """After a failure, once every child has stopped: what the mode puts together from their files."""
 
     def _restart_args(self, name: str, args: list[str]) -> list[str]:
         return args

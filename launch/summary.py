@@ -94,6 +94,7 @@ def _add_server_figures(s: RunSummary, server: ServerSummary) -> None:
     s.staleness_p99 = server.staleness_p99
     s.pushes_dropped_stale = server.pushes_dropped_stale
     s.server_restarts, s.updates_lost = server.server_restarts, server.updates_lost
+    s.shards, s.shard_spread = server.shards, server.shard_spread
 
 
 def _add_evaluations(s: RunSummary, metrics: list[dict]) -> None:

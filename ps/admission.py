@@ -1,7 +1,8 @@
 """Who is heard, and how much: the server's rules for a message whose header has been read and whose tensor
 bytes have not (Channel.recv's `admit` hook; docs/security.md, Admission).
 
-- A type the server never accepts (a Reply, a Welcome ...) is refused from its header alone.
+- A type the server never accepts (a Reply, a Welcome ...; a Stop unless server.shards > 1, where a worker passes
+  one shard's Stop on to the others) is refused from its header alone.
 - A Push from a connection that does not hold the rank it names is refused (unknown_rank) unread.
 - Every connection has a budget of messages per second (server.peer_messages_per_s; a connection that holds
   no rank gets server.stranger_messages_per_s) and, if set, of tensor bytes per second
@@ -17,7 +18,7 @@ from collections.abc import Callable
 
 from protocol.config.schema import ServerConfig
 from protocol.errors import ProtocolError
-from protocol.wire.messages import Heartbeat, Hello, Message, Pull, Push
+from protocol.wire.messages import Heartbeat, Hello, Message, Pull, Push, Stop
 
 ACCEPTED: tuple[type[Message], ...] = (Hello, Push, Pull, Heartbeat)
 MAX_TRACKED = 4096  # connections whose budgets are remembered; the longest-idle is forgotten first
@@ -43,12 +44,13 @@ class Bucket:
 class Admission:
     def __init__(self, cfg: ServerConfig, is_member: Callable[[bytes, int], bool], clock: Callable[[], float]):
         self.cfg, self.is_member, self.clock = cfg, is_member, clock
+        self.accepted = ACCEPTED + ((Stop,) if cfg.shards > 1 else ())
         self._messages: OrderedDict[bytes, Bucket] = OrderedDict()
         self._bytes: OrderedDict[bytes, Bucket] = OrderedDict()
 
     def __call__(self, identity: bytes | None, cls: type[Message], fields: dict, nbytes: int) -> None:
         """Raises ProtocolError (bad_type, unknown_rank, throttled) to refuse the message unread."""
-        if cls not in ACCEPTED:
+        if cls not in self.accepted:
             raise ProtocolError("bad_type", f"a server does not accept {cls.TYPE} messages")
         peer = identity or b""
         rank = fields.get("rank")

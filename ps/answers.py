@@ -1,5 +1,6 @@
 """The server's answers to every message but a Push (whose path is the loop's own, ps/server.py): a Hello
-(joining the run), a Pull, a Heartbeat, and a message that could not be read or was refused unread."""
+(joining the run), a Pull, a Heartbeat, a worker's Stop (server.shards > 1 only: another shard ended the run),
+and a message that could not be read or was refused unread."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from protocol.errors import ProtocolError
 from protocol.wire.channel import Received, ReceiveError
-from protocol.wire.messages import Heartbeat, Hello, Message, Pull, Reject
+from protocol.wire.messages import Heartbeat, Hello, Message, Pull, Reject, Stop
 from ps.replies import PULLED
 
 if TYPE_CHECKING:
@@ -17,11 +18,14 @@ if TYPE_CHECKING:
 
 def handlers(server: ParameterServer) -> dict[type[Message], Callable[[Received], None]]:
     """The loop's handler of each message type but Push."""
-    return {
+    table: dict[type[Message], Callable[[Received], None]] = {
         Hello: lambda got: on_hello(server, got),
         Pull: lambda got: on_pull(server, got),
         Heartbeat: lambda got: on_beat(server, got),
     }
+    if server.cfg.server.shards > 1:
+        table[Stop] = lambda got: on_worker_stop(server, got)
+    return table
 
 
 def on_hello(server: ParameterServer, got: Received) -> None:
@@ -61,6 +65,20 @@ def on_pull(server: ParameterServer, got: Received) -> None:
         server.report.counters.messages_rejected += 1
         return server.send(identity, Reject(err.code, err.message, rank=pull.rank))
     server.reply(identity, PULLED)
+
+
+def on_worker_stop(server: ParameterServer, got: Received) -> None:
+    """A joined worker was told Stop by another shard and leaves: this shard ends the run for the same reason
+    (docs/design.md, Shards) and answers with its own Stop, which the worker awaits before it closes its
+    socket. A stranger's Stop is refused."""
+    stop = got.msg
+    assert isinstance(stop, Stop)
+    rank = server.members.rank_of(got.identity or b"", got.user)
+    if rank is None:
+        server.report.counters.messages_rejected += 1
+        return server.send(got.identity, Reject("unknown_rank", "only a joined worker may pass a Stop on"))
+    server.request_stop(stop.reason or "stopped")
+    server.tell_stop(got.identity or b"", rank)
 
 
 def on_beat(server: ParameterServer, got: Received) -> None:

@@ -26,8 +26,10 @@ log = logging.getLogger("ps")
 
 def identity(server: ParameterServer) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the model, and the config keys that shape the state."""
-    cfg = server.cfg
+    cfg, model = server.cfg, server.model
+    shard = {"shard": [model.shard, cfg.server.shards, model.lo, model.lo + model.numel]}
     return {
+        **(shard if cfg.server.shards > 1 else {}),  # a shard resumes only its own range
         "layout": server.model.layout.signature(),
         "buffer_layout": server.model.buffer_layout.signature(),
         "workers": cfg.workers,

@@ -161,8 +161,11 @@ class Membership:
         return self.members[rank].identity
 
     def welcome(self, member: Member, model: ServedModel, uplink: str) -> None:
-        settings = {"workers": self.cfg.workers, "optimizer": self.cfg.optimizer.name, "uplink": uplink}
+        settings: dict[str, object] = {"workers": self.cfg.workers, "optimizer": self.cfg.optimizer.name}
+        settings["uplink"] = uplink
         settings.update(model.shared.advert() if model.shared is not None else {})
+        if self.cfg.server.shards > 1:  # the worker checks it cut the same ranges
+            settings["shard"] = [model.shard, model.lo, model.lo + model.numel]
         welcome = Welcome(model.version, member.last_seq + 1, model.layout.to_wire(), settings)
         self.out.send_params(member.identity, welcome, model.params, model.pool)
 

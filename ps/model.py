@@ -44,12 +44,19 @@ class ServedModel:
     group_lrs: list[float] = field(default_factory=list)  # lrs of the pushes folded into the next step
     _clip: torch.Tensor | None = None  # the scaled direction (the aggregator's g must stay as it is)
     shared: SharedParams | None = None  # same-host workers read the parameters from shared memory
+    shard: int = 0  # server.shards > 1: which shard this server is; it serves coordinates [lo, lo + numel)
+    lo: int = 0
 
     @classmethod
-    def create(cls, cfg: ExperimentConfig, init: ModelInit) -> ServedModel:
-        """Raises ProtocolError (code 'config') when the artificial delay's history would exceed its memory cap;
+    def create(cls, cfg: ExperimentConfig, init: ModelInit, shard: int = 0) -> ServedModel:
+        """The whole model, or shard `shard`'s range of it (docs/design.md, Shards): `layout` stays the whole
+        model's (a Hello is checked against it), `params` and every state hold the range only.
+
+        Raises ProtocolError (code 'config') when the artificial delay's history would exceed its memory cap;
         nothing is allocated before that check."""
-        layout, numel, st = init.layout, init.layout.total, cfg.staleness
+        layout, st = init.layout, cfg.staleness
+        lo, hi = layout.shard_ranges(cfg.server.shards)[shard]
+        numel = hi - lo
         if st.delay != "none":
             need = ParamHistory.memory_mb(numel, st.delay_versions)
             if need > st.delay_memory_mb:
@@ -58,7 +65,7 @@ class ServedModel:
                     f"staleness.delay_versions={st.delay_versions} needs {need:.0f} MB for {numel} parameters, "
                     f"over staleness.delay_memory_mb={st.delay_memory_mb:g}",
                 )
-        params = init.params.reshape(-1).to(torch.float32).clone()
+        params = init.params.reshape(-1)[lo:hi].to(torch.float32).clone()
         model = cls(
             layout=layout,
             params=params,
@@ -70,6 +77,8 @@ class ServedModel:
             buffer_layout=init.buffer_layout,
             init_buffers=init.buffers.reshape(-1).float().clone(),
             shared=SharedParams(cfg, init.run_id, numel),
+            shard=shard,
+            lo=lo,
         )
         if st.delay != "none":
             model.history = ParamHistory(numel, st.delay_versions, st.delay, cfg.seed)
@@ -78,7 +87,8 @@ class ServedModel:
 
     @property
     def numel(self) -> int:
-        return self.layout.total
+        """The coordinates this server serves (the whole layout, or its shard's range)."""
+        return self.params.numel()
 
     def stage(self, push: Push) -> Staged:
         """Validate and decode (buffers too, if the push carries some); raises ProtocolError, changes nothing."""

@@ -49,11 +49,13 @@ class ParameterServer:
         run_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         resume: bool = False,
+        shard: int = 0,
     ):
         self.cfg, self.chan, self.run_dir, self.clock = cfg, channel, run_dir, clock
+        self.shard = shard  # server.shards > 1: this server's shard (docs/design.md, Shards)
         self.t0 = clock()  # process start: join_timeout counts from here
         self.t_start: float | None = None  # training start: wall_s, max_seconds and records count from here
-        self.model = ServedModel.create(cfg, init)  # what is served is known before any Hello
+        self.model = ServedModel.create(cfg, init, shard)  # what is served is known before any Hello
         self.run_id = init.run_id
         self.report = Reporter(cfg, run_dir, 0, append=resume)
         self.out = Outbox(channel, self.report.counters)

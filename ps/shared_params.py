@@ -24,7 +24,8 @@ log = logging.getLogger("ps")
 class SharedParams:
     def __init__(self, cfg: ExperimentConfig, run_id: str, numel: int):
         # the artificial delay answers with older versions than the newest: only the wire can carry those
-        self.wanted = cfg.server.transport != "zmq" and cfg.staleness.delay == "none"
+        # shards: each serves a range, and the sharded worker assembles the ranges from every shard's reply
+        self.wanted = cfg.server.transport != "zmq" and cfg.staleness.delay == "none" and cfg.server.shards == 1
         self.run_id, self.numel = run_id, numel
         self.writer: shm.SegmentWriter | None = None
         self.replies = 0  # replies that carried only the version

@@ -4,7 +4,8 @@ them, and torchrun --nnodes 2 placing the roles (python -m launch.node; docs/des
 Node 0 (namespace A) runs the head (server, evaluator, run folder) and two workers; node 1 (namespace B) runs
 two more. The server binds A's veth address, so the launcher's default turns CURVE on; the workers' public
 keys and the endpoint travel through torchrun's own store. The run folder must be complete and its accuracy
-match the same config run on one host. Needs root (ip netns); skipped with the reason otherwise.
+match the same config run on one host. With server.shards=2 both shards run on the head and every worker
+connects to both (docs/design.md, Runs across hosts). Needs root (ip netns); skipped with the reason otherwise.
 """
 
 from __future__ import annotations
@@ -61,10 +62,10 @@ def two_hosts():
             _sh("ip", "netns", "del", ns)  # takes its end of the veth pair with it
 
 
-def _node(ns: str, master: str, node_rank: int, nproc: int, run_dir: Path, log: Path) -> subprocess.Popen:
+def _node(ns: str, master: str, node_rank: int, nproc: int, run_dir: Path, log: Path, args: list) -> subprocess.Popen:
     cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
            "--node-rank", str(node_rank), "--nproc-per-node", str(nproc), "--master-addr", master,
-           "--master-port", "29431", "-m", "launch.node", *ARGS, "--run-dir", str(run_dir)]  # fmt: skip
+           "--master-port", "29431", "-m", "launch.node", *args, "--run-dir", str(run_dir)]  # fmt: skip
     return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -75,10 +76,12 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def test_torchrun_places_a_run_across_two_network_namespaces(two_hosts, tmp_path):
+@pytest.mark.parametrize("shards", [1, 2])
+def test_torchrun_places_a_run_across_two_network_namespaces(two_hosts, tmp_path, shards):
     a, b, master = two_hosts
-    run = tmp_path / "run"
-    nodes = [_node(a, master, 0, 3, run, tmp_path / "node0.log"), _node(b, master, 1, 2, run, tmp_path / "node1.log")]
+    run, args = tmp_path / "run", [*ARGS[:-1], f"server.shards={shards}", "--quiet"]  # overrides before flags
+    nodes = [_node(a, master, 0, 3, run, tmp_path / "node0.log", args),
+             _node(b, master, 1, 2, run, tmp_path / "node1.log", args)]  # fmt: skip
     try:
         codes = [p.wait(timeout=TIMEOUT_S) for p in nodes]
     finally:
@@ -87,15 +90,31 @@ def test_torchrun_places_a_run_across_two_network_namespaces(two_hosts, tmp_path
     logs = "\n".join((tmp_path / f"node{i}.log").read_text()[-3000:] for i in range(2))
     assert codes == [0, 0], logs
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "ok" and summary["workers"] == 4 and summary["updates"] == 600, summary
+    assert summary["status"] == "ok" and summary["workers"] == 4, summary
     assert summary["auth"] == "curve" and summary["auth_rejected"] == 0  # beyond loopback: CURVE by default
-    assert json.loads((run / "server.json").read_text())["endpoint"].startswith(f"tcp://{master}:")
     for rank in range(4):  # every worker's report reached the head's run folder
         report = json.loads((run / f"worker-{rank}.json").read_text())
         assert report["pushes"] > 0 and report["stop_reason"] == "max_updates", report
     assert (run / "snapshots" / "final.safetensors").exists() and (run / "plots").is_dir()
-    one_host = subprocess.run([sys.executable, "-m", "launch", *ARGS, "--run-dir", str(tmp_path / "one")],
+    _check_servers(run, summary, master, shards)
+    one_host = subprocess.run([sys.executable, "-m", "launch", *args, "--run-dir", str(tmp_path / "one")],
                               cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)  # fmt: skip
     assert one_host.returncode == 0, one_host.stderr
     alone = json.loads((tmp_path / "one" / "summary.json").read_text())
     assert abs(summary["final_test_acc"] - alone["final_test_acc"]) <= 0.05, (summary["final_test_acc"], alone)
+
+
+def _check_servers(run: Path, summary: dict, master: str, shards: int) -> None:
+    """One server on A's address, or every shard there with its own folder; the updates the run counts."""
+    if shards == 1:
+        assert summary["updates"] == 600, summary
+        assert json.loads((run / "server.json").read_text())["endpoint"].startswith(f"tcp://{master}:")
+        return
+    # the first shard to reach 600 ends the run; the other ends within the pushes in flight (one per worker)
+    versions = [s["updates"] for s in summary["shards"]]
+    assert len(versions) == shards and max(versions) == 600 and summary["updates"] == min(versions) >= 596, summary
+    assert summary["shard_spread"] == max(versions) - min(versions)
+    for s in range(shards):
+        assert json.loads((run / f"server-{s}.json").read_text())["endpoint"].startswith(f"tcp://{master}:")
+        assert (run / f"shard-{s}" / "snapshots" / "final.safetensors").exists()
+        assert (run / f"shard-{s}" / "server_summary.json").exists()

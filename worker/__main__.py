@@ -75,7 +75,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     which.add_argument("--rank", type=int, help="the one rank this process runs")
     which.add_argument("--ranks", help="A-B: run ranks A..B (inclusive), one thread each")
     ap.add_argument("--config", required=True)
-    ap.add_argument("--server", required=True, help="server endpoint, e.g. tcp://127.0.0.1:5555")
+    ap.add_argument(
+        "--server",
+        required=True,
+        action="append",
+        help="server endpoint, e.g. tcp://127.0.0.1:5555; once per shard, in shard order (server.shards)",
+    )
     ap.add_argument("--run-dir", type=Path, help="where to write worker-<rank>.json")
     ap.add_argument("--run-id", default="")
     ap.add_argument("--keys", type=Path, help="CURVE key folder (default: server.keys, else RUN_DIR/keys)")
@@ -86,6 +91,8 @@ def _config_and_ranks(args: argparse.Namespace) -> tuple[ExperimentConfig, list[
     """The config and the ranks this process runs; ConfigError for a rank outside the run."""
     ranks = [args.rank] if args.ranks is None else parse_ranks(args.ranks)
     cfg = load_experiment(args.config)
+    if len(args.server) != cfg.server.shards:
+        raise ConfigError("--server", f"given {len(args.server)} times; server.shards is {cfg.server.shards}")
     bad = [r for r in ranks if not 0 <= r < cfg.workers]
     if bad:
         raise ConfigError("--rank" if args.ranks is None else "--ranks", f"{bad[0]} is outside 0..{cfg.workers - 1}")

@@ -41,6 +41,11 @@ class Uplink(Protocol):
         """The server's verdict on the last prepared push; state that mirrors the server's follows it."""
         ...
 
+    def commit_parts(self, parts: list[tuple[int, int, bool]]) -> None:
+        """The verdicts of server shards on the ranges [lo, hi) of the last prepared push (docs/design.md,
+        Shards): state over each range follows its shard's verdict."""
+        ...
+
     def resync(self) -> None:
         """The server's copy of the mirrored state may differ (a sequence error): the next push starts over."""
         ...
@@ -48,6 +53,12 @@ class Uplink(Protocol):
     def mirror(self) -> torch.Tensor | None:
         """g_i, the vector the server keeps a copy of (the EF21 family); None for a method without one."""
         ...
+
+
+def uniform(parts: list[tuple[int, int, bool]]) -> bool | None:
+    """The one verdict of every shard, or None when the shards' verdicts differ."""
+    verdicts = {applied for _, _, applied in parts}
+    return verdicts.pop() if len(verdicts) == 1 else None
 
 
 def add_payload(target: torch.Tensor, payload: Payload, scratch: torch.Tensor, alpha: float = 1.0) -> None:
@@ -72,6 +83,9 @@ class DenseUplink:
         return "grad", encode_dense(grad, self.value_dtype)
 
     def commit(self, applied: bool) -> None:
+        """Nothing mirrors the server."""
+
+    def commit_parts(self, parts: list[tuple[int, int, bool]]) -> None:
         """Nothing mirrors the server."""
 
     def resync(self) -> None:
@@ -111,6 +125,16 @@ class EF14Uplink(DenseUplink):
         self.e.copy_(self._u)  # e = u - C(u); a refused push keeps all of u for next time
         if applied:
             add_payload(self.e, self._payload, self._sent, alpha=-1.0)
+
+    def commit_parts(self, parts: list[tuple[int, int, bool]]) -> None:
+        verdict = uniform(parts)
+        if verdict is not None:
+            return self.commit(verdict)
+        self.e.copy_(self._u)  # only the ranges a shard applied lose what was sent of them
+        sent = decode_into(self._payload, self.numel, self._sent).to(self.e.device)
+        for lo, hi, applied in parts:
+            if applied:
+                self.e[lo:hi].sub_(sent[lo:hi])
 
 
 class EF21Uplink:
@@ -168,6 +192,22 @@ class EF21Uplink:
             self._need_reset = False
         else:
             add_payload(self.g, payload, self._sent)
+
+    def commit_parts(self, parts: list[tuple[int, int, bool]]) -> None:
+        """g_i over each range follows its shard; a reset some shard did not apply is sent again whole."""
+        verdict = uniform(parts)
+        if verdict is not None:
+            return self.commit(verdict)
+        assert self._pending is not None
+        kind, payload = self._pending
+        self._pending = None
+        sent = payload.values if kind == "reset" else decode_into(payload, self.numel, self._sent)
+        assert sent is not None  # a dense reset carries its values
+        for lo, hi, applied in parts:
+            if applied and kind == "reset":
+                self.g[lo:hi].copy_(sent[lo:hi])
+            elif applied:
+                self.g[lo:hi].add_(sent[lo:hi].to(self.g.device))
 
     def resync(self) -> None:
         """After a sequence error the server's g_i may differ: the next push resets it densely."""

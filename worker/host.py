@@ -29,6 +29,7 @@ from protocol.runfolder.records import WorkerReport
 from protocol.wire.channel import Channel
 from protocol.wire.curve import WorkerKeys
 from worker.loop import Cancelled, WorkerError, WorkerLoop, worker_channel
+from worker.shards import make_loop
 from worker.tasks import Task, build_spec
 from worker.tasks.task import another_rank
 
@@ -51,11 +52,12 @@ class RankHost:
         self,
         cfg: ExperimentConfig,
         ranks: list[int],
-        endpoint: str,
+        endpoints: str | list[str],  # one per server shard, in shard order
         run_id: str = "",
         keys: dict[int, WorkerKeys] | None = None,
     ):
         self.cfg = cfg
+        endpoints = [endpoints] if isinstance(endpoints, str) else endpoints
         self.cancel_event = threading.Event()
         self._done: queue.Queue[RankResult] = queue.Queue()
         self.results: list[RankResult] = []
@@ -67,10 +69,11 @@ class RankHost:
         specs = [spec, *(another_rank(spec) for _ in ranks[1:])]  # copied before any Task flattens one
         for rank, rank_spec in zip(ranks, specs):
             task = Task(cfg, device=cfg.device_of(rank, torch.cuda.device_count()), spec=rank_spec)
-            chan = worker_channel(cfg, rank, (keys or {}).get(rank))
-            chan.connect(endpoint)
-            self.channels.append(chan)
-            self.loops.append(WorkerLoop(cfg, rank, chan, task=task, run_id=run_id, cancel=self.cancel_event))
+            chans = [worker_channel(cfg, rank, (keys or {}).get(rank)) for _ in endpoints]  # one per server shard
+            for chan, endpoint in zip(chans, endpoints):
+                chan.connect(endpoint)
+            self.channels += chans
+            self.loops.append(make_loop(cfg, rank, chans, task, run_id, self.cancel_event))
 
     def cancel(self) -> None:
         """Ask every rank to leave; safe from a signal handler (it only sets an event)."""

@@ -52,13 +52,26 @@ class ServerLink:
         self.cfg, self.chan, self.alloc, self.stats = cfg, chan, alloc, stats
         self.check_cancel, self.clock = check_cancel, clock
         self.resends = 0
+        self._request: tuple[Message, float] | None = None  # the request sent and when, until answered
 
     def exchange(self, msg: Message, timeout_s: float | None = None) -> Message:
         """Send `msg` and return its answer. Raises TimeoutError (a Hello nobody answered) or LinkError."""
+        self.send(msg)
+        return self.collect(timeout_s)
+
+    def send(self, msg: Message) -> None:
+        """Send a request whose answer collect() waits for (a worker with server shards sends to every shard
+        before it waits for any)."""
+        self._request = (msg, self.clock())
+        self._send(msg)
+
+    def collect(self, timeout_s: float | None = None) -> Message:
+        """The answer to the request send() sent, waiting at most `timeout_s` of silence (heartbeats extend it)
+        counted from the send. Raises TimeoutError (a Hello nobody answered) or LinkError."""
+        assert self._request is not None, "collect() without a request sent"
+        msg, t0 = self._request
         timeout = timeout_s or self.cfg.server.reply_timeout_s
         matches = answers(msg)
-        t0 = self.clock()
-        self._send(msg)
         deadline, quiet_since = t0 + timeout, t0
         while True:
             remaining = deadline - self.clock()
@@ -77,6 +90,7 @@ class ServerLink:
                 deadline = self.clock() + timeout
             elif matches(got):
                 self.stats.wait_s += self.clock() - t0
+                self._request = None
                 return got
 
     def _check_handshake(self) -> None:

@@ -140,31 +140,37 @@ class WorkerLoop:
                 continue  # nothing is pushed and no error-feedback state moves; the next batch may be fine
             kind, payload = self.uplink.prepare(self._push_source)
             self._note_clipping(payload.meta.get("clipped", 0))
-            push = Push(
-                rank=self.rank,
-                seq=self.seq,
-                base_version=self.version,
-                kind=kind,
-                encoding=payload.encoding,
-                numel=payload.numel,
-                loss=loss,
-                samples=samples,
-                meta=self._meta(payload, kind),
-                values=payload.values,
-                indices=payload.indices,
-                signs=payload.signs,
-                shm=self.shm.active,
-                buffers=self._buffers_due(),
-            )
-            reply = self._exchange(push)
-            self.stats.pushes += 1
-            if isinstance(reply, Stop):
-                self.stats.stop_reason = reply.reason
+            if self._push(kind, payload, loss, samples):
                 return self.stats
-            try:
-                self._handle(reply)
-            except Stopped:  # told to stop while joining again
-                return self.stats
+
+    def _push(self, kind: str, payload: Payload, loss: float, samples: int) -> bool:
+        """Push, wait for the answer and act on it; True when the server said Stop (ShardedLoop: any shard)."""
+        push = Push(
+            rank=self.rank,
+            seq=self.seq,
+            base_version=self.version,
+            kind=kind,
+            encoding=payload.encoding,
+            numel=payload.numel,
+            loss=loss,
+            samples=samples,
+            meta=self._meta(payload, kind),
+            values=payload.values,
+            indices=payload.indices,
+            signs=payload.signs,
+            shm=self.shm.active,
+            buffers=self._buffers_due(),
+        )
+        reply = self._exchange(push)
+        self.stats.pushes += 1
+        if isinstance(reply, Stop):
+            self.stats.stop_reason = reply.reason
+            return True
+        try:
+            self._handle(reply)
+        except Stopped:  # told to stop while joining again
+            return True
+        return False
 
     def _buffers_due(self) -> torch.Tensor | None:
         """The model's buffers on the first push and every worker.buffers_every pushes after (None otherwise,
@@ -260,9 +266,9 @@ class WorkerLoop:
             raise Stopped(self.stats.stop_reason)
 
     # -- joining and messaging -----------------------------------------------------------------------
-    def _join(self) -> bool:
+    def _hello(self) -> Hello:
         net = self.task.net
-        hello = Hello(
+        return Hello(
             rank=self.rank,
             pid=os.getpid(),
             host=socket.gethostname(),
@@ -272,8 +278,11 @@ class WorkerLoop:
             signature=net.layout.signature(),
             buffer_signature=net.buffer_layout.signature(),
         )
+
+    def _join(self) -> bool:
+        net = self.task.net
         try:
-            reply = self._exchange(hello, timeout_s=self.cfg.server.connect_timeout_s)
+            reply = self._exchange(self._hello(), timeout_s=self.cfg.server.connect_timeout_s)
         except TimeoutError:
             raise WorkerError(
                 f"could not reach the parameter server at {self.chan.endpoint} within "

@@ -44,6 +44,7 @@ MAX_ELEMENTS = 1 << 28  # one dense float32 array of data or of a layer's width:
 MAX_THREADS = 1024  # torch.set_num_threads takes a C int; OpenMP would start that many threads
 MAX_CUDA_INDEX = 127  # torch keeps a device index in an int8: cuda:128 reads as cuda:-128
 MAX_FACTOR = 1000  # worker.slowdown and worker.jitter: keeps the simulated sleep finite for time.sleep
+MAX_SHARDS = 64  # server processes: each is a full interpreter with its own socket and loop
 IPC_PATH_BYTES = 107  # sun_path of a Unix socket holds 108 bytes, the terminating NUL included
 MAX_NAME = 200  # the run folder adds -sweep, -YYYYmmdd-HHMMSS and a counter within a 255-byte file name
 
@@ -388,9 +389,14 @@ class ServerConfig:
     stranger_messages_per_s: float = 100.0  # ... for a connection that holds no rank (a worker joins with one)
     peer_bytes_per_s: float = 0.0  # tensor bytes per second one connection may send; 0: no limit
     status_every_s: float = 0.5  # how often the server publishes its counters (status.json)
+    # server processes, each owning one contiguous range of the flat parameters, cut by bytes at multiples of
+    # 64 coordinates, each with its own version clock; the first to reach a run limit ends the run
+    # (docs/design.md, Shards). 1: one server
+    shards: int = 1
 
     def check(self) -> None:
         self._check_endpoint()
+        require(1 <= self.shards <= MAX_SHARDS, "shards", "must be in [1, 64]")
         require(self.interface == "" or _is_address(self.interface), "interface",
                 f"must be an IP address of this host (e.g. 10.0.0.5), got {self.interface!r}")  # fmt: skip
         require(1 <= self.threads <= MAX_THREADS, "threads", "must be in [1, 1024]")
@@ -566,6 +572,8 @@ class ExperimentConfig:
         require(len(self.worker.slowdown) <= self.workers, "worker.slowdown", "has more entries than workers")
         require(self.run.min_workers <= self.workers, "run.min_workers", f"must be <= workers ({self.workers})")
         self._check_staleness()
+        if self.server.shards > 1:
+            self._check_shards()
         if self.mode == "sync":  # the baseline steps with the server's optimizers; nothing in it is ever stale
             self._check_sync()
         self._check_sweep()
@@ -593,6 +601,25 @@ class ExperimentConfig:
             "optimizer.momentum_mode",
             "shifted cannot be combined with staleness.apply_every > 1 (the group's averaged step would go into "
             "the last pusher's buffer): use momentum_mode server, or apply_every 1",
+        )
+
+    def _check_shards(self) -> None:
+        """What only one server can do: a step that looks at the whole direction, or one shared random history."""
+        require(self.mode == "async", "server.shards", "applies to the asynchronous mode only (sync has no server)")
+        require(
+            self.server.max_grad_norm is None,
+            "server.shards",
+            "cannot be combined with server.max_grad_norm (the norm of a step spans every shard)",
+        )
+        require(
+            self.staleness.delay == "none",
+            "server.shards",
+            "cannot be combined with staleness.delay (each shard would pick its delayed versions on its own)",
+        )
+        require(
+            self.server.transport != "shm",
+            "server.transport",
+            "shm applies to one server only (server.shards 1); sharded runs take each shard's range over ZeroMQ",
         )
 
     def _check_sync(self) -> None:

@@ -117,6 +117,10 @@ class ServerSummary:
     updates_lost: int = 0  # updates applied after the checkpoint a restart resumed from (redone since)
     workers_left: list[int] = field(default_factory=list)  # ranks that left, silent for server.worker_timeout_s
     write_errors: list[str] = field(default_factory=list)  # run-folder files that could not be written
+    # server.shards > 1 (merged by the launcher from RUN/shard-s/): each shard's range size, updates, updates/s,
+    # staleness and time split; shard_spread: max - min of the shards' versions at the end (updates: shard 0's)
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    shard_spread: int | None = None
 
 
 @dataclass
@@ -186,6 +190,8 @@ class RunSummary:
     failure: str | None = None  # why it did not end normally: the launcher's error message (None when ok)
     pushes_refused: int = 0  # not applied for a reason other than arriving after the stop (as Status)
     write_errors: list[str] = field(default_factory=list)  # run-folder files the server or launcher could not write
+    shards: list[dict[str, Any]] = field(default_factory=list)  # server.shards > 1: as server_summary.json's
+    shard_spread: int | None = None  # ... max - min of the shards' versions at the end
 
 
 def as_dict(record: Any) -> dict:

@@ -343,3 +343,34 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
 def unpack_bits(packed: torch.Tensor, d: int) -> torch.Tensor:
     """uint8 (ceil(d/8),) -> bool (d,)."""
     return ((packed.unsqueeze(1) >> _SHIFTS) & 1).reshape(-1)[:d].bool()
+
+
+# -- shards (worker side: each server shard gets the part of a push in its range) -----------------
+def slice_payload(p: Payload, lo: int, hi: int) -> Payload:
+    """The payload of coordinates [lo, hi) of `p`, in the same encoding with the same values, so a shard
+    decodes exactly p's decoded values over its range. lo must be a multiple of 8 (packed sign bits are cut
+    at whole bytes; layout.SHARD_ALIGN guarantees it). Dense, natural and qsgd values are views."""
+    if lo % 8 or not 0 <= lo <= hi <= p.numel:
+        raise ValueError(f"cannot cut [{lo}, {hi}) out of a payload of {p.numel} (lo must be a multiple of 8)")
+    n, signs = hi - lo, None
+    if p.signs is not None:
+        signs = p.signs[lo // 8 : (hi + 7) // 8]
+    if p.encoding == "sparse":
+        idx, _ = decode_sparse(p, p.numel)
+        assert p.values is not None  # decode_sparse checked it
+        inside = (idx >= lo) & (idx < hi)
+        coding = p.meta.get("index_coding", "auto")
+        out = encode_sparse(idx[inside] - lo, p.values[inside], n, _dtype_name(p.values.dtype), _fitting(coding, n))
+        out.meta = {**p.meta, **out.meta}
+        return out
+    values = p.values[lo:hi] if p.values is not None and p.encoding != "sign" else p.values
+    return Payload(p.encoding, n, values, None, signs, dict(p.meta))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, d in VALUE_DTYPES.items() if d == dtype)
+
+
+def _fitting(coding: str, numel: int) -> str:
+    """The index coding a shard's part uses: the push's own, unless it cannot address the part (then auto)."""
+    return coding if coding in INDEX_CODINGS and index_coding_fits(coding, numel) else "auto"

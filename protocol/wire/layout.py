@@ -1,7 +1,7 @@
 """Named layout of the flat float32 parameter vector: each tensor is one contiguous range.
 
-Both sides agree on it (the worker's model signature becomes the server's layout), and contiguous
-ranges let several servers later own one range each (`shards`).
+Both sides agree on it (the worker's model signature becomes the server's layout). With server.shards S,
+shard_ranges cuts [0, total) into S contiguous ranges, one per server process (docs/design.md, Shards).
 """
 
 from __future__ import annotations
@@ -80,7 +80,21 @@ class Layout:
     def __hash__(self) -> int:
         return hash(tuple(self.entries))
 
-    def shards(self, k: int) -> list[tuple[int, int]]:
-        """Split [0, total) into k contiguous near-equal ranges (for one server per range)."""
-        bounds = [round(i * self.total / k) for i in range(k + 1)]
-        return list(zip(bounds[:-1], bounds[1:]))
+    def shard_ranges(self, k: int) -> list[tuple[int, int]]:
+        """[0, total) cut into k contiguous ranges, one per server shard (docs/design.md, Shards)."""
+        return shard_ranges(self.total, k)
+
+
+SHARD_ALIGN = 64  # coordinates: whole bytes of packed sign bits, and whole SIMD blocks of the optimizer's kernel
+
+
+def shard_ranges(total: int, k: int) -> list[tuple[int, int]]:
+    """[0, total) cut into k contiguous ranges of near-equal bytes (every parameter is float32), each cut at
+    a multiple of SHARD_ALIGN coordinates, inside a tensor where that keeps the balance. A range may be empty
+    when total < k * SHARD_ALIGN."""
+    if k < 1:
+        raise ValueError(f"shards must be >= 1, got {k}")
+    # each cut is the ideal i * total / k rounded to the nearest multiple of SHARD_ALIGN (so within
+    # SHARD_ALIGN / 2 of it), and every range within SHARD_ALIGN of total / k coordinates
+    bounds = [min(total, round(i * total / (k * SHARD_ALIGN)) * SHARD_ALIGN) for i in range(k)] + [total]
+    return list(zip(bounds[:-1], bounds[1:]))

@@ -118,7 +118,8 @@ class Heartbeat(Message):
 
 @dataclass
 class Stop(Message):
-    """server -> worker: the run is over; exit cleanly."""
+    """server -> worker: the run is over; exit cleanly. With server.shards > 1 also worker -> the other
+    shards: one shard ended the run, so every shard ends it (docs/design.md, Shards)."""
 
     TYPE: ClassVar[str] = "stop"
     reason: str
