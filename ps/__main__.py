@@ -128,11 +128,7 @@ def serve(
         return 2
     signal.signal(signal.SIGTERM, lambda *_: server.signal_stop("terminated"))
     signal.signal(signal.SIGINT, lambda *_: server.signal_stop("interrupted"))
-    endpoint_file.write_text(json.dumps({"endpoint": bound}))
-    print(f"TAUPS_SERVER_READY {bound}", flush=True)
-    log.info("serving %d workers at %s (%s, optimizer %s, lr %g, %s)", cfg.workers, bound, _serves(server),
-             cfg.optimizer.name, cfg.optimizer.lr,
-             f"CURVE: keys of worker-0..{cfg.workers - 1} only" if keys else "no authentication")  # fmt: skip
+    _announce(server, endpoint_file, bound, keys is not None)
     try:
         summary = server.serve()
     finally:
@@ -141,6 +137,16 @@ def serve(
             server.model.shared.close()
     _log_end(summary)
     return 0 if summary.stop_reason in ("max_updates", "max_seconds") else 3
+
+
+def _announce(server: ParameterServer, endpoint_file: Path, bound: str, curve: bool) -> None:
+    """The bound endpoint into the run folder and on stdout (what the launcher waits for), and the log line."""
+    cfg = server.cfg
+    endpoint_file.write_text(json.dumps({"endpoint": bound}))
+    print(f"TAUPS_SERVER_READY {bound}", flush=True)
+    log.info("serving %d workers at %s (%s, optimizer %s, lr %g, %s)", cfg.workers, bound, _serves(server),
+             cfg.optimizer.name, cfg.optimizer.lr,
+             f"CURVE: keys of worker-0..{cfg.workers - 1} only" if curve else "no authentication")  # fmt: skip
 
 
 def _serves(server: ParameterServer) -> str:
