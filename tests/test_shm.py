@@ -110,11 +110,14 @@ def _writer(advert_q, stop, numel: int) -> None:
     w.close()
 
 
+MAX_GIVE_UPS = 20_000  # reads that gave up after their tries, before a reader stops short of its count
+
+
 def _reader(advert: dict, numel: int, reads: int, checked: bool, out_q) -> None:
     r = shm.SegmentReader(shm.Advert.from_wire(advert), numel)
     dst = np.empty(numel, np.float32)
     versions, torn, failed = [], 0, 0
-    for _ in range(reads):
+    while len(versions) < reads and failed < MAX_GIVE_UPS:  # `reads` whole reads, however often the writer laps
         if checked:
             v = r.read_into(dst, 0)
         else:  # the copy without the seqlock: what the test would see if the protocol were broken
@@ -155,14 +158,15 @@ def _race(readers: int, reads: int, checked: bool, numel: int = BIG) -> list[dic
 
 @pytest.mark.timeout(900)
 def test_every_read_is_one_whole_version_and_versions_only_grow():
-    results = _race(readers=2, reads=1000, checked=True)
+    results = _race(readers=2, reads=300, checked=True)
     for res in results:
         assert res["torn"] == 0, f"{res['torn']} torn reads"
         vs = res["versions"]
         # A writer that does nothing but publish laps a reader now and then (a server publishes at most once
-        # per optimizer step, which takes longer than a copy): those reads gave up after their tries, and a
-        # worker would pull over ZeroMQ. The rest must be a real sample.
-        assert len(vs) >= 200, f"only {len(vs)} of 1000 reads succeeded ({res['failed']} gave up)"
+        # per optimizer step, which takes longer than a copy; on a loaded machine more often): those reads
+        # gave up after their tries, and a worker would pull over ZeroMQ. Each reader keeps reading until it
+        # has 300 whole reads, so the sample does not shrink with the machine's load.
+        assert len(vs) == 300, f"only {len(vs)} whole reads ({res['failed']} gave up)"
         assert all(a <= b for a, b in zip(vs, vs[1:])), "versions went backwards"
         assert len(set(vs)) > 10, "the writer barely published: the race did not happen"
 
