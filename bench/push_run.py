@@ -38,16 +38,19 @@ def run_push_server(
     sections: dict | None = None,
     read_run: Callable[[Path], dict] | None = None,
     worker_flags: list[str] | None = None,
+    shards: int | None = None,
 ) -> dict:
     """`compression`: the config's compression section (server and workers use the same); None = dense. `auth`:
     server.auth ("curve": keys made for the run, every worker connects with its own). `server`: more server
     settings. `beside(endpoint, folder)`: another process started with the workers (a flooder, say), stopped
     when they end; `extra_ranks` more ranks in the run (and keys) for it to join as. `sections`: more config
     sections (checkpoint, say). `read_run(run_dir)`: reads the run folder once the server ended, before the
-    temporary folder goes; returned as "run". `worker_flags`: more arguments of every worker (--shm, say)."""
+    temporary folder goes; returned as "run". `worker_flags`: more arguments of every worker (--shm, say).
+    `shards`: server.shards, S server processes and bench/shard_worker.py workers (None: one server and
+    bench/push_worker.py workers); the result's "shard_summaries" holds every shard's summary."""
     compression = compression or {}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp, server_cfg = Path(tmp), {"auth": auth, **(server or {})}
+        tmp, server_cfg = Path(tmp), {"auth": auth, **(server or {}), **({"shards": shards} if shards else {})}
         _write_config(
             tmp / "c.yaml", workers + extra_ranks, warmup_s + seconds + 1.0, endpoint, compression, server_cfg, sections
         )
@@ -55,15 +58,18 @@ def run_push_server(
         keys = ["--keys", str(tmp / "keys")] if auth == "curve" else []
         if keys:
             create_keys(tmp / "keys", workers + extra_ranks)
-        server_proc, ep = _start_server(tmp, keys)
+        servers = [_start_server(tmp, keys, s if shards else None) for s in range(shards or 1)]
+        eps = [ep for _, ep in servers]
         flags = [f"--{key}={value}" for key, value in compression.items()] + keys + (worker_flags or [])
         window = ["--params", str(params), "--warmup-s", str(warmup_s), "--seconds", str(seconds)]
-        procs = [_start_worker(ep, r, [*window, "--out", str(tmp / f"w{r}.json"), *flags]) for r in range(workers)]
-        other = beside(ep, tmp) if beside else None
-        server_cpu_s = _cpu_in_window(server_proc.pid, warmup_s, seconds)
-        _wait_for_the_end(server_proc, procs, other, warmup_s + seconds + 120)
-        results, summary, run = _read_results(tmp, workers, read_run)
-    return {**summarize(results, summary), "server_cpu_s": server_cpu_s, "summary": summary, "run": run}
+        outs = [["--out", str(tmp / f"w{r}.json")] for r in range(workers)]
+        procs = [_start_worker(eps, r, [*window, *outs[r], *flags], shards is not None) for r in range(workers)]
+        other = beside(eps[0], tmp) if beside else None
+        server_cpu_s = _cpu_in_window([p.pid for p, _ in servers], warmup_s, seconds)
+        _wait_for_the_end([p for p, _ in servers], procs, other, warmup_s + seconds + 120)
+        results, summaries, run = _read_results(tmp, workers, read_run, shards)
+    return {**summarize(results, summaries[0]), "server_cpu_s": server_cpu_s, "summary": summaries[0],
+            "shard_summaries": summaries, "run": run}  # fmt: skip
 
 
 def _write_config(
@@ -82,35 +88,44 @@ def _write_config(
     path.write_text(yaml.safe_dump(cfg))
 
 
-def _start_server(tmp: Path, keys: list[str]) -> tuple[subprocess.Popen, str]:
-    """python -m ps on tmp/c.yaml, and the endpoint it bound (its first line of output)."""
+def _start_server(tmp: Path, keys: list[str], shard: int | None = None) -> tuple[subprocess.Popen, str]:
+    """python -m ps on tmp/c.yaml (server shard `shard`), and the endpoint it bound (its first line of output)."""
     ps = [sys.executable, "-m", "ps", "--config", str(tmp / "c.yaml"), "--run-dir", str(tmp / "run"), *keys]
+    ps += ["--shard", str(shard)] if shard is not None else []
     server_proc = subprocess.Popen(ps, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     return server_proc, server_proc.stdout.readline().split()[1]
 
 
 def _wait_for_the_end(
-    server_proc: subprocess.Popen, workers: list[subprocess.Popen], other: subprocess.Popen | None, timeout_s: float
+    servers: list[subprocess.Popen], workers: list[subprocess.Popen], other: subprocess.Popen | None, timeout_s: float
 ) -> None:
-    """The workers end by themselves; the process beside them is stopped then; the server ends its run."""
+    """The workers end by themselves; the process beside them is stopped then; the servers end their run."""
     for p in workers:
         p.wait(timeout=timeout_s)
     if other is not None:
         other.terminate()
         other.wait(timeout=30)
-    server_proc.wait(timeout=60)
+    for p in servers:
+        p.wait(timeout=60)
 
 
-def _start_worker(endpoint: str, rank: int, flags: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "bench.push_worker", "--server", endpoint, "--rank", str(rank), *flags]
+def _start_worker(endpoints: list[str], rank: int, flags: list[str], sharded: bool) -> subprocess.Popen:
+    if sharded:
+        cmd = [sys.executable, "-m", "bench.shard_worker", "--servers", *endpoints, "--rank", str(rank), *flags]
+    else:
+        cmd = [sys.executable, "-m", "bench.push_worker", "--server", endpoints[0], "--rank", str(rank), *flags]
     return subprocess.Popen(cmd, cwd=ROOT)
 
 
-def _read_results(tmp: Path, workers: int, read_run: Callable[[Path], dict] | None) -> tuple[list, dict, dict | None]:
-    """The workers' results, the server's summary, and what `read_run` read from the run folder (None without)."""
+def _read_results(
+    tmp: Path, workers: int, read_run: Callable[[Path], dict] | None, shards: int | None
+) -> tuple[list, list[dict], dict | None]:
+    """The workers' results, every server's summary (shard order), and what `read_run` read from the run folder
+    (None without)."""
     results = [json.loads((tmp / f"w{r}.json").read_text()) for r in range(workers)]
-    summary = json.loads((tmp / "run" / "server_summary.json").read_text())
-    return results, summary, read_run(tmp / "run") if read_run else None
+    own = [tmp / "run"] if (shards or 1) == 1 else [tmp / "run" / f"shard-{s}" for s in range(shards or 1)]
+    summaries = [json.loads((d / "server_summary.json").read_text()) for d in own]
+    return results, summaries, read_run(tmp / "run") if read_run else None
 
 
 def write_model(run_dir: Path, params: int) -> None:
@@ -120,16 +135,15 @@ def write_model(run_dir: Path, params: int) -> None:
     write_model_init(run_dir / FILE, init)
 
 
-def _cpu_in_window(pid: int, warmup_s: float, seconds: float) -> float:
-    """The server process's CPU seconds (all threads, zmq's I/O thread too) over roughly the workers' window
-    (the workers start it within a second of the server: close enough for a per-update CPU cost)."""
-    proc = psutil.Process(pid)
+def _cpu_in_window(pids: list[int], warmup_s: float, seconds: float) -> float:
+    """The server processes' CPU seconds (all threads, zmq's I/O threads too) over roughly the workers' window
+    (the workers start it within a second of the servers: close enough for a per-update CPU cost)."""
+    procs = [psutil.Process(pid) for pid in pids]
     time.sleep(warmup_s + 0.5)
-    t = proc.cpu_times()
-    start = t.user + t.system
+    start = sum(t.user + t.system for t in (p.cpu_times() for p in procs))
     time.sleep(seconds - 1.0)
-    t = proc.cpu_times()
-    return (t.user + t.system - start) * seconds / (seconds - 1.0)  # scaled up to the full window
+    end = sum(t.user + t.system for t in (p.cpu_times() for p in procs))
+    return (end - start) * seconds / (seconds - 1.0)  # scaled up to the full window
 
 
 def summarize(results: list[dict], summary: dict) -> dict:

@@ -70,3 +70,26 @@ def test_shm_pull_benchmark_writes_its_tables_with_every_figure(tmp_path):
     assert down["zmq"] > 4 * TINY > 100 * down["shm"]  # over shm a reply is a header, not the parameters
     md = (out / "shm_pull.md").read_text()
     assert data["command"] in md and f"| {TINY} | 1 | {row['updates_per_s']['zmq']:.1f} |" in md
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_shard_benchmark_writes_every_case_with_the_model_beside_it(tmp_path):
+    out = tmp_path / "out"
+    args = ["--params", str(TINY), "--workers", "1", "--shards", "1", "2", "--rpc-transports", "tcp"]
+    args += ["--seconds", "2", "--warmup-s", "0.5", "--repeats", "1", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.shard_push", *args], cwd=ROOT, capture_output=True, text=True, timeout=400
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / "shard_push.json").read_text())
+    assert data["command"] == "python -m bench.shard_push " + " ".join(args)
+    (row,) = data["rows"]
+    assert set(row["taups"]) == {"1", "2"} and set(row["rpc"]) == {"tcp"} and row["rpc"]["tcp"] > 0
+    for s, case in row["taups"].items():
+        assert case["updates_per_s"] > 0 and len(case["shard_apply_ms"]) == int(s)
+        predicted, binding = row["model"][s]
+        assert predicted > 0 and binding in ("shard loop", "shard link", "workers", "cores")
+    md = (out / "shard_push.md").read_text()
+    assert data["command"] in md and f"| {TINY} | 1 | 2 | {row['taups']['2']['updates_per_s']:.1f} |" in md
+    assert "Shards needed on hosts of their own" in md
