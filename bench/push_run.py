@@ -46,30 +46,29 @@ def run_push_server(
     when they end; `extra_ranks` more ranks in the run (and keys) for it to join as. `sections`: more config
     sections (checkpoint, say). `read_run(run_dir)`: reads the run folder once the server ended, before the
     temporary folder goes; returned as "run". `worker_flags`: more arguments of every worker (--shm, say).
-    `shards`: server.shards, S server processes and bench/shard_worker.py workers (None: one server and
-    bench/push_worker.py workers); the result's "shard_summaries" holds every shard's summary."""
-    compression = compression or {}
+    `shards`: S server shards and bench/shard_worker.py workers (None: one server, bench/push_worker.py)."""
+    compression, server_cfg = compression or {}, {"auth": auth, **(server or {}), "shards": shards or 1}
+    window = ["--params", str(params), "--warmup-s", str(warmup_s), "--seconds", str(seconds)]
     with tempfile.TemporaryDirectory() as tmp:
-        tmp, server_cfg = Path(tmp), {"auth": auth, **(server or {}), **({"shards": shards} if shards else {})}
-        _write_config(
-            tmp / "c.yaml", workers + extra_ranks, warmup_s + seconds + 1.0, endpoint, compression, server_cfg, sections
-        )
+        tmp, ranks = Path(tmp), workers + extra_ranks
+        _write_config(tmp / "c.yaml", ranks, warmup_s + seconds + 1.0, endpoint, compression, server_cfg, sections)
         write_model(tmp / "run", params)
-        keys = ["--keys", str(tmp / "keys")] if auth == "curve" else []
-        if keys:
-            create_keys(tmp / "keys", workers + extra_ranks)
-        servers = [_start_server(tmp, keys, s if shards else None) for s in range(shards or 1)]
-        eps = [ep for _, ep in servers]
-        flags = [f"--{key}={value}" for key, value in compression.items()] + keys + (worker_flags or [])
-        window = ["--params", str(params), "--warmup-s", str(warmup_s), "--seconds", str(seconds)]
-        outs = [["--out", str(tmp / f"w{r}.json")] for r in range(workers)]
-        procs = [_start_worker(eps, r, [*window, *outs[r], *flags], shards is not None) for r in range(workers)]
+        keys = _keys(tmp / "keys", ranks) if auth == "curve" else []
+        servers, eps = zip(*(_start_server(tmp, keys, s if shards else None) for s in range(shards or 1)))
+        flags = [f"--{key}={value}" for key, value in compression.items()] + keys + (worker_flags or []) + window
+        procs = [_start_worker(list(eps), r, flags, tmp / f"w{r}.json", shards) for r in range(workers)]
         other = beside(eps[0], tmp) if beside else None
-        server_cpu_s = _cpu_in_window([p.pid for p, _ in servers], warmup_s, seconds)
-        _wait_for_the_end([p for p, _ in servers], procs, other, warmup_s + seconds + 120)
+        server_cpu_s = _cpu_in_window([p.pid for p in servers], warmup_s, seconds)
+        _wait_for_the_end(list(servers), procs, other, warmup_s + seconds + 120)
         results, summaries, run = _read_results(tmp, workers, read_run, shards)
-    return {**summarize(results, summaries[0]), "server_cpu_s": server_cpu_s, "summary": summaries[0],
-            "shard_summaries": summaries, "run": run}  # fmt: skip
+    got = {"server_cpu_s": server_cpu_s, "summary": summaries[0], "shard_summaries": summaries, "run": run}
+    return {**summarize(results, summaries[0]), **got}
+
+
+def _keys(folder: Path, ranks: int) -> list[str]:
+    """CURVE keys for the server and every rank in `folder`; the flag that hands them to a process."""
+    create_keys(folder, ranks)
+    return ["--keys", str(folder)]
 
 
 def _write_config(
@@ -109,8 +108,9 @@ def _wait_for_the_end(
         p.wait(timeout=60)
 
 
-def _start_worker(endpoints: list[str], rank: int, flags: list[str], sharded: bool) -> subprocess.Popen:
-    if sharded:
+def _start_worker(endpoints: list[str], rank: int, flags: list[str], out: Path, shards: int | None) -> subprocess.Popen:
+    flags = [*flags, "--out", str(out)]
+    if shards is not None:
         cmd = [sys.executable, "-m", "bench.shard_worker", "--servers", *endpoints, "--rank", str(rank), *flags]
     else:
         cmd = [sys.executable, "-m", "bench.push_worker", "--server", endpoints[0], "--rank", str(rank), *flags]

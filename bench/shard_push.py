@@ -16,7 +16,6 @@ Results go to OUT/shard_push.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

@@ -41,7 +41,8 @@ def _head(meta: dict, repeats: int) -> list[str]:
 
 def _table(rows: list[dict], meta: dict) -> list[str]:
     out = [
-        "| params | workers | S | updates/s | x S=1 | vs rpc/" + " | vs rpc/".join(meta["rpc_transports"])
+        "| params | workers | S | updates/s | x S=1 | vs rpc/"
+        + " | vs rpc/".join(meta["rpc_transports"])
         + " | model updates/s (binding) | measured / model | apply ms per shard | CPU ms per update | cores busy |",
         "|---|---|---|---|---|" + "---|" * len(meta["rpc_transports"]) + "---|---|---|---|---|",
     ]
@@ -52,8 +53,9 @@ def _table(rows: list[dict], meta: dict) -> list[str]:
             vs = " | ".join(f"{x / v:.2f}x" if v else "-" for v in r["rpc"].values())
             applies = ", ".join(f"{a:.2f}" for a in t["shard_apply_ms"])
             busy = t["cpu_ms_per_update"] * x / 1e3
+            cpu = f"{t['cpu_ms_per_update']:.1f} | {busy:.2f}"
             out.append(f"| {r['params']} | {r['workers']} | {s} | {x:.1f} | {x / base:.2f}x | {vs} | "
-                       f"{m:.1f} ({bound}) | {x / m:.2f} | {applies} | {t['cpu_ms_per_update']:.1f} | {busy:.2f} |")  # fmt: skip
+                       f"{m:.1f} ({bound}) | {x / m:.2f} | {applies} | {cpu} |")  # fmt: skip
     return out
 
 
