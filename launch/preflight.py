@@ -36,6 +36,7 @@ from protocol.errors import ConfigError
 from protocol.wire import codec
 from protocol.wire.curve import KeyFileError, server_keys, worker_keys
 from protocol.wire.encoding import INT32_MAX_NUMEL, VALUE_DTYPES
+from protocol.wire.endpoints import shard_endpoint
 from protocol.wire.layout import SHARD_ALIGN, Layout
 from ps.history import ParamHistory
 from worker.compressors import segments
@@ -53,8 +54,12 @@ def preflight(cfg: ExperimentConfig, cuda_devices: int | None = None, memory_byt
             check_device(point, cuda_devices)
         except ConfigError as err:
             raise ConfigError(err.key, err.message + where) from None
-    for endpoint in sorted({p.server.endpoint for p, _ in points if p.mode == "async"}):
-        check_endpoint(endpoint)
+    shards = {(p.server.endpoint, s) for p, _ in points if p.mode == "async" for s in range(p.server.shards)}
+    for endpoint, shard in sorted(shards):
+        try:
+            check_endpoint(shard_endpoint(endpoint, shard))
+        except ConfigError as err:  # shard s binds port P + s, ipc path + "-s": say which one could not
+            raise ConfigError(err.key, f"{err.message} (server shard {shard} binds it)" if shard else err.message)
     check_keys(cfg)
 
 

@@ -49,6 +49,30 @@ def test_endpoint_port_in_use_is_refused_naming_server_endpoint(busy_port):
     assert f"port {busy_port} on 127.0.0.1 is in use" in message
 
 
+def _port_with_a_free_one_below() -> socket.socket:
+    """A listening socket on some port P + 1 of 127.0.0.1 whose port P is free (a few tries)."""
+    for _ in range(50):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with socket.socket() as below:
+            try:
+                below.bind(("127.0.0.1", s.getsockname()[1] - 1))
+                return s
+            except OSError:
+                s.close()
+    raise AssertionError("no pair of adjacent ports on 127.0.0.1 with the lower one free")
+
+
+def test_every_shards_port_is_tried_and_the_refusal_names_the_shard():
+    """server.shards: shard s binds port P + s, so P free and P + 1 busy fails before any process starts."""
+    with _port_with_a_free_one_below() as busy:
+        port = busy.getsockname()[1]
+        cfg = make_config(server={"shards": 2, "endpoint": f"tcp://127.0.0.1:{port - 1}"})
+        message = _refused("server.endpoint", preflight, cfg, memory_bytes=PLENTY)
+    assert f"port {port} on 127.0.0.1 is in use" in message and "(server shard 1 binds it)" in message
+
+
 @pytest.mark.parametrize("port", ["5555", "0", "*"])
 def test_endpoint_address_not_on_this_host_is_refused(port):
     message = _refused("server.endpoint", check_endpoint, f"tcp://{NOT_HERE}:{port}")
