@@ -59,7 +59,8 @@ def preflight(cfg: ExperimentConfig, cuda_devices: int | None = None, memory_byt
         try:
             check_endpoint(shard_endpoint(endpoint, shard))
         except ConfigError as err:  # shard s binds port P + s, ipc path + "-s": say which one could not
-            raise ConfigError(err.key, f"{err.message} (server shard {shard} binds it)" if shard else err.message)
+            message = f"{err.message} (server shard {shard} binds it)" if shard else err.message
+            raise ConfigError(err.key, message) from None
     check_keys(cfg)
 
 

@@ -45,7 +45,7 @@ def join_group(rank: int, world: int, device: torch.device, cfg: ExperimentConfi
         torch.cuda.set_device(device)
     timeout = timedelta(seconds=cfg.server.reply_timeout_s)  # each collective waits this long for its peers
     addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    _stay_on_loopback(addr)
+    _pin_interface(addr)
     if "TORCHELASTIC_RUN_ID" in os.environ:  # torchrun hosts the store itself: env:// finds it
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, timeout=timeout)
         return
@@ -60,16 +60,35 @@ def join_group(rank: int, world: int, device: torch.device, cfg: ExperimentConfi
     dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
 
 
-def _stay_on_loopback(addr: str) -> None:
-    """With a loopback master every rank is on this host: gloo and nccl sockets bind to loopback only."""
+def _pin_interface(addr: str) -> None:
+    """gloo and nccl sockets on the interface that reaches MASTER_ADDR: loopback when the master is this host
+    (every rank is here), else the one holding this host's address on the route to it. Left to themselves they
+    take the address the host name resolves to, often 127.0.x.x, which peers on other hosts cannot reach.
+    GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME already set are kept."""
     try:
-        loopback = ipaddress.ip_address(socket.gethostbyname(addr)).is_loopback
+        ip = ipaddress.ip_address(socket.gethostbyname(addr))
     except (OSError, ValueError):
         return
-    name = loopback_interface() if loopback else None
+    name = loopback_interface() if ip.is_loopback else route_interface(str(ip))
     if name:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", name)
         os.environ.setdefault("NCCL_SOCKET_IFNAME", name)
+
+
+def route_interface(addr: str) -> str | None:
+    """The name of this host's interface on the route to IPv4 `addr` (a UDP connect sends nothing)."""
+    import psutil
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((addr, 9))
+            own = s.getsockname()[0]
+    except OSError:
+        return None
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == own for a in addrs):
+            return name
+    return None
 
 
 def loopback_interface() -> str | None:
