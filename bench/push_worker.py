@@ -29,7 +29,7 @@ from protocol.wire.encoding import Payload
 from protocol.wire.layout import Layout
 from protocol.wire.messages import Hello, Push, Reply, Stop, Welcome
 from worker.compressors import make_compressor
-from worker.ef import make_uplink
+from worker.ef import Uplink, make_uplink
 
 GRADIENTS = 4  # distinct preallocated gradients, cycled
 
@@ -56,21 +56,26 @@ def compression_config(args) -> CompressionConfig:
     return cfg
 
 
-def main() -> None:
-    args = _parse_args()
-    torch.set_num_threads(1)
+def pusher(args: argparse.Namespace) -> tuple[Uplink, list[torch.Tensor]]:
+    """A bench worker's error-feedback uplink (the compression flags) and its preallocated gradients."""
     comp = compression_config(args)
     layout = Layout.from_shapes([("w", (args.params,))])
     compressor = make_compressor(comp, layout, seed=args.rank) if comp.method != "none" else None
     uplink = make_uplink(comp, args.params, compressor, torch.device("cpu"))
     gen = torch.Generator().manual_seed(args.rank)
-    grads = [torch.randn(args.params, generator=gen) * 1e-3 for _ in range(GRADIENTS)]
+    return uplink, [torch.randn(args.params, generator=gen) * 1e-3 for _ in range(GRADIENTS)]
+
+
+def main() -> None:
+    args = _parse_args()
+    torch.set_num_threads(1)
+    uplink, grads = pusher(args)
     params = torch.zeros(args.params)
     keys = worker_keys(Path(args.keys), args.rank) if args.keys else None
     chan = Channel("dealer", curve=keys)
     chan.connect(args.server)
     alloc = lambda cls, spec: params  # every reply lands in the same buffer
-    welcome = _join(chan, args.rank, uplink.uplink, layout, alloc)
+    welcome = _join(chan, args.rank, uplink.uplink, Layout.from_shapes([("w", (args.params,))]), alloc)
     reader = shm.SegmentReader(shm.Advert.from_wire(welcome.settings.get("shm")), args.params) if args.shm else None
     result = push_loop(chan, uplink, grads, args, welcome.next_seq, welcome.version, alloc, reader, params)
     chan.close()

@@ -16,13 +16,12 @@ import time
 
 import torch
 
-from bench.push_worker import GRADIENTS, compression_args, compression_config
+from bench.push_worker import compression_args, pusher
 from protocol.wire.channel import Channel
 from protocol.wire.encoding import Payload, slice_payload
 from protocol.wire.layout import Layout
 from protocol.wire.messages import Hello, Push, Reply, Stop, Welcome
-from worker.compressors import make_compressor
-from worker.ef import Uplink, make_uplink
+from worker.ef import Uplink
 
 
 class Shards:
@@ -77,12 +76,7 @@ class Shards:
 def main() -> None:
     args = _parse_args()
     torch.set_num_threads(1)
-    comp = compression_config(args)
-    layout = Layout.from_shapes([("w", (args.params,))])
-    compressor = make_compressor(comp, layout, seed=args.rank) if comp.method != "none" else None
-    uplink = make_uplink(comp, args.params, compressor, torch.device("cpu"))
-    gen = torch.Generator().manual_seed(args.rank)
-    grads = [torch.randn(args.params, generator=gen) * 1e-3 for _ in range(GRADIENTS)]
+    uplink, grads = pusher(args)
     shards = Shards(args.servers, args.rank, torch.zeros(args.params))
     shards.join(uplink.uplink)
     result = push_loop(shards, uplink, grads, args)

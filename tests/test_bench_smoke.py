@@ -15,16 +15,20 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = 65536
 
 
+def _bench(module: str, args: list[str]) -> subprocess.CompletedProcess:
+    """python -m `module` with `args`, which must exit 0."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_checkpoint_benchmark_writes_its_table_with_every_figure(tmp_path):
     out = tmp_path / "out"
     args = ["--params", str(TINY), "--seconds", "2", "--warmup-s", "1", "--repeats", "1", "--copies", "3"]
     args += ["--every-s", "0.5", "--out", str(out)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.checkpoint", *args], cwd=ROOT, capture_output=True, text=True, timeout=400
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _bench("bench.checkpoint", args)
     data = json.loads((out / "checkpoint.json").read_text())
     assert data["command"] == "python -m bench.checkpoint " + " ".join(args)
     (row,) = data["rows"]
@@ -78,10 +82,7 @@ def test_shard_benchmark_writes_every_case_with_the_model_beside_it(tmp_path):
     out = tmp_path / "out"
     args = ["--params", str(TINY), "--workers", "1", "--shards", "1", "2", "--rpc-transports", "tcp"]
     args += ["--seconds", "2", "--warmup-s", "0.5", "--repeats", "1", "--out", str(out)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.shard_push", *args], cwd=ROOT, capture_output=True, text=True, timeout=400
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _bench("bench.shard_push", args)
     data = json.loads((out / "shard_push.json").read_text())
     assert data["command"] == "python -m bench.shard_push " + " ".join(args)
     (row,) = data["rows"]

@@ -75,6 +75,22 @@ def _node(
     return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _two_nodes(hosts: tuple, nprocs: tuple[int, int], run: Path, logs: Path, args: list, module: str) -> None:
+    """torchrun on both hosts (node 0 on A, node 1 on B), each `nprocs` slots of `module`; both must exit 0."""
+    a, b, master = hosts
+    nodes = [
+        _node(ns, master, i, n, run, logs / f"node{i}.log", args, module)
+        for i, (ns, n) in enumerate(zip((a, b), nprocs))
+    ]
+    try:
+        codes = [p.wait(timeout=TIMEOUT_S) for p in nodes]
+    finally:
+        for p in nodes:
+            _stop(p)
+    tails = "\n".join((logs / f"node{i}.log").read_text()[-3000:] for i in range(2))
+    assert codes == [0, 0], tails
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -86,15 +102,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_torchrun_places_a_run_across_two_network_namespaces(two_hosts, tmp_path, shards):
     a, b, master = two_hosts
     run, args = tmp_path / "run", [*ARGS[:-1], f"server.shards={shards}", "--quiet"]  # overrides before flags
-    nodes = [_node(a, master, 0, 3, run, tmp_path / "node0.log", args),
-             _node(b, master, 1, 2, run, tmp_path / "node1.log", args)]  # fmt: skip
-    try:
-        codes = [p.wait(timeout=TIMEOUT_S) for p in nodes]
-    finally:
-        for p in nodes:
-            _stop(p)
-    logs = "\n".join((tmp_path / f"node{i}.log").read_text()[-3000:] for i in range(2))
-    assert codes == [0, 0], logs
+    _two_nodes(two_hosts, (3, 2), run, tmp_path, args, "launch.node")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["workers"] == 4, summary
     assert summary["auth"] == "curve" and summary["auth_rejected"] == 0  # beyond loopback: CURVE by default
@@ -135,15 +143,7 @@ def test_torchrun_runs_the_sync_baseline_across_two_network_namespaces(two_hosts
     config = tmp_path / "sync.yaml"
     config.write_text(resolved_yaml(cfg))
     run, args = tmp_path / "run", ["--config", str(config)]
-    nodes = [_node(a, master, 0, 2, run, tmp_path / "node0.log", args, module="sync"),
-             _node(b, master, 1, 2, run, tmp_path / "node1.log", args, module="sync")]  # fmt: skip
-    try:
-        codes = [p.wait(timeout=TIMEOUT_S) for p in nodes]
-    finally:
-        for p in nodes:
-            _stop(p)
-    logs = "\n".join((tmp_path / f"node{i}.log").read_text()[-3000:] for i in range(2))
-    assert codes == [0, 0], logs
+    _two_nodes(two_hosts, (2, 2), run, tmp_path, args, "sync")
     for rank in range(4):
         report = json.loads((run / f"worker-{rank}.json").read_text())
         assert report["pushes"] == 200 and report["stop_reason"] == "max_updates", report
