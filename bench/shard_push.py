@@ -68,7 +68,9 @@ def _machine(args: argparse.Namespace) -> dict:
     copy_gbs = copy_bandwidth_gbs()
     step = amsgrad_step_s(CALIBRATION_PARAMS)
     wire = zmq_round_trip_s(4 * CALIBRATION_PARAMS)
-    costs = cost_model.loopback_costs(step, CALIBRATION_PARAMS, wire, 4 * CALIBRATION_PARAMS, os.cpu_count() or 1)
+    costs = cost_model.loopback_costs(
+        step, CALIBRATION_PARAMS, wire, 4 * CALIBRATION_PARAMS, copy_gbs, os.cpu_count() or 1
+    )
     print(
         f"copy {copy_gbs:.1f} GB/s; at {CALIBRATION_PARAMS} params: isolated AMSGrad step {1e3 * step:.2f} ms, "
         f"bare ZeroMQ round trip {1e3 * wire:.2f} ms ({costs.link_Bps / 1e9:.2f} GB/s each way)",

@@ -32,9 +32,9 @@ def _head(meta: dict, repeats: int) -> list[str]:
         f"{meta['copy_gbs']:.1f} GB/s, one thread). Updates/s are summed over workers, medians of {repeats} "
         "interleaved trials (every trial in shard_push.json). The cost model (bench/cost_model.py) was "
         f"calibrated in the same run, before the trials, from an isolated AMSGrad step of {cal['params']} "
-        f"parameters ({cal['step_ms']:.2f} ms) and the bare ZeroMQ round trip of their bytes between two "
-        f"processes ({cal['round_trip_ms']:.2f} ms), with the machine's {meta['cores']} cores shared by every "
-        "process.",
+        f"parameters ({cal['step_ms']:.2f} ms), the bare ZeroMQ round trip of their bytes between two "
+        f"processes ({cal['round_trip_ms']:.2f} ms) and the copy bandwidth, with the machine's "
+        f"{meta['cores']} cores shared by every process.",
         "",
     ]
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from bench import cost_model
+from bench import cost_model, shard_plan
 from bench.cost_model import Costs, bounds, predict, shards_needed
 
 P = 1_000_000
 
 
 def test_each_bound_is_the_stated_arithmetic():
-    c = Costs(apply_s=1e-9, link_Bps=1e9, cpu_per_byte_s=1e-9, compute_s=0.01, cores=2)
+    c = Costs(apply_s=1e-9, link_Bps=1e9, cpu_per_byte_s=1e-9, compute_s=0.01, cores=2, copy_s=1e-10)
     b = bounds(P, 4, 2, c)
-    assert b["shard loop"] == pytest.approx(2 / (P * 1e-9))
+    assert b["shard loop"] == pytest.approx(2 / (P * 1e-9 + 2 * 4 * P * 1e-10))
     assert b["shard link"] == pytest.approx(2 * 1e9 / (4 * P))
     assert b["workers"] == pytest.approx(4 / (0.01 + 2 * 4 * P / 1e9 + P * 1e-9 / 2))
-    assert b["cores"] == pytest.approx(2 / (0.01 + P * 1e-9 + 2 * 4 * P * 1e-9))
+    assert b["cores"] == pytest.approx(2 / (0.01 + P * 1e-9 + 2 * 4 * P * (1e-9 + 1e-10)))
 
 
 def test_shared_cores_do_not_grow_with_shards_and_hosts_of_their_own_have_no_cores_bound():
@@ -29,7 +29,7 @@ def test_shared_cores_do_not_grow_with_shards_and_hosts_of_their_own_have_no_cor
 def test_the_binding_resource_is_the_smallest_bound():
     c = cost_model.network_costs(mem_gbs=10, link_gbit=25, compute_s=0.1)
     x, name = predict(100_000_000, 64, 1, c)
-    assert name == "shard loop" and x == pytest.approx(10e9 / 36 / 100_000_000)
+    assert name == "shard loop" and x == pytest.approx(1 / (100_000_000 * (36 + 8 * 2) / 10e9))
     x, name = predict(100_000_000, 64, 1024, c)
     assert name == "workers" and x == min(bounds(100_000_000, 64, 1024, c).values())
 
@@ -43,6 +43,24 @@ def test_shards_needed_is_the_fewest_within_reach_of_the_best():
 
 
 def test_loopback_costs_take_the_link_from_the_round_trip():
-    c = cost_model.loopback_costs(step_s=0.004, step_params=P, round_trip_s=0.01, round_trip_bytes=4 * P, cores=2)
+    c = cost_model.loopback_costs(
+        step_s=0.004, step_params=P, round_trip_s=0.01, round_trip_bytes=4 * P, copy_gbs=20.0, cores=2
+    )
     assert c.apply_s == pytest.approx(4e-9) and c.link_Bps == pytest.approx(8 * P / 0.01)
+    assert c.copy_s == pytest.approx(2 / 20e9)
     assert c.cpu_per_byte_s == pytest.approx(1 / c.link_Bps) and c.cores == 2
+
+
+def test_the_plan_command_prints_the_shards_the_model_needs(capsys):
+    argv = ["--params", "100e6", "--workers", "64", "--link-gbit", "25", "--mem-gbs", "20", "--compute-ms", "100"]
+    assert shard_plan.main(argv) == 0
+    need = shards_needed(100_000_000, 64, cost_model.network_costs(20, 25, 0.1), 256)
+    assert f"shards needed: {need} (" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", [["--params", "0"], ["--workers", "-1"], ["--compute-ms", "-5"]])
+def test_the_plan_command_refuses_a_bad_figure_naming_it(bad, capsys):
+    argv = ["--params", "1e6", "--workers", "2", "--link-gbit", "25", "--mem-gbs", "20", *bad]
+    with pytest.raises(SystemExit) as done:
+        shard_plan.main(argv)
+    assert done.value.code == 2 and bad[0] in capsys.readouterr().err
