@@ -8,7 +8,8 @@ import yaml
 
 from experiments.async_vs_sync.analysis import figures, ideal_rate, late_accuracy, mid_run_cpu
 from experiments.async_vs_sync.plan import FULL, QUICK, batch_specs, best_lrs
-from experiments.async_vs_sync.runs import read_batch, recorded
+from experiments.async_vs_sync.runs import read_batch
+from experiments.common.runs import recorded
 
 
 def make_run(

@@ -16,26 +16,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from experiments.artificial_delay.report import write_report
 from experiments.artificial_delay.runs import FULL, QUICK, run_all
-from experiments.common.report import add_out_option, report_folder
+from experiments.common.report import report_folder
+from experiments.common.runs import base_parser
 from experiments.common.sweeps import recorded_sweep, shown
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m experiments.artificial_delay", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="D = 1 and 6, one seed, 300 updates (a smoke test)")
-    add_out_option(ap)
-    ap.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of the run folders")
-    ap.add_argument(
-        "--report-only",
-        type=Path,
-        metavar="DIR",
-        help="rebuild the report from the runs of an earlier experiment folder (no new runs)",
-    )
-    return ap
+    return base_parser("artificial_delay", __doc__, "D = 1 and 6, one seed, 300 updates (a smoke test)")
 
 
 def main(argv: list[str] | None = None) -> int:

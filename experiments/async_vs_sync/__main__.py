@@ -25,57 +25,25 @@ runs: never do that with a --quick run).
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
-import time
-from pathlib import Path
 
-from experiments.async_vs_sync.plan import FULL, INVOCATIONS, QUICK, batch_specs
-from experiments.async_vs_sync.runs import run_specs
-from experiments.common.report import add_out_option, report_folder
-from experiments.common.sweeps import shown
+from experiments.async_vs_sync.plan import FULL, QUICK, batch_specs
+from experiments.common.report import report_folder
+from experiments.common.runs import invoke, outcome, run_batches, study_parser
+
+NAME = "async_vs_sync"
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m experiments.async_vs_sync", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="one seed, 400 gradients, 1 and 2 workers (a smoke test)")
-    ap.add_argument("--batches", help="comma-separated batches to run (default: all): " + ", ".join(FULL.batches()))
-    ap.add_argument("--into", type=Path, metavar="DIR", help="run into this experiment folder (continue it)")
-    add_out_option(ap)
-    ap.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of new experiment folders")
-    ap.add_argument("--report-only", type=Path, metavar="DIR", help="rebuild the report from an experiment folder")
-    return ap
+    return study_parser(NAME, __doc__, "one seed, 400 gradients, 1 and 2 workers (a smoke test)", FULL.batches())
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser()
-    args = ap.parse_args(argv)
-    plan = QUICK if args.quick else FULL
-    failed = 0
-    if args.report_only:
-        base = args.report_only
-        plan = QUICK if args.quick or base.name.startswith("async_vs_sync-quick-") else FULL
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = args.into or args.runs / f"async_vs_sync{'-quick' if args.quick else ''}-{stamp}"
-        batches = args.batches.split(",") if args.batches else plan.batches()
-        unknown = [b for b in batches if b not in plan.batches()]
-        if unknown:
-            ap.error(f"unknown batch {unknown[0]!r}; this plan has: {', '.join(plan.batches())}")
-        base.mkdir(parents=True, exist_ok=True)
-        command = "python -m experiments.async_vs_sync " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-        with open(base / INVOCATIONS, "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\t{command.strip()}\n")
-        for batch in batches:
-            failed += run_specs(batch_specs(plan, batch, base), base)
+    inv = invoke(NAME, parser(), argv, (FULL, QUICK))
+    failed = run_batches(NAME, inv, argv, lambda batch: batch_specs(inv.plan, batch, inv.base))
     from experiments.async_vs_sync.report import write_report  # matplotlib only when a report is written
 
-    report = write_report(plan, base, report_folder(args.out, base), args.quick)
-    if report is None:
-        print("error: no run finished; nothing to report", file=sys.stderr)
-        return 1
-    print(f"report: {shown(report)}; runs: {shown(base)}")
-    return 1 if failed else 0
+    return outcome(write_report(inv.plan, inv.base, report_folder(inv.args.out, inv.base), inv.quick), inv.base, failed)
 
 
 if __name__ == "__main__":

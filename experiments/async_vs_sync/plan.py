@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.async_vs_sync.analysis import figures
-from experiments.async_vs_sync.runs import RunSpec, read_batch
+from experiments.async_vs_sync.runs import read_batch
+from experiments.common.runs import RunSpec
 
 CONFIG = "experiments/async_vs_sync/config.yaml"
 SCALING = "experiments/async_vs_sync/scaling.yaml"
 MODES = ("async", "sync")
 RUN_GRACE_S = 120  # per run, on top of run.max_seconds: start-up, the final evaluation, plots
-INVOCATIONS = "invocations.txt"  # the script's own command lines that ran batches into the folder
 
 
 @dataclass(frozen=True)

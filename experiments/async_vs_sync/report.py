@@ -10,12 +10,13 @@ import numpy as np
 from experiments.async_vs_sync import plots, tables
 from experiments.async_vs_sync.analysis import TARGET, RunFigures, figures, real_compute_s, straggler_rank
 from experiments.async_vs_sync.observations import observations
-from experiments.async_vs_sync.plan import CONFIG, INVOCATIONS, MODES, SCALING, Plan, best_lrs, grid_runs
-from experiments.async_vs_sync.runs import read_batch, recorded
+from experiments.async_vs_sync.plan import CONFIG, MODES, SCALING, Plan, best_lrs, grid_runs
+from experiments.async_vs_sync.runs import read_batch
 from experiments.async_vs_sync.scaling_notes import scaling_notes
 from experiments.async_vs_sync.tables import of
 from experiments.async_vs_sync.verdicts import faster, final_close, scaling_lines
 from experiments.common.report import cores, header, save_png
+from experiments.common.runs import INVOCATIONS, recorded
 from experiments.common.sweeps import COMMANDS, data_sizes
 from experiments.common.templates import Prose
 from protocol.config.loader import load_experiment

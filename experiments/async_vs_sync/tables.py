@@ -9,8 +9,8 @@ import numpy as np
 
 from experiments.async_vs_sync.analysis import TARGET, RunFigures
 from experiments.async_vs_sync.plan import MODES, Plan
-from experiments.async_vs_sync.runs import LOADS, recorded
 from experiments.common.report import table
+from experiments.common.runs import LOADS, recorded
 from experiments.common.stats import pm
 
 

@@ -22,28 +22,20 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.common.report import add_out_option, report_folder
+from experiments.common.report import report_folder
+from experiments.common.runs import base_parser
 from experiments.common.sweeps import recorded_sweep, shown
 from experiments.ef21_logreg.plan import FULL, QUICK, run_one
 from experiments.ef21_logreg.report import write_report
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m experiments.ef21_logreg", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="one step size per method, 150 rounds (a smoke test)")
-    add_out_option(ap)
-    ap.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of the experiment folder")
+    ap = base_parser("ef21_logreg", __doc__, "one step size per method, 150 rounds (a smoke test)")
     ap.add_argument("--base", type=Path, help="experiment folder to run into (default: a new one under --runs)")
     ap.add_argument(
         "--only",
         help="comma-separated sweep names to run now, e.g. b1-ef21,b1-ef21-repeat "
         "(default: every sweep not yet in the folder)",
-    )
-    ap.add_argument(
-        "--report-only",
-        type=Path,
-        metavar="DIR",
-        help="write the report from an earlier experiment folder (no new runs)",
     )
     return ap
 

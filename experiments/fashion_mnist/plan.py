@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from experiments.common.runs import RunSpec
 from experiments.common.sweeps import REPO
-from experiments.fashion_mnist.runs import RunSpec
 from protocol.config.loader import load_experiment, read_yaml
 
 CONFIG = "configs/fashion_mnist.yaml"
@@ -29,7 +29,6 @@ SLOWDOWN = "worker.slowdown=[1,1,1,4]"  # rank 3, not rank 0 (which in sync mode
 EF21_SGD = ("optimizer.name=sgd", "optimizer.lr=0.2")
 EF21_SECTIONS = ("optimizer", "compression")  # what the wide model's EF21 run takes from the EF21 config
 RUN_GRACE_S = 180  # per run, on top of its run.max_seconds: start-up, the final evaluation, plots
-INVOCATIONS = "invocations.txt"  # the script's own command lines that ran batches into the folder
 
 
 @dataclass(frozen=True)

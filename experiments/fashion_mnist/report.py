@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from experiments.common.report import cores, figure_links, header, save_png
+from experiments.common.runs import INVOCATIONS, recorded
 from experiments.common.sweeps import COMMANDS, data_sizes
 from experiments.common.templates import Prose
 from experiments.fashion_mnist import benchmark, plots, tables, verdicts
 from experiments.fashion_mnist.analysis import STRAGGLER_TARGET, TARGET, RunFigures, figures
-from experiments.fashion_mnist.plan import CONFIG, EF21, INVOCATIONS, SLOWDOWN, WIDE, Plan
-from experiments.fashion_mnist.runs import read_runs, recorded
+from experiments.fashion_mnist.plan import CONFIG, EF21, SLOWDOWN, WIDE, Plan
+from experiments.fashion_mnist.runs import read_runs
 from experiments.fashion_mnist.setup import setup_text
 
 prose = Prose(__package__)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from experiments.common.report import table
+from experiments.common.runs import LOADS, recorded
 from experiments.fashion_mnist import benchmark
 from experiments.fashion_mnist.analysis import STRAGGLER_TARGET, TARGET, RunFigures
-from experiments.fashion_mnist.runs import LOADS, recorded
 
 
 def _f(x: float | None, digits: int) -> str:

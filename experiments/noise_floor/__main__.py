@@ -23,15 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.common.report import add_out_option, report_folder
+from experiments.common.report import report_folder
+from experiments.common.runs import base_parser
 from experiments.common.sweeps import shown
 from experiments.noise_floor.plan import FULL, INVOCATIONS, QUICK, Plan, finished_parts, run_parts
 from experiments.noise_floor.report import write_report
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m experiments.noise_floor", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="d = 100, n = 1 and 3, 300 rounds, one eta (a smoke test)")
+    ap = base_parser("noise_floor", __doc__, "d = 100, n = 1 and 3, 300 rounds, one eta (a smoke test)")
     ap.add_argument(
         "--parts",
         default="*",
@@ -39,14 +39,6 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--list", action="store_true", help="list the parts and exit")
     ap.add_argument("--into", type=Path, metavar="DIR", help="add the runs to this experiment folder")
-    add_out_option(ap)
-    ap.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of the run folders")
-    ap.add_argument(
-        "--report-only",
-        type=Path,
-        metavar="DIR",
-        help="rebuild the report from the runs of an earlier experiment folder (no new runs)",
-    )
     return ap
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from experiments.common.report import add_out_option, report_folder
+from experiments.common.report import report_folder
+from experiments.common.runs import base_parser
 from experiments.common.sweeps import shown
 from experiments.stability_edge import mlp, quadratic
 from experiments.stability_edge.report import write_report
@@ -47,17 +48,7 @@ def mlp_runs(plan: mlp.MlpPlan, base: Path, report_only: bool) -> mlp.MlpRuns:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m experiments.stability_edge", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="few tau, few bisections, 300-update runs (a smoke test)")
-    add_out_option(ap)
-    ap.add_argument("--runs", type=Path, default=Path("runs"), help="parent folder of the run folders")
-    ap.add_argument(
-        "--report-only",
-        type=Path,
-        metavar="DIR",
-        help="rebuild the report from an earlier experiment folder (runs/stability_edge-*), no new runs",
-    )
-    return ap
+    return base_parser("stability_edge", __doc__, "few tau, few bisections, 300-update runs (a smoke test)")
 
 
 def main(argv: list[str] | None = None) -> int:
