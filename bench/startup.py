@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -69,26 +70,34 @@ def _parse_args() -> argparse.Namespace:
 
 
 # -- one run of the launcher ---------------------------------------------------------------------------------
-def _launch(args: argparse.Namespace, env: dict | None = None) -> tuple[Path, float, float]:
-    """Run the launcher once into a new run folder; (the folder, spawn time, exit time) in Unix seconds.
-    Raises RuntimeError (with the launcher's last output) when it fails."""
+def _launch(args: argparse.Namespace, env: dict | None = None) -> tuple[Path, float, float, float]:
+    """Run the launcher once into a new run folder; (the folder, spawn time, exit time) in Unix seconds and the
+    CPU seconds (user + system) of the launcher and every process it waited for. Raises RuntimeError (with the
+    launcher's last output) when it fails."""
     tmp = Path(tempfile.mkdtemp(prefix="taups-startup-run-"))
     run_dir = tmp / "run"
     cmd = [sys.executable, "-m", "launch", args.config, *args.set, "--run-dir", str(run_dir), "--quiet"]
     with open(tmp / "launcher.log", "w") as log:
+        cpu0 = _children_cpu_s()
         t0 = time.time()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         rc = proc.wait(timeout=RUN_TIMEOUT_S)
         t1 = time.time()
     if rc != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {rc}:\n{(tmp / 'launcher.log').read_text()[-3000:]}")
-    return run_dir, t0, t1
+    return run_dir, t0, t1, _children_cpu_s() - cpu0
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's waited-for descendants so far (a child's includes those it waited for)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _timed_run(args: argparse.Namespace, i: int) -> dict:
-    run_dir, t0, t1 = _launch(args)
+    run_dir, t0, t1, cpu = _launch(args)
     events = timeline(run_dir, t0, t1)
-    return {"repeat": i, "run_dir": str(run_dir), "events_s": events, "phases_s": phases(events)}
+    return {"repeat": i, "run_dir": str(run_dir), "events_s": events, "phases_s": phases(events), "cpu_s": cpu}
 
 
 def timeline(run_dir: Path, t0: float, t1: float) -> dict[str, float]:
@@ -130,6 +139,7 @@ def _line(r: dict) -> str:
     e = r["events_s"]
     return (
         f"repeat {r['repeat']}: total {e['exit']:.2f} s, first applied update at {e['first_update']:.2f} s, "
+        f"CPU {r['cpu_s']:.1f} s, "
         f"training {r['phases_s']['training_end']:.2f} s ("
         + ", ".join(f"{k} {v:.2f}" for k, v in r["phases_s"].items())
         + ")"
@@ -141,7 +151,7 @@ def _profiled_run(args: argparse.Namespace) -> dict[str, dict[str, float]] | Non
     """One more run with PYTHONPROFILEIMPORTTIME=1: process name -> seconds of imports by package group."""
     if args.no_profile:
         return None
-    run_dir, _, _ = _launch(args, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    run_dir, _, _, _ = _launch(args, env={"PYTHONPROFILEIMPORTTIME": "1"})
     logs = {"launcher": run_dir.parent / "launcher.log"}
     logs.update({p.stem: p for p in sorted((run_dir / "logs").glob("*.log"))})
     return {name: import_seconds(path.read_text(errors="replace")) for name, path in logs.items()}
@@ -258,6 +268,7 @@ def _write(out: Path, runs: list[dict], profile: dict | None, steps: dict | None
         "load_average_1min": load,
         "median_events_s": median,
         "median_phases_s": {k: statistics.median(r["phases_s"][k] for r in runs) for k in PHASES},
+        "median_cpu_s": statistics.median(r["cpu_s"] for r in runs),
     }
     data = {**meta, "runs": runs, "imports_s": profile, "steps_alone_s": steps}
     (out / "startup.json").write_text(json.dumps(data, indent=1))
@@ -276,19 +287,22 @@ def _write(out: Path, runs: list[dict], profile: dict | None, steps: dict | None
 
 
 def _runs_table(runs: list[dict], median_phases: dict, median_events: dict) -> list[str]:
-    head = "| run | total s | first applied update s | " + " | ".join(f"{p} s" for p in PHASES.values()) + " |"
-    rows = [(str(r["repeat"]), r["events_s"], r["phases_s"]) for r in runs] + [("median", median_events, median_phases)]
-    lines = [head, "|---" * (3 + len(PHASES)) + "|"]
-    for name, e, p in rows:
+    head = "| run | total s | first applied update s | CPU s | " + " | ".join(f"{p} s" for p in PHASES.values()) + " |"
+    cpu = statistics.median(r["cpu_s"] for r in runs)
+    rows = [(str(r["repeat"]), r["events_s"], r["phases_s"], r["cpu_s"]) for r in runs]
+    lines = [head, "|---" * (4 + len(PHASES)) + "|"]
+    for name, e, p, c in [*rows, ("median", median_events, median_phases, cpu)]:
         lines.append(
-            f"| {name} | {e['exit']:.2f} | {e['first_update']:.2f} | "
+            f"| {name} | {e['exit']:.2f} | {e['first_update']:.2f} | {c:.1f} | "
             + " | ".join(f"{p[k]:.2f}" for k in PHASES)
             + " |"
         )
     return lines + [
         "",
         "total = the launcher's spawn to its exit; first applied update = spawn to the server applying the first "
-        "push (server_summary.json started_unix + the first applied row's wall_s in updates.csv). The phases "
+        "push (server_summary.json started_unix + the first applied row's wall_s in updates.csv); CPU = user + "
+        "system seconds of the launcher and all its processes, the work start-up and training cost whatever else "
+        "runs on the machine. The phases "
         "follow each other and add up to the total, except the first applied update, which lies within training "
         "(from the start of training, every worker joined, to the server's stop): the launcher's start to "
         "config.yaml written; to model/init.safetensors written; to server.json written; to the start of "
