@@ -24,6 +24,7 @@ from launch.wording import count
 from launch.writes import WriteError, write_text
 from protocol.config.loader import load_experiment, resolved_yaml
 from protocol.config.schema import ExperimentConfig
+from protocol.entry import freeze_imports
 from protocol.errors import ConfigError
 from protocol.runfolder.records import RunSummary
 
@@ -98,4 +99,5 @@ def format_summary(s: RunSummary, run_dir: Path, plots: bool = True) -> str:
 
 
 if __name__ == "__main__":
+    freeze_imports()  # the imports are done: no collection need walk them again
     sys.exit(main())

@@ -23,6 +23,7 @@ from launch.endwatch import EndWatch, default_idle_timeout
 from launch.writes import WriteError, writing
 from protocol.config.loader import load_experiment
 from protocol.config.schema import ExperimentConfig
+from protocol.entry import freeze_imports
 from protocol.errors import ConfigError
 from protocol.runfolder.snapshot import read_snapshot
 from worker.tasks import Task
@@ -164,4 +165,5 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    freeze_imports()  # the imports are done: no collection need walk them again
     sys.exit(main())

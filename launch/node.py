@@ -51,11 +51,12 @@ class HeadRun(AsyncRun):
         self.store = store
 
     def _start(self) -> None:
-        endpoints = self._start_server()  # every shard on the head (docs/design.md, Runs across hosts)
+        started = self._start_server()  # every shard on the head (docs/design.md, Runs across hosts)
+        self._start_evaluator()  # while the server starts
+        endpoints = self._wait_until_bound(started)
         keys = Path(self.cfg.server.keys) if self.cfg.server.curve else None
         server_public = read_public(keys, SERVER).decode() if keys else ""
         self.store.publish_start(" ".join(endpoints), server_public, self.config_path.read_text(), self.run_dir.name)
-        self._start_evaluator()
 
     def _stop_workers(self) -> None:
         """The workers are elsewhere: their reports come through the store into the run folder."""

@@ -2,8 +2,8 @@
 
 Run (both modes, launch/runner.py): start, watch, finish; after a failure or a stop signal, stop the children
     in order so that the run folder still gets what the server and evaluator can write, and its summary.
-AsyncRun: server -> wait until it has bound (server.json) -> evaluator and the worker processes (one per rank,
-    or worker.per_process ranks on threads each: logs/workers0-32.log). The server stops
+AsyncRun: server and evaluator -> wait until the server has bound (server.json) -> the worker processes (one per
+    rank, or worker.per_process ranks on threads each: logs/workers0-32.log). The server stops
     at max_updates / max_seconds and tells the workers to stop; training is over when it exits 0.
 SyncRun: evaluator and N ranks of `python -m sync` (RANK, WORLD_SIZE, MASTER_ADDR=127.0.0.1 and a
     free MASTER_PORT in their environment). Rank 0 decides the end and every rank learns it in the same
@@ -25,6 +25,7 @@ from launch.runner import Run
 from launch.shards import ShardFiles
 from launch.shutdown import STOP_MARGIN_S, WORKER_GRACE_S, Stage
 from launch.signals import StopSignals
+from launch.supervisor import Child
 from launch.writes import WriteError, writing
 from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
@@ -45,8 +46,9 @@ class AsyncRun(Run):
         self.shard_files = ShardFiles(run_dir, cfg.server.shards) if cfg.server.shards > 1 else None
 
     def _start(self) -> None:
-        endpoints = self._start_server()
-        self._start_evaluator()
+        started = self._start_server()
+        self._start_evaluator()  # it imports torch and reads its data while the server starts, on a core left idle
+        endpoints = self._wait_until_bound(started)
         servers = [arg for e in endpoints for arg in ("--server", e)]
         for ranks in self.cfg.worker_processes():
             name, which = worker_process(ranks)
@@ -62,8 +64,9 @@ class AsyncRun(Run):
         n = self.cfg.server.shards
         return ["server"] if n == 1 else [f"server{s}" for s in range(n)]
 
-    def _start_server(self) -> list[str]:
-        """Start the server (every shard), wait until each has bound; returns their endpoints in shard order."""
+    def _start_server(self) -> list[Child]:
+        """Hand the model off and start the server (every shard, in shard order); RunFailed when the task cannot
+        be built."""
         try:
             with writing(self.run_dir / "model"):
                 hand_off(self.cfg, self.run_dir)  # the server starts knowing its model and run
@@ -73,7 +76,11 @@ class AsyncRun(Run):
             raise RunFailed(f"the task cannot be built: {err}") from None
         args = ["--config", str(self.config_path), "--run-dir", str(self.run_dir)]
         shard = [["--shard", str(s)] for s in range(self.cfg.server.shards)] if self.shard_files else [[]]
-        servers = [self.sup.start(name, "ps", [*args, *more]) for name, more in zip(self._servers(), shard)]
+        return [self.sup.start(name, "ps", [*args, *more]) for name, more in zip(self._servers(), shard)]
+
+    def _wait_until_bound(self, servers: list[Child]) -> list[str]:
+        """Wait until every server has bound (at most START_TIMEOUT_S); their endpoints in shard order. RunFailed
+        naming the server when one exits first or the time is up."""
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             self.signals.check()

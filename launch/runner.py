@@ -19,7 +19,6 @@ from pathlib import Path
 
 from launch.eta import Limits
 from launch.outcome import Outcome, RunFailed
-from launch.plots import plot_run
 from launch.proclog import ProcessLog
 from launch.progress import Progress
 from launch.restarts import Restarts
@@ -120,6 +119,8 @@ class Run:
         return summary
 
     def _draw_plots(self, outcome: Outcome) -> None:
+        from launch.plots import plot_run  # matplotlib only now: its import is not on the way to the first update
+
         try:
             plot_run(self.run_dir)
         except WriteError as err:

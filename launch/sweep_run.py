@@ -19,7 +19,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from launch.report import write_report
 from launch.run import RunFailed, run_experiment
 from launch.rundir import make_run_dir
 from launch.signals import Stopped, StopSignals
@@ -93,6 +92,8 @@ def _outcome(r: PointResult) -> str:
 
 def write_sweep_reports(sweep_dir: Path, results: list[PointResult]) -> list[tuple[str, Path]]:
     """Overlaid plots of the successful points; returns (title, report.md) of each report written."""
+    from launch.report import write_report  # matplotlib only now, not at the launcher's start
+
     plan = report_plan(sweep_dir, results)
     return [(title, write_report(runs, folder, title).markdown) for title, runs, folder in plan]
 

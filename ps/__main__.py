@@ -23,6 +23,7 @@ import torch
 
 from protocol.config.loader import load_experiment
 from protocol.config.schema import ExperimentConfig
+from protocol.entry import freeze_imports
 from protocol.errors import ConfigError
 from protocol.runfolder.model_init import FILE, ModelInit, read_model_init
 from protocol.runfolder.records import ServerSummary
@@ -162,4 +163,5 @@ def _log_end(s: ServerSummary) -> None:
 
 
 if __name__ == "__main__":
+    freeze_imports()  # the imports are done: no collection need walk them again
     sys.exit(main())

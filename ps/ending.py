@@ -3,6 +3,7 @@ checkpoint, and server_summary.json with the last status and snapshot (ps/report
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from protocol.runfolder.records import ServerSummary
@@ -22,6 +23,7 @@ def finish(server: ParameterServer) -> ServerSummary:
         updates=server.version,
         stop_reason=server.stop_reason,
         wall_s=server.wall(),
+        started_unix=time.time() - server.wall() if server.t_start is not None else None,
         num_params=model.numel,
         ef_drift_max=model.agg.drift_max,
         steps_clipped=model.steps_clipped,

@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from protocol.config.loader import load_experiment
 from protocol.config.schema import ExperimentConfig
+from protocol.entry import freeze_imports
 from protocol.errors import ConfigError
 from protocol.runfolder.records import WorkerReport, write_record
 from sync.group import join_group, rank_device
@@ -125,4 +126,5 @@ def exit_code(stop_reason: str, own_request: str) -> int:
 
 
 if __name__ == "__main__":
+    freeze_imports()  # the imports are done: no collection need walk them again
     sys.exit(main())

@@ -94,3 +94,27 @@ def test_shard_benchmark_writes_every_case_with_the_model_beside_it(tmp_path):
     md = (out / "shard_push.md").read_text()
     assert data["command"] in md and f"| {TINY} | 1 | 2 | {row['taups']['2']['updates_per_s']:.1f} |" in md
     assert "Shards needed on hosts of their own" in md
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_startup_benchmark_writes_its_timeline_and_breakdown(tmp_path):
+    out = tmp_path / "out"
+    args = ["--repeats", "1", "--set", "workers=2", "run.max_updates=200", "run.plots=false", "--out", str(out)]
+    proc = _bench("bench.startup", args)
+    data = json.loads((out / "startup.json").read_text())
+    assert data["command"] == "python -m bench.startup " + " ".join(args)
+    (run,) = data["runs"]
+    e, p = run["events_s"], run["phases_s"]
+    order = ["validated", "handed_off", "server_bound", "training", "first_update", "training_end", "exit"]
+    assert [e[k] for k in order] == sorted(e[k] for k in order) and e["validated"] > 0
+    assert sum(v for k, v in p.items() if k != "first_update") == pytest.approx(e["exit"])
+    assert p["training_end"] == pytest.approx(e["training_end"] - e["training"])
+    imports = data["imports_s"]  # every process of the run, each having imported torch
+    assert set(imports) == {"launcher", "server", "evaluator", "worker0", "worker1"}
+    assert all(0 < i["torch"] < i["total"] for i in imports.values())
+    steps = data["steps_alone_s"]
+    assert steps["interpreter"] > 0 and steps["import torch"] > 0 and "preflight" in steps
+    md = (out / "startup.md").read_text()
+    assert data["command"] in md and f"| median | {e['exit']:.2f} | {e['first_update']:.2f} |" in md
+    assert f"wrote {out}/startup.md" in proc.stdout

@@ -22,6 +22,7 @@ import torch
 
 from protocol.config.loader import load_experiment
 from protocol.config.schema import ExperimentConfig
+from protocol.entry import freeze_imports
 from protocol.errors import ConfigError
 from protocol.runfolder.records import write_record
 from protocol.wire.curve import WorkerKeys, key_folder, worker_keys
@@ -150,4 +151,5 @@ def spans(ranks: list[int]) -> str:
 
 
 if __name__ == "__main__":
+    freeze_imports()  # the imports are done: no collection need walk them again
     sys.exit(main())

@@ -76,6 +76,9 @@ class ServerSummary:
     updates: int = 0
     stop_reason: str | None = None
     wall_s: float = 0.0
+    # when training started, in Unix seconds on the server's clock (wall_s and updates.csv's wall_s count from
+    # here; None when it never started or for the sync baseline): ties the records to other processes' clocks
+    started_unix: float | None = None
     num_params: int = 0
     pushes_received: int = 0
     pushes_applied: int = 0
