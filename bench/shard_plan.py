@@ -4,16 +4,20 @@ docs/performance.md, Choosing the number of shards). Nothing is measured: you gi
 python -m bench.shard_plan --params 100e6 --workers 64 --link-gbit 25 --mem-gbs 20 --compute-ms 100
 
 Prints the predicted updates/s and the binding resource for S = 1, 2, 4, ... and the fewest shards within 5% of
-the best. Hosts of their own are assumed (one shard per host, workers on other hosts); --mem-gbs is one core's
-memory bandwidth as the AMSGrad step sees it (bench/results/shard_push.md reports this machine's).
+the best, up to what a run can have (server.shards <= 64, every shard at least 64 parameters). Hosts of their
+own are assumed (one shard per host, workers on other hosts); --mem-gbs is one core's memory bandwidth as the
+AMSGrad step sees it (bench/results/shard_push.md reports this machine's).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from bench import cost_model
+from protocol.config.schema import MAX_SHARDS
+from protocol.wire.layout import SHARD_ALIGN
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,24 +27,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--link-gbit", type=float, required=True, help="each host's network link, Gb/s each way")
     ap.add_argument("--mem-gbs", type=float, required=True, help="one core's memory bandwidth, GB/s")
     ap.add_argument("--compute-ms", type=float, default=0.0, help="a worker's forward + backward, ms")
-    ap.add_argument("--max-shards", type=int, default=256)
+    ap.add_argument("--max-shards", type=int, default=MAX_SHARDS)
     args = ap.parse_args(argv)
-    for name in ("params", "workers", "link_gbit", "mem_gbs", "max_shards"):
-        if getattr(args, name) <= 0:
-            ap.error(f"--{name.replace('_', '-')} must be > 0")
-    if args.compute_ms < 0:
-        ap.error("--compute-ms must be >= 0")
+    _check(ap, args)
     costs = cost_model.network_costs(args.mem_gbs, args.link_gbit, args.compute_ms / 1e3)
     params = int(args.params)
+    # what a run can have: server.shards <= MAX_SHARDS, and every shard owns a block of SHARD_ALIGN parameters
+    most = max(1, min(args.max_shards, MAX_SHARDS, params // SHARD_ALIGN))
     s = 1
-    while s <= args.max_shards:
+    while s <= most:
         x, bound = cost_model.predict(params, args.workers, s, costs)
         print(f"S = {s:>4}: {x:10.1f} updates/s, bound by the {bound}")
         s *= 2
-    need = cost_model.shards_needed(params, args.workers, costs, args.max_shards)
+    need = cost_model.shards_needed(params, args.workers, costs, most)
     x, bound = cost_model.predict(params, args.workers, need, costs)
     print(f"shards needed: {need} ({x:.1f} updates/s, bound by the {bound}; more shards gain under 5%)")
     return 0
+
+
+def _check(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exits 2 (ap.error) naming the first figure that is not a finite number in its range."""
+    for name in ("params", "workers", "link_gbit", "mem_gbs", "compute_ms", "max_shards"):
+        value, flag = getattr(args, name), f"--{name.replace('_', '-')}"
+        if not math.isfinite(value):
+            ap.error(f"{flag} must be a finite number, got {value}")
+        if value < 0 or (value == 0 and name != "compute_ms"):
+            ap.error(f"{flag} must be {'>= 0' if name == 'compute_ms' else '> 0'}")
+    if args.params >= 2**63:
+        ap.error("--params must be below 2^63")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,9 @@ class Run:
             summary = self._conclude(outcome)
         finally:
             self.sup.terminate_all()  # a bug in the launcher itself must not leave children behind
-            remove_segments(self.run_dir.name)  # shared memory a killed server could not unlink
+            # shared memory a killed server could not unlink; only a dead writer's: the run id is the folder's
+            # name, so another live run in a folder of the same name (a/run, b/run) has the same prefix
+            remove_segments(self.run_dir.name, only_dead=True)
         self._report_write_errors(outcome)
         outcome.raise_unless_ok()
         return summary

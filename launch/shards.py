@@ -25,8 +25,11 @@ import torch
 
 from launch.rundir import read_json
 from launch.writes import WriteError, write_record_file
+from protocol.runfolder.model_init import FILE as MODEL_FILE
+from protocol.runfolder.model_init import read_model_init
 from protocol.runfolder.records import ServerSummary, read_record
 from protocol.runfolder.snapshot import FINAL, LATEST, read_snapshot, write_snapshot
+from protocol.wire.layout import shard_ranges
 
 
 def shard_dir(run_dir: Path, shard: int) -> Path:
@@ -63,7 +66,8 @@ class ShardFiles:
         updates = shard_dir(self.run_dir, 0) / "updates.csv"
         if updates.exists():
             _copy(updates, self.run_dir / "updates.csv")
-        merged = merge_summaries([self._summary(s) for s in range(self.shards)])
+        parts = [self._summary(s) for s in range(self.shards)]
+        merged = merge_summaries(parts, self._last_known() if None in parts else None)
         if merged is not None:
             write_record_file(self.run_dir / "server_summary.json", merged)
 
@@ -79,6 +83,17 @@ class ShardFiles:
 
     def _summary(self, shard: int) -> ServerSummary | None:
         return read_record(ServerSummary, shard_dir(self.run_dir, shard) / "server_summary.json")
+
+    def _last_known(self) -> list[tuple[int, int]] | None:
+        """Each shard's (parameters, last version in its status.json), for one that wrote no summary (killed);
+        None when the model file cannot be read."""
+        try:
+            total = read_model_init(self.run_dir / MODEL_FILE).layout.total
+        except ValueError:
+            return None
+        versions = [(read_json(shard_dir(self.run_dir, s) / "status.json") or {}).get("version", 0)
+                    for s in range(self.shards)]  # fmt: skip
+        return [(hi - lo, v) for (lo, hi), v in zip(shard_ranges(total, self.shards), versions)]
 
     def _assemble(self, paths: list[Path], out: Path) -> bool:
         try:
@@ -96,26 +111,31 @@ class ShardFiles:
         return True
 
 
-def merge_summaries(parts: list[ServerSummary | None]) -> ServerSummary | None:
+def merge_summaries(
+    parts: list[ServerSummary | None], last_known: list[tuple[int, int]] | None = None
+) -> ServerSummary | None:
     """Shard 0's summary (its counts of pushes, staleness, bytes, time) with every shard's figures; updates is
-    the smallest shard version (docs/design.md, Shards), ef_drift_max the largest drift."""
+    the smallest shard version (docs/design.md, Shards), ef_drift_max the largest drift. last_known: each
+    shard's (parameters, last version in its status.json), which count for a shard without a summary."""
     if not parts or parts[0] is None:
         return None
     merged = ServerSummary(**{**vars(parts[0])})
-    merged.shards = [_shard_figures(s, p) for s, p in enumerate(parts)]
+    merged.shards = [_shard_figures(s, p, last_known) for s, p in enumerate(parts)]
     versions = [p.updates for p in parts if p is not None]
-    merged.updates = min(versions)  # an update counts once every shard has applied its part of it
     merged.shard_spread = max(versions) - min(versions) if len(versions) == len(parts) else None
-    merged.num_params = sum(p.num_params for p in parts if p is not None)
+    versions += [f["updates"] for f in merged.shards if "updates" in f and f.get("missing")]
+    merged.updates = min(versions)  # an update counts once every shard has applied its part of it
+    merged.num_params = sum(f.get("num_params", 0) for f in merged.shards)
     merged.ef_drift_max = max(p.ef_drift_max for p in parts if p is not None)
     merged.write_errors = [f"shard {s}: {e}" for s, p in enumerate(parts) if p for e in p.write_errors]
     merged.write_errors += [f"shard {s}: no server_summary.json" for s, p in enumerate(parts) if p is None]
     return merged
 
 
-def _shard_figures(shard: int, p: ServerSummary | None) -> dict[str, Any]:
+def _shard_figures(shard: int, p: ServerSummary | None, last_known: list[tuple[int, int]] | None) -> dict[str, Any]:
     if p is None:
-        return {"shard": shard, "missing": True}
+        known = {"num_params": last_known[shard][0], "updates": last_known[shard][1]} if last_known else {}
+        return {"shard": shard, "missing": True, **known}
     return {
         "shard": shard,
         "num_params": p.num_params,

@@ -1,17 +1,22 @@
 """Child processes of a run: start them, watch them with psutil, tear them all down.
 
 Each child runs in its own session (so a terminal Ctrl-C reaches only the launcher, which then stops
-everyone in order) with stdout and stderr in logs/<name>.log.
+everyone in order) with stdout and stderr in logs/<name>.log. On Linux each child also gets SIGTERM when the
+launcher dies (prctl PR_SET_PDEATHSIG): a launcher killed with SIGKILL cannot stop them, and they would
+otherwise train on as orphans until run.max_seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +25,7 @@ import psutil
 from launch.writes import writing
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -92,6 +98,7 @@ class Supervisor:
             env={**self.env, **(env or {})},
             start_new_session=True,
             cwd=os.getcwd(),
+            preexec_fn=_dies_with(os.getpid()),
         )
         log.close()  # the child holds its own copy of the descriptor
         child = Child(name, popen, log_path, time.monotonic(), command=(module, list(args), dict(env or {})))
@@ -163,6 +170,21 @@ class Supervisor:
             }
             for c in self.children.values()
         }
+
+
+def _dies_with(launcher: int) -> Callable[[], None] | None:
+    """A preexec_fn (run in the child between fork and exec) that has the child get SIGTERM when the launcher
+    dies; a launcher already gone by then ends the child at once. None where prctl is not (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != launcher:
+            os._exit(1)
+
+    return preexec
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

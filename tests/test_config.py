@@ -217,6 +217,11 @@ def test_launcher_exits_2_when_the_config_is_a_folder(tmp_path):
         (["server.max_message_bytes=1e30"], "server.max_message_bytes"),  # ZMQ_MAXMSGSIZE is an int64
         (["server.endpoint=tcp://127.0.0.1:70000"], "server.endpoint"),
         (["server.endpoint=ipc:///tmp/" + "x" * 110], "server.endpoint"),
+        # shard s binds port P + s and ipc path + "-s": the last shard's must fit too
+        (["server.endpoint=tcp://127.0.0.1:65535", "server.shards=2"], "server.endpoint"),
+        (["server.endpoint=tcp://127.0.0.1:65530", "server.shards=7"], "server.endpoint"),
+        (["server.endpoint=ipc:///tmp/" + "x" * 102, "server.shards=2"], "server.endpoint"),
+        (["server.endpoint=ipc:///tmp/" + "x" * 101, "server.shards=11"], "server.endpoint"),
         (["server.threads=4096"], "server.threads"),
         (["worker.threads=4096"], "worker.threads"),
         (["worker.device=cuda:128"], "worker.device"),  # torch reads it as cuda:-128
@@ -317,3 +322,10 @@ def test_a_constant_delay_beyond_max_staleness_is_refused():
         build(ExperimentConfig, data)
     assert info.value.key == "staleness.max_staleness"
     assert build(ExperimentConfig, apply_overrides(data, ["staleness.max_staleness=4"])).staleness.max_staleness == 4
+
+
+def test_every_shards_endpoint_within_bounds_is_kept():
+    for endpoint, shards in [("tcp://127.0.0.1:65534", 2), ("tcp://127.0.0.1:0", 64), ("tcp://127.0.0.1:*", 3),
+                             ("ipc:///tmp/" + "x" * 94, 10)]:  # fmt: skip
+        cfg = build(ExperimentConfig, apply_overrides({}, [f"server.endpoint={endpoint}", f"server.shards={shards}"]))
+        assert cfg.server.shards == shards

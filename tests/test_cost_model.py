@@ -58,9 +58,24 @@ def test_the_plan_command_prints_the_shards_the_model_needs(capsys):
     assert f"shards needed: {need} (" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("bad", [["--params", "0"], ["--workers", "-1"], ["--compute-ms", "-5"]])
+@pytest.mark.parametrize(
+    "bad",
+    [["--params", "0"], ["--workers", "-1"], ["--compute-ms", "-5"], ["--params", "nan"], ["--params", "inf"],
+     ["--link-gbit", "nan"], ["--mem-gbs", "inf"], ["--compute-ms", "nan"], ["--params", "1e300"]],
+)  # fmt: skip
 def test_the_plan_command_refuses_a_bad_figure_naming_it(bad, capsys):
     argv = ["--params", "1e6", "--workers", "2", "--link-gbit", "25", "--mem-gbs", "20", *bad]
     with pytest.raises(SystemExit) as done:
         shard_plan.main(argv)
     assert done.value.code == 2 and bad[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("params, most", [("1e9", 64), ("200", 3), ("64", 1), ("1.5", 1)])
+def test_the_plan_never_needs_more_shards_than_a_run_may_have(params, most, capsys):
+    """server.shards is at most 64, and every shard owns at least 64 parameters (a whole aligned block)."""
+    argv = ["--params", params, "--workers", "256", "--link-gbit", "0.01", "--mem-gbs", "0.01", "--max-shards", "4096"]
+    assert shard_plan.main(argv) == 0
+    out = capsys.readouterr().out
+    need = int(out.split("shards needed: ")[1].split()[0])
+    listed = [int(line.split()[2].rstrip(":")) for line in out.splitlines() if line.startswith("S =")]
+    assert 1 <= need <= most and max(listed) <= most, out

@@ -125,3 +125,19 @@ def test_a_stop_signal_stops_the_current_sweep_point_and_the_sweep(tmp_path):
         assert not (sweep / "002-workers=1_seed=1").exists()  # no further point started
     finally:
         _stop_all(proc, children)
+
+
+@pytest.mark.slow
+def test_a_launcher_killed_with_sigkill_takes_every_process_of_its_run_with_it(tmp_path):
+    """SIGKILL cannot be caught, so the launcher cannot stop its children (each in its own session): they must
+    not train on as orphans until run.max_seconds (server shards included)."""
+    run = tmp_path / "run"
+    proc, children = _start([*LONG, "server.shards=2"], run), []
+    try:
+        _wait_for_updates(run, proc)
+        children, alive = _signal_and_count(proc, signal.SIGKILL, within_s=20.0)
+        assert len(children) >= 6 and not alive, [
+            " ".join(p.cmdline()) for p in alive
+        ]  # 2 shards, evaluator, 3 workers
+    finally:
+        _stop_all(proc, children)

@@ -291,3 +291,24 @@ def test_error_feedback_follows_each_shards_verdict_over_its_range():
     sent = decode_into(payload, d, torch.empty(d)).clone()
     ef14.commit_parts(parts)  # the residual keeps all of shard 1's part, and loses what shard 0 applied
     assert torch.equal(ef14.e, torch.cat([grad[:4] - sent[:4], grad[4:]]))
+
+
+def test_a_shard_without_a_summary_counts_with_its_last_status(tmp_path):
+    """A shard killed for good writes no server_summary.json: the merged one must not take shard 0's figures for
+    the whole run (num_params of one range, updates the other shard never reached)."""
+    from launch.shards import ShardFiles
+    from launch.writes import write_record_file
+    from protocol.runfolder.model_init import FILE, write_model_init
+
+    model = initial_model(make_config(), "run")
+    write_model_init(tmp_path / FILE, model)
+    (lo0, hi0), (lo1, hi1) = model.layout.shard_ranges(2)
+    (tmp_path / "shard-0").mkdir()
+    write_record_file(tmp_path / "shard-0" / "server_summary.json", ServerSummary(updates=267, num_params=hi0))
+    (tmp_path / "shard-1").mkdir()
+    (tmp_path / "shard-1" / "status.json").write_text(json.dumps({"version": 255, "updates": 255}))
+    ShardFiles(tmp_path, 2).finish()
+    merged = json.loads((tmp_path / "server_summary.json").read_text())
+    assert merged["num_params"] == model.layout.total and merged["updates"] == 255, merged
+    assert merged["shards"][1] == {"shard": 1, "missing": True, "num_params": hi1 - lo1, "updates": 255}
+    assert merged["write_errors"] == ["shard 1: no server_summary.json"] and merged["shard_spread"] is None

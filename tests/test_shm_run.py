@@ -91,6 +91,23 @@ def test_the_launcher_removes_the_segment_of_a_killed_server(tmp_path):
     assert segments(run) == []
 
 
+@pytest.mark.slow
+def test_the_launcher_leaves_the_live_segment_of_another_run_of_the_same_folder_name(tmp_path):
+    """The run id is the run folder's name, so two runs at a/run and b/run share the segment prefix: the sweep at
+    the end of one must not unlink the other's segment while its server (here a stand-in process) lives."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    decoy = shm.SHM_DIR / f"{shm.prefix('run')}{other.pid}-0badc0de"
+    try:
+        decoy.write_bytes(b"")
+        out = launch(["configs/tiny.yaml", "workers=1", "run.max_updates=20", "run.plots=false"], tmp_path / "run")
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert decoy.exists(), "the launcher removed the segment of a live server of another run"
+    finally:
+        other.kill()
+        other.wait()
+        decoy.unlink(missing_ok=True)
+
+
 @pytest.mark.parametrize(
     "args, says",
     [

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from protocol.errors import ConfigError
-from protocol.wire.endpoints import is_local, uses_curve
+from protocol.wire.endpoints import is_local, shard_endpoint, uses_curve
 
 # Every choice list is written once, as a Literal; the tuples are derived from it.
 DatasetName = Literal["digits", "synthetic", "mnist", "fashion_mnist", "libsvm"]
@@ -397,6 +397,7 @@ class ServerConfig:
     def check(self) -> None:
         self._check_endpoint()
         require(1 <= self.shards <= MAX_SHARDS, "shards", "must be in [1, 64]")
+        self._check_shard_endpoints()
         require(self.interface == "" or _is_address(self.interface), "interface",
                 f"must be an IP address of this host (e.g. 10.0.0.5), got {self.interface!r}")  # fmt: skip
         require(1 <= self.threads <= MAX_THREADS, "threads", "must be in [1, 1024]")
@@ -426,6 +427,20 @@ class ServerConfig:
             "an ipc path must be at most 107 bytes (a Unix socket address holds no more)",
         )
         self.check_exposure(self.endpoint)
+
+    def _check_shard_endpoints(self) -> None:
+        """Shard s binds port P + s or the ipc path + '-s' (shard_endpoint): the last shard's must be valid too."""
+        last = shard_endpoint(self.endpoint, self.shards - 1)
+        tcp = re.fullmatch(r"tcp://.*:(\d+)", last)
+        require(tcp is None or int(tcp[1]) <= 65535, "endpoint",
+                f"with server.shards {self.shards} the last shard would bind port {tcp and tcp[1]}, beyond 65535: "
+                "pick a lower port, or 0 for any free one")  # fmt: skip
+        require(
+            not last.startswith("ipc://") or len(last[len("ipc://") :].encode()) <= IPC_PATH_BYTES,
+            "endpoint",
+            f"with server.shards {self.shards} the last shard binds {last}, longer than 107 bytes (a Unix socket "
+            "address holds no more): use a shorter ipc path",
+        )
 
     def _check_budgets(self) -> None:
         for key in ("peer_messages_per_s", "stranger_messages_per_s"):
