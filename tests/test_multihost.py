@@ -29,7 +29,9 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 240
-ARGS = ["configs/tiny.yaml", "workers=4", "run.max_updates=600", "--quiet"]
+# server.transport=zmq: the namespaces share this host's /dev/shm, so "auto" would hand the workers in B the
+# parameters (and their pushes) through shared memory, and the veth pair would carry no tensors
+ARGS = ["configs/tiny.yaml", "workers=4", "run.max_updates=600", "server.transport=zmq", "--quiet"]
 
 
 def _sh(*cmd: str) -> subprocess.CompletedProcess:
