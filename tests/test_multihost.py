@@ -111,6 +111,7 @@ def test_torchrun_places_a_run_across_two_network_namespaces(two_hosts, tmp_path
     for rank in range(4):  # every worker's report reached the head's run folder
         report = json.loads((run / f"worker-{rank}.json").read_text())
         assert report["pushes"] > 0 and report["stop_reason"] == "max_updates", report
+        assert report["params_from_shm"] == 0, report  # every parameter came over the network
     assert (run / "snapshots" / "final.safetensors").exists() and (run / "plots").is_dir()
     _check_servers(run, summary, master, shards)
     one_host = subprocess.run([sys.executable, "-m", "launch", *args, "--run-dir", str(tmp_path / "one")],
