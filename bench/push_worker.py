@@ -2,11 +2,13 @@
 trips inside a measurement window. No model: a few preallocated random gradients, cycled, stand in for
 the model's gradient (a fixed one would let g_i converge to it and leave EF21 nothing to compress).
 With --shm the worker reads the parameters from the server's shared-memory segment, as a worker on the
-server's host does (worker/shm_params.py): its pushes ask for version-only replies.
+server's host does (worker/shm_params.py): its pushes ask for version-only replies. With --shm-push too, a
+dense float32 push leaves its values in the rank's push slot and travels as a header (values_in_shm), as a
+worker on the server's host does (docs/design.md, Shared-memory pushes).
 Everything else a real worker does per push is done: the error-feedback state update and compression
 (uplink.prepare), the push/reply exchange, and decoding what was sent into g_i (uplink.commit).
 
-python -m bench.push_worker --server EP --rank R --params P --warmup-s W --seconds S --out FILE [--shm]
+python -m bench.push_worker --server EP --rank R --params P --warmup-s W --seconds S --out FILE [--shm [--shm-push]]
                             [--method none|naive|ef14|ef21|ef21-sgdm|ef21-sgd2m --compressor topk
                              --ratio 0.01 --values float32 --indices auto --selection exact]
 """
@@ -72,6 +74,10 @@ def main() -> None:
     alloc = lambda cls, spec: params  # every reply lands in the same buffer
     welcome = _join(chan, args.rank, uplink.uplink, layout, alloc)
     reader = shm.SegmentReader(shm.Advert.from_wire(welcome.settings.get("shm")), args.params) if args.shm else None
+    if args.shm_push:
+        args.slot = shm.PushSlotWriter(
+            shm.Advert.from_wire(welcome.settings.get("shm_push"), args.rank), args.rank, args.params
+        )
     result = push_loop(chan, uplink, grads, args, welcome.next_seq, welcome.version, alloc, reader, params)
     chan.close()
     with open(args.out, "w") as f:
@@ -88,6 +94,7 @@ def _parse_args() -> argparse.Namespace:
     ap.add_argument("--out", required=True)
     ap.add_argument("--keys", default="", help="CURVE key folder (the server runs with server.auth: curve)")
     ap.add_argument("--shm", action="store_true", help="parameters from the server's shared-memory segment")
+    ap.add_argument("--shm-push", action="store_true", help="dense pushes through the rank's push slot (with --shm)")
     compression_args(ap)
     return ap.parse_args()
 
@@ -149,7 +156,11 @@ def push_loop(
 def _push(
     chan: Channel, args: argparse.Namespace, seq: int, version: int, kind: str, p: Payload, via_shm: bool = False
 ) -> int:
-    """Send one push of payload `p`; its size in bytes."""
+    """Send one push of payload `p`; its size in bytes (a push through the slot: the header only)."""
+    slot = getattr(args, "slot", None)
+    in_slot = slot is not None and p.encoding == "dense" and p.values is not None and p.values.dtype == torch.float32
+    if in_slot:
+        slot.write(seq, p.values.numpy())
     push = Push(
         rank=args.rank,
         seq=seq,
@@ -160,10 +171,11 @@ def _push(
         loss=0.0,
         samples=1,
         meta=p.meta,
-        values=p.values,
+        values=None if in_slot else p.values,
         indices=p.indices,
         signs=p.signs,
         shm=via_shm,
+        values_in_shm=in_slot,
     )
     return chan.send(push).nbytes
 
