@@ -29,7 +29,7 @@ from protocol.wire.channel import Channel
 from protocol.wire.curve import worker_keys
 from protocol.wire.encoding import Payload
 from protocol.wire.layout import Layout
-from protocol.wire.messages import Hello, Push, Reply, Stop, Welcome
+from protocol.wire.messages import Hello, Message, Pull, Push, Reply, Stop, Welcome
 from worker.compressors import make_compressor
 from worker.ef import make_uplink
 
@@ -121,14 +121,13 @@ def push_loop(
     counted, first, last, pushed_bytes = 0, None, None, 0
     cpu_first = cpu_last = 0.0  # this process's CPU time (all threads, zmq's I/O thread too) over the window
     split = {"prepare_s": 0.0, "exchange_s": 0.0, "commit_s": 0.0}
+    fell_back = {"shm_fallbacks": 0}
     while True:
         t0 = time.perf_counter()
         kind, p = uplink.prepare(grads[seq % len(grads)])
         t1 = time.perf_counter()
         sent = _push(chan, args, seq, version, kind, p, reader is not None)
-        reply = chan.recv(120, alloc=alloc).msg
-        if reader is not None and isinstance(reply, Reply):
-            assert reply.params is None and reader.read_into(params.numpy(), reply.version) is not None
+        reply = _answer(chan, alloc, reader, params, args.rank, fell_back)
         t2 = time.perf_counter()
         if isinstance(reply, Stop) or t2 > hi:
             break
@@ -148,9 +147,25 @@ def push_loop(
         "updates": counted,
         "window_s": (last - first) if counted > 1 else 0.0,
         "push_bytes": pushed_bytes,
+        **fell_back,
         "split_s": split,
         "cpu_s": cpu_last - cpu_first,
     }
+
+
+def _answer(chan: Channel, alloc, reader, params, rank: int, fell_back: dict) -> Message:
+    """The answer to a push; with a shared-memory `reader`, the parameters of its version read into `params`,
+    or pulled over ZeroMQ when the reads were torn every try (counted), as a worker does (worker/shm_params.py)."""
+    reply = chan.recv(120, alloc=alloc).msg
+    if reader is None or not isinstance(reply, Reply):
+        return reply
+    assert reply.params is None
+    if reader.read_into(params.numpy(), reply.version) is None:
+        fell_back["shm_fallbacks"] += 1
+        chan.send(Pull(rank=rank))
+        pulled = chan.recv(120, alloc=alloc).msg
+        assert isinstance(pulled, Reply) and pulled.params is not None, pulled
+    return reply
 
 
 def _push(

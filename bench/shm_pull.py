@@ -146,12 +146,14 @@ def _measure_push(args: argparse.Namespace, params: int, workers: int) -> dict:
     trials: dict[str, list[float]] = {case: [] for case in cases}
     down: dict[str, list[float]] = {"zmq": [], "shm": [], "shm_push": []}
     up: dict[str, list[float]] = {"zmq": [], "shm": [], "shm_push": []}
+    pulls = dict.fromkeys(trials, 0)  # shm reads torn every try, pulled over ZeroMQ instead (all trials)
     for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every case alike
         for case in trials:
-            rate, downlink, uplink = _one_case(case, params, workers, args.warmup_s, args.seconds)
+            rate, downlink, uplink, pulled = _one_case(case, params, workers, args.warmup_s, args.seconds)
             trials[case].append(rate)
             down.get(case, []).append(downlink)
             up.get(case, []).append(uplink)
+            pulls[case] += pulled
     med = {case: statistics.median(v) for case, v in trials.items()}
     return {
         "params": params,
@@ -161,6 +163,7 @@ def _measure_push(args: argparse.Namespace, params: int, workers: int) -> dict:
         "trials": {case: [round(x, 1) for x in v] for case, v in trials.items()},
         "downlink_bytes_per_update": {case: statistics.median(v) for case, v in down.items()},
         "socket_bytes_per_push": {case: statistics.median(v) for case, v in up.items()},
+        "shm_fallbacks": pulls,
     }
 
 
@@ -174,16 +177,17 @@ def _ratio(med: dict[str, float], a: str, b: str) -> float | None:
     return med[a] / med[b] if med.get(a) and med.get(b) else None
 
 
-def _one_case(case: str, params: int, workers: int, warmup_s: float, seconds: float) -> tuple[float, float, float]:
-    """Updates/s, the server's downlink bytes per update (0 for rpc: the parameters, or only a header) and the
-    bytes a push put on the socket (0 for rpc: the gradient, or only a header)."""
+def _one_case(case: str, params: int, workers: int, warmup_s: float, seconds: float) -> tuple[float, float, float, int]:
+    """Updates/s, the server's downlink bytes per update (0 for rpc: the parameters, or only a header), the
+    bytes a push put on the socket (0 for rpc: the gradient, or only a header) and the shm reads pulled instead."""
     if case in ("rpc", "rpc_tcp"):
         transport = "auto" if case == "rpc" else "tcp"
-        return rpc_baseline.measure(params, workers, warmup_s, seconds, transport), 0.0, 0.0
+        return rpc_baseline.measure(params, workers, warmup_s, seconds, transport), 0.0, 0.0, 0
     server = {"transport": "zmq" if case == "zmq" else "auto"}
     flags = {"zmq": [], "shm": ["--shm"], "shm_push": ["--shm", "--shm-push"]}[case]
     got = run_push_server(params, workers, warmup_s, seconds, "tcp://127.0.0.1:0", server=server, worker_flags=flags)
-    return got["updates_per_s"], got["summary"]["downlink_bytes"] / max(1, got["summary"]["updates"]), got["push_bytes"]
+    down = got["summary"]["downlink_bytes"] / max(1, got["summary"]["updates"])
+    return got["updates_per_s"], down, got["push_bytes"], got["shm_fallbacks"]
 
 
 def _push_line(r: dict) -> str:
