@@ -162,4 +162,5 @@ def summarize(results: list[dict], summary: dict) -> dict:
         "push_bytes": sum(r["push_bytes"] for r in results) / counted,  # steady state, inside the window
         "uplink_bytes_per_push": summary["uplink_bytes"] / max(1, summary["pushes_received"]),  # all, resets too
         "ef_drift_max": summary.get("ef_drift_max"),
+        "shm_fallbacks": sum(r.get("shm_fallbacks", 0) for r in results),  # --shm reads torn every try: pulled
     }

@@ -2,11 +2,13 @@
 trips inside a measurement window. No model: a few preallocated random gradients, cycled, stand in for
 the model's gradient (a fixed one would let g_i converge to it and leave EF21 nothing to compress).
 With --shm the worker reads the parameters from the server's shared-memory segment, as a worker on the
-server's host does (worker/shm_params.py): its pushes ask for version-only replies.
+server's host does (worker/shm_params.py): its pushes ask for version-only replies. With --shm-push too, a
+dense float32 push leaves its values in the rank's push slot and travels as a header (values_in_shm), as a
+worker on the server's host does (docs/design.md, Shared-memory pushes).
 Everything else a real worker does per push is done: the error-feedback state update and compression
 (uplink.prepare), the push/reply exchange, and decoding what was sent into g_i (uplink.commit).
 
-python -m bench.push_worker --server EP --rank R --params P --warmup-s W --seconds S --out FILE [--shm]
+python -m bench.push_worker --server EP --rank R --params P --warmup-s W --seconds S --out FILE [--shm [--shm-push]]
                             [--method none|naive|ef14|ef21|ef21-sgdm|ef21-sgd2m --compressor topk
                              --ratio 0.01 --values float32 --indices auto --selection exact]
 """
@@ -27,7 +29,7 @@ from protocol.wire.channel import Channel
 from protocol.wire.curve import worker_keys
 from protocol.wire.encoding import Payload
 from protocol.wire.layout import Layout
-from protocol.wire.messages import Hello, Push, Reply, Stop, Welcome
+from protocol.wire.messages import Hello, Message, Pull, Push, Reply, Stop, Welcome
 from worker.compressors import make_compressor
 from worker.ef import Uplink, make_uplink
 
@@ -77,6 +79,10 @@ def main() -> None:
     alloc = lambda cls, spec: params  # every reply lands in the same buffer
     welcome = _join(chan, args.rank, uplink.uplink, Layout.from_shapes([("w", (args.params,))]), alloc)
     reader = shm.SegmentReader(shm.Advert.from_wire(welcome.settings.get("shm")), args.params) if args.shm else None
+    if args.shm_push:
+        args.slot = shm.PushSlotWriter(
+            shm.Advert.from_wire(welcome.settings.get("shm_push"), args.rank), args.rank, args.params
+        )
     result = push_loop(chan, uplink, grads, args, welcome.next_seq, welcome.version, alloc, reader, params)
     chan.close()
     with open(args.out, "w") as f:
@@ -93,6 +99,7 @@ def _parse_args() -> argparse.Namespace:
     ap.add_argument("--out", required=True)
     ap.add_argument("--keys", default="", help="CURVE key folder (the server runs with server.auth: curve)")
     ap.add_argument("--shm", action="store_true", help="parameters from the server's shared-memory segment")
+    ap.add_argument("--shm-push", action="store_true", help="dense pushes through the rank's push slot (with --shm)")
     compression_args(ap)
     return ap.parse_args()
 
@@ -119,14 +126,13 @@ def push_loop(
     counted, first, last, pushed_bytes = 0, None, None, 0
     cpu_first = cpu_last = 0.0  # this process's CPU time (all threads, zmq's I/O thread too) over the window
     split = {"prepare_s": 0.0, "exchange_s": 0.0, "commit_s": 0.0}
+    fell_back = {"shm_fallbacks": 0}
     while True:
         t0 = time.perf_counter()
         kind, p = uplink.prepare(grads[seq % len(grads)])
         t1 = time.perf_counter()
         sent = _push(chan, args, seq, version, kind, p, reader is not None)
-        reply = chan.recv(120, alloc=alloc).msg
-        if reader is not None and isinstance(reply, Reply):
-            assert reply.params is None and reader.read_into(params.numpy(), reply.version) is not None
+        reply = _answer(chan, alloc, reader, params, args.rank, fell_back)
         t2 = time.perf_counter()
         if isinstance(reply, Stop) or t2 > hi:
             break
@@ -146,15 +152,35 @@ def push_loop(
         "updates": counted,
         "window_s": (last - first) if counted > 1 else 0.0,
         "push_bytes": pushed_bytes,
+        **fell_back,
         "split_s": split,
         "cpu_s": cpu_last - cpu_first,
     }
 
 
+def _answer(chan: Channel, alloc, reader, params, rank: int, fell_back: dict) -> Message:
+    """The answer to a push; with a shared-memory `reader`, the parameters of its version read into `params`,
+    or pulled over ZeroMQ when the reads were torn every try (counted), as a worker does (worker/shm_params.py)."""
+    reply = chan.recv(120, alloc=alloc).msg
+    if reader is None or not isinstance(reply, Reply):
+        return reply
+    assert reply.params is None
+    if reader.read_into(params.numpy(), reply.version) is None:
+        fell_back["shm_fallbacks"] += 1
+        chan.send(Pull(rank=rank))
+        pulled = chan.recv(120, alloc=alloc).msg
+        assert isinstance(pulled, Reply) and pulled.params is not None, pulled
+    return reply
+
+
 def _push(
     chan: Channel, args: argparse.Namespace, seq: int, version: int, kind: str, p: Payload, via_shm: bool = False
 ) -> int:
-    """Send one push of payload `p`; its size in bytes."""
+    """Send one push of payload `p`; its size in bytes (a push through the slot: the header only)."""
+    slot = getattr(args, "slot", None)
+    in_slot = slot is not None and p.encoding == "dense" and p.values is not None and p.values.dtype == torch.float32
+    if in_slot:
+        slot.write(seq, p.values.numpy())
     push = Push(
         rank=args.rank,
         seq=seq,
@@ -165,10 +191,11 @@ def _push(
         loss=0.0,
         samples=1,
         meta=p.meta,
-        values=p.values,
+        values=None if in_slot else p.values,
         indices=p.indices,
         signs=p.signs,
         shm=via_shm,
+        values_in_shm=in_slot,
     )
     return chan.send(push).nbytes
 

@@ -1,6 +1,6 @@
-"""Shared-memory parameters (docs/design.md, Shared-memory parameters): what a pull through the segment costs,
-and dense push updates/s with the parameters in shared memory against in every reply, beside
-torch.distributed.rpc, in one run.
+"""Shared-memory parameters and pushes (docs/design.md, Shared-memory parameters; Shared-memory pushes): what a
+pull through the segment costs, and dense push updates/s with the parameters (and the pushes) in shared memory
+against ZeroMQ both ways, beside torch.distributed.rpc, in one run.
 
 python -m bench.shm_pull [--pull-params 10000000] [--params 262144 4194304] [--workers 1 2] [--seconds 5]
                          [--repeats 3] [--out bench/results]
@@ -11,8 +11,9 @@ pull   a writer process publishes a version of --pull-params floats into a segme
        ZeroMQ round trip of that many bytes each way over loopback, zero-copy (half of it: one way).
 push   the real server (python -m ps) and bench workers pushing dense gradients: zmq (parameters in every
        reply) against shm (python -m bench.push_worker --shm: version-only replies, parameters read from the
-       segment), and torch.distributed.rpc (its auto transport, shared memory on one host) doing the same
-       work; interleaved --repeats times, medians.
+       segment; pushes over ZeroMQ) and shm_push (--shm --shm-push: the pushes through the rank's push slot
+       too), and torch.distributed.rpc doing the same work with its auto transport (shared memory on one host,
+       rpc) and pinned to loopback TCP (rpc_tcp); interleaved --repeats times, medians.
 Results go to bench/results/shm_pull.{md,json}; nothing is asserted.
 """
 
@@ -58,7 +59,9 @@ def _parse_args() -> argparse.Namespace:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--warmup-s", type=float, default=2.0)
-    ap.add_argument("--repeats", type=int, default=3, help="alternate zmq, shm and rpc this often; report medians")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="alternate zmq, shm, shm_push, rpc, rpc_tcp this often; medians"
+    )
     ap.add_argument("--no-rpc", action="store_true", help="leave torch.distributed.rpc out")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     return ap.parse_args()
@@ -138,39 +141,59 @@ def _pull_line(p: dict) -> str:
 
 
 def _measure_push(args: argparse.Namespace, params: int, workers: int) -> dict:
-    """One row: zmq, shm (and rpc) alternated args.repeats times, the median of each."""
-    trials: dict[str, list[float]] = {"zmq": [], "shm": [], **({} if args.no_rpc else {"rpc": []})}
-    down: dict[str, list[float]] = {"zmq": [], "shm": []}
+    """One row: zmq, shm, shm_push (and rpc, rpc_tcp) alternated args.repeats times, the median of each."""
+    cases = ["zmq", "shm", "shm_push", *([] if args.no_rpc else ["rpc", "rpc_tcp"])]
+    trials: dict[str, list[float]] = {case: [] for case in cases}
+    down: dict[str, list[float]] = {"zmq": [], "shm": [], "shm_push": []}
+    up: dict[str, list[float]] = {"zmq": [], "shm": [], "shm_push": []}
+    pulls = dict.fromkeys(trials, 0)  # shm reads torn every try, pulled over ZeroMQ instead (all trials)
     for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every case alike
         for case in trials:
-            rate, downlink = _one_case(case, params, workers, args.warmup_s, args.seconds)
+            rate, downlink, uplink, pulled = _one_case(case, params, workers, args.warmup_s, args.seconds)
             trials[case].append(rate)
             down.get(case, []).append(downlink)
+            up.get(case, []).append(uplink)
+            pulls[case] += pulled
     med = {case: statistics.median(v) for case, v in trials.items()}
     return {
         "params": params,
         "workers": workers,
         "updates_per_s": med,
-        "shm_over_zmq": med["shm"] / med["zmq"] if med["zmq"] else None,
-        "shm_over_rpc": med["shm"] / med["rpc"] if med.get("rpc") else None,
+        "ratios": {f"{a}_over_{b}": _ratio(med, a, b) for a, b in RATIOS},
         "trials": {case: [round(x, 1) for x in v] for case, v in trials.items()},
         "downlink_bytes_per_update": {case: statistics.median(v) for case, v in down.items()},
+        "socket_bytes_per_push": {case: statistics.median(v) for case, v in up.items()},
+        "shm_fallbacks": pulls,
     }
 
 
-def _one_case(case: str, params: int, workers: int, warmup_s: float, seconds: float) -> tuple[float, float]:
-    """Updates/s, and the server's downlink bytes per update (0 for rpc): the parameters, or only a header."""
-    if case == "rpc":
-        return rpc_baseline.measure(params, workers, warmup_s, seconds, "auto"), 0.0
+# the ratios each row reports: shm params over zmq, shm pushes over shm params and over zmq, and both shm paths
+# over rpc with each of its transports
+RATIOS = [("shm", "zmq"), ("shm_push", "shm"), ("shm_push", "zmq"), ("shm", "rpc"), ("shm_push", "rpc"),
+          ("shm_push", "rpc_tcp")]  # fmt: skip
+
+
+def _ratio(med: dict[str, float], a: str, b: str) -> float | None:
+    return med[a] / med[b] if med.get(a) and med.get(b) else None
+
+
+def _one_case(case: str, params: int, workers: int, warmup_s: float, seconds: float) -> tuple[float, float, float, int]:
+    """Updates/s, the server's downlink bytes per update (0 for rpc: the parameters, or only a header), the
+    bytes a push put on the socket (0 for rpc: the gradient, or only a header) and the shm reads pulled instead."""
+    if case in ("rpc", "rpc_tcp"):
+        transport = "auto" if case == "rpc" else "tcp"
+        return rpc_baseline.measure(params, workers, warmup_s, seconds, transport), 0.0, 0.0, 0
     server = {"transport": "zmq" if case == "zmq" else "auto"}
-    flags = ["--shm"] if case == "shm" else []
+    flags = {"zmq": [], "shm": ["--shm"], "shm_push": ["--shm", "--shm-push"]}[case]
     got = run_push_server(params, workers, warmup_s, seconds, "tcp://127.0.0.1:0", server=server, worker_flags=flags)
-    return got["updates_per_s"], got["summary"]["downlink_bytes"] / max(1, got["summary"]["updates"])
+    down = got["summary"]["downlink_bytes"] / max(1, got["summary"]["updates"])
+    return got["updates_per_s"], down, got["push_bytes"], got["shm_fallbacks"]
 
 
 def _push_line(r: dict) -> str:
     rates = "  ".join(f"{case} {v:7.1f}/s" for case, v in r["updates_per_s"].items())
-    return f"{r['params']:>8} params {r['workers']} workers: {rates}  shm/zmq {r['shm_over_zmq']:.2f}x"
+    ratios = "  ".join(f"{k.replace('_over_', '/')} {v:.2f}x" for k, v in r["ratios"].items() if v is not None)
+    return f"{r['params']:>8} params {r['workers']} workers: {rates}  {ratios}"
 
 
 # -- results ---------------------------------------------------------------------------------------------------
@@ -182,7 +205,7 @@ def _write(out: Path, pull: dict, rows: list[dict], args: argparse.Namespace) ->
     (out / "shm_pull.json").write_text(json.dumps({**meta, "pull": pull, "rows": rows}, indent=1))
     p = pull
     lines = [
-        "# Shared-memory parameters: pull and dense push",
+        "# Shared-memory parameters and pushes: pull and dense push",
         "",
         f"Measured {meta['date']} with `{meta['command']}`; medians (every trial in shm_pull.json).",
         "",
@@ -193,17 +216,24 @@ def _write(out: Path, pull: dict, rows: list[dict], args: argparse.Namespace) ->
         f"{p['publish_ms_median']:.2f} | {p['private_copy_ms_median']:.2f} | {p['zmq_one_way_ms']:.2f} | "
         f"{p['every_read_uniform']} |",
         "",
-        "| params | workers | zmq upd/s | shm upd/s | shm / zmq | rpc (auto) upd/s | shm / rpc |",
-        "|---|---|---|---|---|---|---|",
+        "zmq: parameters and pushes over ZeroMQ; shm: parameters from shared memory, pushes over ZeroMQ; "
+        "shm+push: both through shared memory; rpc: torch.distributed.rpc, auto transport (shared memory) and "
+        "loopback TCP.",
+        "",
+        "| params | workers | zmq upd/s | shm upd/s | shm+push upd/s | rpc (auto) upd/s | rpc (tcp) upd/s "
+        "| shm / zmq | shm+push / shm | shm+push / zmq | shm+push / rpc (auto) | shm+push / rpc (tcp) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_table_row(r) for r in rows]
     (out / "shm_pull.md").write_text("\n".join(lines) + "\n")
 
 
 def _table_row(r: dict) -> str:
-    u = r["updates_per_s"]
-    rpc = f"{u['rpc']:.1f} | {r['shm_over_rpc']:.2f}x" if "rpc" in u else "| "
-    return f"| {r['params']} | {r['workers']} | {u['zmq']:.1f} | {u['shm']:.1f} | {r['shm_over_zmq']:.2f}x | {rpc} |"
+    u, q = r["updates_per_s"], r["ratios"]
+    rates = " | ".join(f"{u[c]:.1f}" if c in u else "" for c in ("zmq", "shm", "shm_push", "rpc", "rpc_tcp"))
+    keys = ("shm_over_zmq", "shm_push_over_shm", "shm_push_over_zmq", "shm_push_over_rpc", "shm_push_over_rpc_tcp")
+    ratios = " | ".join(f"{q[k]:.2f}x" if q.get(k) else "" for k in keys)
+    return f"| {r['params']} | {r['workers']} | {rates} | {ratios} |"
 
 
 if __name__ == "__main__":

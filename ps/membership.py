@@ -163,7 +163,9 @@ class Membership:
     def welcome(self, member: Member, model: ServedModel, uplink: str) -> None:
         settings: dict[str, object] = {"workers": self.cfg.workers, "optimizer": self.cfg.optimizer.name}
         settings["uplink"] = uplink
-        settings.update(model.shared.advert() if model.shared is not None else {})
+        if model.shared is not None:  # the parameter segment, and this rank's push slot beside it
+            settings.update(model.shared.advert())
+            settings.update(model.shared.push_advert(member.rank))
         if self.cfg.server.shards > 1:  # the worker checks it cut the same ranges
             settings["shard"] = [model.shard, model.lo, model.lo + model.numel]
         welcome = Welcome(model.version, member.last_seq + 1, model.layout.to_wire(), settings)

@@ -91,9 +91,14 @@ class ServedModel:
         return self.params.numel()
 
     def stage(self, push: Push) -> Staged:
-        """Validate and decode (buffers too, if the push carries some); raises ProtocolError, changes nothing."""
+        """Validate and decode (buffers too, if the push carries some); raises ProtocolError, changes nothing.
+        A push with values_in_shm gets `values` set to a view of its slot (ps/shared_params.py, push_values)."""
         if push.buffers is not None:
             check_buffers(push.buffers, self.buffer_layout.total)
+        if push.values_in_shm:  # the values are in the rank's push slot: staged from a view of it, no copy
+            if self.shared is None:
+                raise ProtocolError("no_shm_slot", f"rank {push.rank} has no push slot on this server")
+            push.values = self.shared.push_values(push)
         return self.agg.stage(push)
 
     def note_buffers(self, rank: int, buffers: torch.Tensor | None) -> None:

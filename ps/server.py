@@ -140,6 +140,8 @@ class ParameterServer:
     def _on_push(self, got: Received) -> None:
         push, identity = got.msg, got.identity
         assert isinstance(push, Push) and identity is not None
+        # a push from a shared-memory slot counts its values too (docs/design.md, Shared-memory pushes)
+        got = got._replace(nbytes=got.nbytes + (4 * self.model.numel if push.values_in_shm else 0))
         self.report.counters.uplink_bytes += got.nbytes
         tau = self.version - push.base_version
         if self.stop_reason is not None:

@@ -7,6 +7,10 @@ version: just before that reply goes out, the parameters of that version are pub
 arrived finds that version or a newer one. Pulls, Welcomes and every worker that did not ask get the
 parameters over ZeroMQ as before. Closed (unlinked) when the server ends; the launcher removes what a
 killed server left.
+
+Push slots (docs/design.md, Shared-memory pushes): while the segment exists, each rank's Welcome also offers
+that rank a push slot (created the first time the rank is welcomed; settings["shm_push"]), and a push that
+says values_in_shm is staged from a view of the slot instead of a values frame. Closed with the segment.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import logging
 import torch
 
 from protocol.config.schema import ExperimentConfig
+from protocol.errors import ProtocolError
 from protocol.wire import shm
+from protocol.wire.messages import Push
 
 log = logging.getLogger("ps")
 
@@ -29,6 +35,8 @@ class SharedParams:
         self.run_id, self.numel = run_id, numel
         self.writer: shm.SegmentWriter | None = None
         self.replies = 0  # replies that carried only the version
+        self.slots: dict[int, shm.PushSlot | None] = {}  # per rank: its push slot (None: it could not be made)
+        self.slot_pushes = 0  # pushes whose values were read from a slot
 
     @property
     def active(self) -> bool:
@@ -39,6 +47,41 @@ class SharedParams:
         if self.wanted and self.writer is None:
             self._create()
         return {"shm": self.writer.advert().to_wire()} if self.writer is not None else {}
+
+    def push_advert(self, rank: int) -> dict:
+        """What rank's Welcome says of its push slot ({} without a segment, or when the slot cannot be made);
+        creates the slot the first time."""
+        if self.writer is None:
+            return {}
+        if rank not in self.slots:
+            self.slots[rank] = self._create_slot(rank)
+        slot = self.slots[rank]
+        return {"shm_push": slot.advert().to_wire()} if slot is not None else {}
+
+    def _create_slot(self, rank: int) -> shm.PushSlot | None:
+        try:
+            slot = shm.PushSlot(self.run_id, rank, self.numel)
+        except OSError as err:
+            log.warning("cannot create rank %d's push slot (%s): its pushes go over ZeroMQ", rank, err)
+            return None
+        log.info("rank %d may push through /dev/shm/%s", rank, slot.name)
+        return slot
+
+    def push_values(self, push: Push) -> torch.Tensor:
+        """The float32 (numel,) values of a push that says values_in_shm: a view of its rank's slot (no copy;
+        valid until the rank's worker gets its answer). Raises ProtocolError: no_shm_slot (this server offered
+        the rank none), bad_field (a values frame too, or not a dense push), stale_slot (the slot holds no values
+        of this push)."""
+        slot = self.slots.get(push.rank)
+        if slot is None:
+            raise ProtocolError("no_shm_slot", f"rank {push.rank} has no push slot on this server; send the values")
+        if push.values is not None or push.encoding != "dense":
+            raise ProtocolError("bad_field", "a push with values_in_shm is dense and carries no values frame")
+        values = slot.values(push.seq)
+        if values is None:
+            raise ProtocolError("stale_slot", f"rank {push.rank}'s push slot does not hold push {push.seq}")
+        self.slot_pushes += 1
+        return torch.from_numpy(values)
 
     def _create(self) -> None:
         self.wanted = False  # one attempt: a host without /dev/shm stays on ZeroMQ
@@ -63,6 +106,10 @@ class SharedParams:
         return True
 
     def close(self) -> None:
+        for slot in self.slots.values():
+            if slot is not None:
+                slot.close()
+        self.slots.clear()
         if self.writer is not None:
             self.writer.close()
             self.writer = None

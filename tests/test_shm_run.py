@@ -1,6 +1,7 @@
-"""Shared-memory parameters in real runs of `python -m launch` (docs/design.md, Shared-memory parameters): the
-same training as over ZeroMQ, bitwise the same with one worker, the worker's fallback to a pull, config
-errors naming server.transport, and no segment left in /dev/shm, a killed server's included."""
+"""Shared-memory parameters and pushes in real runs of `python -m launch` (docs/design.md, Shared-memory
+parameters; Shared-memory pushes): the same training as over ZeroMQ, bitwise the same with one worker (dense
+and EF21, whose reset and dense deltas go through the push slot), the worker's fallback to a pull, config
+errors naming server.transport, and no segment or push slot left in /dev/shm, a killed server's included."""
 
 from __future__ import annotations
 
@@ -71,6 +72,24 @@ def test_one_worker_ends_with_bitwise_the_same_parameters_over_either_path(tmp_p
         finals[transport] = read_snapshot(run / "snapshots" / "final.safetensors")[1]
         (report,) = worker_reports(run, 1)
         assert (report["params_from_shm"] > 0) == (transport == "shm"), report
+        assert report["pushes_via_shm"] == (report["pushes"] if transport == "shm" else 0), report
+    assert torch.equal(finals["shm"], finals["zmq"])
+
+
+@pytest.mark.slow
+def test_ef21_through_the_push_slot_keeps_the_mirror_exact_and_trains_bitwise_as_over_zeromq(tmp_path):
+    """EF21 with the identity compressor: the dense reset and every dense delta through the slot. Were the
+    server's g_i a view of the slot, the worker's next write would change it, and the mirror check (meta
+    g_sq) and the final parameters would show it."""
+    more = ("workers=1", "run.max_updates=150", "compression.method=ef21", "compression.resync_every=10")
+    finals = {}
+    for transport in ("shm", "zmq"):
+        run, summary = _run(tmp_path, transport, *more)
+        server = json.loads((run / "server_summary.json").read_text())
+        assert summary["updates"] == 150 and server["ef_drift_max"] < 1e-6, server
+        finals[transport] = read_snapshot(run / "snapshots" / "final.safetensors")[1]
+        (report,) = worker_reports(run, 1)
+        assert report["pushes_via_shm"] == (report["pushes"] if transport == "shm" else 0), report
     assert torch.equal(finals["shm"], finals["zmq"])
 
 
@@ -81,9 +100,10 @@ def test_the_launcher_removes_the_segment_of_a_killed_server(tmp_path):
     proc = subprocess.Popen([*cmd, "--run-dir", str(run), "--quiet"], cwd=ROOT, text=True, stdout=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not segments(run) and time.monotonic() < deadline:
+        while len(segments(run)) < 4 and time.monotonic() < deadline:  # the parameters and 3 push slots
             time.sleep(0.1)
-        (name,) = segments(run)
+        (name,) = [n for n in segments(run) if "-push" not in n]
+        assert len(segments(run)) == 4, segments(run)
         os.kill(int(name.split("@")[1].split("-")[0]), signal.SIGKILL)  # the server: it cannot unlink
         assert proc.wait(timeout=120) == 1
     finally:

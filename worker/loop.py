@@ -145,21 +145,23 @@ class WorkerLoop:
 
     def _push(self, kind: str, payload: Payload, loss: float, samples: int) -> bool:
         """Push, wait for the answer and act on it; True when the server said Stop (ShardedLoop: any shard)."""
-        push = Push(
-            rank=self.rank,
-            seq=self.seq,
-            base_version=self.version,
-            kind=kind,
-            encoding=payload.encoding,
-            numel=payload.numel,
-            loss=loss,
-            samples=samples,
-            meta=self._meta(payload, kind),
-            values=payload.values,
-            indices=payload.indices,
-            signs=payload.signs,
-            shm=self.shm.active,
-            buffers=self._buffers_due(),
+        push = self.shm.place(  # a dense push on the server's host: its values through the push slot
+            Push(
+                rank=self.rank,
+                seq=self.seq,
+                base_version=self.version,
+                kind=kind,
+                encoding=payload.encoding,
+                numel=payload.numel,
+                loss=loss,
+                samples=samples,
+                meta=self._meta(payload, kind),
+                values=payload.values,
+                indices=payload.indices,
+                signs=payload.signs,
+                shm=self.shm.active,
+                buffers=self._buffers_due(),
+            )
         )
         reply = self._exchange(push)
         self.stats.pushes += 1
@@ -227,6 +229,7 @@ class WorkerLoop:
     def _handle(self, reply: Message) -> None:
         if isinstance(reply, Reply):
             self._rejects_in_a_row = 0
+            self.shm.answered(refused=False)
             self.seq += 1
             self.version = reply.version
             self.uplink.commit(reply.applied)
@@ -239,6 +242,7 @@ class WorkerLoop:
             self._load_params()
         elif isinstance(reply, Reject):
             self.uplink.commit(False)
+            self.shm.answered(refused=True, code=reply.code)
             self.stats.rejected += 1
             self._rejects_in_a_row += 1
             if reply.expected_seq >= 0:

@@ -5,6 +5,12 @@ it when it is on this host and is the advertised one. From then on its pushes as
 (Push.shm), and after each such Reply it copies the parameters of that version (or a newer one: then that is
 the version it computes on) out of the segment into its parameter buffer. A read that finds no consistent
 version in a bounded number of tries falls back to a Pull, answered with the parameters over ZeroMQ.
+
+Pushes (docs/design.md, Shared-memory pushes): when the Welcome also offers this rank a push slot, a dense
+float32 push leaves its values there and travels as a header with values_in_shm. The slot is written only
+while `clean`: no push of this worker was refused since its last Reply. A refused push may still have resent
+copies queued at the server, which it would read after this worker wrote its next values; after a Reject the
+pushes go over ZeroMQ until a Reply shows every earlier copy handled.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import torch
 from protocol.config.schema import ExperimentConfig
 from protocol.runfolder.records import WorkerReport
 from protocol.wire import shm
+from protocol.wire.messages import Push
 
 log = logging.getLogger("worker")
 
@@ -25,6 +32,8 @@ class ShmParams:
     def __init__(self, cfg: ExperimentConfig, rank: int, stats: WorkerReport):
         self.mode, self.rank, self.stats = cfg.server.transport, rank, stats
         self.reader: shm.SegmentReader | None = None
+        self.slot: shm.PushSlotWriter | None = None
+        self.clean = True  # no push refused since the last Reply: the slot may be written
 
     @property
     def active(self) -> bool:
@@ -46,7 +55,39 @@ class ShmParams:
             log.info("rank %d: parameters over ZeroMQ (%s)", self.rank, err)
             return None
         log.info("rank %d: parameters from shared memory (/dev/shm/%s)", self.rank, self.reader.name)
+        self._attach_slot(settings, numel)
         return None
+
+    def _attach_slot(self, settings: dict, numel: int) -> None:
+        """Open this rank's push slot when the Welcome offers one (else, or when it cannot: pushes over ZeroMQ)."""
+        if "shm_push" not in settings:
+            return
+        try:
+            self.slot = shm.PushSlotWriter(shm.Advert.from_wire(settings["shm_push"], self.rank), self.rank, numel)
+        except shm.SegmentError as err:
+            log.info("rank %d: pushes over ZeroMQ (%s)", self.rank, err)
+            return
+        log.info("rank %d: dense pushes through shared memory (/dev/shm/%s)", self.rank, self.slot.name)
+
+    def place(self, push: Push) -> Push:
+        """Move a dense float32 push's values into the slot (when there is one and it is clean): the push then
+        says values_in_shm and carries no values frame. Other pushes are returned as they are."""
+        values = push.values
+        if self.slot is None or not self.clean or push.encoding != "dense" or values is None:
+            return push
+        if values.dtype != torch.float32 or values.device.type != "cpu" or values.numel() != self.slot.numel:
+            return push
+        self.slot.write(push.seq, values.detach().numpy())
+        push.values, push.values_in_shm = None, True
+        self.stats.pushes_via_shm += 1
+        return push
+
+    def answered(self, refused: bool, code: str = "") -> None:
+        """The answer to a push came: a Reply (refused False) makes the slot writable again, a Reject not (and
+        a server that says the rank has no slot is not sent slot pushes again until the next join)."""
+        self.clean = not refused
+        if code == "no_shm_slot":
+            self._close_slot()
 
     def load(self, params: torch.Tensor, version: int, pull: Callable[[], int]) -> int:
         """Copy the parameters of `version` or newer into `params` (host memory); the version copied. Without a
@@ -63,3 +104,9 @@ class ShmParams:
         if self.reader is not None:
             self.reader.close()
             self.reader = None
+        self._close_slot()
+
+    def _close_slot(self) -> None:
+        if self.slot is not None:
+            self.slot.close()
+            self.slot = None

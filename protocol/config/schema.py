@@ -358,7 +358,9 @@ class ServerConfig:
     # how parameters reach the workers: zmq: in every reply; shm: a worker on the server's host reads them from
     # shared memory (/dev/shm, mode 0600) and the reply carries only their version, and a worker that cannot
     # open the segment fails; auto: shm for the workers that can open it, zmq for the others (docs/design.md,
-    # Shared-memory parameters). Without staleness.delay only (the delay answers with older versions).
+    # Shared-memory parameters). Without staleness.delay only (the delay answers with older versions). With a
+    # segment, each rank is also offered a push slot for the values of its dense float32 pushes (docs/design.md,
+    # Shared-memory pushes); zmq: none
     transport: Literal["auto", "zmq", "shm"] = "auto"
     threads: int = 1  # torch intra-op threads in the server (the step is memory-bound)
     # tensors travel as frames of at most this size (1 MiB moves fastest); a tensor may have 65536 frames

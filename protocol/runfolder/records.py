@@ -142,6 +142,7 @@ class WorkerReport:
     pushes_clipped: int = 0  # pushes whose values were clipped to the wire dtype's range (float16: 65504)
     params_from_shm: int = 0  # replies whose parameters came from the server's shared-memory segment
     shm_fallbacks: int = 0  # ... that found no consistent version there and were pulled over ZeroMQ
+    pushes_via_shm: int = 0  # dense pushes whose values went through the rank's push slot (no values frame)
     stop_reason: str = ""
 
 

@@ -70,6 +70,9 @@ class Push(Message):
     signs: Tensor | None = None
     # the worker reads parameters from the server's shared-memory segment: the reply carries only the version
     shm: bool = False
+    # the dense float32 values are in the rank's push slot on the server's host (docs/design.md, Shared-memory
+    # pushes), not in a `values` frame
+    values_in_shm: bool = False
     buffers: Tensor | None = None  # now and then: the worker's model buffers (float32, the buffer layout)
 
 

@@ -24,6 +24,21 @@ loads (TSO); an aligned 8-byte load or store is a single instruction, never torn
 C call from Python, so no compiler reorders across them. A large memcpy may use non-temporal stores, which
 TSO does not order; `_fence` (taking and releasing an uncontended lock: a locked instruction, a full barrier
 on x86-64) sits between the copy and the sequence stores on both sides.
+
+Push slots (docs/design.md, Shared-memory pushes): one more file per rank, taups-<run id>@<pid>-<random>-push<rank>,
+that the SERVER creates (0600, never an existing file) and the rank's worker maps writable to leave a dense
+float32 push in; little-endian:
+
+    0      8  magic b"TAUPSPU1"
+    8      8  numel (uint64)
+    16    16  nonce
+    32     8  rank (uint64)
+    64     8  written: 1 + the seq of the push whose values the slot holds (0: none yet)
+    4096      numel float32
+
+No seqlock: the protocol orders the accesses (the worker writes only while no push of its can still be read
+by the server, and the server reads only while it handles that push); `written` lets the server check that
+the slot holds the push it names.
 """
 
 from __future__ import annotations
@@ -43,6 +58,8 @@ import numpy as np
 
 SHM_DIR = Path("/dev/shm")
 MAGIC = b"TAUPSHM1"
+PUSH_MAGIC = b"TAUPSPU1"
+WRITTEN_AT = 64  # a push slot's `written` word
 HEADER_BYTES = 4096
 SLOT_HEADER = 64  # slot i's seq and version live at 64 * (i + 1)
 PAGE = 4096
@@ -125,13 +142,20 @@ class Advert:
         return {"name": self.name, "host": self.host, "numel": self.numel, "nonce": self.nonce}
 
     @classmethod
-    def from_wire(cls, d: object) -> Advert:
-        """Raises SegmentError for anything but a well-formed advert (it comes from the wire)."""
+    def from_wire(cls, d: object, push_rank: int | None = None) -> Advert:
+        """Raises SegmentError for anything but a well-formed advert (it comes from the wire): of the parameter
+        segment, or with push_rank, of that rank's push slot (its name ends in -push<rank>)."""
+        tail = "" if push_rank is None else f"-push{push_rank}"
         if not isinstance(d, dict) or {type(d.get(k)) for k in ("name", "host", "nonce")} != {str}:
             raise SegmentError("the server's shared-memory advert is malformed")
-        if type(d.get("numel")) is not int or not re.fullmatch(r"taups-[A-Za-z0-9._-]+@[0-9]+-[0-9a-f]+", d["name"]):
+        pattern = r"taups-[A-Za-z0-9._-]+@[0-9]+-[0-9a-f]+" + re.escape(tail)
+        if type(d.get("numel")) is not int or not re.fullmatch(pattern, d["name"]) or not _hex(d["nonce"]):
             raise SegmentError("the server's shared-memory advert is malformed")
         return cls(d["name"], d["host"], d["numel"], d["nonce"])
+
+
+def _hex(text: str) -> bool:
+    return re.fullmatch(r"(?:[0-9a-f]{2})+", text) is not None
 
 
 class _Mapped:
@@ -254,6 +278,104 @@ class SegmentReader:
     def _newer_slot(self) -> int:
         h0, h1 = self._m.headers
         return 0 if int(h0[1]) >= int(h1[1]) else 1
+
+    def close(self) -> None:
+        self._m.close()
+
+
+# -- push slots ---------------------------------------------------------------------------------------------
+
+
+def _slot_size(numel: int) -> int:
+    return HEADER_BYTES + _stride(numel)
+
+
+def _slot_head(numel: int, nonce: str, rank: int) -> bytes:
+    """A push slot's first 40 bytes: magic, numel, nonce, rank."""
+    return PUSH_MAGIC + numel.to_bytes(8, "little") + bytes.fromhex(nonce) + rank.to_bytes(8, "little")
+
+
+class _SlotMap:
+    """A push slot's mapping: the `written` word and the values, as numpy views."""
+
+    def __init__(self, fd: int, numel: int):
+        self.map = mmap.mmap(fd, _slot_size(numel), access=mmap.ACCESS_WRITE)
+        buf = np.frombuffer(self.map, dtype=np.uint8)
+        self.written = buf[WRITTEN_AT : WRITTEN_AT + 8].view(np.uint64)
+        self.values = buf[HEADER_BYTES : HEADER_BYTES + 4 * numel].view(np.float32)
+
+    def close(self) -> None:
+        del self.written, self.values  # the views go first: an mmap with exported buffers cannot close
+        with contextlib.suppress(BufferError):
+            self.map.close()
+
+
+class PushSlot:
+    """The server's side of one rank's push slot: creates it (0600, O_EXCL, pages reserved: ENOSPC raises
+    OSError here, not SIGBUS later) and reads the values a push names. Unlinked at close, collection or exit."""
+
+    def __init__(self, run_id: str, rank: int, numel: int):
+        self.name = f"{prefix(run_id)}{os.getpid()}-{secrets.token_hex(4)}-push{rank}"
+        self.path = SHM_DIR / self.name
+        self.nonce, self.rank, self.numel = secrets.token_hex(16), rank, numel
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        self._unlink = weakref.finalize(self, _unlink, self.path)
+        try:
+            os.posix_fallocate(fd, 0, _slot_size(numel))
+            self._m = _SlotMap(fd, numel)
+        except OSError:
+            self._unlink()
+            raise
+        finally:
+            os.close(fd)
+        head = _slot_head(numel, self.nonce, rank)
+        self._m.map[: len(head)] = head
+
+    def advert(self) -> Advert:
+        return Advert(self.name, host_id(), self.numel, self.nonce)
+
+    def values(self, seq: int) -> np.ndarray | None:
+        """The slot's numel float32 values, a view (no copy), when they are those of push `seq`; else None."""
+        if int(self._m.written[0]) != seq + 1:
+            return None
+        _fence()  # the values are read after the `written` word (the worker stored them before it)
+        return self._m.values
+
+    def close(self) -> None:
+        self._unlink()
+        self._m.close()
+
+
+class PushSlotWriter:
+    """The worker's side: opens the advertised slot of its rank read-write. Raises SegmentError when it is not
+    this host's, cannot be opened, or is not the advertised one (size, magic, nonce, rank)."""
+
+    def __init__(self, advert: Advert, rank: int, expected_numel: int):
+        if advert.host != host_id() or advert.numel != expected_numel:
+            raise SegmentError(f"push slot {advert.name} is on another host or of another size")
+        try:
+            fd = os.open(SHM_DIR / advert.name, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError as err:
+            raise SegmentError(f"cannot open /dev/shm/{advert.name}: {err.strerror}") from None
+        try:
+            if os.fstat(fd).st_size != _slot_size(advert.numel):
+                raise SegmentError(f"/dev/shm/{advert.name} has the wrong size")
+            self._m = _SlotMap(fd, advert.numel)
+        finally:
+            os.close(fd)
+        want = _slot_head(advert.numel, advert.nonce, rank)
+        if self._m.map[: len(want)] != want:
+            self._m.close()
+            raise SegmentError(f"/dev/shm/{advert.name} is not the push slot the server advertised")
+        self.name, self.numel = advert.name, advert.numel
+
+    def write(self, seq: int, values: object) -> None:
+        """Leave push `seq`'s values (numel float32, viewed without a copy) in the slot."""
+        self._m.written[0] = 0  # a slot half written names no push
+        _fence()
+        np.copyto(self._m.values, np.asarray(values).reshape(-1))
+        _fence()
+        self._m.written[0] = seq + 1
 
     def close(self) -> None:
         self._m.close()
