@@ -150,7 +150,7 @@ class EF21Uplink:
         self.g = torch.zeros(numel, device=device)  # g_i, mirrored by the server
         self.v = torch.zeros_like(self.g) if self.eta < 1 or self.double else None  # momentum v_i
         self.u = torch.zeros_like(self.g) if self.double else None  # second momentum u_i
-        self._diff = torch.zeros_like(self.g)
+        self._diff: torch.Tensor | None = None  # target - g_i, for a compressor without compress_difference
         self._sent = torch.zeros(numel)  # host scratch for decoding
         self._need_reset = True
         self._started = False
@@ -176,9 +176,18 @@ class EF21Uplink:
         if self._need_reset:  # exact float32, so both sides set g_i to the same vector
             self._pending = ("reset", encode_dense(target.detach().float().cpu().clone()))
         else:
-            torch.sub(target, self.g, out=self._diff)
-            self._pending = ("delta", self.compressor.compress(self._diff))
+            self._pending = ("delta", self._compress_difference(target))
         return self._pending
+
+    def _compress_difference(self, target: torch.Tensor) -> Payload:
+        """C(target - g_i): through the compressor's compress_difference when it has one (Top-K's skips
+        writing the difference out, the same payload), else by writing it into a reused buffer."""
+        fused = getattr(self.compressor, "compress_difference", None)
+        if fused is not None:
+            return fused(target, self.g)
+        if self._diff is None:
+            self._diff = torch.empty_like(self.g)
+        return self.compressor.compress(torch.sub(target, self.g, out=self._diff))
 
     def commit(self, applied: bool) -> None:
         assert self._pending is not None
