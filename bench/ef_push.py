@@ -7,7 +7,8 @@ Cases (the server runs AMSGrad, as in bench/dense_push.py; bench workers per ben
   ef21 f32     EF21, Top-K 1% (exact), float32 values + int32 indices
   ef21 bf16    EF21, Top-K 1% (exact), bfloat16 values + auto index coding
 Each EF21 push does the real worker-side work: g_i update and compression of c = grad - g_i
-(prepare), then decoding what was sent into g_i (commit). Prints updates/s (summed over workers) and
+(prepare), then decoding what was sent into g_i (uplink.sent while the reply is awaited, as
+worker/loop.py does, and commit). Prints updates/s (summed over workers) and
 its ratio to dense, steady-state uplink bytes per push and how many times smaller than dense, and the
 server's (receive, apply, reply) and the workers' (prepare, exchange, commit) time per push. Cases run
 interleaved, `repeats` times; figures are the median trial's. On loopback the wire is cheap, so
@@ -136,7 +137,8 @@ COLUMNS = " ".join(  # what the table's columns mean
         "the ~200-byte message header puts it a hair under 50x. Server: receive = reading the push off the",
         "socket; apply = validate + decode + (EF21: index_add into g_i and g) + AMSGrad step; reply = sending",
         "the parameters. Worker: prepare = EF state update + compression + encoding; exchange = send, wait,",
-        "receive the parameters; commit = decoding the sent payload into g_i; worker CPU = the worker",
+        "receive the parameters (an EF21 sparse delta is added into g_i right after the send, uplink.sent, so",
+        "that time is in exchange); commit = what is left of it after the reply; worker CPU = the worker",
         "process's CPU time per push (all its threads, ZeroMQ's I/O thread included). Server and worker times",
         "are wall times: with 3 processes on 2 cores, each includes time spent descheduled.",
     ]

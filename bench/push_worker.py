@@ -4,7 +4,8 @@ the model's gradient (a fixed one would let g_i converge to it and leave EF21 no
 With --shm the worker reads the parameters from the server's shared-memory segment, as a worker on the
 server's host does (worker/shm_params.py): its pushes ask for version-only replies.
 Everything else a real worker does per push is done: the error-feedback state update and compression
-(uplink.prepare), the push/reply exchange, and decoding what was sent into g_i (uplink.commit).
+(uplink.prepare), the push/reply exchange, and decoding what was sent into g_i (uplink.sent while the
+reply is awaited, uplink.commit after it).
 
 python -m bench.push_worker --server EP --rank R --params P --warmup-s W --seconds S --out FILE [--shm]
                             [--method none|naive|ef14|ef21|ef21-sgdm|ef21-sgd2m --compressor topk
@@ -119,6 +120,7 @@ def push_loop(
         kind, p = uplink.prepare(grads[seq % len(grads)])
         t1 = time.perf_counter()
         sent = _push(chan, args, seq, version, kind, p, reader is not None)
+        uplink.sent()  # as worker/loop.py does: EF21's g_i moves while the server works on the push
         reply = chan.recv(120, alloc=alloc).msg
         if reader is not None and isinstance(reply, Reply):
             assert reply.params is None and reader.read_into(params.numpy(), reply.version) is not None

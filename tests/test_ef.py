@@ -207,6 +207,43 @@ def test_refused_push_changes_neither_side():
     assert kind == "reset" and p.encoding == "dense"
 
 
+@pytest.mark.parametrize("values,compressor", [("float32", "topk"), ("bfloat16", "topk"), ("float32", "natural")])
+def test_moving_g_i_when_the_push_is_sent_changes_nothing_bit_for_bit(values, compressor):
+    """uplink.sent() adds a sparse delta to g_i while the server works on it; every verdict (applied, refused,
+    per-shard parts, none before the next prepare, a resync) leaves g_i and the payloads exactly as without it."""
+    d = 5000
+    cfg = CompressionConfig(method="ef21-sgdm", compressor=compressor, ratio=0.02, values=values, eta=0.3)
+    layout = Layout.from_shapes([("x", (d,))])
+    early, plain = (make_uplink(cfg, d, make_compressor(cfg, layout, 7), torch.device("cpu")) for _ in range(2))
+    gen = torch.Generator().manual_seed(9)
+    parts = [[(0, 1000, True), (1000, 4000, False), (4000, d, True)], [(0, 2500, False), (2500, d, True)]]
+    moved = 0
+    for step in range(400):
+        grad = torch.randn(d, generator=gen) * 10 ** float(torch.rand(1, generator=gen) * 4 - 2)
+        (k1, p1), (k2, p2) = early.prepare(grad), plain.prepare(grad)
+        assert k1 == k2 and torch.equal(p1.values, p2.values), step
+        assert (p1.indices is None and p2.indices is None) or torch.equal(p1.indices, p2.indices), step
+        early.sent()
+        moved += not torch.equal(early.g, plain.g)  # a sparse delta is in g_i already
+        verdict = int(torch.randint(0, 6, (1,), generator=gen))
+        for up in (early, plain):
+            if verdict in (0, 1, 2):
+                up.commit(True)
+            elif verdict == 3:
+                up.commit(False)
+            elif verdict == 4:
+                up.commit_parts(parts[step % 2])
+            # verdict 5: no answer before the next prepare (the push counts as not applied)
+            if verdict == 3 and step % 5 == 0:
+                up.resync()
+        if verdict != 5:  # (with no verdict yet, early.g holds the sent push until the next prepare)
+            assert torch.equal(early.g, plain.g), (step, verdict)
+    early.prepare(grad)
+    plain.prepare(grad)
+    assert torch.equal(early.g, plain.g)
+    assert moved > 200 if compressor == "topk" else moved == 0  # natural's dense deltas wait for commit
+
+
 def test_ef14_keeps_a_refused_push_in_its_residual():
     d = 50
     cfg = CompressionConfig(method="ef14", compressor="topk", k=5)
