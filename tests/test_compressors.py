@@ -245,6 +245,27 @@ def test_topk_of_a_difference_runs_the_blocked_pass_and_refuses_nan_and_inf(monk
             comp.compress_difference(wrong, b)
 
 
+def test_kth_largest_magnitude_is_the_partition_answer():
+    import numpy as np
+
+    rng = np.random.default_rng(24)
+    cases = [
+        np.abs(rng.standard_normal(84_000)).astype(np.float32),
+        rng.integers(0, 5, 10_000).astype(np.float32),  # ties and zeros
+        np.full(3000, 2.5, dtype=np.float32),
+        np.array([0.0], dtype=np.float32),
+        np.array([7.0, 0.5], dtype=np.float32),
+        np.array([1e-45, 0.0, 3e38, np.inf, 1e-40], dtype=np.float32),  # subnormals, the extremes, inf
+        (np.abs(rng.standard_normal(5000)) * 10.0 ** rng.integers(-30, 30, 5000)).astype(np.float32),
+    ]
+    for mag in cases:
+        for k in {
+            k for k in (1, 2, mag.size // 3 + 1, mag.size // 2 + 1, mag.size - 1, mag.size) if 1 <= k <= mag.size
+        }:
+            want = np.partition(mag, mag.size - k)[mag.size - k]
+            assert sparsify.kth_largest_magnitude(mag.copy(), k) == want, (mag.size, k)
+
+
 def test_positions_of_a_mask_are_flatnonzero():
     import numpy as np
 

@@ -109,7 +109,7 @@ def topk_exact_of_difference(
     cand, mag, val = _difference_candidates(a.numpy(), b.numpy(), np.float32(low), scratch)
     if cand.size < k:
         return None
-    t = np.partition(mag, cand.size - k)[cand.size - k]  # the k-th largest of every |c|: all >= low are here
+    t = kth_largest_magnitude(mag, k)  # the k-th largest of every |c|: all >= low are here
     keep = np.flatnonzero(mag >= t)
     if keep.size > k:  # ties at t: every |c| > t, then the lowest-index ones equal to t
         ties = np.flatnonzero(mag == t)[: k - int(np.count_nonzero(mag > t))]
@@ -173,12 +173,29 @@ def _positions(mask: np.ndarray) -> np.ndarray:
 
 
 def _kth_largest(vals: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th largest of vals (0-dim tensor, 1 <= k <= numel): numpy's partition on the CPU (~2x faster
-    than torch.topk at 80k values), torch.topk elsewhere; the same value either way."""
+    """The k-th largest of magnitudes `vals` (0-dim tensor, 1 <= k <= numel): kth_largest_magnitude on the CPU,
+    torch.topk elsewhere; the same value either way."""
     if vals.device.type == "cpu":
-        part = np.partition(vals.numpy(), vals.numel() - k)
-        return torch.tensor(part[vals.numel() - k])
+        return torch.tensor(kth_largest_magnitude(vals.numpy(), k))
     return torch.topk(vals, k, sorted=False).values.min()
+
+
+def kth_largest_magnitude(mag: np.ndarray, k: int) -> np.float32:
+    """The k-th largest of non-negative, non-NaN float32 values (1 <= k <= size): np.partition's answer, ~4x faster.
+
+    For such floats the int32 bits are in the values' order, so one radix pass over the top 16 bits (exponent
+    and 7 mantissa bits) counts each bucket and finds the one holding the k-th largest; np.partition then runs
+    on that bucket alone (at most 3% of the 84k candidates of a Gaussian 4.2M-vector at 1%)."""
+    top = mag.view(np.int32) >> 16
+    base = top.min()
+    top -= base
+    counts = np.bincount(top)
+    from_top = np.cumsum(counts[::-1])  # entries in the bucket and every higher one
+    b = int(np.searchsorted(from_top, k))  # the first bucket from the top where k are reached
+    bucket = counts.size - 1 - b
+    inside = mag[top == bucket]
+    r = k - (int(from_top[b]) - int(counts[bucket]))  # its rank inside the bucket, from the top
+    return np.partition(inside, inside.size - r)[inside.size - r]
 
 
 def topk_sampled(mag: torch.Tensor, k: int, fraction: float, gen: torch.Generator, mask: torch.Tensor) -> torch.Tensor:
