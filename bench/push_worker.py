@@ -110,10 +110,9 @@ def push_loop(
 ) -> dict:
     """Push until the window ends; counts, bytes and the worker's time split inside the window. With a
     shared-memory `reader`, pushes ask for version-only replies and the parameters are read into `params`."""
-    t_start = time.perf_counter()
-    lo, hi = t_start + args.warmup_s, t_start + args.warmup_s + args.seconds
-    counted, first, last, pushed_bytes = 0, None, None, 0
-    cpu_first = cpu_last = 0.0  # this process's CPU time (all threads, zmq's I/O thread too) over the window
+    lo = time.perf_counter() + args.warmup_s  # the measurement window [lo, hi]
+    hi = lo + args.seconds
+    counted, first, last, pushed_bytes, cpu_first, cpu_last = 0, None, None, 0, 0.0, 0.0
     split = {"prepare_s": 0.0, "exchange_s": 0.0, "commit_s": 0.0}
     while True:
         t0 = time.perf_counter()
@@ -144,7 +143,7 @@ def push_loop(
         "window_s": (last - first) if counted > 1 else 0.0,
         "push_bytes": pushed_bytes,
         "split_s": split,
-        "cpu_s": cpu_last - cpu_first,
+        "cpu_s": cpu_last - cpu_first,  # this process's CPU time (all threads, zmq's I/O thread too)
     }
 
 

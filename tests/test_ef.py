@@ -286,3 +286,38 @@ def test_direct_decode_scratch_rezeroes_only_what_the_last_sparse_push_wrote():
             assert p is bad
             continue
         assert torch.equal(got, decode_into(p, d, torch.zeros(d))), p.encoding  # as if decoded into zeros
+
+
+def test_ef21_server_adds_g_i_after_the_reply_with_the_same_bits():
+    """A sparse delta's add into g_i waits for settle() (after the reply); nothing that reads g_i can see it
+    missing (g_i, state, recompute, the next push), and receive buffers reused before settle change nothing."""
+    from protocol.wire.encoding import encode_dense, encode_sparse
+
+    d, n = 2000, 3
+    gen = torch.Generator().manual_seed(5)
+    agg, ref = make_aggregator(True, d, 7), {r: torch.zeros(d) for r in range(n)}
+
+    def push(rank, seq, kind, p):
+        return Push(rank, seq, 0, kind, p.encoding, d, 0.0, 1, p.meta, p.values, p.indices, p.signs)
+
+    for r in range(n):
+        g = torch.randn(d, generator=gen)
+        agg.apply(r, agg.stage(push(r, 0, "reset", encode_dense(g))))
+        ref[r].copy_(g)
+    for seq in range(1, 60):
+        r, k = seq % n, int(torch.randint(1, 200, (1,), generator=gen))
+        idx, vals = torch.randperm(d, generator=gen)[:k].sort().values, torch.randn(k, generator=gen)
+        p = encode_sparse(idx, vals, d, "float32", "int64")
+        agg.apply(r, agg.stage(push(r, seq, "delta", p)))
+        ref[r].index_add_(0, idx, vals)
+        p.values.fill_(float("nan"))  # the receive buffers reused by the next message, before any settle
+        p.indices.zero_()
+        if seq % 3 == 0:
+            agg.settle()
+        if seq % 4 == 0:
+            tensors, _ = agg.state()
+            assert torch.equal(tensors[f"g_i/{r}"], ref[r]), seq
+        if seq % 5 == 0:
+            assert all(torch.equal(agg.g_i[q], ref[q]) for q in range(n)), seq
+    agg.recompute()
+    torch.testing.assert_close(agg.g, sum(ref.values()) / n, rtol=0, atol=1e-6)
