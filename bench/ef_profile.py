@@ -4,11 +4,11 @@ python -m bench.ef_profile [--params 4194304] [--repeats 10]
 
 Worker: Top-K 1% compression + encoding of c = grad - g_i as EF21's uplink does it (one blocked pass
 over grad and g_i, TopK.compress_difference), the two-pass form it replaced (the difference written
-out, then compressed) for comparison, and decoding what was sent into g_i (commit). Server: staging +
-applying an EF21 delta (decode + index_add into g_i and g), staging a dense push (validation), and the
-AMSGrad step both feed. Each figure is the median of `repeats` calls, with an AMSGrad step over the same
-size in between so caches are as cold as in a
-server; one copy of the vector is the yardstick.
+out, then compressed) for comparison, and decoding what was sent into g_i (commit; a worker does it
+while the reply is awaited). Server: staging an EF21 delta (decode), applying it (index_add into g),
+settling it (index_add into g_i, after the reply), staging a dense push (validation), and the AMSGrad
+step both feed. Each figure is the median of `repeats` calls, with an AMSGrad step over the same size
+in between so caches are as cold as in a server; one copy of the vector is the yardstick.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def profile(params: int, repeats: int = 10, values: str = "float32", indices: st
         timed("worker: Top-K 1% + encode of c", lambda: comp.compress(diff))
         timed("worker: commit (decode into g_i)", lambda p=p: add_payload(g_i, p, scratch))
         staged = timed("server: EF21 stage (decode)", lambda p=p, i=i: ef.stage(_push(0, i + 1, "delta", p)))
-        timed("server: EF21 apply (2 index_add)", lambda staged=staged: ef.apply(0, staged))
+        timed("server: EF21 apply (index_add into g)", lambda staged=staged: ef.apply(0, staged))
+        timed("server: EF21 settle (index_add into g_i)", ef.settle)  # after the reply, in the server
         timed(
             "server: dense stage (validate)",
             lambda grad=grad, i=i: dense.stage(_push(0, i, "grad", encode_dense(grad))),
