@@ -19,7 +19,7 @@ import torch
 # enlarged until j >= MIN_RANK (+-12%); when that needs a quarter of the segment or more, the full
 # segment is used instead (as cheap at that size).
 MIN_RANK = 64
-BLOCK = 1 << 18  # coordinates per block of topk_exact_of_difference: its 2.3 MiB of buffers fit a 2 MiB L2 well enough
+BLOCK = 1 << 18  # coordinates per block of topk_exact_of_difference: the fastest of 32k..512k here (2 MiB L2)
 HAND_DIGITS = 15  # a float ratio of at most this many significant digits is taken exactly as written
 
 
@@ -181,7 +181,8 @@ def _kth_largest(vals: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def kth_largest_magnitude(mag: np.ndarray, k: int) -> np.float32:
-    """The k-th largest of non-negative, non-NaN float32 values (1 <= k <= size): np.partition's answer, ~4x faster.
+    """The k-th largest of non-negative, non-NaN float32 values (1 <= k <= size): np.partition's answer, faster
+    (0.35 against 1.7 ms for 84k candidates, one loaded measurement).
 
     For such floats the int32 bits are in the values' order, so one radix pass over the top 16 bits (exponent
     and 7 mantissa bits) counts each bucket and finds the one holding the k-th largest; np.partition then runs
