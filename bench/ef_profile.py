@@ -2,11 +2,13 @@
 
 python -m bench.ef_profile [--params 4194304] [--repeats 10]
 
-Worker: the difference c = grad - g_i, Top-K 1% compression + encoding of it, and decoding what was
-sent into g_i (commit). Server: staging + applying an EF21 delta (decode + index_add into g_i and g),
-staging a dense push (validation), and the AMSGrad step both feed. Each figure is the median of
-`repeats` calls, with an AMSGrad step over the same size in between so caches are as cold as in a
-server; one copy of the vector is the yardstick.
+Worker: Top-K 1% compression + encoding of c = grad - g_i as EF21's uplink does it (one blocked pass
+over grad and g_i, TopK.compress_difference), the two-pass form it replaced (the difference written
+out, then compressed) for comparison, and decoding what was sent into g_i (commit; a worker does it
+while the reply is awaited). Server: staging an EF21 delta (decode), applying it (index_add into g),
+settling it (index_add into g_i, after the reply), staging a dense push (validation), and the AMSGrad
+step both feed. Each figure is the median of `repeats` calls, with an AMSGrad step over the same size
+in between so caches are as cold as in a server; one copy of the vector is the yardstick.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from protocol.wire.layout import Layout
 from protocol.wire.messages import Push
 from ps.aggregate import make_aggregator
 from ps.optim import make_optimizer
-from worker.compressors import make_compressor
+from worker.compressors import TopK, make_compressor
 from worker.ef import add_payload
 
 
@@ -49,6 +51,7 @@ def profile(params: int, repeats: int = 10, values: str = "float32", indices: st
     torch.set_num_threads(1)
     cfg = CompressionConfig(method="ef21", compressor="topk", ratio=0.01, values=values, indices=indices)
     comp = make_compressor(cfg, Layout.from_shapes([("w", (params,))]), 0)
+    assert isinstance(comp, TopK)
     gen = torch.Generator().manual_seed(0)
     grads = [torch.randn(params, generator=gen) for _ in range(4)]
     g_i, diff, scratch = torch.zeros(params), torch.empty(params), torch.empty(params)
@@ -68,11 +71,13 @@ def profile(params: int, repeats: int = 10, values: str = "float32", indices: st
     for i in range(repeats):
         grad = grads[(i + 1) % len(grads)]
         timed("copy (yardstick)", lambda grad=grad: diff.copy_(grad))
-        timed("worker: c = grad - g_i", lambda grad=grad: torch.sub(grad, g_i, out=diff))
-        p = timed("worker: Top-K 1% + encode", lambda: comp.compress(diff))
+        p = timed("worker: C(grad - g_i), one blocked pass", lambda grad=grad: comp.compress_difference(grad, g_i))
+        timed("worker: c = grad - g_i (two-pass form)", lambda grad=grad: torch.sub(grad, g_i, out=diff))
+        timed("worker: Top-K 1% + encode of c", lambda: comp.compress(diff))
         timed("worker: commit (decode into g_i)", lambda p=p: add_payload(g_i, p, scratch))
         staged = timed("server: EF21 stage (decode)", lambda p=p, i=i: ef.stage(_push(0, i + 1, "delta", p)))
-        timed("server: EF21 apply (2 index_add)", lambda staged=staged: ef.apply(0, staged))
+        timed("server: EF21 apply (index_add into g)", lambda staged=staged: ef.apply(0, staged))
+        timed("server: EF21 settle (index_add into g_i)", ef.settle)  # after the reply, in the server
         timed(
             "server: dense stage (validate)",
             lambda grad=grad, i=i: dense.stage(_push(0, i, "grad", encode_dense(grad))),

@@ -6,7 +6,8 @@ server's host does (worker/shm_params.py): its pushes ask for version-only repli
 dense float32 push leaves its values in the rank's push slot and travels as a header (values_in_shm), as a
 worker on the server's host does (docs/design.md, Shared-memory pushes).
 Everything else a real worker does per push is done: the error-feedback state update and compression
-(uplink.prepare), the push/reply exchange, and decoding what was sent into g_i (uplink.commit).
+(uplink.prepare), the push/reply exchange, and decoding what was sent into g_i (uplink.sent while the
+reply is awaited, uplink.commit after it).
 
 python -m bench.push_worker --server EP --rank R --params P --warmup-s W --seconds S --out FILE [--shm [--shm-push]]
                             [--method none|naive|ef14|ef21|ef21-sgdm|ef21-sgd2m --compressor topk
@@ -121,10 +122,9 @@ def push_loop(
 ) -> dict:
     """Push until the window ends; counts, bytes and the worker's time split inside the window. With a
     shared-memory `reader`, pushes ask for version-only replies and the parameters are read into `params`."""
-    t_start = time.perf_counter()
-    lo, hi = t_start + args.warmup_s, t_start + args.warmup_s + args.seconds
-    counted, first, last, pushed_bytes = 0, None, None, 0
-    cpu_first = cpu_last = 0.0  # this process's CPU time (all threads, zmq's I/O thread too) over the window
+    lo = time.perf_counter() + args.warmup_s  # the measurement window [lo, hi]
+    hi = lo + args.seconds
+    counted, first, last, pushed_bytes, cpu_first, cpu_last = 0, None, None, 0, 0.0, 0.0
     split = {"prepare_s": 0.0, "exchange_s": 0.0, "commit_s": 0.0}
     fell_back = {"shm_fallbacks": 0}
     while True:
@@ -132,6 +132,7 @@ def push_loop(
         kind, p = uplink.prepare(grads[seq % len(grads)])
         t1 = time.perf_counter()
         sent = _push(chan, args, seq, version, kind, p, reader is not None)
+        uplink.sent()  # as worker/loop.py does: EF21's g_i moves while the server works on the push
         reply = _answer(chan, alloc, reader, params, args.rank, fell_back)
         t2 = time.perf_counter()
         if isinstance(reply, Stop) or t2 > hi:
@@ -154,7 +155,7 @@ def push_loop(
         "push_bytes": pushed_bytes,
         **fell_back,
         "split_s": split,
-        "cpu_s": cpu_last - cpu_first,
+        "cpu_s": cpu_last - cpu_first,  # this process's CPU time (all threads, zmq's I/O thread too)
     }
 
 

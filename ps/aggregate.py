@@ -76,6 +76,11 @@ class Aggregator(Protocol):
 
     def load_state(self, tensors: dict[str, torch.Tensor], facts: dict) -> None: ...
 
+    def settle(self) -> None:
+        """Finish work apply() left for later (EF21: a sparse delta's add into g_i, which no step needs): the
+        server calls it once the reply is sent; every other method settles first anyway."""
+        ...
+
 
 class DecodeScratch:
     """The dense float32 buffer direct pushes are decoded into.
@@ -149,6 +154,9 @@ class DirectAggregator:
         tensors = {"sum": self._sum} if self._sum is not None else {}
         return tensors, {"count": self._count, "every": self.every}
 
+    def settle(self) -> None:
+        """Nothing is left for later."""
+
     def load_state(self, tensors: dict[str, torch.Tensor], facts: dict) -> None:
         if self._sum is not None:
             self._sum.copy_(tensors["sum"])
@@ -162,12 +170,26 @@ class EF21Aggregator:
         self.numel = numel
         self.every = every
         self.resync_every = resync_every
-        self.g_i: dict[int, torch.Tensor] = {}
+        self._g_i: dict[int, torch.Tensor] = {}
+        self._owed: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (rank, indices, values) for g_i
         self.g = torch.zeros(numel, dtype=torch.float32)
         self.drift_max = 0.0
         self.applied = 0
         self._count = 0  # pushes in the open group (apply_every)
         self._scratch = torch.empty(numel, dtype=torch.float32)
+
+    @property
+    def g_i(self) -> dict[int, torch.Tensor]:
+        """Every worker's g_i by rank (float32 (numel,) each), with any delta apply() left owed added in."""
+        self.settle()
+        return self._g_i
+
+    def settle(self) -> None:
+        """Add the sparse delta apply() owes to its worker's g_i (the same index_add_, later: no step reads g_i)."""
+        owed, self._owed = self._owed, None
+        if owed is not None:
+            rank, idx, vals = owed
+            self._g_i[rank].index_add_(0, idx, vals)
 
     def stage(self, push: Push) -> Staged:
         p = payload_of(push)
@@ -198,12 +220,14 @@ class EF21Aggregator:
         return self._complete()
 
     def _add_delta(self, rank: int, staged: Staged) -> None:
-        """g_i += c and g += c/n, from a sparse (indices, values) or a dense decoded delta."""
+        """g_i += c and g += c/n, from a sparse (indices, values) or a dense decoded delta. A sparse delta's
+        g_i share is owed until settle() (after the reply): its own copies, as staged tensors may alias
+        receive buffers."""
         g_i, inv_n = self.g_i[rank], 1.0 / len(self.g_i)
         if staged.indices is not None:
             assert staged.values is not None  # stage() decodes a sparse delta into both
-            g_i.index_add_(0, staged.indices, staged.values)
             self.g.index_add_(0, staged.indices, staged.values, alpha=inv_n)
+            self._owed = (rank, staged.indices.clone(), staged.values.clone())
         else:
             assert staged.dense is not None  # any other delta is decoded densely
             g_i.add_(staged.dense)
@@ -234,7 +258,8 @@ class EF21Aggregator:
 
     def load_state(self, tensors: dict[str, torch.Tensor], facts: dict) -> None:
         self.g.copy_(tensors["g"])
-        self.g_i = {int(k.removeprefix("g_i/")): t.clone() for k, t in tensors.items() if k.startswith("g_i/")}
+        self._owed = None
+        self._g_i = {int(k.removeprefix("g_i/")): t.clone() for k, t in tensors.items() if k.startswith("g_i/")}
         self.applied, self._count, self.every = int(facts["applied"]), int(facts["count"]), int(facts["every"])
         self.drift_max = float(facts["drift_max"])
 

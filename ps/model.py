@@ -133,6 +133,10 @@ class ServedModel:
             self.history.record(self.version, self.params)
         return True
 
+    def settle(self) -> None:
+        """Work the last applied push left for after its reply (Aggregator.settle: EF21's add into g_i)."""
+        self.agg.settle()
+
     def set_group(self, size: int, rank: int = 0) -> bool:
         """Steps take `size` pushes from now on (workers left); steps at once if the open group is full."""
         return self._step(self.agg.set_group(size), rank)

@@ -174,6 +174,108 @@ def test_topk_narrowed_search_gives_the_full_search_indices():
     assert low is not None and int((vectors["gaussian"].abs() >= low).sum()) >= 10_485
 
 
+def same_payload(p, q) -> bool:
+    """Bit for bit: encoding, meta and every tensor (dtype, shape, contents)."""
+    if (p.encoding, p.numel, p.meta) != (q.encoding, q.numel, q.meta):
+        return False
+    for s, t in ((p.values, q.values), (p.indices, q.indices), (p.signs, q.signs)):
+        if (s is None) != (t is None) or (s is not None and (s.dtype != t.dtype or not torch.equal(s, t))):
+            return False
+    return True
+
+
+def difference_cases(d: int, gen: torch.Generator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(a, b) pairs whose a - b has plain values, many ties, mostly zeros, signed zeros and huge spreads."""
+    g = lambda: torch.randn(d, generator=gen)
+    ints = lambda: torch.randint(-4, 5, (d,), generator=gen).float()
+    a = g()
+    return {
+        "gaussian": (g(), g() * 1e-3),
+        "integers": (ints(), ints()),  # a - b takes 17 values: ~d/17 ties at the k-th
+        "mostly_zero": (a, torch.where(torch.rand(d, generator=gen) < 0.97, a, g())),  # threshold 0: full search
+        "signed_zeros": (torch.zeros(d), -torch.zeros(d).index_fill_(0, torch.arange(0, d, 3), 1.0)),
+        "spread": (g() * 10 ** (6 * torch.rand(d, generator=gen) - 3), g()),
+        "one_value": (torch.full((d,), 2.5), torch.full((d,), -0.5)),  # all tied
+    }
+
+
+@pytest.mark.parametrize("values,indices", [("float32", "int32"), ("bfloat16", "auto"), ("float16", "delta16")])
+def test_topk_of_a_difference_is_compress_of_the_difference_bit_for_bit(values, indices):
+    """compress_difference(a, b), the blocked pass EF21 uses, sends exactly what compress(a - b) sends: the same
+    indices (ties by the stable rule) and values, for every scope, k and vector shape, blocks and fallbacks."""
+    gen = torch.Generator().manual_seed(21)
+    d = 3 * sparsify.BLOCK + 12_345  # several blocks and a ragged last one
+    layout = Layout.from_shapes([("a", (d - 40_000,)), ("b", (30_000,)), ("c", (9_000,)), ("d", (1000,))])
+    for name, (a, b) in difference_cases(d, gen).items():
+        for cfg in ({"ratio": 0.01}, {"ratio": 0.001}, {"k": 1}, {"ratio": 0.3}, {"ratio": 0.01, "scope": "tensor"}):
+            one = make(layout, seed=3, compressor="topk", values=values, indices=indices, **cfg)
+            two = make(layout, seed=4, compressor="topk", values=values, indices=indices, **cfg)
+            want = one.compress(a - b)
+            assert same_payload(two.compress_difference(a, b), want), (name, cfg)
+            assert two.last_kept == one.last_kept
+            ref = reference_topk(a - b, one.k) if "scope" not in cfg else None
+            assert ref is None or torch.equal(decode_sparse(want, d)[0], ref), (name, cfg)
+
+
+def test_topk_of_a_difference_runs_the_blocked_pass_and_refuses_nan_and_inf(monkeypatch):
+    gen = torch.Generator().manual_seed(22)
+    d, k = 1 << 20, 10_485
+    a, b = torch.randn(d, generator=gen), torch.randn(d, generator=gen)
+    blocks = sparsify.DifferenceScratch()
+    sel = sparsify.topk_exact_of_difference(a, b, k, torch.Generator().manual_seed(0), blocks)
+    assert sel is not None  # the narrowed search applied (not the fallback)
+    assert torch.equal(sel[0], reference_topk(a - b, k)) and torch.equal(sel[1], (a - b)[sel[0]])
+    comp = make(d, compressor="topk", ratio=0.01)
+    want = make(d, compressor="topk", ratio=0.01).compress(a - b)
+    with monkeypatch.context() as m:  # a threshold fewer than k reach: the full search over |a - b|
+        m.setattr(sparsify, "_sampled_difference_threshold", lambda a, b, count, gen: float((a - b).abs().max()) * 0.9)
+        assert sparsify.topk_exact_of_difference(a, b, k, torch.Generator(), blocks) is None
+        assert same_payload(comp.compress_difference(a, b), want)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for where in (0, d // 2, d - 1):
+            a2 = a.clone()
+            a2[where] = bad
+            with pytest.raises(ValueError, match="NaN or inf"):
+                comp.compress_difference(a2, b)
+    big = torch.full((d,), 3e38)
+    with pytest.raises(ValueError, match="NaN or inf"):  # finite a and b, a - b overflows
+        comp.compress_difference(big, -big)
+    for wrong in (torch.zeros(d + 1), torch.zeros(d, dtype=torch.float64)):
+        with pytest.raises(ValueError):
+            comp.compress_difference(wrong, b)
+
+
+def test_kth_largest_magnitude_is_the_partition_answer():
+    import numpy as np
+
+    rng = np.random.default_rng(24)
+    cases = [
+        np.abs(rng.standard_normal(84_000)).astype(np.float32),
+        rng.integers(0, 5, 10_000).astype(np.float32),  # ties and zeros
+        np.full(3000, 2.5, dtype=np.float32),
+        np.array([0.0], dtype=np.float32),
+        np.array([7.0, 0.5], dtype=np.float32),
+        np.array([1e-45, 0.0, 3e38, np.inf, 1e-40], dtype=np.float32),  # subnormals, the extremes, inf
+        (np.abs(rng.standard_normal(5000)) * 10.0 ** rng.integers(-30, 30, 5000)).astype(np.float32),
+    ]
+    for mag in cases:
+        for k in {
+            k for k in (1, 2, mag.size // 3 + 1, mag.size // 2 + 1, mag.size - 1, mag.size) if 1 <= k <= mag.size
+        }:
+            want = np.partition(mag, mag.size - k)[mag.size - k]
+            assert sparsify.kth_largest_magnitude(mag.copy(), k) == want, (mag.size, k)
+
+
+def test_positions_of_a_mask_are_flatnonzero():
+    import numpy as np
+
+    rng = np.random.default_rng(23)
+    for size in (0, 1, 7, 8, 64, 1000, 4096, 4099, 1 << 16):
+        for density in (0.0, 0.001, 0.02, 0.5, 1.0):
+            mask = rng.random(size) < density
+            assert np.array_equal(sparsify._positions(mask), np.flatnonzero(mask)), (size, density)
+
+
 @needs_cuda
 def test_topk_cpu_and_cuda_pick_the_same_indices():
     gen = torch.Generator().manual_seed(3)

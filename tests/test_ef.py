@@ -207,6 +207,43 @@ def test_refused_push_changes_neither_side():
     assert kind == "reset" and p.encoding == "dense"
 
 
+@pytest.mark.parametrize("values,compressor", [("float32", "topk"), ("bfloat16", "topk"), ("float32", "natural")])
+def test_moving_g_i_when_the_push_is_sent_changes_nothing_bit_for_bit(values, compressor):
+    """uplink.sent() adds a sparse delta to g_i while the server works on it; every verdict (applied, refused,
+    per-shard parts, none before the next prepare, a resync) leaves g_i and the payloads exactly as without it."""
+    d = 5000
+    cfg = CompressionConfig(method="ef21-sgdm", compressor=compressor, ratio=0.02, values=values, eta=0.3)
+    layout = Layout.from_shapes([("x", (d,))])
+    early, plain = (make_uplink(cfg, d, make_compressor(cfg, layout, 7), torch.device("cpu")) for _ in range(2))
+    gen = torch.Generator().manual_seed(9)
+    parts = [[(0, 1000, True), (1000, 4000, False), (4000, d, True)], [(0, 2500, False), (2500, d, True)]]
+    moved = 0
+    for step in range(400):
+        grad = torch.randn(d, generator=gen) * 10 ** float(torch.rand(1, generator=gen) * 4 - 2)
+        (k1, p1), (k2, p2) = early.prepare(grad), plain.prepare(grad)
+        assert k1 == k2 and torch.equal(p1.values, p2.values), step
+        assert (p1.indices is None and p2.indices is None) or torch.equal(p1.indices, p2.indices), step
+        early.sent()
+        moved += not torch.equal(early.g, plain.g)  # a sparse delta is in g_i already
+        verdict = int(torch.randint(0, 6, (1,), generator=gen))
+        for up in (early, plain):
+            if verdict in (0, 1, 2):
+                up.commit(True)
+            elif verdict == 3:
+                up.commit(False)
+            elif verdict == 4:
+                up.commit_parts(parts[step % 2])
+            # verdict 5: no answer before the next prepare (the push counts as not applied)
+            if verdict == 3 and step % 5 == 0:
+                up.resync()
+        if verdict != 5:  # (with no verdict yet, early.g holds the sent push until the next prepare)
+            assert torch.equal(early.g, plain.g), (step, verdict)
+    early.prepare(grad)
+    plain.prepare(grad)
+    assert torch.equal(early.g, plain.g)
+    assert moved > 200 if compressor == "topk" else moved == 0  # natural's dense deltas wait for commit
+
+
 def test_ef14_keeps_a_refused_push_in_its_residual():
     d = 50
     cfg = CompressionConfig(method="ef14", compressor="topk", k=5)
@@ -249,3 +286,38 @@ def test_direct_decode_scratch_rezeroes_only_what_the_last_sparse_push_wrote():
             assert p is bad
             continue
         assert torch.equal(got, decode_into(p, d, torch.zeros(d))), p.encoding  # as if decoded into zeros
+
+
+def test_ef21_server_adds_g_i_after_the_reply_with_the_same_bits():
+    """A sparse delta's add into g_i waits for settle() (after the reply); nothing that reads g_i can see it
+    missing (g_i, state, recompute, the next push), and receive buffers reused before settle change nothing."""
+    from protocol.wire.encoding import encode_dense, encode_sparse
+
+    d, n = 2000, 3
+    gen = torch.Generator().manual_seed(5)
+    agg, ref = make_aggregator(True, d, 7), {r: torch.zeros(d) for r in range(n)}
+
+    def push(rank, seq, kind, p):
+        return Push(rank, seq, 0, kind, p.encoding, d, 0.0, 1, p.meta, p.values, p.indices, p.signs)
+
+    for r in range(n):
+        g = torch.randn(d, generator=gen)
+        agg.apply(r, agg.stage(push(r, 0, "reset", encode_dense(g))))
+        ref[r].copy_(g)
+    for seq in range(1, 60):
+        r, k = seq % n, int(torch.randint(1, 200, (1,), generator=gen))
+        idx, vals = torch.randperm(d, generator=gen)[:k].sort().values, torch.randn(k, generator=gen)
+        p = encode_sparse(idx, vals, d, "float32", "int64")
+        agg.apply(r, agg.stage(push(r, seq, "delta", p)))
+        ref[r].index_add_(0, idx, vals)
+        p.values.fill_(float("nan"))  # the receive buffers reused by the next message, before any settle
+        p.indices.zero_()
+        if seq % 3 == 0:
+            agg.settle()
+        if seq % 4 == 0:
+            tensors, _ = agg.state()
+            assert torch.equal(tensors[f"g_i/{r}"], ref[r]), seq
+        if seq % 5 == 0:
+            assert all(torch.equal(agg.g_i[q], ref[q]) for q in range(n)), seq
+    agg.recompute()
+    torch.testing.assert_close(agg.g, sum(ref.values()) / n, rtol=0, atol=1e-6)

@@ -49,7 +49,9 @@ def alpha_of_unbiased(omega: float) -> float | None:
 class PayloadCompressor(Protocol):
     """What an uplink (worker/ef.py) takes: C as a map from a flat float32 vector to a wire payload.
 
-    Compressor below is the base class of the built-in ones (make_compressor); anything of this shape serves."""
+    Compressor below is the base class of the built-in ones (make_compressor); anything of this shape serves.
+    One may also offer compress_difference(a, b), the payload of compress(a - b) bit for bit, computed
+    without writing a - b (exact Top-K does): EF21's uplink then calls it with (target, g_i)."""
 
     def compress(self, x: torch.Tensor) -> Payload:
         """C(x) as a payload of CPU tensors ready to send; raises ValueError for a vector C has no meaning for."""
@@ -70,13 +72,17 @@ class Compressor(ABC):
     def compress(self, x: torch.Tensor) -> Payload:
         """Raises ValueError for a vector of another shape or dtype, or with NaN or inf: no compressor has a
         meaning for those (Top-K, for one, would silently select nothing), so none is quietly sent."""
+        self._check(x)
+        if not is_finite(x):
+            raise ValueError(f"{self.name} was given a vector with NaN or inf")
+        return self._compress(x.detach())
+
+    def _check(self, x: torch.Tensor) -> None:
+        """ValueError unless x is a flat float32 vector of numel."""
         if x.dim() != 1 or x.numel() != self.numel or x.dtype != torch.float32:
             raise ValueError(
                 f"{self.name} compresses flat float32 vectors of {self.numel}, got {x.dtype} of shape {tuple(x.shape)}"
             )
-        if not is_finite(x):
-            raise ValueError(f"{self.name} was given a vector with NaN or inf")
-        return self._compress(x.detach())
 
     @abstractmethod
     def _compress(self, x: torch.Tensor) -> Payload: ...
@@ -146,6 +152,8 @@ class TopK(_Sparsifier):
         self.alpha = min(k / n for _, n, k in segments) if exact and segments else None
         self._mag: torch.Tensor | None = None  # reused |x| and mask buffers on x's device
         self._mask: torch.Tensor | None = None
+        self._diff: torch.Tensor | None = None  # compress_difference's a - b, when it must be written
+        self._blocks: sparsify.DifferenceScratch | None = None  # its per-block buffers
 
     def _buffers(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The reused |x| and mask buffers, allocated (again) on x's device."""
@@ -153,6 +161,53 @@ class TopK(_Sparsifier):
             self._mag = torch.empty_like(x)
             self._mask = torch.empty(x.numel(), dtype=torch.bool, device=x.device)
         return self._mag, self._mask
+
+    def compress_difference(self, a: torch.Tensor, b: torch.Tensor) -> Payload:
+        """compress(a - b), bit for bit (the same indices and values), for flat float32 vectors a, b of numel.
+
+        Exact Top-K on the CPU never writes a - b: each segment is one blocked pass over a and b
+        (sparsify.topk_exact_of_difference), unless its narrowed search does not apply; then, and for every
+        other case, a - b is formed and compressed as compress does. Raises ValueError as compress does
+        (another shape or dtype; NaN or inf in a - b)."""
+        self._check(a)
+        self._check(b)
+        if not self.exact or a.device.type != "cpu" or b.device.type != "cpu":
+            return self.compress(torch.sub(a, b, out=self._difference(a)))
+        if self._blocks is None:
+            self._blocks = sparsify.DifferenceScratch()
+        a, b = a.detach(), b.detach()
+        idx, vals = [], []
+        for off, n, k in self.segments:
+            sel, picked = self._select_difference(a, b, off, n, k)
+            idx.append(sel + off)
+            vals.append(picked)
+        return self._finish(idx, vals)
+
+    def _select_difference(
+        self, a: torch.Tensor, b: torch.Tensor, off: int, n: int, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices into the segment, c there) of one segment of c = a - b: the blocked pass, or the full
+        search over the segment's |c| written out where that pass does not apply."""
+        assert self._blocks is not None  # compress_difference makes it
+        seg_a, seg_b, gen = a[off : off + n], b[off : off + n], self._gen(a.device)
+        try:
+            sel = sparsify.topk_exact_of_difference(seg_a, seg_b, k, gen, self._blocks)
+        except ValueError:
+            raise ValueError(f"{self.name} was given a vector with NaN or inf") from None
+        if sel is not None:
+            return sel
+        c = torch.sub(seg_a, seg_b, out=self._difference(a)[off : off + n])
+        if not is_finite(c):
+            raise ValueError(f"{self.name} was given a vector with NaN or inf")
+        mag_buf, mask_buf = self._buffers(a)
+        i = sparsify.topk_exact(torch.abs(c, out=mag_buf[off : off + n]), k, mask_buf[off : off + n], gen)
+        return i, c.index_select(0, i)
+
+    def _difference(self, like: torch.Tensor) -> torch.Tensor:
+        """The reused buffer a - b is written into when it must be, on like's device."""
+        if self._diff is None or self._diff.device != like.device:
+            self._diff = torch.empty_like(like)
+        return self._diff
 
     def _compress(self, x: torch.Tensor) -> Payload:
         mag_buf, mask_buf = self._buffers(x)

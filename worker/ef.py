@@ -37,6 +37,12 @@ class Uplink(Protocol):
         """(push kind, payload) for this gradient: kind "grad", or "delta" / "reset" for the EF21 family."""
         ...
 
+    def sent(self) -> None:
+        """The last prepared push is on the wire: state that mirrors the server's may move ahead of the verdict
+        (while the server works on the push), and commit keeps or undoes it. Optional for a caller: commit
+        alone gives the same state."""
+        ...
+
     def commit(self, applied: bool) -> None:
         """The server's verdict on the last prepared push; state that mirrors the server's follows it."""
         ...
@@ -47,7 +53,8 @@ class Uplink(Protocol):
         ...
 
     def resync(self) -> None:
-        """The server's copy of the mirrored state may differ (a sequence error): the next push starts over."""
+        """The server's copy of the mirrored state may differ (a sequence error; a push answered by Stop, with no
+        verdict): state moved by sent() goes back, and the next push starts over."""
         ...
 
     def mirror(self) -> torch.Tensor | None:
@@ -81,6 +88,9 @@ class DenseUplink:
 
     def prepare(self, grad: torch.Tensor) -> tuple[str, Payload]:
         return "grad", encode_dense(grad, self.value_dtype)
+
+    def sent(self) -> None:
+        """Nothing mirrors the server."""
 
     def commit(self, applied: bool) -> None:
         """Nothing mirrors the server."""
@@ -150,11 +160,12 @@ class EF21Uplink:
         self.g = torch.zeros(numel, device=device)  # g_i, mirrored by the server
         self.v = torch.zeros_like(self.g) if self.eta < 1 or self.double else None  # momentum v_i
         self.u = torch.zeros_like(self.g) if self.double else None  # second momentum u_i
-        self._diff = torch.zeros_like(self.g)
+        self._diff: torch.Tensor | None = None  # target - g_i, for a compressor without compress_difference
         self._sent = torch.zeros(numel)  # host scratch for decoding
         self._need_reset = True
         self._started = False
         self._pending: tuple[str, Payload] | None = None
+        self._early: tuple[torch.Tensor, torch.Tensor] | None = None  # sent(): (indices, g_i's values before)
 
     def _target(self, grad: torch.Tensor) -> torch.Tensor:
         """What g_i chases: grad (EF21), the momentum v (EF21-SGDM) or the double momentum u (SGD2M)."""
@@ -171,19 +182,62 @@ class EF21Uplink:
         return self.u if self.u is not None else self.v
 
     def prepare(self, grad: torch.Tensor) -> tuple[str, Payload]:
+        self._undo_early()  # a push sent without a verdict counts as not applied, as it always did
         target = self._target(grad)
         self._started = True
         if self._need_reset:  # exact float32, so both sides set g_i to the same vector
             self._pending = ("reset", encode_dense(target.detach().float().cpu().clone()))
         else:
-            torch.sub(target, self.g, out=self._diff)
-            self._pending = ("delta", self.compressor.compress(self._diff))
+            self._pending = ("delta", self._compress_difference(target))
         return self._pending
+
+    def _compress_difference(self, target: torch.Tensor) -> Payload:
+        """C(target - g_i): through the compressor's compress_difference when it has one (Top-K's skips
+        writing the difference out, the same payload), else by writing it into a reused buffer."""
+        fused = getattr(self.compressor, "compress_difference", None)
+        if fused is not None:
+            return fused(target, self.g)
+        if self._diff is None:
+            self._diff = torch.empty_like(self.g)
+        return self.compressor.compress(torch.sub(target, self.g, out=self._diff))
+
+    def sent(self) -> None:
+        """A sparse delta on the wire: g_i += c now, the server's arithmetic on the decoded payload (bit for bit
+        what commit(True) would add), keeping the k values it overwrites so a refusal puts them back exactly.
+        The scatter into g_i then runs while the server works on the push, not after its reply. Any other
+        push (a reset, a dense delta) waits for commit. Between sent() and the verdict, mirror() holds the
+        sent push already."""
+        if self._pending is None or self._early is not None:
+            return
+        kind, payload = self._pending
+        if kind != "delta" or payload.encoding != "sparse":
+            return
+        idx, vals = decode_sparse(payload, payload.numel)
+        idx, vals = idx.to(self.g.device), vals.to(self.g.device)
+        self._early = (idx, self.g.index_select(0, idx))
+        self.g.index_add_(0, idx, vals)
+
+    def _undo_early(self, ranges: list[tuple[int, int]] | None = None) -> None:
+        """Put back g_i's values that sent() overwrote: all of them, or those in the [lo, hi) `ranges`."""
+        early, self._early = self._early, None
+        if early is None:
+            return
+        idx, before = early
+        if ranges is None:
+            self.g.index_copy_(0, idx, before)
+        for lo, hi in ranges or []:  # a loop over server shards, not parameters
+            inside = (idx >= lo) & (idx < hi)
+            self.g.index_copy_(0, idx[inside], before[inside])
 
     def commit(self, applied: bool) -> None:
         assert self._pending is not None
         kind, payload = self._pending
         self._pending = None
+        if self._early is not None:  # sent() added the delta already: kept, or taken back
+            if applied:
+                self._early = None
+            self._undo_early()
+            return
         if not applied:
             return
         if kind == "reset":
@@ -201,6 +255,8 @@ class EF21Uplink:
         assert self._pending is not None
         kind, payload = self._pending
         self._pending = None
+        if self._early is not None:  # sent() added the delta already: the refused ranges take it back
+            return self._undo_early([(lo, hi) for lo, hi, applied in parts if not applied])
         sent = payload.values if kind == "reset" else decode_into(payload, self.numel, self._sent)
         assert sent is not None  # a dense reset carries its values
         for lo, hi, applied in parts:
@@ -211,6 +267,7 @@ class EF21Uplink:
 
     def resync(self) -> None:
         """After a sequence error the server's g_i may differ: the next push resets it densely."""
+        self._undo_early()
         self._need_reset = True
         self._pending = None
 

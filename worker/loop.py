@@ -163,10 +163,11 @@ class WorkerLoop:
                 buffers=self._buffers_due(),
             )
         )
-        reply = self._exchange(push)
+        reply = self._exchange_push(push)
         self.stats.pushes += 1
         if isinstance(reply, Stop):
             self.stats.stop_reason = reply.reason
+            self.uplink.resync()  # no verdict: mirrored state goes back to what it was before uplink.sent()
             return True
         try:
             self._handle(reply)
@@ -324,6 +325,16 @@ class WorkerLoop:
         if not isinstance(reply, Reply) or reply.params is None:
             raise WorkerError(f"expected parameters in answer to a pull, got {reply.TYPE}")
         return reply.version
+
+    def _exchange_push(self, push: Push) -> Message:
+        """Send a push and wait for its answer; error feedback moves ahead while the server works on it
+        (uplink.sent: commit keeps or undoes that)."""
+        try:
+            self.link.send(push)
+            self.uplink.sent()
+            return self.link.collect()
+        except LinkError as err:
+            raise WorkerError(str(err)) from None
 
     def _exchange(self, msg: Message, timeout_s: float | None = None) -> Message:
         try:

@@ -19,6 +19,7 @@ import torch
 # enlarged until j >= MIN_RANK (+-12%); when that needs a quarter of the segment or more, the full
 # segment is used instead (as cheap at that size).
 MIN_RANK = 64
+BLOCK = 1 << 18  # coordinates per block of topk_exact_of_difference: the fastest of 32k..512k here (2 MiB L2)
 HAND_DIGITS = 15  # a float ratio of at most this many significant digits is taken exactly as written
 
 
@@ -70,7 +71,7 @@ def topk_exact(mag: torch.Tensor, k: int, mask: torch.Tensor, gen: torch.Generat
         cand = _nonzero(_at_least(mag, low, mask))
         if cand.numel() >= k:
             vals = mag.index_select(0, cand)  # ~20x faster on the CPU than mag[cand]
-            t = torch.topk(vals, k, sorted=False).values.min()
+            t = _kth_largest(vals, k)
             keep = vals >= t
             if int(keep.sum()) == k:  # no ties beyond the k-th: cand is sorted, so is cand[keep]
                 return cand[keep]
@@ -83,6 +84,119 @@ def topk_exact(mag: torch.Tensor, k: int, mask: torch.Tensor, gen: torch.Generat
     torch.eq(mag, t, out=mask)
     ties = _nonzero(mask)[: k - above.numel()]  # at least one: t itself is among the k largest
     return torch.cat([above, ties]).sort().values
+
+
+def topk_exact_of_difference(
+    a: torch.Tensor, b: torch.Tensor, k: int, gen: torch.Generator, scratch: DifferenceScratch
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(indices, values) of c = a - b that topk_exact(|c|, k, mask, gen) keeps, and c there, without writing c.
+
+    a, b: flat float32 CPU tensors of one size d; indices int64, strictly increasing; values float32 (the
+    same bits as (a - b)[indices]). One pass over a and b in cache-sized blocks: each block's difference,
+    magnitude and the candidates at or above a sampled threshold (narrowed search as in topk_exact), so the
+    dense c, |c| and mask are never written to memory. The k-th largest candidate and the tie rule then
+    give exactly topk_exact's set. None when the narrowed search does not apply (k <= 0, k >= d, a
+    threshold of 0 or no cheaper sample, fewer than k candidates): the caller runs topk_exact on |a - b|.
+    Raises ValueError when c holds NaN or inf. At 4.2M floats on one CPU thread it takes about half the time
+    of writing c and running topk_exact on |c| (python -m bench.ef_profile).
+    """
+    d = a.numel()
+    if not 0 < k < d:
+        return None
+    low = _sampled_difference_threshold(a, b, 2 * k, gen)
+    if low is None or not low > 0:
+        return None
+    cand, mag, val = _difference_candidates(a.numpy(), b.numpy(), np.float32(low), scratch)
+    if cand.size < k:
+        return None
+    t = kth_largest_magnitude(mag, k)  # the k-th largest of every |c|: all >= low are here
+    keep = np.flatnonzero(mag >= t)
+    if keep.size > k:  # ties at t: every |c| > t, then the lowest-index ones equal to t
+        ties = np.flatnonzero(mag == t)[: k - int(np.count_nonzero(mag > t))]
+        keep = np.union1d(np.flatnonzero(mag > t), ties)
+    return torch.from_numpy(cand[keep]), torch.from_numpy(val[keep])
+
+
+class DifferenceScratch:
+    """Reused per-block buffers of topk_exact_of_difference: c, |c| (float32) and a mask, BLOCK entries each."""
+
+    def __init__(self) -> None:
+        self.c = np.empty(BLOCK, dtype=np.float32)
+        self.mag = np.empty(BLOCK, dtype=np.float32)
+        self.mask = np.empty(BLOCK, dtype=np.bool_)
+
+
+def _sampled_difference_threshold(a: torch.Tensor, b: torch.Tensor, count: int, gen: torch.Generator) -> float | None:
+    """_sampled_threshold of |a - b| (the same draws, the same value) without computing |a - b| densely."""
+    d = a.numel()
+    m = max(1, math.ceil(MIN_RANK * d / max(count, 1)))
+    if 4 * m >= d:
+        return None
+    pos = torch.randint(0, d, (m,), generator=gen, device=a.device)
+    sample = torch.sub(a.index_select(0, pos), b.index_select(0, pos)).abs_()
+    j = min(m, max(1, round(m * count / d)))
+    return float(torch.topk(sample, j, sorted=False).values.min())
+
+
+def _difference_candidates(
+    a: np.ndarray, b: np.ndarray, low: np.float32, scratch: DifferenceScratch
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions, |c|, c) of every |c| = |a - b| >= low, block by block; ValueError for NaN or inf in c.
+
+    |c| is compared as int32 bits (the order of non-negative floats), so a NaN passes too and is refused with
+    the infs among the candidates: no separate finiteness pass."""
+    low_bits = np.array(low, dtype=np.float32).view(np.int32)
+    pos, mags, vals = [], [], []
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN are refused below
+        for lo in range(0, a.size, BLOCK):  # a vectorised pass per block of BLOCK coordinates, in cache
+            n = min(BLOCK, a.size - lo)
+            c = np.subtract(a[lo : lo + n], b[lo : lo + n], out=scratch.c[:n])
+            mag = np.abs(c, out=scratch.mag[:n])
+            hit = _positions(np.greater_equal(mag.view(np.int32), low_bits, out=scratch.mask[:n]))
+            pos.append(hit + lo)
+            mags.append(mag.take(hit))
+            vals.append(c.take(hit))
+    mag_all = np.concatenate(mags)
+    if not np.isfinite(mag_all).all():
+        raise ValueError("the difference has NaN or inf")
+    return np.concatenate(pos), mag_all, np.concatenate(vals)
+
+
+def _positions(mask: np.ndarray) -> np.ndarray:
+    """np.flatnonzero(mask) of a sparse bool mask whose size is a multiple of 8, ~2x faster: the nonzero
+    8-byte words first, then the True bytes among those words only."""
+    if mask.size % 8:
+        return np.flatnonzero(mask)
+    words = np.flatnonzero(mask.view(np.uint64) != 0)
+    within = np.flatnonzero(mask.reshape(-1, 8).take(words, axis=0))
+    return words.take(within >> 3) * 8 + (within & 7)
+
+
+def _kth_largest(vals: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest of magnitudes `vals` (0-dim tensor, 1 <= k <= numel): kth_largest_magnitude on the CPU,
+    torch.topk elsewhere; the same value either way."""
+    if vals.device.type == "cpu":
+        return torch.tensor(kth_largest_magnitude(vals.numpy(), k))
+    return torch.topk(vals, k, sorted=False).values.min()
+
+
+def kth_largest_magnitude(mag: np.ndarray, k: int) -> np.float32:
+    """The k-th largest of non-negative, non-NaN float32 values (1 <= k <= size): np.partition's answer, faster
+    (0.35 against 1.7 ms for 84k candidates, one loaded measurement).
+
+    For such floats the int32 bits are in the values' order, so one radix pass over the top 16 bits (exponent
+    and 7 mantissa bits) counts each bucket and finds the one holding the k-th largest; np.partition then runs
+    on that bucket alone (at most 3% of the 84k candidates of a Gaussian 4.2M-vector at 1%)."""
+    top = mag.view(np.int32) >> 16
+    base = top.min()
+    top -= base
+    counts = np.bincount(top)
+    from_top = np.cumsum(counts[::-1])  # entries in the bucket and every higher one
+    b = int(np.searchsorted(from_top, k))  # the first bucket from the top where k are reached
+    bucket = counts.size - 1 - b
+    inside = mag[top == bucket]
+    r = k - (int(from_top[b]) - int(counts[bucket]))  # its rank inside the bucket, from the top
+    return np.partition(inside, inside.size - r)[inside.size - r]
 
 
 def topk_sampled(mag: torch.Tensor, k: int, fraction: float, gen: torch.Generator, mask: torch.Tensor) -> torch.Tensor:
