@@ -27,7 +27,8 @@ N = 1000
 def no_leftovers():
     before = set(os.listdir(shm.SHM_DIR))
     yield
-    ours = tuple(shm.prefix(run) for run in ("slot", "norun"))  # other runs may be going on
+    # other runs may be going on, and in-process servers of other tests (run id "norun") in other processes
+    ours = (shm.prefix("slot"), f"{shm.prefix('norun')}{os.getpid()}-")
     leaked = {n for n in set(os.listdir(shm.SHM_DIR)) - before if n.startswith(ours)}
     assert not leaked, f"segments left in /dev/shm: {leaked}"
 
