@@ -35,6 +35,7 @@ from worker.compressors import make_compressor
 from worker.ef import Uplink, make_uplink
 
 GRADIENTS = 4  # distinct preallocated gradients, cycled
+REPLY_WAIT_S = 60.0  # then the server is taken to be gone (bench/push_run.py waits for a worker 120 s past its window)
 
 
 def compression_args(ap: argparse.ArgumentParser) -> None:
@@ -162,7 +163,10 @@ def push_loop(
 def _answer(chan: Channel, alloc, reader, params, rank: int, fell_back: dict) -> Message:
     """The answer to a push; with a shared-memory `reader`, the parameters of its version read into `params`,
     or pulled over ZeroMQ when the reads were torn every try (counted), as a worker does (worker/shm_params.py)."""
-    reply = chan.recv(120, alloc=alloc).msg
+    try:
+        reply = chan.recv(REPLY_WAIT_S, alloc=alloc).msg
+    except TimeoutError:  # the server ended its run while this worker was descheduled past its stop grace
+        return Stop(reason="no answer: the server is gone", version=-1)
     if reader is None or not isinstance(reply, Reply):
         return reply
     assert reply.params is None
