@@ -36,7 +36,9 @@ def write_snapshot(path: Path, params: torch.Tensor, meta: dict, buffers: torch.
         "params": params.detach().reshape(-1).to("cpu", torch.float32).contiguous(),
         "buffers": (buffers if buffers is not None else torch.empty(0)).detach().reshape(-1).float().cpu(),
     }
-    tmp = path.with_name(path.name + ".tmp")
+    # a name of this writer's own: two writers of one path (the snapshot thread and the end) would otherwise
+    # share one temporary file, one truncating it while the other renames it into place half-written
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     save_file(tensors, str(tmp), metadata={"meta": json.dumps({**meta, "numel": params.numel()})})
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
@@ -49,7 +51,7 @@ def read_snapshot(path: Path) -> Snapshot:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {})["meta"])
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is no dict)
-    except (SafetensorError, KeyError, ValueError, OSError) as err:
+    except (SafetensorError, KeyError, ValueError, OSError, RuntimeError) as err:  # RuntimeError: a short file
         raise ValueError(f"{path} is not a taups snapshot ({type(err).__name__}: {err})") from None
     if "params" not in tensors or tensors["params"].numel() != meta.get("numel"):
         raise ValueError(f"{path} is not a whole taups snapshot")
