@@ -65,7 +65,7 @@ class Periodic:
             return
         live = s.members.live()
         if live < s.cfg.run.min_workers:
-            return s.request_stop(f"too_few_workers: {live} left of {s.cfg.workers} (workers {s.evicted} left)")
+            return s.request_stop(f"too_few_workers: {live} left of {s.cfg.workers} (workers {sorted(s.evicted)} left)")
         stepped = s.model.set_group(min(s.cfg.staleness.apply_every, live))
         for rank in s.gate.release_barrier() if stepped or s.gate.barrier_full(live) else []:
             s.reply(s.members.identity(rank), s.held.pop(rank))
