@@ -51,8 +51,10 @@ import re
 import secrets
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -228,6 +230,24 @@ def _unlink(path: Path) -> None:
         path.unlink()
 
 
+_M = TypeVar("_M")
+
+
+def _open_advertised(name: str, flags: int, size: int, mapping: Callable[[int], _M]) -> _M:
+    """Open /dev/shm/`name` (never through a symlink), check it is `size` bytes and map it with `mapping(fd)`;
+    the descriptor is closed either way. Raises SegmentError naming the file."""
+    try:
+        fd = os.open(SHM_DIR / name, flags | os.O_NOFOLLOW)
+    except OSError as err:
+        raise SegmentError(f"cannot open /dev/shm/{name}: {err.strerror}") from None
+    try:
+        if os.fstat(fd).st_size != size:
+            raise SegmentError(f"/dev/shm/{name} has the wrong size")
+        return mapping(fd)
+    finally:
+        os.close(fd)
+
+
 class SegmentReader:
     """A reader of an advertised segment. open() raises SegmentError when it is not this host's, cannot be
     opened, or is not the advertised one."""
@@ -237,16 +257,8 @@ class SegmentReader:
             raise SegmentError(f"segment {advert.name} is on another host")
         if advert.numel != expected_numel:
             raise SegmentError(f"segment {advert.name} holds {advert.numel} values, the model {expected_numel}")
-        try:
-            fd = os.open(SHM_DIR / advert.name, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as err:
-            raise SegmentError(f"cannot open /dev/shm/{advert.name}: {err.strerror}") from None
-        try:
-            if os.fstat(fd).st_size != _size(advert.numel):
-                raise SegmentError(f"/dev/shm/{advert.name} has the wrong size")
-            self._m = _Mapped(fd, advert.numel, writable=False)
-        finally:
-            os.close(fd)
+        self._m = _open_advertised(advert.name, os.O_RDONLY, _size(advert.numel),
+                                   lambda fd: _Mapped(fd, advert.numel, writable=False))  # fmt: skip
         head = self._m.map[:32]
         if head[:8] != MAGIC or head[16:32] != bytes.fromhex(advert.nonce):
             self._m.close()
@@ -353,16 +365,8 @@ class PushSlotWriter:
     def __init__(self, advert: Advert, rank: int, expected_numel: int):
         if advert.host != host_id() or advert.numel != expected_numel:
             raise SegmentError(f"push slot {advert.name} is on another host or of another size")
-        try:
-            fd = os.open(SHM_DIR / advert.name, os.O_RDWR | os.O_NOFOLLOW)
-        except OSError as err:
-            raise SegmentError(f"cannot open /dev/shm/{advert.name}: {err.strerror}") from None
-        try:
-            if os.fstat(fd).st_size != _slot_size(advert.numel):
-                raise SegmentError(f"/dev/shm/{advert.name} has the wrong size")
-            self._m = _SlotMap(fd, advert.numel)
-        finally:
-            os.close(fd)
+        self._m = _open_advertised(advert.name, os.O_RDWR, _slot_size(advert.numel),
+                                   lambda fd: _SlotMap(fd, advert.numel))  # fmt: skip
         want = _slot_head(advert.numel, advert.nonce, rank)
         if self._m.map[: len(want)] != want:
             self._m.close()
