@@ -95,7 +95,7 @@ def test_ef21_through_the_push_slot_keeps_the_mirror_exact_and_trains_bitwise_as
 
 @pytest.mark.slow
 def test_the_launcher_removes_the_segment_of_a_killed_server(tmp_path):
-    run = tmp_path / "run"
+    run = tmp_path / tmp_path.name  # segments are named by the run folder's name: other tests' runs are "run"
     cmd = [sys.executable, "-m", "launch", "configs/tiny.yaml", "run.max_updates=100000000", "run.max_seconds=300"]
     proc = subprocess.Popen([*cmd, "--run-dir", str(run), "--quiet"], cwd=ROOT, text=True, stdout=subprocess.PIPE)
     try:
