@@ -4,6 +4,8 @@ Created once, when the server starts, from the initial model the launcher hands 
 held by the server as one object. The two-phase push path lives here:
     staged = model.stage(push)            # validate + decode; raises ProtocolError; changes nothing
     stepped = model.apply(rank, staged)   # fold in; step the optimizer when a group is complete
+    ... replies ...
+    model.settle()                        # work no reply waits for: a step streamed into shared memory
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class ServedModel:
     shared: SharedParams | None = None  # same-host workers read the parameters from shared memory
     shard: int = 0  # server.shards > 1: which shard this server is; it serves coordinates [lo, lo + numel)
     lo: int = 0
+    _pending: tuple[torch.Tensor, float, int] | None = None  # a step whose version is begun, not yet taken
 
     @classmethod
     def create(cls, cfg: ExperimentConfig, init: ModelInit, shard: int = 0) -> ServedModel:
@@ -127,19 +130,58 @@ class ServedModel:
             return False
         group_lr = sum(self.group_lrs) / len(self.group_lrs)  # apply_every: the mean lr of the group
         self.group_lrs.clear()
-        self.opt.step(self._clipped(direction), group_lr, rank)
         self.version += 1
+        if self.history is None and self.shared is not None and self.shared.begin(self.version):
+            self._pending = (self._clipped(direction), group_lr, rank)  # streamed into the segment by finish_step
+            return True
+        self.opt.step(self._clipped(direction), group_lr, rank)
         if self.history is not None:
             self.history.record(self.version, self.params)
         return True
 
+    def finish_step(self) -> None:
+        """Take the step whose version the segment has begun (docs/design.md, Streamed steps): chunk by chunk,
+        each chunk published while it is in cache, so same-host workers told of the version copy it as it
+        comes. Anything that reads the parameters calls this first."""
+        if self._pending is None:
+            return
+        direction, lr, rank = self._pending
+        self._pending = None
+        assert self.shared is not None
+        chunks = getattr(self.opt, "step_chunks", None)
+        if chunks is None:  # an optimizer without chunks: one step, then the whole vector
+            self.opt.step(direction, lr, rank)
+            self.shared.write(self.params)
+        else:
+            done = 0
+            for upto in chunks(direction, lr, rank):
+                self.shared.write(self.params[done:upto])
+                done = upto
+        self.shared.end()
+
     def settle(self) -> None:
-        """Work the last applied push left for after its reply (Aggregator.settle: EF21's add into g_i)."""
+        """Work the last applied push left for after its reply: the streamed step (finish_step), then
+        Aggregator.settle (EF21's add into g_i)."""
+        self.finish_step()
         self.agg.settle()
 
+    def shm_version(self) -> int | None:
+        """The version a reply to a same-host worker names: the one being streamed, else the reply's version
+        published into the segment now if it is not there yet; None without a segment."""
+        if self.shared is None:
+            return None
+        if self._pending is not None:  # being streamed: publish finds it begun and copies nothing
+            version, source = self.version, self.params
+        else:
+            version, source = self.outgoing(delayed=True)
+        return version if self.shared.publish(version, source) else None
+
     def set_group(self, size: int, rank: int = 0) -> bool:
-        """Steps take `size` pushes from now on (workers left); steps at once if the open group is full."""
-        return self._step(self.agg.set_group(size), rank)
+        """Steps take `size` pushes from now on (workers left); steps at once if the open group is full (taken
+        whole here: no settle follows this path)."""
+        stepped = self._step(self.agg.set_group(size), rank)
+        self.finish_step()
+        return stepped
 
     def at_boundary(self) -> bool:
         """Whether no group is open: a checkpoint taken now has no push half-folded into a step."""
@@ -162,6 +204,7 @@ class ServedModel:
 
     def outgoing(self, delayed: bool) -> tuple[int, torch.Tensor]:
         """(version, parameters) a reply carries: now, or with an artificial delay an older stored version."""
+        self.finish_step()
         if delayed and self.history is not None:
             return self.history.pick(self.version)
         return self.version, self.params

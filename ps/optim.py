@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Protocol
 
 import torch
@@ -23,6 +24,7 @@ import torch
 from protocol.config.schema import OptimizerConfig
 
 TINY = torch.finfo(torch.float32).tiny
+CHUNK = 1 << 18  # coordinates per chunk of a chunked step: its 5 float32 streams (1 MiB each) stay in cache
 
 
 class Optimizer(Protocol):
@@ -55,6 +57,12 @@ class ServerOptimizer(ABC):
     def step(self, direction: torch.Tensor, lr: float, worker: int = 0) -> None:
         """Apply one iteration with `direction` (read only) at learning rate `lr`."""
 
+    def step_chunks(self, direction: torch.Tensor, lr: float, worker: int = 0, chunk: int = CHUNK) -> Iterator[int]:
+        """step(), yielding how many parameters from the front hold their new values as they do (here: all of
+        them, once; TorchAdam steps chunk by chunk). Run it to the end: the step is not taken until then."""
+        self.step(direction, lr, worker)
+        yield self.params.numel()
+
     def state(self) -> dict[str, torch.Tensor]:
         """The optimizer's state tensors by name (checkpoints copy them; nothing else is state but `steps`)."""
         return {}
@@ -83,13 +91,33 @@ class TorchAdam(ServerOptimizer):
 
     def step(self, direction: torch.Tensor, lr: float, worker: int = 0) -> None:
         self._step += 1
+        self._kernel(0, self.params.numel(), direction, lr)
+        self.steps += 1
+
+    def step_chunks(self, direction: torch.Tensor, lr: float, worker: int = 0, chunk: int = CHUNK) -> Iterator[int]:
+        """step(), one contiguous chunk of coordinates after another, yielding after each how many parameters
+        from the front hold their new values (the server publishes each chunk while it is still in cache).
+        Bitwise equal to step() at one thread: the kernel is coordinate-wise, every chunk sees the same step
+        count, and chunks are whole multiples of 64 coordinates (the kernel's vector loop hands a remainder to a
+        scalar loop that rounds differently). Raises ValueError for another chunk size."""
+        if chunk <= 0 or chunk % 64:
+            raise ValueError(f"a chunk is a positive multiple of 64 coordinates, got {chunk}")
+        self._step += 1
+        self.steps += 1
+        n = self.params.numel()
+        for lo in range(0, n, chunk):
+            self._kernel(lo, min(n, lo + chunk), direction, lr)
+            yield min(n, lo + chunk)
+
+    def _kernel(self, lo: int, hi: int, direction: torch.Tensor, lr: float) -> None:
+        """torch's fused Adam on coordinates [lo, hi) (what torch.optim.Adam(fused=True) calls)."""
         b1, b2 = self.cfg.betas
         torch._fused_adam_(
-            [self.params],
-            [direction],
-            [self.m],
-            [self.v],
-            [self.v_hat] if self.v_hat is not None else [],  # there is one when amsgrad
+            [self.params[lo:hi]],
+            [direction[lo:hi]],
+            [self.m[lo:hi]],
+            [self.v[lo:hi]],
+            [self.v_hat[lo:hi]] if self.v_hat is not None else [],  # there is one when amsgrad
             [self._step],
             lr=lr,
             beta1=b1,
@@ -99,7 +127,6 @@ class TorchAdam(ServerOptimizer):
             amsgrad=self.amsgrad,
             maximize=False,
         )
-        self.steps += 1
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {"m": self.m, "v": self.v, "step": self._step}

@@ -26,10 +26,12 @@ PULLED = Outcome(False, "pull", 0, 0.0)  # the answer to a Pull: parameters, no 
 
 def send_reply(out: Outbox, model: ServedModel, identity: bytes, outcome: Outcome) -> None:
     """The outcome, and the parameters of now (or, under an artificial delay, older ones); to a push that asked
-    for shared memory, the version only, once the segment holds it (ps/shared_params.py)."""
+    for shared memory, the version only, once the segment holds it or is streaming it (ps/model.py,
+    finish_step)."""
+    in_shm = model.shm_version() if outcome.shm else None
+    if in_shm is not None:  # the worker copies the version from the segment, following it if it is being streamed
+        out.send(identity, Reply(outcome.applied, outcome.reason, outcome.staleness, in_shm, outcome.lr, outcome.seq))
+        return
     version, source = model.outgoing(delayed=True)
     reply = Reply(outcome.applied, outcome.reason, outcome.staleness, version, outcome.lr, outcome.seq)
-    if outcome.shm and model.shared is not None and model.shared.publish(version, source):
-        out.send(identity, reply)
-        return
     out.send_params(identity, reply, source, model.pool)

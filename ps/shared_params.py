@@ -2,11 +2,12 @@
 
 The segment (protocol/wire/shm.py) is created when the first worker is welcomed, and its name goes into
 every Welcome's settings. A push that asks for it (Push.shm) is answered with a Reply that carries only the
-version: just before that reply goes out, the parameters of that version are published into the segment
-(once per version, however many replies name it), so a worker that reads the segment after its reply
-arrived finds that version or a newer one. Pulls, Welcomes and every worker that did not ask get the
-parameters over ZeroMQ as before. Closed (unlinked) when the server ends; the launcher removes what a
-killed server left.
+version: before that reply goes out, the parameters of that version are published into the segment (once
+per version, however many replies name it) or, for a push that steps, begun there and streamed in while the
+step is taken (begin, write, end: docs/design.md, Streamed steps), so a worker that reads the segment after
+its reply arrived finds that version, whole or on its way, or a newer one. Pulls, Welcomes and every
+worker that did not ask get the parameters over ZeroMQ as before. Closed (unlinked) when the server ends;
+the launcher removes what a killed server left.
 
 Push slots (docs/design.md, Shared-memory pushes): while the segment exists, each rank's Welcome also offers
 that rank a push slot (created the first time the rank is welcomed; settings["shm_push"]), and a push that
@@ -97,13 +98,30 @@ class SharedParams:
         log.info("parameters for workers on this host in /dev/shm/%s", self.writer.name)
 
     def publish(self, version: int, params: torch.Tensor) -> bool:
-        """Make `version` readable in the segment (if it is not yet); False when there is no segment."""
+        """Make `version` readable in the segment (if it is not yet, nor being streamed); False when there is
+        no segment."""
         if self.writer is None:
             return False
-        if self.writer.published != version:
+        if version not in (self.writer.published, self.writer.writing):
             self.writer.publish(version, params.detach().numpy())
         self.replies += 1
         return True
+
+    def begin(self, version: int) -> bool:
+        """Start streaming `version` (write, then end); False when there is no segment."""
+        if self.writer is None:
+            return False
+        self.writer.begin(version)
+        return True
+
+    def write(self, chunk: torch.Tensor) -> None:
+        """The next parameters of the version begun (float32, contiguous, CPU)."""
+        assert self.writer is not None
+        self.writer.write(chunk.detach().numpy())
+
+    def end(self) -> None:
+        assert self.writer is not None
+        self.writer.end()
 
     def close(self) -> None:
         for slot in self.slots.values():

@@ -169,3 +169,34 @@ def test_step_reads_but_never_writes_the_direction():
     ):
         make_optimizer(torch.randn(20), cfg).step(d, 0.1)
         assert torch.equal(d, keep)
+
+
+@pytest.mark.parametrize(
+    "name, form", [("amsgrad", "torch"), ("adam", "torch"), ("amsgrad", "paper"), ("sgd", "torch")]
+)
+@pytest.mark.parametrize("chunk", [64, 192, 1024])
+def test_a_chunked_step_is_bitwise_the_whole_step(name, form, chunk):
+    """The server streams a step chunk by chunk into shared memory (ps/model.py, finish_step); what it leaves
+    is bit for bit what one step leaves, and the chunks cover the vector front to back. Chunks are whole
+    multiples of 64 coordinates: the fused kernel's vector loop leaves a remainder to a scalar loop that rounds
+    differently (a chunk of 100 changes the result), so chunk edges must not add remainders."""
+    n, x0 = 1000, torch.randn(1000, generator=torch.Generator().manual_seed(3))
+    cfg = OptimizerConfig(name=name, form=form, lr=1e-2)
+    whole, chunked = x0.clone(), x0.clone()
+    a, b = make_optimizer(whole, cfg), make_optimizer(chunked, cfg)
+    for g in _grads(20, n):
+        a.step(g, 1e-2)
+        ends = list(b.step_chunks(g, 1e-2, chunk=chunk))
+        assert ends[-1] == n and ends == sorted(ends)
+        assert len(ends) == (-(-n // chunk) if (name, form) != ("amsgrad", "paper") and name != "sgd" else 1)
+        assert torch.equal(whole, chunked)
+    assert a.steps == b.steps == 20
+    for key, t in a.state().items():
+        assert torch.equal(t, b.state()[key]), key
+
+
+def test_a_chunk_that_is_not_a_multiple_of_64_is_refused():
+    opt = make_optimizer(torch.zeros(100), OptimizerConfig(name="amsgrad", form="torch", lr=1e-2))
+    with pytest.raises(ValueError, match="multiple of 64"):
+        list(opt.step_chunks(torch.ones(100), 1e-2, chunk=100))
+    assert opt.steps == 0

@@ -56,11 +56,13 @@ def test_reader_takes_the_newer_slot_and_skips_one_being_written():
     w.publish(2, np.full(64, 2, np.float32))
     assert r.read_into(out) == 2 and (out == 2).all()
     assert r.read_into(out, 3, tries=3) is None  # not yet there: the worker falls back to a pull
-    slot = r._newer_slot()
-    w._m.headers[slot][0] += 1  # a write in progress in the newest slot (as if the writer lapped the reader)
-    assert r.read_into(out, 0, tries=3) is None  # the odd sequence number refuses it; never a torn copy
-    w._m.headers[slot][0] += 1
-    assert r.read_into(out, 2) == 2
+    w.begin(3)  # version 3 being written: a reader content with 2 takes the complete slot at once
+    assert r.read_into(out, 2, wait_s=0.05) == 2 and (out == 2).all()
+    w.write(np.full(32, 3, np.float32))  # half of it
+    assert r.read_into(out, 3, tries=2, wait_s=0.05) is None  # stalled half way: given up, never half a copy
+    w.write(np.full(32, 3, np.float32))
+    w.end()
+    assert r.read_into(out, 3) == 3 and (out == 3).all()
     r.close()
     w.close()
 
@@ -98,7 +100,9 @@ def test_remove_segments_unlinks_only_the_runs_and_only_dead_writers_when_asked(
 # -- the consistency test: a writer as fast as it can, readers reading thousands of times -------------------------
 
 
-def _writer(advert_q, stop, numel: int) -> None:
+def _writer(advert_q, stop, numel: int, chunks: int) -> None:
+    """Publishes versions as fast as it can; with chunks > 1 each is streamed in that many writes, as the server
+    streams a step (ps/model.py), so readers that want it follow it."""
     w = shm.SegmentWriter("consistency", numel)
     values = np.empty(numel, np.float32)
     advert_q.put(w.advert().to_wire())
@@ -106,20 +110,25 @@ def _writer(advert_q, stop, numel: int) -> None:
     while not stop.is_set():
         version += 1
         values.fill(version)  # every element is the version: a torn copy mixes two of them
-        w.publish(version, values)
+        w.begin(version)
+        for part in np.array_split(values, chunks):
+            w.write(part)
+        w.end()
     w.close()
 
 
 MAX_GIVE_UPS = 20_000  # reads that gave up after their tries, before a reader stops short of its count
 
 
-def _reader(advert: dict, numel: int, reads: int, checked: bool, out_q) -> None:
+def _reader(advert: dict, numel: int, reads: int, checked: bool, out_q, want_next: bool = False) -> None:
+    """want_next: each read asks for a version newer than the last one read (usually the one being written,
+    which the read then follows as it is streamed)."""
     r = shm.SegmentReader(shm.Advert.from_wire(advert), numel)
     dst = np.empty(numel, np.float32)
     versions, torn, failed = [], 0, 0
     while len(versions) < reads and failed < MAX_GIVE_UPS:  # `reads` whole reads, however often the writer laps
         if checked:
-            v = r.read_into(dst, 0)
+            v = r.read_into(dst, versions[-1] + 1 if want_next and versions else 0)
         else:  # the copy without the seqlock: what the test would see if the protocol were broken
             slot = r._newer_slot()
             v = int(r._m.headers[slot][1])
@@ -134,14 +143,15 @@ def _reader(advert: dict, numel: int, reads: int, checked: bool, out_q) -> None:
     out_q.put({"versions": versions, "torn": torn, "failed": failed})
 
 
-def _race(readers: int, reads: int, checked: bool, numel: int = BIG) -> list[dict]:
+def _race(readers: int, reads: int, checked: bool, numel: int = BIG, chunks: int = 1, want_next: bool = False):
     ctx = mp.get_context("spawn")
     advert_q, out_q, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-    writer = ctx.Process(target=_writer, args=(advert_q, stop, numel))
+    writer = ctx.Process(target=_writer, args=(advert_q, stop, numel, chunks))
     writer.start()
     try:
         advert = advert_q.get(timeout=60)
-        procs = [ctx.Process(target=_reader, args=(advert, numel, reads, checked, out_q)) for _ in range(readers)]
+        args = (advert, numel, reads, checked, out_q, want_next)
+        procs = [ctx.Process(target=_reader, args=args) for _ in range(readers)]
         for p in procs:
             p.start()
         results = [out_q.get(timeout=600) for _ in procs]
@@ -157,8 +167,9 @@ def _race(readers: int, reads: int, checked: bool, numel: int = BIG) -> list[dic
 
 
 @pytest.mark.timeout(900)
-def test_every_read_is_one_whole_version_and_versions_only_grow():
-    results = _race(readers=2, reads=300, checked=True)
+@pytest.mark.parametrize("chunks, want_next", [(1, False), (16, True)], ids=["whole", "streamed-followed"])
+def test_every_read_is_one_whole_version_and_versions_only_grow(chunks, want_next):
+    results = _race(readers=2, reads=300, checked=True, chunks=chunks, want_next=want_next)
     for res in results:
         assert res["torn"] == 0, f"{res['torn']} torn reads"
         vs = res["versions"]
@@ -168,6 +179,7 @@ def test_every_read_is_one_whole_version_and_versions_only_grow():
         # has 300 whole reads, so the sample does not shrink with the machine's load.
         assert len(vs) == 300, f"only {len(vs)} whole reads ({res['failed']} gave up)"
         assert all(a <= b for a, b in zip(vs, vs[1:])), "versions went backwards"
+        assert not want_next or all(a < b for a, b in zip(vs, vs[1:])), "a read older than it asked for"
         assert len(set(vs)) > 10, "the writer barely published: the race did not happen"
 
 

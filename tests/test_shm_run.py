@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -229,3 +230,36 @@ def test_a_full_dev_shm_leaves_the_server_on_zeromq(monkeypatch):
     assert shared.advert() == {} and not shared.active
     assert not shared.publish(1, torch.zeros(1 << 20))
     assert segments(Path("full-shm")) == []
+
+
+def test_a_step_is_streamed_after_its_version_is_named_and_a_reader_follows_it_to_the_exact_step():
+    """The reply names the version before the step is taken (ps/model.py, finish_step); a reader asking for it
+    follows the chunks as they are written and ends with bitwise the parameters one whole step gives."""
+    from protocol.wire.layout import Layout
+    from ps.aggregate import Staged
+    from ps.model import ServedModel
+    from ps.optim import CHUNK, make_optimizer
+    from tests.helpers import make_config, served
+
+    n = 3 * CHUNK + 640  # three whole chunks and a short one
+    cfg = make_config(workers=1, server={"transport": "auto"})
+    model = ServedModel.create(cfg, served(Layout.from_shapes([("w", (n,))]), torch.zeros(n)))
+    reader = shm.SegmentReader(shm.Advert.from_wire(model.shared.advert()["shm"]), n)
+    g = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    expected = torch.zeros(n)
+    make_optimizer(expected, cfg.optimizer).step(g, 1e-3)
+    try:
+        assert model.apply(0, Staged("grad", dense=g), 1e-3) and model.version == 1
+        assert model.shm_version() == 1 and torch.equal(model.params, torch.zeros(n))  # named, not yet taken
+        got, copied = {}, torch.empty(n)
+        follower = threading.Thread(target=lambda: got.update(v=reader.read_into(copied.numpy(), 1, wait_s=60)))
+        follower.start()
+        time.sleep(0.2)  # the reader is waiting on the write's progress
+        model.settle()
+        follower.join(timeout=60)
+        assert got["v"] == 1
+        assert torch.equal(model.params, expected) and torch.equal(copied, expected)
+        assert model.shm_version() == 1 and model.shared.writer.published == 1  # published once, not again
+    finally:
+        reader.close()
+        model.shared.close()

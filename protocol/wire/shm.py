@@ -5,25 +5,29 @@ without a copy (a CPU torch tensor is one).
 
 Segment: one file under /dev/shm, mode 0600, named taups-<run id>@<pid>-<random>; little-endian:
 
-    0      8  magic b"TAUPSHM1"
+    0      8  magic b"TAUPSHM2"
     8      8  numel (uint64)
     16    16  nonce (random; the server's Welcome names it, so a reader knows it opened this very segment)
-    64    16  slot 0: seq (uint64), version (uint64)    each slot header on its own cache line
-    128   16  slot 1: seq, version
+    64    24  slot 0: seq (uint64), version (uint64), progress (uint64)   each slot header on its own cache line
+    128   24  slot 1: seq, version, progress
     4096      slot 0's numel float32, then slot 1's at 4096 + stride (stride: numel * 4 rounded up to 4 KiB)
 
-Writer (publish): into the slot not holding the newest version: seq += 1 (odd: being written), copy the
-values, write the version, seq += 1 (even again). Reader (read_into): the slot with the newer version; read
-seq, the version and the values, read seq again; the copy is consistent when both reads of seq are the same
-even number. A torn copy (the writer came round to that slot during it) is retried, at most `tries` times;
-then the reader gives up (the worker then asks over ZeroMQ).
+Writer: a version is written into the slot not holding the newest one, streamed: begin (seq += 1, odd: being
+written; progress = 0; the version), then write() the values front to back in chunks, each followed by
+progress = the values written so far, then end (seq += 1, even again). publish() is all three at once.
+Reader (read_into): the slot with the newer version. A complete slot (seq even) is copied and checked as a
+seqlock: the copy is consistent when seq read before and after is the same even number. A slot being written
+with the version the reader wants is followed: each stretch below `progress` is copied as it appears, and
+the copy is consistent when seq afterwards is still that write's (odd, or one more: ended), so the writer
+never came round to the slot again. A torn copy is retried, at most `tries` times; a followed write that makes
+no progress for `wait_s` gives up; then the worker asks over ZeroMQ.
 
 Ordering assumptions, x86-64 only (`supported()` is False elsewhere, and the server then never offers a
 segment): stores become visible to other cores in program order and loads are not reordered with older
 loads (TSO); an aligned 8-byte load or store is a single instruction, never torn. Each step is a separate
 C call from Python, so no compiler reorders across them. A large memcpy may use non-temporal stores, which
 TSO does not order; `_fence` (taking and releasing an uncontended lock: a locked instruction, a full barrier
-on x86-64) sits between the copy and the sequence stores on both sides.
+on x86-64) sits between a copy and the header stores after it on both sides.
 
 Push slots (docs/design.md, Shared-memory pushes): one more file per rank, taups-<run id>@<pid>-<random>-push<rank>,
 that the SERVER creates (0600, never an existing file) and the rank's worker maps writable to leave a dense
@@ -50,6 +54,7 @@ import platform
 import re
 import secrets
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,13 +64,14 @@ from typing import TypeVar
 import numpy as np
 
 SHM_DIR = Path("/dev/shm")
-MAGIC = b"TAUPSHM1"
+MAGIC = b"TAUPSHM2"
 PUSH_MAGIC = b"TAUPSPU1"
 WRITTEN_AT = 64  # a push slot's `written` word
 HEADER_BYTES = 4096
-SLOT_HEADER = 64  # slot i's seq and version live at 64 * (i + 1)
+SLOT_HEADER = 64  # slot i's seq, version and progress live at 64 * (i + 1)
 PAGE = 4096
 DEFAULT_TRIES = 16
+WAIT_S = 10.0  # a followed write that makes no progress this long is given up (the writer is gone or stuck)
 _LOCK = threading.Lock()
 
 
@@ -167,7 +173,7 @@ class _Mapped:
         access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
         self.map = mmap.mmap(fd, _size(numel), access=access)
         buf = np.frombuffer(self.map, dtype=np.uint8)
-        self.headers = [buf[SLOT_HEADER * (i + 1) : SLOT_HEADER * (i + 1) + 16].view(np.uint64) for i in (0, 1)]
+        self.headers = [buf[SLOT_HEADER * (i + 1) : SLOT_HEADER * (i + 1) + 24].view(np.uint64) for i in (0, 1)]
         start = [HEADER_BYTES, HEADER_BYTES + _stride(numel)]
         self.slots = [buf[s : s + 4 * numel].view(np.float32) for s in start]
         self.numel = numel
@@ -202,22 +208,52 @@ class SegmentWriter:
         self._m.map[8:16] = numel.to_bytes(8, "little")
         self._m.map[16:32] = bytes.fromhex(self.nonce)
         self.published = -1  # the newest version published (-1: none yet)
-        self._next = 0
+        self.writing: int | None = None  # the version begun and not yet ended
+        self._next, self._done = 0, 0
 
     def advert(self) -> Advert:
         return Advert(self.name, host_id(), self.numel, self.nonce)
 
     def publish(self, version: int, values: object) -> None:
         """Make `values` (numel float32, anything numpy views without a copy) the segment's newest version."""
-        slot = self._next
-        header = self._m.headers[slot]
+        self.begin(version)
+        self.write(values)
+        self.end()
+
+    def begin(self, version: int) -> None:
+        """Start writing `version` into the slot not holding the newest one: a reader that wants it follows the
+        write() calls from now on. Raises RuntimeError while another version is being written."""
+        if self.writing is not None:
+            raise RuntimeError(f"version {self.writing} is still being written")
+        header = self._m.headers[self._next]
         header[0] += 1  # odd: being written
         _fence()
-        np.copyto(self._m.slots[slot], np.asarray(values).reshape(-1))
+        header[2] = 0  # progress, before the version: a reader that sees the new version sees this too
         header[1] = version
         _fence()
-        header[0] += 1  # even: complete
-        self._next, self.published = 1 - slot, version
+        self.writing, self._done = version, 0
+
+    def write(self, values: object) -> None:
+        """The next values of the version begun, after those written so far (float32, viewed without a copy).
+        Raises RuntimeError outside begin/end, ValueError past numel."""
+        if self.writing is None:
+            raise RuntimeError("write before begin")
+        chunk = np.asarray(values).reshape(-1)
+        lo, hi = self._done, self._done + chunk.size
+        if hi > self.numel:
+            raise ValueError(f"{hi} values written into a segment of {self.numel}")
+        np.copyto(self._m.slots[self._next][lo:hi], chunk)
+        _fence()
+        self._m.headers[self._next][2] = self._done = hi
+
+    def end(self) -> None:
+        """The version begun is complete: it becomes the newest. Raises RuntimeError unless every value was
+        written."""
+        if self.writing is None or self._done != self.numel:
+            raise RuntimeError(f"end after {self._done} of {self.numel} values")
+        _fence()
+        self._m.headers[self._next][0] += 1  # even: complete
+        self._next, self.published, self.writing = 1 - self._next, self.writing, None
 
     def close(self) -> None:
         """Unmap and unlink (readers keep their mappings; no new reader can open it)."""
@@ -269,27 +305,64 @@ class SegmentReader:
         """The newest complete version published (-1 when none; a hint: it may change at once)."""
         return max((int(h[1]) for h in self._m.headers if int(h[0]) % 2 == 0 and int(h[0]) > 0), default=-1)
 
-    def read_into(self, out: object, min_version: int = 0, tries: int = DEFAULT_TRIES) -> int | None:
-        """Copy the newest version (at least min_version) into `out` (numel float32, viewed without a copy);
-        its version, or None when `tries` attempts found none consistent and new enough."""
+    def read_into(
+        self, out: object, min_version: int = 0, tries: int = DEFAULT_TRIES, wait_s: float = WAIT_S
+    ) -> int | None:
+        """Copy the newest version (at least min_version) into `out` (numel float32, viewed without a copy),
+        following it while it is being written; its version, or None when `tries` attempts found none
+        consistent and new enough (or a followed write stalled for wait_s seconds)."""
         dst = np.asarray(out).reshape(-1)
         for _ in range(tries):
-            slot = self._newer_slot()
+            slot = self._pick(min_version)
             header = self._m.headers[slot]
             seq = int(header[0])
-            if seq % 2 or seq == 0:
-                continue  # being written (or never written): look again
             _fence()
             version = int(header[1])
-            np.copyto(dst, self._m.slots[slot])
+            if seq == 0 or version < min_version:
+                continue  # never written, or not yet the version wanted: look again
+            if seq % 2:
+                whole = self._follow(slot, seq, dst, wait_s)
+            else:
+                np.copyto(dst, self._m.slots[slot])
+                whole = True
             _fence()
-            if int(header[0]) == seq and version >= min_version:
+            after = int(header[0])
+            if whole and int(header[1]) == version and (after == seq or (seq % 2 and after == seq + 1)):
                 return version
         return None
+
+    def _follow(self, slot: int, seq: int, dst: np.ndarray, wait_s: float) -> bool:
+        """Copy slot `slot` into dst stretch by stretch as its write (seq, odd) progresses; False when the
+        writer came round to the slot again or made no progress for wait_s seconds."""
+        header, src, done = self._m.headers[slot], self._m.slots[slot], 0
+        deadline = time.monotonic() + wait_s
+        while done < dst.size:
+            progress = min(int(header[2]), dst.size)
+            if progress > done:
+                _fence()
+                np.copyto(dst[done:progress], src[done:progress])
+                done, deadline = progress, time.monotonic() + wait_s
+                continue
+            now = int(header[0])
+            if now != seq and now != seq + 1:
+                return False  # a newer write began in this slot: what was copied may be torn
+            if time.monotonic() > deadline:
+                return False
+            os.sched_yield()  # the writer may need this core
+        return True
 
     def _newer_slot(self) -> int:
         h0, h1 = self._m.headers
         return 0 if int(h0[1]) >= int(h1[1]) else 1
+
+    def _pick(self, min_version: int) -> int:
+        """The newer slot, unless it is being written and the other holds a version new enough: that one is
+        read at once instead of waiting for the write (a hint: read_into checks what it copied)."""
+        newer = self._newer_slot()
+        other = self._m.headers[1 - newer]
+        if int(self._m.headers[newer][0]) % 2 and int(other[0]) % 2 == 0 and int(other[1]) >= min_version:
+            return 1 - newer
+        return newer
 
     def close(self) -> None:
         self._m.close()
