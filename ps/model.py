@@ -120,18 +120,19 @@ class ServedModel:
         # float64: the mean of equal values is that value again (a float32 mean of 3 can be 1 ulp off)
         return torch.stack(list(self.buffers.values())).double().mean(dim=0).float()
 
-    def apply(self, rank: int, staged: Staged, lr: float) -> bool:
-        """Fold an accepted push in; step the optimizer when a group of apply_every pushes is complete."""
+    def apply(self, rank: int, staged: Staged, lr: float, stream: bool = False) -> bool:
+        """Fold an accepted push in; step the optimizer when a group of apply_every pushes is complete. stream:
+        the pusher reads the segment, so a step is only begun there now and taken by finish_step."""
         self.group_lrs.append(lr)
-        return self._step(self.agg.apply(rank, staged), rank)
+        return self._step(self.agg.apply(rank, staged), rank, stream)
 
-    def _step(self, direction: torch.Tensor | None, rank: int) -> bool:
+    def _step(self, direction: torch.Tensor | None, rank: int, stream: bool = False) -> bool:
         if direction is None:
             return False
         group_lr = sum(self.group_lrs) / len(self.group_lrs)  # apply_every: the mean lr of the group
         self.group_lrs.clear()
         self.version += 1
-        if self.history is None and self.shared is not None and self.shared.begin(self.version):
+        if stream and self.history is None and self.shared is not None and self.shared.begin(self.version):
             self._pending = (self._clipped(direction), group_lr, rank)  # streamed into the segment by finish_step
             return True
         self.opt.step(self._clipped(direction), group_lr, rank)

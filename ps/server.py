@@ -160,7 +160,7 @@ class ParameterServer:
         self.report.counters.note_clipped(push.meta.get("clipped"))
         self.model.note_buffers(push.rank, push.buffers)
         decision = self.policy.decide(tau, self.version)
-        stepped = decision.accept and self.model.apply(push.rank, staged, decision.lr)
+        stepped = decision.accept and self.model.apply(push.rank, staged, decision.lr, stream=push.shm)
         member.applied += decision.accept
         self._record(push, got.nbytes, tau, decision.reason, decision.lr)
         self.held[push.rank] = member.last_outcome = Outcome(

@@ -249,7 +249,7 @@ def test_a_step_is_streamed_after_its_version_is_named_and_a_reader_follows_it_t
     expected = torch.zeros(n)
     make_optimizer(expected, cfg.optimizer).step(g, 1e-3)
     try:
-        assert model.apply(0, Staged("grad", dense=g), 1e-3) and model.version == 1
+        assert model.apply(0, Staged("grad", dense=g), 1e-3, stream=True) and model.version == 1
         assert model.shm_version() == 1 and torch.equal(model.params, torch.zeros(n))  # named, not yet taken
         got, copied = {}, torch.empty(n)
         follower = threading.Thread(target=lambda: got.update(v=reader.read_into(copied.numpy(), 1, wait_s=60)))
@@ -262,4 +262,23 @@ def test_a_step_is_streamed_after_its_version_is_named_and_a_reader_follows_it_t
         assert model.shm_version() == 1 and model.shared.writer.published == 1  # published once, not again
     finally:
         reader.close()
+        model.shared.close()
+
+
+def test_a_step_for_a_worker_that_does_not_read_the_segment_is_taken_whole_and_not_written_there():
+    """Streaming pays only when the pusher reads the segment: a push over ZeroMQ steps at once and the segment
+    is written only when a reply names a version in it."""
+    from protocol.wire.layout import Layout
+    from ps.aggregate import Staged
+    from ps.model import ServedModel
+    from tests.helpers import make_config, served
+
+    cfg = make_config(workers=1, server={"transport": "auto"})
+    model = ServedModel.create(cfg, served(Layout.from_shapes([("w", (256,))]), torch.zeros(256)))
+    model.shared.advert()
+    try:
+        assert model.apply(0, Staged("grad", dense=torch.ones(256)), 1e-3)
+        assert not torch.equal(model.params, torch.zeros(256))  # stepped already
+        assert model.shared.writer.published == -1 and model.shared.writer.writing is None
+    finally:
         model.shared.close()

@@ -110,10 +110,12 @@ def topk_exact_of_difference(
     if cand.size < k:
         return None
     t = kth_largest_magnitude(mag, k)  # the k-th largest of every |c|: all >= low are here
-    keep = np.flatnonzero(mag >= t)
-    if keep.size > k:  # ties at t: every |c| > t, then the lowest-index ones equal to t
-        ties = np.flatnonzero(mag == t)[: k - int(np.count_nonzero(mag > t))]
-        keep = np.union1d(np.flatnonzero(mag > t), ties)
+    chosen = mag >= t
+    if np.count_nonzero(chosen) > k:  # ties at t: every |c| > t, then the lowest-index ones equal to t
+        above = mag > t
+        above[np.flatnonzero(mag == t)[: k - int(np.count_nonzero(above))]] = True
+        chosen = above  # a mask, not a union of index sets: no sort (ties are common with bfloat16 values)
+    keep = np.flatnonzero(chosen)
     return torch.from_numpy(cand[keep]), torch.from_numpy(val[keep])
 
 
