@@ -10,7 +10,8 @@ the run folder expects at its top (launch/run.py calls these):
     status.json                   every tick: shard 0's (shard 0's clock is the run's)
     updates.csv                   at the end: shard 0's (every push reaches every shard; each shard's own
                                   rows, with its clock and the staleness of its part, stay in shard-s/)
-    server_summary.json           at the end: shard 0's counts, `updates` the smallest shard version, `shards`
+    server_summary.json           at the end: shard 0's counts, the bytes of all shards, `updates` the smallest
+                                  shard version, `shards`
                                   (each shard's range size, updates, updates/s, staleness and time split) and
                                   `shard_spread` (max - min of their versions)
 """
@@ -114,9 +115,10 @@ class ShardFiles:
 def merge_summaries(
     parts: list[ServerSummary | None], last_known: list[tuple[int, int]] | None = None
 ) -> ServerSummary | None:
-    """Shard 0's summary (its counts of pushes, staleness, bytes, time) with every shard's figures; updates is
-    the smallest shard version (docs/design.md, Shards), ef_drift_max the largest drift. last_known: each
-    shard's (parameters, last version in its status.json), which count for a shard without a summary."""
+    """Shard 0's summary (its counts of pushes, staleness, time) with every shard's figures; updates is the
+    smallest shard version (docs/design.md, Shards), ef_drift_max the largest drift, uplink and downlink bytes
+    the sum over the shards (a shard without a summary adds nothing). last_known: each shard's (parameters,
+    last version in its status.json), which count for a shard without a summary."""
     if not parts or parts[0] is None:
         return None
     merged = ServerSummary(**{**vars(parts[0])})
@@ -126,6 +128,9 @@ def merge_summaries(
     versions += [f["updates"] for f in merged.shards if "updates" in f and f.get("missing")]
     merged.updates = min(versions)  # an update counts once every shard has applied its part of it
     merged.num_params = sum(f.get("num_params", 0) for f in merged.shards)
+    # a push's bytes are split over the shards (each gets its range): the run's traffic is the sum
+    merged.uplink_bytes = sum(p.uplink_bytes for p in parts if p is not None)
+    merged.downlink_bytes = sum(p.downlink_bytes for p in parts if p is not None)
     merged.ef_drift_max = max(p.ef_drift_max for p in parts if p is not None)
     merged.write_errors = [f"shard {s}: {e}" for s, p in enumerate(parts) if p for e in p.write_errors]
     merged.write_errors += [f"shard {s}: no server_summary.json" for s, p in enumerate(parts) if p is None]
@@ -148,6 +153,8 @@ def _shard_figures(shard: int, p: ServerSummary | None, last_known: list[tuple[i
         "staleness_mean": p.staleness_mean,
         "staleness_max": p.staleness_max,
         "ef_drift_max": p.ef_drift_max,
+        "uplink_bytes": p.uplink_bytes,
+        "downlink_bytes": p.downlink_bytes,
         "time_split_s": p.time_split_s,
     }
 

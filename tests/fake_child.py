@@ -41,6 +41,7 @@ def server(run_dir: Path, write_after_s: float, end_after_s: float | None = None
 
 def worker(exit_after_s: float, code: int) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    print("ready", flush=True)  # the handler is in place (a test may signal from now on)
     time.sleep(exit_after_s)
     return code
 

@@ -6,6 +6,7 @@ import functools
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -57,13 +58,22 @@ def test_a_failed_run_gives_the_server_its_stop_grace_and_keeps_its_results(tmp_
     assert (tmp_path / "snapshots" / "final.safetensors").exists()
 
 
+def _signal_when_ready(log, signals: StopSignals, sig: int, timeout_s: float = 60.0) -> None:
+    """Note the signal once the stand-in worker said it has its SIGTERM handler (on a loaded machine a fixed
+    delay could beat its start, and it would die by the signal instead of leaving with 143)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not (log.exists() and "ready" in log.read_text()):
+        time.sleep(0.02)
+    signals.signum = sig
+
+
 @pytest.mark.parametrize(
     "sig, status, code",
     [(signal.SIGINT, "interrupted", 130), (signal.SIGTERM, "terminated", 143), (signal.SIGHUP, "terminated", 129)],
 )
 def test_a_stop_signal_stops_every_child_and_marks_the_summary(tmp_path, sig, status, code):
-    signals = StopSignals()  # not entered: the timer plays the handler
-    threading.Timer(0.5, lambda: setattr(signals, "signum", sig)).start()
+    signals = StopSignals()  # not entered: the thread plays the handler, once the worker can take a SIGTERM
+    threading.Thread(target=_signal_when_ready, args=(tmp_path / "logs" / "worker0.log", signals, sig)).start()
     run = StandInRun(_cfg(), tmp_path, signals=signals)
     with pytest.raises(Stopped) as stopped:
         run.execute()

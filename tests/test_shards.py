@@ -184,11 +184,15 @@ def test_each_shard_resumes_its_own_checkpoint_and_refuses_another_shards(tmp_pa
 
 
 def test_merged_summary_counts_an_update_once_every_shard_applied_it():
-    a = ServerSummary(updates=100, wall_s=2.0, num_params=384, ef_drift_max=1e-7, pushes_applied=100)
-    b = ServerSummary(updates=97, wall_s=2.0, num_params=266, ef_drift_max=3e-7, write_errors=["x: full"])
+    a = ServerSummary(updates=100, wall_s=2.0, num_params=384, ef_drift_max=1e-7, pushes_applied=100,
+                      uplink_bytes=1000, downlink_bytes=2000)  # fmt: skip
+    b = ServerSummary(updates=97, wall_s=2.0, num_params=266, ef_drift_max=3e-7, write_errors=["x: full"],
+                      uplink_bytes=700, downlink_bytes=1400)  # fmt: skip
     merged = merge_summaries([a, b])
     assert merged is not None
     assert merged.updates == 97 and merged.shard_spread == 3 and merged.num_params == 650
+    assert (merged.uplink_bytes, merged.downlink_bytes) == (1700, 3400)  # every shard's part of the traffic
+    assert merged.pushes_applied == 100 and [s["uplink_bytes"] for s in merged.shards] == [1000, 700]
     assert merged.ef_drift_max == 3e-7 and merged.write_errors == ["shard 1: x: full"]
     assert [s["updates_per_s"] for s in merged.shards] == [50.0, 48.5]
     assert merge_summaries([a, None]).write_errors == ["shard 1: no server_summary.json"]

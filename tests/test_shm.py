@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import stat
+import time
 
 import numpy as np
 import pytest
@@ -189,3 +191,32 @@ def test_the_race_tears_copies_without_the_seqlock():
     fail (its zero torn reads are the seqlock's doing, not a race that never happened)."""
     results = _race(readers=1, reads=1000, checked=False)
     assert sum(r["torn"] for r in results) > 0
+
+
+def _begin_half_and_die(numel: int, advert_q) -> None:
+    w = shm.SegmentWriter("dies", numel)
+    w.publish(1, np.full(numel, 1, np.float32))
+    w.begin(2)
+    w.write(np.full(numel // 2, 2, np.float32))
+    advert_q.put(w.advert().to_wire())
+    time.sleep(120)  # killed by the test: a server killed mid-step, version 2 begun, half written, never ended
+
+
+def test_a_reader_following_a_write_whose_writer_died_gives_up_at_once_not_after_wait_s():
+    ctx = mp.get_context("spawn")
+    advert_q = ctx.Queue()
+    writer = ctx.Process(target=_begin_half_and_die, args=(64, advert_q))
+    writer.start()
+    advert = advert_q.get(timeout=60)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.join(timeout=60)
+    r = shm.SegmentReader(shm.Advert.from_wire(advert), 64)
+    out = np.empty(64, np.float32)
+    try:
+        t0 = time.monotonic()
+        assert r.read_into(out, 2, tries=1, wait_s=30) is None  # the worker then pulls from the new server
+        assert time.monotonic() - t0 < 5
+        assert r.read_into(out, 1) == 1 and (out == 1).all()  # the complete version is still there
+    finally:
+        r.close()
+        shm.remove_segments("dies")

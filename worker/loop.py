@@ -322,6 +322,9 @@ class WorkerLoop:
         if isinstance(reply, Stop):
             self.stats.stop_reason = reply.reason
             raise Stopped(reply.reason)
+        if isinstance(reply, Reject) and reply.code in REJOIN:  # the server restarted while this worker read
+            self._rejoin(reply)  # the Welcome brings the new server's parameters and version
+            return self.version
         if not isinstance(reply, Reply) or reply.params is None:
             raise WorkerError(f"expected parameters in answer to a pull, got {reply.TYPE}")
         return reply.version

@@ -20,7 +20,8 @@ seqlock: the copy is consistent when seq read before and after is the same even 
 with the version the reader wants is followed: each stretch below `progress` is copied as it appears, and
 the copy is consistent when seq afterwards is still that write's (odd, or one more: ended), so the writer
 never came round to the slot again. A torn copy is retried, at most `tries` times; a followed write that makes
-no progress for `wait_s` gives up; then the worker asks over ZeroMQ.
+no progress for `wait_s` gives up, and so does one whose writer process (its pid is in the segment's name) has
+died; then the worker asks over ZeroMQ.
 
 Ordering assumptions, x86-64 only (`supported()` is False elsewhere, and the server then never offers a
 segment): stores become visible to other cores in program order and loads are not reordered with older
@@ -72,6 +73,7 @@ SLOT_HEADER = 64  # slot i's seq, version and progress live at 64 * (i + 1)
 PAGE = 4096
 DEFAULT_TRIES = 16
 WAIT_S = 10.0  # a followed write that makes no progress this long is given up (the writer is gone or stuck)
+LIVENESS_EVERY_S = 0.1  # while a followed write stalls, whether its writer process still lives, this often
 _LOCK = threading.Lock()
 
 
@@ -300,6 +302,7 @@ class SegmentReader:
             self._m.close()
             raise SegmentError(f"/dev/shm/{advert.name} is not the segment the server advertised")
         self.name = advert.name
+        self.writer_pid = int(advert.name.split("@")[1].split("-")[0])  # the name says who writes it
 
     def newest(self) -> int:
         """The newest complete version published (-1 when none; a hint: it may change at once)."""
@@ -333,9 +336,10 @@ class SegmentReader:
 
     def _follow(self, slot: int, seq: int, dst: np.ndarray, wait_s: float) -> bool:
         """Copy slot `slot` into dst stretch by stretch as its write (seq, odd) progresses; False when the
-        writer came round to the slot again or made no progress for wait_s seconds."""
+        writer came round to the slot again, made no progress for wait_s seconds, or died."""
         header, src, done = self._m.headers[slot], self._m.slots[slot], 0
         deadline = time.monotonic() + wait_s
+        checked = time.monotonic() + LIVENESS_EVERY_S  # when to look whether the writer still lives
         while done < dst.size:
             progress = min(int(header[2]), dst.size)
             if progress > done:
@@ -346,8 +350,13 @@ class SegmentReader:
             now = int(header[0])
             if now != seq and now != seq + 1:
                 return False  # a newer write began in this slot: what was copied may be torn
-            if time.monotonic() > deadline:
-                return False
+            clock = time.monotonic()
+            if clock > deadline:
+                return False  # stalled: the worker pulls
+            if clock > checked:
+                if not _alive(self.writer_pid):
+                    return False  # the writer died mid-write (a killed server): no need to wait out wait_s
+                checked = clock + LIVENESS_EVERY_S
             os.sched_yield()  # the writer may need this core
         return True
 
