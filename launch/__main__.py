@@ -22,7 +22,7 @@ from launch.signals import Stopped, StopSignals
 from launch.sweep_run import sweep_command
 from launch.wording import count
 from launch.writes import WriteError, write_text
-from protocol.config.loader import load_experiment, resolved_yaml
+from protocol.config.loader import load_experiment, read_yaml, resolved_yaml
 from protocol.config.schema import ExperimentConfig
 from protocol.entry import freeze_imports
 from protocol.errors import ConfigError
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load_experiment(args.config, args.overrides)
+        if not read_yaml(args.config):  # most likely the wrong file: say so rather than train on defaults in silence
+            print(f"note: {args.config} sets nothing: every setting not overridden is its default (docs/config.md)")
         preflight(cfg)  # data files, model size against the limits, endpoint, device: now, not in a traceback
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -257,7 +257,13 @@ def _check_mnist(task: TaskConfig, image: bool) -> DataShape:
             f"(apt-get install {FASHION_PACKAGE}), or set task.path to a folder of the four IDX files"
         )
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder (it should hold the four MNIST IDX files)")
+        name = "Fashion-MNIST" if task.dataset == "fashion_mnist" else "MNIST"
+        hint = (
+            f"; Debian's {FASHION_PACKAGE} package puts them in {DEFAULT_PATHS['fashion_mnist']}"
+            if name == "Fashion-MNIST"
+            else ""
+        )
+        raise FileNotFoundError(f"{folder} is not a folder (it should hold the four {name} IDX files{hint})")
     dims = [check_mnist_pair(*(mnist_file(folder, name) for name in MNIST_SPLITS[s])) for s in ("train", "test")]
     if dims[0][1:] != dims[1][1:]:
         raise ValueError(f"{folder}: training images are {dims[0][1:]}, test images {dims[1][1:]}")
