@@ -165,7 +165,7 @@ class Membership:
         settings["uplink"] = uplink
         if model.shared is not None:  # the parameter segment, and this rank's push slot beside it
             settings.update(model.shared.advert())
-            settings.update(model.shared.push_advert(member.rank))
+            settings.update(model.shared.push_advert(member.rank, member.identity))
         if self.cfg.server.shards > 1:  # the worker checks it cut the same ranges
             settings["shard"] = [model.shard, model.lo, model.lo + model.numel]
         welcome = Welcome(model.version, member.last_seq + 1, model.layout.to_wire(), settings)

@@ -37,6 +37,7 @@ class SharedParams:
         self.writer: shm.SegmentWriter | None = None
         self.replies = 0  # replies that carried only the version
         self.slots: dict[int, shm.PushSlot | None] = {}  # per rank: its push slot (None: it could not be made)
+        self._holders: dict[int, bytes] = {}  # per rank: the connection its slot was made for
         self.slot_pushes = 0  # pushes whose values were read from a slot
 
     @property
@@ -49,13 +50,18 @@ class SharedParams:
             self._create()
         return {"shm": self.writer.advert().to_wire()} if self.writer is not None else {}
 
-    def push_advert(self, rank: int) -> dict:
-        """What rank's Welcome says of its push slot ({} without a segment, or when the slot cannot be made);
-        creates the slot the first time."""
+    def push_advert(self, rank: int, identity: bytes = b"") -> dict:
+        """What rank's Welcome says of its push slot ({} without a segment, or when the slot cannot be made).
+        Each connection that holds the rank gets a slot of its own: one that takes a rank over from an earlier
+        holder (evicted as silent, but alive) gets a new slot and the old one is unlinked, so the earlier
+        holder, which keeps its mapping and may still write, never writes into the slot the server reads."""
         if self.writer is None:
             return {}
-        if rank not in self.slots:
-            self.slots[rank] = self._create_slot(rank)
+        if rank not in self.slots or self._holders.get(rank) != identity:
+            old = self.slots.pop(rank, None)
+            if old is not None:
+                old.close()
+            self.slots[rank], self._holders[rank] = self._create_slot(rank), identity
         slot = self.slots[rank]
         return {"shm_push": slot.advert().to_wire()} if slot is not None else {}
 

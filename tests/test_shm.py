@@ -220,3 +220,21 @@ def test_a_reader_following_a_write_whose_writer_died_gives_up_at_once_not_after
     finally:
         r.close()
         shm.remove_segments("dies")
+
+
+def test_a_stalled_write_is_given_up_once_per_read_after_wait_s_without_spinning_a_core():
+    w = shm.SegmentWriter("stall", 64)
+    r = _reader_of(w)
+    out = np.empty(64, np.float32)
+    try:
+        w.publish(1, np.full(64, 1, np.float32))
+        w.begin(2)
+        w.write(np.full(32, 2, np.float32))  # the writer is alive (this process) but makes no more progress
+        wall, cpu = time.monotonic(), time.process_time()
+        assert r.read_into(out, 2, tries=16, wait_s=0.5) is None
+        wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+        assert 0.5 <= wall < 2.0, wall  # once wait_s, not once per try (16 x 0.5 s)
+        assert cpu < 0.5 * wall, (cpu, wall)  # it naps while it waits
+    finally:
+        r.close()
+        w.close()

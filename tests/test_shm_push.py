@@ -203,3 +203,26 @@ def test_the_worker_writes_its_slot_only_while_no_push_was_refused_since_its_las
     worker.close()
     shared.close()
     assert list(Path(shm.SHM_DIR).glob(shm.prefix("slot") + "*")) == []
+
+
+def test_a_rank_taken_over_by_another_connection_gets_a_new_slot_the_old_holder_cannot_write():
+    """An evicted holder that is still alive keeps its mapping of the rank's slot and may write it at its next
+    push; the next holder's pushes must be read from a slot of its own."""
+    from ps.shared_params import SharedParams
+
+    cfg = ExperimentConfig(server=ServerConfig(transport="auto"))
+    shared = SharedParams(cfg, "takeover", N)
+    first = {**shared.advert(), **shared.push_advert(0, b"conn-1")}
+    assert shared.push_advert(0, b"conn-1") == {"shm_push": first["shm_push"]}  # the same holder: the same slot
+    old, new = ShmParams(cfg, 0, WorkerReport()), ShmParams(cfg, 0, WorkerReport())
+    assert old.attach(first, N) is None and old.slot is not None
+    second = {**shared.advert(), **shared.push_advert(0, b"conn-2")}
+    assert second["shm_push"]["name"] != first["shm_push"]["name"]
+    assert not (shm.SHM_DIR / first["shm_push"]["name"]).exists()  # unlinked: nobody can open it again
+    assert new.attach(second, N) is None
+    pushed = new.place(_push(5, torch.full((N,), 2.0)))
+    old.place(_push(5, torch.full((N,), 9.0)))  # the old holder writes the same seq into its own (old) mapping
+    assert torch.equal(shared.push_values(pushed), torch.full((N,), 2.0))
+    for holder in (old, new):
+        holder.close()
+    shared.close()

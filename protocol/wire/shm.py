@@ -8,6 +8,7 @@ Segment: one file under /dev/shm, mode 0600, named taups-<run id>@<pid>-<random>
     0      8  magic b"TAUPSHM2"
     8      8  numel (uint64)
     16    16  nonce (random; the server's Welcome names it, so a reader knows it opened this very segment)
+    32     8  the writer's pid namespace (inode of /proc/self/ns/pid; a reader checks the writer's pid only in its own)
     64    24  slot 0: seq (uint64), version (uint64), progress (uint64)   each slot header on its own cache line
     128   24  slot 1: seq, version, progress
     4096      slot 0's numel float32, then slot 1's at 4096 + stride (stride: numel * 4 rounded up to 4 KiB)
@@ -20,8 +21,9 @@ seqlock: the copy is consistent when seq read before and after is the same even 
 with the version the reader wants is followed: each stretch below `progress` is copied as it appears, and
 the copy is consistent when seq afterwards is still that write's (odd, or one more: ended), so the writer
 never came round to the slot again. A torn copy is retried, at most `tries` times; a followed write that makes
-no progress for `wait_s` gives up, and so does one whose writer process (its pid is in the segment's name) has
-died; then the worker asks over ZeroMQ.
+no progress for `wait_s` gives up (once per read, however many tries are left), and so does one whose writer
+process (its pid is in the segment's name; checked only from the writer's own pid namespace) has died; then
+the worker asks over ZeroMQ.
 
 Ordering assumptions, x86-64 only (`supported()` is False elsewhere, and the server then never offers a
 segment): stores become visible to other cores in program order and loads are not reordered with older
@@ -74,6 +76,9 @@ PAGE = 4096
 DEFAULT_TRIES = 16
 WAIT_S = 10.0  # a followed write that makes no progress this long is given up (the writer is gone or stuck)
 LIVENESS_EVERY_S = 0.1  # while a followed write stalls, whether its writer process still lives, this often
+SPIN_S, NAP_S = 0.002, 0.0005  # a follower yields the core this long after the last progress, then naps
+WHOLE, TORN, STALLED = "whole", "torn", "stalled"  # how following a write ended
+PID_NS_AT = 32  # the writer's pid namespace (the inode of /proc/self/ns/pid, uint64; 0: unknown)
 _LOCK = threading.Lock()
 
 
@@ -123,6 +128,14 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _pid_namespace() -> int:
+    """This process's pid namespace (the inode of /proc/self/ns/pid); 0 where it cannot be read."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
 
 
 def _fence() -> None:
@@ -209,6 +222,7 @@ class SegmentWriter:
         self._m.map[: len(MAGIC)] = MAGIC
         self._m.map[8:16] = numel.to_bytes(8, "little")
         self._m.map[16:32] = bytes.fromhex(self.nonce)
+        self._m.map[PID_NS_AT : PID_NS_AT + 8] = _pid_namespace().to_bytes(8, "little")
         self.published = -1  # the newest version published (-1: none yet)
         self.writing: int | None = None  # the version begun and not yet ended
         self._next, self._done = 0, 0
@@ -303,6 +317,10 @@ class SegmentReader:
             raise SegmentError(f"/dev/shm/{advert.name} is not the segment the server advertised")
         self.name = advert.name
         self.writer_pid = int(advert.name.split("@")[1].split("-")[0])  # the name says who writes it
+        # its liveness is only checked where that pid means the same process (another container sharing
+        # /dev/shm may have its own pid namespace)
+        ns = int.from_bytes(self._m.map[PID_NS_AT : PID_NS_AT + 8], "little")
+        self.writer_in_my_pid_ns = ns != 0 and ns == _pid_namespace()
 
     def newest(self) -> int:
         """The newest complete version published (-1 when none; a hint: it may change at once)."""
@@ -324,7 +342,10 @@ class SegmentReader:
             if seq == 0 or version < min_version:
                 continue  # never written, or not yet the version wanted: look again
             if seq % 2:
-                whole = self._follow(slot, seq, dst, wait_s)
+                state = self._follow(slot, seq, dst, wait_s)
+                if state == STALLED:
+                    return None  # no try can do better: the worker pulls
+                whole = state == WHOLE
             else:
                 np.copyto(dst, self._m.slots[slot])
                 whole = True
@@ -334,31 +355,36 @@ class SegmentReader:
                 return version
         return None
 
-    def _follow(self, slot: int, seq: int, dst: np.ndarray, wait_s: float) -> bool:
-        """Copy slot `slot` into dst stretch by stretch as its write (seq, odd) progresses; False when the
-        writer came round to the slot again, made no progress for wait_s seconds, or died."""
+    def _follow(self, slot: int, seq: int, dst: np.ndarray, wait_s: float) -> str:
+        """Copy slot `slot` into dst stretch by stretch as its write (seq, odd) progresses: WHOLE; TORN when the
+        writer came round to the slot again; STALLED when it made no progress for wait_s seconds or died.
+        Between stretches it yields the core for SPIN_S, then sleeps in short naps (a stuck writer costs no
+        core)."""
         header, src, done = self._m.headers[slot], self._m.slots[slot], 0
-        deadline = time.monotonic() + wait_s
-        checked = time.monotonic() + LIVENESS_EVERY_S  # when to look whether the writer still lives
+        last = time.monotonic()  # of the last progress
+        checked = last + LIVENESS_EVERY_S  # when to look whether the writer still lives
         while done < dst.size:
             progress = min(int(header[2]), dst.size)
             if progress > done:
                 _fence()
                 np.copyto(dst[done:progress], src[done:progress])
-                done, deadline = progress, time.monotonic() + wait_s
+                done, last = progress, time.monotonic()
                 continue
             now = int(header[0])
             if now != seq and now != seq + 1:
-                return False  # a newer write began in this slot: what was copied may be torn
+                return TORN  # a newer write began in this slot: what was copied may be torn
             clock = time.monotonic()
-            if clock > deadline:
-                return False  # stalled: the worker pulls
+            if clock > last + wait_s:
+                return STALLED
             if clock > checked:
-                if not _alive(self.writer_pid):
-                    return False  # the writer died mid-write (a killed server): no need to wait out wait_s
+                if self.writer_in_my_pid_ns and not _alive(self.writer_pid):
+                    return STALLED  # the writer died mid-write (a killed server): no need to wait out wait_s
                 checked = clock + LIVENESS_EVERY_S
-            os.sched_yield()  # the writer may need this core
-        return True
+            if clock < last + SPIN_S:
+                os.sched_yield()  # the writer may need this core
+            else:
+                time.sleep(NAP_S)
+        return WHOLE
 
     def _newer_slot(self) -> int:
         h0, h1 = self._m.headers
