@@ -197,7 +197,7 @@ def recovery(params: int, args) -> dict:
 
 def _servers(launcher: psutil.Process) -> list[psutil.Process]:
     found = []
-    for p in launcher.children():
+    for p in launcher.children(recursive=True):  # forked from the fork server: a grandchild
         try:
             if p.cmdline()[1:3] == ["-m", "ps"]:
                 found.append(p)

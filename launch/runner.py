@@ -47,7 +47,7 @@ class Run:
         self.cfg = cfg
         self.run_dir = run_dir
         self.config_path = run_dir / "config.yaml"
-        self.sup = Supervisor(run_dir / "logs")
+        self.sup = Supervisor(run_dir / "logs", fork_server=cfg.run.fork_server)
         limits = Limits(cfg.run.max_updates, cfg.run.max_seconds)
         self.progress = Progress(limits, cfg.run.progress_every_s, starting=self.starting)
         self.quiet = quiet
@@ -71,6 +71,7 @@ class Run:
             summary = self._conclude(outcome)
         finally:
             self.sup.terminate_all()  # a bug in the launcher itself must not leave children behind
+            self.sup.close()
             # shared memory a killed server could not unlink; only a dead writer's: the run id is the folder's
             # name, so another live run in a folder of the same name (a/run, b/run) has the same prefix
             remove_segments(self.run_dir.name, only_dead=True)
@@ -80,6 +81,7 @@ class Run:
 
     def _train(self) -> Outcome:
         try:
+            self.sup.warm()  # the fork server imports torch while _start builds and writes the model
             self._start()
             self._watch()
             self._stop_workers()

@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from launch.writes import writing
+from launch.zygote import Popen, Zygote, ZygoteError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -31,7 +32,7 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 @dataclass
 class Child:
     name: str
-    popen: subprocess.Popen
+    popen: Popen
     log_path: Path
     started: float
     ps: psutil.Process | None = None
@@ -74,7 +75,8 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, log_dir: Path, env: dict | None = None):
+    def __init__(self, log_dir: Path, env: dict | None = None, fork_server: bool = False):
+        """fork_server: start the roles from a zygote (launch/zygote.py) when this host can run one."""
         self.log_dir = log_dir
         with writing(log_dir):
             log_dir.mkdir(parents=True, exist_ok=True)
@@ -82,25 +84,25 @@ class Supervisor:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         path = self.env.get("PYTHONPATH", "")
         self.env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT)
+        self.zygote: Zygote | None = None
+        self._fork_server = fork_server and sys.platform.startswith("linux")  # launched by warm() or start()
+
+    def warm(self) -> None:
+        """Launch the fork server now, if there is to be one, so its imports run while the caller does other
+        work (the launcher builds the model); start() waits for them."""
+        if self._fork_server:
+            self._fork_server = False  # one attempt per run
+            with writing(self.log_dir / "zygote.log"):
+                self.zygote = Zygote.launch(self.env, self.log_dir / "zygote.log", _dies_with(os.getpid()))
 
     def start(self, name: str, module: str, args: list[str], env: dict | None = None, append: bool = False) -> Child:
-        """Start `python -m module args` as child `name` (append: a restart, its log goes on after a marker)."""
+        """Start `python -m module args` as child `name` (append: a restart, its log goes on after a marker):
+        forked from the zygote when there is one, else a fresh interpreter."""
         log_path = self.log_dir / f"{name}.log"
-        with writing(log_path):
-            log = open(log_path, "a" if append else "w")
+        with writing(log_path), open(log_path, "a" if append else "w") as log:
             if append:
                 log.write(f"--- {name} restarted by the launcher ---\n")
-                log.flush()
-        popen = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**self.env, **(env or {})},
-            start_new_session=True,
-            cwd=os.getcwd(),
-            preexec_fn=_dies_with(os.getpid()),
-        )
-        log.close()  # the child holds its own copy of the descriptor
+        popen = self._fork(name, module, args, {**self.env, **(env or {})}, log_path)
         child = Child(name, popen, log_path, time.monotonic(), command=(module, list(args), dict(env or {})))
         try:
             child.ps = psutil.Process(popen.pid)
@@ -109,6 +111,32 @@ class Supervisor:
             pass
         self.children[name] = child
         return child
+
+    def _fork(self, name: str, module: str, args: list[str], env: dict, log_path: Path) -> Popen:
+        self.warm()
+        if self.zygote is not None:
+            try:
+                return self.zygote.spawn(name, module, args, env, log_path)
+            except ZygoteError as err:  # a run goes on without it: every later role starts fresh
+                print(f"launcher: the fork server failed ({err}); starting fresh interpreters", file=sys.stderr)
+                self.zygote.close(kill=True)
+                self.zygote = None
+        with open(log_path, "a") as log:  # the child holds its own copy of the descriptor
+            return subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                cwd=os.getcwd(),
+                preexec_fn=_dies_with(os.getpid()),
+            )
+
+    def close(self) -> None:
+        """After terminate_all: the zygote ends (its roles have)."""
+        if self.zygote is not None:
+            self.zygote.close()
+            self.zygote = None
 
     def sample(self) -> list[tuple[str, int, float, int]]:
         """(name, pid, cpu %, rss bytes) of every live child, for processes.csv."""

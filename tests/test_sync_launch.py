@@ -49,6 +49,19 @@ def test_tiny_sync_run_leaves_a_consistent_run_folder(tmp_path, workers):
     assert load_experiment(run / "config.yaml").mode == "sync"
 
 
+def _pid_of(run, name: str, timeout_s: float = 60.0) -> int:
+    """The pid processes.csv gives the launcher's child `name` (sampled every second)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        path = run / "processes.csv"
+        rows = path.read_text().splitlines()[1:] if path.exists() else []
+        pids = [int(r.split(",")[2]) for r in rows if r.split(",")[1] == name]
+        if pids:
+            return pids[-1]
+        time.sleep(0.2)
+    raise AssertionError(f"{name} never appeared in processes.csv")
+
+
 @pytest.mark.slow
 def test_a_killed_sync_rank_stops_everything_and_is_named(tmp_path):
     run = tmp_path / "run"
@@ -56,7 +69,7 @@ def test_a_killed_sync_rank_stops_everything_and_is_named(tmp_path):
     try:
         _wait_for_updates(run, proc)
         children = _children(proc)
-        victim = next(c for c in children if c.environ().get("RANK") == "1" and "sync" in c.cmdline())
+        victim = psutil.Process(_pid_of(run, "worker1"))  # a forked rank's /proc environ is the fork server's
         t0 = time.monotonic()
         victim.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=60)

@@ -544,6 +544,9 @@ class RunConfig:
     # TensorBoard event files in <run folder>/tensorboard/, written by the launcher as the run goes (needs the
     # tensorboard package: pip install 'taups[tensorboard]'; without it a run says so once and goes on)
     tensorboard: bool = True
+    # start the roles from one fork server that imported torch once (docs/design.md, Start-up) instead of a
+    # fresh interpreter each; Linux only, and a run falls back to fresh interpreters when it cannot start one
+    fork_server: bool = True
 
     def check(self) -> None:
         require(self.max_updates >= 1, "max_updates", "must be >= 1")

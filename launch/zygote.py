@@ -1,0 +1,294 @@
+"""A fork server for a run's roles (docs/design.md, Start-up): one interpreter imports torch and the roles'
+modules once, then forks each server, worker and evaluator process from that state, instead of every role
+starting a fresh interpreter that imports torch again (about 2.5 s of CPU each, on a machine whose cores the
+roles share). Linux only; where it cannot start, the supervisor starts fresh interpreters as before.
+
+The launcher's side (Zygote) talks to `python -m launch.zygote` over its stdin and stdout, one JSON object per
+line (no pickle):
+
+    launcher -> zygote   {"name", "module", "args", "env", "log", "cwd"}   fork a role
+    zygote -> launcher   {"ready": pid}                                   once, after the imports
+                         {"pid": pid} or {"error": text}                  the answer to each fork, in order
+                         {"exit": pid, "rc": rc}                          a role ended (rc < 0: by signal -rc)
+
+A forked role is what `python -m module args` would be: its own session, SIGTERM when the zygote dies (the
+zygote itself gets SIGTERM when the launcher dies), stdout and stderr appended to its log, its environment,
+sys.argv and working folder set, then runpy runs the module as __main__. The zygote holds no threads of its own
+and runs no torch op before it forks (so no thread pool is copied half-alive), and ends once the launcher
+closed its stdin and every role it forked has ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PRELOAD = ("torch", "numpy", "zmq", "msgpack", "yaml", "ps.__main__", "worker.__main__", "launch.evaluate")
+READY_TIMEOUT_S = 120.0  # the imports, on a loaded machine
+ANSWER_TIMEOUT_S = 30.0
+
+
+class ZygoteError(RuntimeError):
+    """The zygote did not start, or stopped answering."""
+
+
+# -- the launcher's side -------------------------------------------------------------------------------------
+
+
+class Popen(Protocol):
+    """What the supervisor uses of a child process: subprocess.Popen, or a ForkedProcess."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+@dataclass
+class Zygote:
+    """The fork server: spawn() forks a role and returns a Popen-like ForkedProcess."""
+
+    proc: subprocess.Popen
+    exits: dict[int, int] = field(default_factory=dict)  # pid -> return code, as the zygote reported them
+    ready: bool = False
+    _buf: bytes = b""
+
+    @classmethod
+    def launch(cls, env: dict, log_path: Path, preexec: Callable[[], None] | None = None) -> Zygote:
+        """Start `python -m launch.zygote` (its stderr in log_path) without waiting for its imports: the first
+        spawn() waits for them."""
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "launch.zygote"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+                preexec_fn=preexec,
+            )
+        return cls(proc)
+
+    def spawn(self, name: str, module: str, args: list[str], env: dict, log: Path) -> ForkedProcess:
+        """Fork `python -m module args` as role `name` (its env, stdout and stderr appended to `log`); raises
+        ZygoteError when the zygote is not ready within READY_TIMEOUT_S, is gone, or cannot fork."""
+        if not self.ready:
+            self._expect("ready", READY_TIMEOUT_S)
+            self.ready = True
+        request = {"name": name, "module": module, "args": args, "env": env, "log": str(log), "cwd": os.getcwd()}
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as err:
+            raise ZygoteError(f"the zygote is gone ({err})") from None
+        answer = self._expect("pid", ANSWER_TIMEOUT_S)
+        return ForkedProcess(self, int(answer["pid"]))
+
+    def drain(self) -> None:
+        """Read whatever the zygote said since (exit reports), without waiting."""
+        self._read(0.0)
+
+    def close(self, kill: bool = False) -> None:
+        """No more forks: the zygote ends once its roles have (kill: now)."""
+        if kill and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def _expect(self, key: str, timeout_s: float) -> dict:
+        """The next answer holding `key` (exit reports on the way are kept); raises ZygoteError on a timeout,
+        an error answer or the zygote's end."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for msg in self._read(max(0.0, min(0.1, deadline - time.monotonic()))):
+                if key in msg:
+                    return msg
+                if "error" in msg:
+                    raise ZygoteError(msg["error"])
+            if self.proc.poll() is not None:
+                raise ZygoteError(f"the zygote ended (exit code {self.proc.returncode}); see logs/zygote.log")
+            if time.monotonic() > deadline:
+                raise ZygoteError(f"no answer from the zygote within {timeout_s:g}s")
+
+    def _read(self, timeout_s: float) -> list[dict]:
+        """Complete lines the zygote wrote, parsed; exit reports are also recorded in self.exits."""
+        out = self.proc.stdout
+        if out is None or out.closed:
+            return []
+        fd = out.fileno()
+        while select.select([fd], [], [], timeout_s)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self._buf += chunk
+            timeout_s = 0.0
+        *lines, self._buf = self._buf.split(b"\n")
+        msgs = [json.loads(line) for line in lines if line.strip()]
+        for msg in msgs:
+            if "exit" in msg:
+                self.exits[int(msg["exit"])] = int(msg["rc"])
+        return [m for m in msgs if "exit" not in m]
+
+
+class ForkedProcess:
+    """What the supervisor needs of a subprocess.Popen, for a role the zygote forked."""
+
+    def __init__(self, zygote: Zygote, pid: int):
+        self.zygote, self.pid = zygote, pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.zygote.drain()
+            self.returncode = self.zygote.exits.get(self.pid)
+            if self.returncode is None and self.zygote.proc.poll() is not None:
+                self.returncode = -signal.SIGKILL  # the zygote is gone, and with it this role (PDEATHSIG)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0.0)
+            time.sleep(0.02)
+        assert self.returncode is not None
+        return self.returncode
+
+
+# -- the zygote process ------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    _say({"ready": os.getpid()})
+    live: set[int] = set()
+    open_input = True
+    while open_input or live:
+        if open_input and select.select([0], [], [], 0.05)[0]:
+            line = sys.stdin.buffer.readline()
+            if not line:
+                open_input = False
+            elif line.strip():
+                _fork(json.loads(line), live)
+        elif not open_input:
+            time.sleep(0.05)
+        _reap(live)
+
+
+def _say(msg: dict) -> None:
+    os.write(1, json.dumps(msg).encode() + b"\n")
+
+
+def _reap(live: set[int]) -> None:
+    for pid in list(live):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            live.discard(pid)
+            _say({"exit": pid, "rc": os.waitstatus_to_exitcode(status)})
+
+
+def _fork(request: dict, live: set[int]) -> None:
+    try:
+        pid = os.fork()
+    except OSError as err:
+        _say({"error": f"cannot fork {request.get('name')}: {err}"})
+        return
+    if pid == 0:  # the role: it leaves through the interpreter's own exit (atexit handlers, finalizers, threads)
+        raise SystemExit(_run_role(request, os.getppid()))
+    live.add(pid)
+    _say({"pid": pid})
+
+
+def _run_role(request: dict, zygote: int) -> int:
+    """In the forked child: become `python -m module args` and run it; its exit code."""
+    import runpy
+
+    os.setsid()
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != zygote:
+        return 1  # the zygote died between the fork and the prctl
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
+    _redirect(Path(request["log"]))
+    _title([sys.executable, "-m", request["module"], *request["args"]])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    sys.argv = [request["module"], *request["args"]]
+    try:
+        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as end:
+        code = _exit_code(end.code)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    return code
+
+
+def _title(cmd: list[str]) -> None:
+    """Show the role in ps, top and psutil as the command a fresh interpreter would have run (otherwise every
+    role reads `python -m launch.zygote`). Without setproctitle installed the title stays."""
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(" ".join(cmd))
+
+
+def _redirect(log: Path) -> None:
+    """stdin from /dev/null (the zygote's is the launcher's pipe), stdout and stderr appended to the log,
+    line-buffered as PYTHONUNBUFFERED would make them."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's own descriptors, for its whole life
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    main()

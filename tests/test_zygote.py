@@ -1,0 +1,78 @@
+"""The fork server (launch/zygote.py): a role forked from it is what `python -m module args` would be."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launch import zygote
+from launch.supervisor import Supervisor
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server is Linux only")
+
+
+def _start(sup: Supervisor, tmp: Path, name: str, mode: str):
+    return sup.start(name, "tests.zygote_role", [mode, str(tmp / f"{name}.json")], env={"ROLE_VALUE": name})
+
+
+def test_a_forked_role_gets_its_args_env_folder_session_and_log_and_ends_as_python_would(tmp_path):
+    sup = Supervisor(tmp_path / "logs", fork_server=True)
+    try:
+        cases = {"ok": 0, "exit3": 3, "text": 1, "raise": 1, "kill": -signal.SIGKILL}
+        children = {mode: _start(sup, tmp_path, mode, mode) for mode in cases}
+        for mode, rc in cases.items():
+            assert children[mode].popen.wait(timeout=60) == rc, mode
+            assert isinstance(children[mode].popen, zygote.ForkedProcess)
+            facts = json.loads((tmp_path / f"{mode}.json").read_text())
+            assert facts["argv"] == [mode, str(tmp_path / f"{mode}.json")] and facts["env"] == mode
+            assert facts["cwd"] == os.getcwd() and facts["session"] and facts["name"] == "__main__"
+            log = (tmp_path / "logs" / f"{mode}.log").read_text()
+            assert f"role says {mode}" in log
+        assert (tmp_path / "ok.json.atexit").exists() and (tmp_path / "exit3.json.atexit").exists()
+        assert not (tmp_path / "kill.json.atexit").exists()
+        assert "a reason" in (tmp_path / "logs" / "text.log").read_text()
+        assert "RuntimeError: boom" in (tmp_path / "logs" / "raise.log").read_text()
+    finally:
+        sup.terminate_all()
+        sup.close()
+
+
+def test_terminate_all_stops_forked_roles_and_close_ends_the_zygote(tmp_path):
+    sup = Supervisor(tmp_path / "logs", fork_server=True)
+    assert sup.zygote is None  # launched at the first start (or warm), not when the supervisor is made
+    sup.warm()
+    z = sup.zygote
+    assert z is not None
+    child = _start(sup, tmp_path, "sleeper", "sleep")
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "sleeper.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sup.terminate_all(grace_s=5)
+    assert child.returncode == -signal.SIGTERM
+    sup.close()
+    assert z.proc.returncode == 0 and sup.zygote is None
+
+
+def test_a_zygote_that_cannot_start_leaves_the_run_on_fresh_interpreters(tmp_path, monkeypatch, capfd):
+    def broken(env, log_path, preexec=None):
+        proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(7)"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE)  # fmt: skip
+        return zygote.Zygote(proc)
+
+    monkeypatch.setattr(zygote.Zygote, "launch", staticmethod(broken))
+    sup = Supervisor(tmp_path / "logs", fork_server=True)
+    try:
+        child = _start(sup, tmp_path, "role", "exit3")
+        assert child.popen.wait(timeout=60) == 3
+        assert isinstance(child.popen, subprocess.Popen) and sup.zygote is None
+        assert "the fork server failed (the zygote ended (exit code 7)" in capfd.readouterr().err
+    finally:
+        sup.terminate_all()
+        sup.close()
