@@ -31,11 +31,14 @@ from protocol.runfolder.records import RunSummary
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m launch", description=__doc__.split("\n\n")[0])
-    ap.add_argument("config", help="experiment YAML, e.g. configs/quickstart.yaml")
+    # config optional to argparse only so that its error names config alone, not the optional overrides too
+    ap.add_argument("config", nargs="?", help="experiment YAML, e.g. configs/quickstart.yaml")
     ap.add_argument("overrides", nargs="*", help="key.sub=value settings applied on top of the file")
     ap.add_argument("--run-dir", help="write the run here instead of <run.runs_dir>/<name>-<timestamp>")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
     args = ap.parse_args(argv)
+    if args.config is None:
+        ap.error("the following arguments are required: config (an experiment YAML, e.g. configs/quickstart.yaml)")
     try:
         cfg = load_experiment(args.config, args.overrides)
         if not read_yaml(args.config):  # most likely the wrong file: say so rather than train on defaults in silence

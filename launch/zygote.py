@@ -67,6 +67,7 @@ class Zygote:
     proc: subprocess.Popen
     exits: dict[int, int] = field(default_factory=dict)  # pid -> return code, as the zygote reported them
     ready: bool = False
+    forked: list[int] = field(default_factory=list)  # every role's pid, in fork order
     _buf: bytes = b""
 
     @classmethod
@@ -99,6 +100,7 @@ class Zygote:
         except (BrokenPipeError, OSError) as err:
             raise ZygoteError(f"the zygote is gone ({err})") from None
         answer = self._expect("pid", ANSWER_TIMEOUT_S)
+        self.forked.append(int(answer["pid"]))
         return ForkedProcess(self, int(answer["pid"]))
 
     def drain(self) -> None:
@@ -106,17 +108,33 @@ class Zygote:
         self._read(0.0)
 
     def close(self, kill: bool = False) -> None:
-        """No more forks: the zygote ends once its roles have (kill: now)."""
+        """No more forks: the zygote ends once its roles have (kill: now). When they all have, it is ended with
+        SIGTERM rather than left to its interpreter's exit, which with torch loaded takes ~0.5 s of the run."""
         if kill and self.proc.poll() is None:
             self.proc.kill()
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
+        self.drain()
+        if self.proc.poll() is None and self.ready and all(self._ended(pid) for pid in self.forked):
+            self.proc.terminate()  # nothing of its own to flush; a role still alive would get SIGTERM too
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+    def _ended(self, pid: int) -> bool:
+        """Whether the zygote reported role `pid`'s end, or it is gone anyway."""
+        if pid in self.exits:
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def _expect(self, key: str, timeout_s: float) -> dict:
         """The next answer holding `key` (exit reports on the way are kept); raises ZygoteError on a timeout,

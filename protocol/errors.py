@@ -22,6 +22,7 @@ class ConfigError(ValueError):
     """A configuration value that is missing, unknown or invalid. `key` is the dotted path."""
 
     def __init__(self, key: str, message: str):
-        super().__init__(f"config key '{key}': {message}")
+        # "<file>" and "<root>" stand for the config file itself, whose message names it: no key to show
+        super().__init__(message if key.startswith("<") else f"config key '{key}': {message}")
         self.key = key
         self.message = message
