@@ -37,7 +37,10 @@ from pathlib import Path
 from typing import Protocol
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-PRELOAD = ("torch", "numpy", "zmq", "msgpack", "yaml", "ps.__main__", "worker.__main__", "launch.evaluate")
+PRELOAD = ("torch", "numpy", "zmq", "msgpack", "yaml")
+# the roles' own modules are run fresh by runpy in each fork (importing them here would run them twice, and
+# runpy warns); what they import at their top is imported here
+ROLES = ("ps.__main__", "worker.__main__", "launch.evaluate")
 READY_TIMEOUT_S = 120.0  # the imports, on a loaded machine
 ANSWER_TIMEOUT_S = 30.0
 
@@ -202,7 +205,7 @@ class ForkedProcess:
 def main() -> None:
     import importlib
 
-    for name in PRELOAD:
+    for name in (*PRELOAD, *(dep for role in ROLES for dep in _top_imports(role))):
         importlib.import_module(name)
     _say({"ready": os.getpid()})
     live: set[int] = set()
@@ -217,6 +220,24 @@ def main() -> None:
         elif not open_input:
             time.sleep(0.05)
         _reap(live)
+
+
+def _top_imports(module: str) -> list[str]:
+    """The modules `module` imports at its top level (its source read, not run)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return []
+    tree = ast.parse(Path(spec.origin).read_text())
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module != "__future__":
+            names.append(node.module)
+    return names
 
 
 def _say(msg: dict) -> None:

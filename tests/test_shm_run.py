@@ -207,7 +207,8 @@ def test_the_server_answers_a_shm_push_with_the_version_only_and_publishes_it_fi
     for version, params, got, _ in seen:
         assert params is None and got == version  # the reply names a version the segment already holds
     assert seen[-1][0] == 2 and torch.equal(seen[-1][3], final)
-    assert segments(Path("norun")) == []  # the server unlinked it at its end
+    mine = [settings[key]["name"] for key in ("shm", "shm_push") if key in settings]
+    assert mine and not any((shm.SHM_DIR / name).exists() for name in mine)  # the server unlinked them at its end
 
 
 def test_without_a_segment_the_server_sends_the_parameters_whatever_the_push_asked():
@@ -282,3 +283,17 @@ def test_a_step_for_a_worker_that_does_not_read_the_segment_is_taken_whole_and_n
         assert model.shared.writer.published == -1 and model.shared.writer.writing is None
     finally:
         model.shared.close()
+
+
+def test_a_stale_unknown_rank_reject_does_not_answer_a_hello():
+    """A pull (or resent push) to a server that then restarted is answered unknown_rank, possibly twice; the
+    worker joins again, and the second of those Rejects must not be taken for the answer to its Hello (the
+    worker checked its rank against the config before it said Hello)."""
+    from protocol.wire.messages import Hello, Pull, Reject, Welcome
+    from worker.link import answers
+
+    hello = Hello(rank=1, pid=1, host="h", device="cpu", run_id="r", uplink="grad", signature="s")
+    for_hello, for_pull = answers(hello), answers(Pull(rank=1))
+    stale = Reject("unknown_rank", "rank 1 has not joined from this connection")
+    assert for_pull(stale) and not for_hello(stale)
+    assert for_hello(Reject("bad_run", "another run")) and for_hello(Welcome(0, 0, [], {}))

@@ -30,12 +30,15 @@ class LinkError(RuntimeError):
 
 def answers(msg: Message) -> Callable[[Message], bool]:
     """Which incoming messages answer `msg`: a push's own Reply or Reject (by sequence number), a Welcome
-    or a Reject for a Hello, a Reply or Reject for a pull; a Stop answers anything."""
+    or a Reject (but unknown_rank) for a Hello, a Reply or Reject for a pull; a Stop answers anything."""
     if isinstance(msg, Push):
         seq = msg.seq
         return lambda m: isinstance(m, Stop) or (isinstance(m, (Reply, Reject)) and m.seq == seq)
-    if isinstance(msg, Hello):
-        return lambda m: isinstance(m, (Welcome, Stop)) or (isinstance(m, Reject) and m.seq == -1)
+    if isinstance(msg, Hello):  # unknown_rank never answers it: the worker checked its rank against the config
+        # before saying Hello, so that Reject answers an earlier pull or resent push to a server since restarted
+        return lambda m: (
+            isinstance(m, (Welcome, Stop)) or (isinstance(m, Reject) and m.seq == -1 and m.code != "unknown_rank")
+        )
     return lambda m: isinstance(m, Stop) or (isinstance(m, (Reply, Reject)) and m.seq == -1)
 
 
