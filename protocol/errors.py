@@ -18,6 +18,12 @@ class ProtocolError(Exception):
         self.message = message
 
 
+# the message of the unknown_rank Reject a server sends for a message from a connection that does not hold the
+# rank it names (ps/admission.py, ps/membership.py). It never answers a Hello, which is the join itself: a worker
+# that has just said Hello and gets it answers an earlier request (worker/link.py).
+NOT_JOINED = "has not joined from this connection"
+
+
 class ConfigError(ValueError):
     """A configuration value that is missing, unknown or invalid. `key` is the dotted path."""
 

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from protocol.config.schema import ServerConfig
-from protocol.errors import ProtocolError
+from protocol.errors import NOT_JOINED, ProtocolError
 from protocol.wire.messages import Heartbeat, Hello, Message, Pull, Push, Stop
 
 ACCEPTED: tuple[type[Message], ...] = (Hello, Push, Pull, Heartbeat)
@@ -56,7 +56,7 @@ class Admission:
         rank = fields.get("rank")
         member = type(rank) is int and self.is_member(peer, rank)
         if cls is Push and not member:
-            raise ProtocolError("unknown_rank", f"rank {rank} has not joined from this connection")
+            raise ProtocolError("unknown_rank", f"rank {rank} {NOT_JOINED}")
         now = self.clock()
         rate = self.cfg.peer_messages_per_s if member else self.cfg.stranger_messages_per_s
         if not _bucket(self._messages, peer, rate, now).take(1, now):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from protocol.config.schema import ExperimentConfig
-from protocol.errors import ProtocolError
+from protocol.errors import NOT_JOINED, ProtocolError
 from protocol.wire.curve import worker_name
 from protocol.wire.layout import Layout
 from protocol.wire.messages import Heartbeat, Hello, Stop, Welcome
@@ -110,7 +110,7 @@ class Membership:
         so the id alone would let another rank's key take over a connection id that has gone."""
         member = self.members.get(rank)
         if member is None or member.identity != identity or member.user != user:
-            raise ProtocolError("unknown_rank", f"rank {rank} has not joined from this connection")
+            raise ProtocolError("unknown_rank", f"rank {rank} {NOT_JOINED}")
         member.last_seen = self.clock()
         return member
 

@@ -21,7 +21,9 @@ from protocol.wire.messages import Hello, Pull, Push
 
 ROOT = Path(__file__).resolve().parent.parent
 # One worker: the run is sequential, so two runs end bitwise equal unless something reached the server.
-ARGS = ["workers=1", "run.max_updates=1500", "run.eval_every_s=60", "server.auth=curve", "--quiet"]
+# long enough that the server still listens when the flood ends (workers forked from the fork server join at
+# once, and 1500 updates took about a second)
+ARGS = ["workers=1", "run.max_updates=8000", "run.eval_every_s=60", "server.auth=curve", "--quiet"]
 SOCKETS, PER_SOCKET = 20, 500  # 10,000 messages
 
 
@@ -40,7 +42,19 @@ def _flood(endpoint: str, server_public: bytes) -> int:
     their end or are refused there), and raw TCP connections that write the messages' bytes straight at the
     port. Returns how many of the 20 got anything back (none should)."""
     ctx = zmq.Context()
-    socks, raws, kinds = [], [], _messages()
+    socks, raws = [], []
+    try:
+        return _flood_with(ctx, socks, raws, endpoint, server_public)
+    finally:  # even when a connection fails: an open context would be collected, noisily, in another test
+        for s in socks:
+            s.close(linger=0)
+        for r in raws:
+            r.close()
+        ctx.term()
+
+
+def _flood_with(ctx: zmq.Context, socks: list, raws: list, endpoint: str, server_public: bytes) -> int:
+    kinds = _messages()
     host, port = endpoint[len("tcp://") :].rsplit(":", 1)
     for i in range(SOCKETS):
         if i % 4 == 3:
@@ -62,13 +76,7 @@ def _flood(endpoint: str, server_public: bytes) -> int:
                 s.send_multipart(kinds[j % len(kinds)])
         socks.append(s)
     time.sleep(2.0)  # they keep trying to connect meanwhile
-    answered = sum(1 for s in socks if s.poll(100)) + sum(1 for r in raws if _answered(r))
-    for s in socks:
-        s.close(linger=0)
-    for r in raws:
-        r.close()
-    ctx.term()
-    return answered
+    return sum(1 for s in socks if s.poll(100)) + sum(1 for r in raws if _answered(r))
 
 
 def _answered(raw: socket.socket) -> bool:

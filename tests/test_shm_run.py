@@ -296,4 +296,5 @@ def test_a_stale_unknown_rank_reject_does_not_answer_a_hello():
     for_hello, for_pull = answers(hello), answers(Pull(rank=1))
     stale = Reject("unknown_rank", "rank 1 has not joined from this connection")
     assert for_pull(stale) and not for_hello(stale)
+    assert for_hello(Reject("unknown_rank", "rank 7 is outside 0..3"))  # the Hello's own refusal still answers it
     assert for_hello(Reject("bad_run", "another run")) and for_hello(Welcome(0, 0, [], {}))

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from protocol.config.schema import ExperimentConfig
+from protocol.errors import NOT_JOINED
 from protocol.runfolder.records import WorkerReport
 from protocol.wire import codec
 from protocol.wire.channel import Channel, ReceiveError
@@ -30,14 +31,15 @@ class LinkError(RuntimeError):
 
 def answers(msg: Message) -> Callable[[Message], bool]:
     """Which incoming messages answer `msg`: a push's own Reply or Reject (by sequence number), a Welcome
-    or a Reject (but unknown_rank) for a Hello, a Reply or Reject for a pull; a Stop answers anything."""
+    or a Reject (but a stale NOT_JOINED one) for a Hello, a Reply or Reject for a pull; a Stop answers anything."""
     if isinstance(msg, Push):
         seq = msg.seq
         return lambda m: isinstance(m, Stop) or (isinstance(m, (Reply, Reject)) and m.seq == seq)
-    if isinstance(msg, Hello):  # unknown_rank never answers it: the worker checked its rank against the config
-        # before saying Hello, so that Reject answers an earlier pull or resent push to a server since restarted
+    if isinstance(msg, Hello):  # a Reject saying NOT_JOINED never answers it: it answers an earlier pull or
+        # resent push to a server since restarted (an out-of-range rank is refused unknown_rank otherwise worded)
         return lambda m: (
-            isinstance(m, (Welcome, Stop)) or (isinstance(m, Reject) and m.seq == -1 and m.code != "unknown_rank")
+            isinstance(m, (Welcome, Stop))
+            or (isinstance(m, Reject) and m.seq == -1 and not (m.code == "unknown_rank" and NOT_JOINED in m.message))
         )
     return lambda m: isinstance(m, Stop) or (isinstance(m, (Reply, Reject)) and m.seq == -1)
 
