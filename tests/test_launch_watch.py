@@ -12,7 +12,7 @@ import pytest
 from tests.test_tensorboard import STATUS_TAGS, read_scalars
 
 ROOT = Path(__file__).resolve().parent.parent
-UPDATES, EVERY = 600, 100
+UPDATES, EVERY = 3000, 500  # long enough for several status samples: forked workers join at once
 
 
 def _launch(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
