@@ -9,24 +9,20 @@ otherwise train on as orphans until run.max_seconds.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 from launch.writes import writing
-from launch.zygote import Popen, Zygote, ZygoteError
+from launch.zygote import Popen, Zygote, ZygoteError, dies_with
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -93,7 +89,7 @@ class Supervisor:
         if self._fork_server:
             self._fork_server = False  # one attempt per run
             with writing(self.log_dir / "zygote.log"):
-                self.zygote = Zygote.launch(self.env, self.log_dir / "zygote.log", _dies_with(os.getpid()))
+                self.zygote = Zygote.launch(self.env, self.log_dir / "zygote.log", dies_with(os.getpid()))
 
     def start(self, name: str, module: str, args: list[str], env: dict | None = None, append: bool = False) -> Child:
         """Start `python -m module args` as child `name` (append: a restart, its log goes on after a marker):
@@ -129,7 +125,7 @@ class Supervisor:
                 env=env,
                 start_new_session=True,
                 cwd=os.getcwd(),
-                preexec_fn=_dies_with(os.getpid()),
+                preexec_fn=dies_with(os.getpid()),
             )
 
     def close(self) -> None:
@@ -198,21 +194,6 @@ class Supervisor:
             }
             for c in self.children.values()
         }
-
-
-def _dies_with(launcher: int) -> Callable[[], None] | None:
-    """A preexec_fn (run in the child between fork and exec) that has the child get SIGTERM when the launcher
-    dies; a launcher already gone by then ends the child at once. None where prctl is not (not Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-
-    def preexec() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != launcher:
-            os._exit(1)
-
-    return preexec
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -49,6 +49,22 @@ class ZygoteError(RuntimeError):
     """The zygote did not start, or stopped answering."""
 
 
+def dies_with(parent: int) -> Callable[[], None] | None:
+    """A function to run in a new child (a Popen preexec_fn, or first thing after a fork) that has the child get
+    SIGTERM when `parent` dies; a parent already gone by then ends the child at once. None where prctl is not
+    (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+    def in_child() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return in_child
+
+
 # -- the launcher's side -------------------------------------------------------------------------------------
 
 
@@ -119,25 +135,13 @@ class Zygote:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
         self.drain()
-        if self.proc.poll() is None and self.ready and all(self._ended(pid) for pid in self.forked):
+        if self.proc.poll() is None and self.ready and all(pid in self.exits for pid in self.forked):
             self.proc.terminate()  # nothing of its own to flush; a role still alive would get SIGTERM too
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
-
-    def _ended(self, pid: int) -> bool:
-        """Whether the zygote reported role `pid`'s end, or it is gone anyway."""
-        if pid in self.exits:
-            return True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
 
     def _expect(self, key: str, timeout_s: float) -> dict:
         """The next answer holding `key` (exit reports on the way are kept); raises ZygoteError on a timeout,
@@ -269,10 +273,9 @@ def _run_role(request: dict, zygote: int) -> int:
     import runpy
 
     os.setsid()
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != zygote:
-        return 1  # the zygote died between the fork and the prctl
+    in_child = dies_with(zygote)
+    assert in_child is not None  # the zygote runs on Linux only
+    in_child()  # SIGTERM when the zygote dies; exits at once if it already has
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
     _redirect(Path(request["log"]))
