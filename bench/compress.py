@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
+from protocol import sparsify
 from protocol.config.schema import CompressionConfig
 from protocol.wire.encoding import decode_into
 from protocol.wire.layout import Layout
-from worker import sparsify
 from worker.compressors import make_compressor
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -132,6 +132,9 @@ def merge_summaries(
     merged.uplink_bytes = sum(p.uplink_bytes for p in parts if p is not None)
     merged.downlink_bytes = sum(p.downlink_bytes for p in parts if p is not None)
     merged.ef_drift_max = max(p.ef_drift_max for p in parts if p is not None)
+    merged.downlink_resets = sum(p.downlink_resets for p in parts if p is not None)
+    merged.downlink_deltas = sum(p.downlink_deltas for p in parts if p is not None)
+    merged.downlink_gap_max = max(p.downlink_gap_max for p in parts if p is not None)
     merged.write_errors = [f"shard {s}: {e}" for s, p in enumerate(parts) if p for e in p.write_errors]
     merged.write_errors += [f"shard {s}: no server_summary.json" for s, p in enumerate(parts) if p is None]
     return merged
@@ -153,6 +156,7 @@ def _shard_figures(shard: int, p: ServerSummary | None, last_known: list[tuple[i
         "staleness_mean": p.staleness_mean,
         "staleness_max": p.staleness_max,
         "ef_drift_max": p.ef_drift_max,
+        "downlink_gap_max": p.downlink_gap_max,
         "uplink_bytes": p.uplink_bytes,
         "downlink_bytes": p.downlink_bytes,
         "time_split_s": p.time_split_s,

@@ -88,6 +88,8 @@ def _add_server_figures(s: RunSummary, server: ServerSummary) -> None:
     s.compression_ratio = server.compression_ratio
     s.uplink_bits_per_worker = server.uplink_bits_per_worker
     s.ef_drift_max = server.ef_drift_max
+    s.downlink = server.downlink
+    s.downlink_gap_max = server.downlink_gap_max if server.downlink != "dense" else None
     s.staleness_mean = server.staleness_mean
     s.staleness_max = server.staleness_max
     s.staleness_p50 = server.staleness_p50

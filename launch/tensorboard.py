@@ -11,6 +11,7 @@ the run's start + its wall_s (so TensorBoard's relative time is the run's own cl
   speed/updates_per_s         over the most recent applied pushes
   staleness/mean, /max        over the most recent applied pushes
   comm/uplink_bytes, comm/downlink_bytes, comm/values_clipped      so far
+  comm/downlink_gap_max       largest ||x - w_i|| / ||x|| a compressed reply left so far
   ef/drift_max                largest relative float drift of the EF21 mirror so far
 The status scalars are written once per new version seen (status.json changes every server.status_every_s).
 """
@@ -39,6 +40,7 @@ STATUS_SCALARS = {
     "comm/downlink_bytes": "downlink_bytes",
     "comm/values_clipped": "values_clipped",
     "ef/drift_max": "ef_drift_max",
+    "comm/downlink_gap_max": "downlink_gap_max",
 }
 NOT_SCALARS = {"wall_s", "updates", "final", "eval_s", "train_loss_pushed"}  # the step, clock, flags, or a status'
 

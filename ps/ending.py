@@ -11,6 +11,7 @@ from protocol.wire.endpoints import is_local
 from ps import durable
 
 if TYPE_CHECKING:
+    from ps.model import ServedModel
     from ps.server import ParameterServer
 
 
@@ -26,6 +27,7 @@ def finish(server: ParameterServer) -> ServerSummary:
         started_unix=time.time() - server.wall() if server.t_start is not None else None,
         num_params=model.numel,
         ef_drift_max=model.agg.drift_max,
+        **downlink_fields(model),
         steps_clipped=model.steps_clipped,
         workers={str(r): m.report() for r, m in sorted(server.members.members.items())},
         replies_dropped=server.out.dropped,
@@ -38,3 +40,11 @@ def finish(server: ParameterServer) -> ServerSummary:
     if model.shared is not None:
         model.shared.close()
     return summary
+
+
+def downlink_fields(model: ServedModel) -> dict[str, object]:
+    """The compressed downlink's counts for the summary (none with dense replies)."""
+    d = model.downlink
+    if d is None:
+        return {}
+    return {"downlink": "topk", "downlink_resets": d.resets, "downlink_deltas": d.deltas, "downlink_gap_max": d.gap_max}

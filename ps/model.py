@@ -23,6 +23,7 @@ from protocol.wire.layout import Layout
 from protocol.wire.messages import Push
 from ps.aggregate import Aggregator, Staged, make_aggregator
 from ps.arena import RecvArena
+from ps.downlink import Downlink
 from ps.history import ParamHistory
 from ps.optim import Optimizer, make_optimizer
 from ps.shared_params import SharedParams
@@ -48,6 +49,7 @@ class ServedModel:
     shared: SharedParams | None = None  # same-host workers read the parameters from shared memory
     shard: int = 0  # server.shards > 1: which shard this server is; it serves coordinates [lo, lo + numel)
     lo: int = 0
+    downlink: Downlink | None = None  # server.downlink topk: the workers' copies, and the deltas that track them
     _pending: tuple[torch.Tensor, float, int] | None = None  # a step whose version is begun, not yet taken
 
     @classmethod
@@ -83,6 +85,8 @@ class ServedModel:
             shard=shard,
             lo=lo,
         )
+        if cfg.server.downlink == "topk":
+            model.downlink = Downlink(numel, cfg.server.downlink_ratio, seed=cfg.seed)
         if st.delay != "none":
             model.history = ParamHistory(numel, st.delay_versions, st.delay, cfg.seed)
             model.history.record(0, params)

@@ -59,6 +59,8 @@ class Periodic:
             s.members.leave(rank)
             s.gate.leave(rank)
             s.model.agg.drop(rank)
+            if s.model.downlink is not None:
+                s.model.downlink.forget(rank)  # its copy of the parameters: a rank that joins again gets a reset
             s.evicted.append(rank)
             log.warning("worker %d left: silent for %gs", rank, s.cfg.server.worker_timeout_s)
         if not s.evicted or s.stop_reason is not None:

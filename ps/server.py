@@ -164,7 +164,7 @@ class ParameterServer:
         member.applied += decision.accept
         self._record(push, got.nbytes, tau, decision.reason, decision.lr)
         self.held[push.rank] = member.last_outcome = Outcome(
-            decision.accept, decision.reason, tau, decision.lr, push.seq, push.shm
+            decision.accept, decision.reason, tau, decision.lr, push.seq, push.shm, push.rank, push.copy_id
         )
         t1 = time.perf_counter()
         for rank in self.gate.pushed(push.rank, stepped):
@@ -235,4 +235,5 @@ class ParameterServer:
             started=self.t_start is not None,
             stopping=self.stop_reason,
             ef_drift_max=self.model.agg.drift_max,
+            downlink_gap_max=self.model.downlink.gap_max if self.model.downlink is not None else 0.0,
         )

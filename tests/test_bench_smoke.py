@@ -123,3 +123,22 @@ def test_startup_benchmark_writes_its_timeline_and_breakdown(tmp_path):
     md = (out / "startup.md").read_text()
     assert data["command"] in md and f"| median | {e['exit']:.2f} | {e['first_update']:.2f} |" in md
     assert f"wrote {out}/startup.md" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_downlink_benchmark_compares_bytes_and_accuracy_with_dense_replies(tmp_path):
+    out = tmp_path / "out"
+    args = ["--params", str(TINY), "--ratios", "0.05", "--replies", "3", "--out", str(out)]
+    args += ["--set", "run.max_updates=200", "run.plots=false"]
+    _bench("bench.downlink", args)
+    data = json.loads((out / "downlink.json").read_text())
+    assert data["command"] == "python -m bench.downlink " + " ".join(args)
+    dense, topk = data["runs"]
+    assert (dense["downlink"], topk["downlink"]) == ("dense", "topk 0.05")
+    assert dense["gap_max"] is None and 0 < topk["gap_max"] < 1
+    assert topk["downlink_bytes_per_update"] * 5 < dense["downlink_bytes_per_update"]
+    assert all(0 <= r["test_acc"] <= 1 and r["runs"][0]["updates"] == 200 for r in (dense, topk))
+    (reply,) = data["replies"]
+    assert reply["dense_bytes"] == 4 * TINY and reply["topk_bytes"] == 8 * int(0.05 * TINY)
+    assert "| topk 0.05 |" in (out / "downlink.md").read_text()

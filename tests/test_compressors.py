@@ -14,10 +14,10 @@ from fractions import Fraction
 import pytest
 import torch
 
+from protocol import sparsify
 from protocol.config.schema import COMPRESSORS, CompressionConfig
 from protocol.wire.encoding import VALUE_DTYPES, decode_into, decode_sparse
 from protocol.wire.layout import Layout
-from worker import sparsify
 from worker.compressors import COMPRESSOR_NAMES, make_compressor, segments
 
 CUDA = torch.cuda.is_available()

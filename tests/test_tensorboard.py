@@ -18,6 +18,7 @@ from tests.test_run_end import StandInRun
 
 STATUS_TAGS = [
     "comm/downlink_bytes",
+    "comm/downlink_gap_max",
     "comm/uplink_bytes",
     "comm/values_clipped",
     "ef/drift_max",

@@ -27,6 +27,7 @@ from typing import Protocol
 
 import torch
 
+from protocol import sparsify
 from protocol.config.schema import COMPRESSORS, CompressionConfig
 from protocol.wire.encoding import (
     Payload,
@@ -38,7 +39,6 @@ from protocol.wire.encoding import (
     is_finite,
 )
 from protocol.wire.layout import Layout
-from worker import sparsify
 
 
 def alpha_of_unbiased(omega: float) -> float | None:

@@ -29,6 +29,7 @@ from protocol.wire.curve import WorkerKeys
 from protocol.wire.encoding import Payload, is_finite
 from protocol.wire.faults import injector
 from protocol.wire.messages import Hello, Message, Pull, Push, Reject, Reply, Stop, Welcome
+from worker import downlink
 from worker.compressors import make_compressor
 from worker.ef import Uplink, make_uplink
 from worker.link import LinkError, ServerLink
@@ -75,6 +76,12 @@ def worker_channel(cfg: ExperimentConfig, rank: int, keys: WorkerKeys | None = N
     return chan
 
 
+def _landing(cfg: ExperimentConfig, numel: int) -> torch.Tensor | None:
+    """Where a reply's parameters land: None, straight in the host buffer; under a compressed downlink that
+    buffer is the worker's tracked copy, which only the reply awaited may change, so they land aside first."""
+    return None if cfg.server.downlink == "dense" else torch.empty(numel)
+
+
 class WorkerError(RuntimeError):
     """The worker cannot go on; the message says why."""
 
@@ -115,17 +122,16 @@ class WorkerLoop:
         # dense pushes travel from host memory; compressors work on the device gradient
         self._push_source = self.host_grad if comp.method == "none" else net.grad
         self._host_copy = None if self._push_source is net.grad else self.host_grad  # what the step copies to
-        self.version = 0
-        self.seq = 0
+        self.version, self.seq = 0, 0
+        self.copy_id = -1  # server.downlink topk: the id of the copy of the parameters held (worker/downlink.py)
+        self._landing = _landing(cfg, net.numel)
         self.stats = WorkerReport()
         self.step = Stepper(cfg, rank, self.task, self.stats, clock, sleep)
         self.link = ServerLink(cfg, channel, self._alloc, self.stats, self._check_cancel, clock)
         self.shm = ShmParams(cfg, rank, self.stats)  # same host as the server: parameters from shared memory
         self.rejoins = 0
         self._fallback = codec.fresh_allocator(cfg.server.max_message_bytes)
-        self._rejects_in_a_row = 0
-        self._nonfinite_in_a_row = 0
-        self._clipped_in_a_row = 0
+        self._rejects_in_a_row = self._nonfinite_in_a_row = self._clipped_in_a_row = 0
         size = net.buffer_layout.total
         self._buffers = torch.empty(size) if size else None  # host buffer the model's buffers are gathered into
 
@@ -150,6 +156,7 @@ class WorkerLoop:
                 rank=self.rank,
                 seq=self.seq,
                 base_version=self.version,
+                copy_id=self.copy_id,
                 kind=kind,
                 encoding=payload.encoding,
                 numel=payload.numel,
@@ -238,8 +245,10 @@ class WorkerLoop:
                 self.stats.applied += 1
             else:
                 self.stats.dropped += 1
-            if reply.params is None:  # the shared-memory path: the reply named the version only
+            if reply.params is None and reply.indices is None:  # shared memory: the reply named the version only
                 self.version = self.shm.load(self.host_params, reply.version, self._pull)
+            else:
+                self.copy_id = self._take(reply, self.host_params, self.copy_id)
             self._load_params()
         elif isinstance(reply, Reject):
             self.uplink.commit(False)
@@ -303,6 +312,7 @@ class WorkerLoop:
         if reply.layout != net.layout.to_wire():
             raise WorkerError("the server serves a different parameter layout than this worker's model")
         self.version, self.seq = reply.version, reply.next_seq
+        self.copy_id = self._take(reply, self.host_params, self.copy_id)
         self._load_params()
         unusable = self.shm.attach(reply.settings, net.numel)
         if unusable:
@@ -327,6 +337,7 @@ class WorkerLoop:
             return self.version
         if not isinstance(reply, Reply) or reply.params is None:
             raise WorkerError(f"expected parameters in answer to a pull, got {reply.TYPE}")
+        self.copy_id = self._take(reply, self.host_params, self.copy_id)
         return reply.version
 
     def _exchange_push(self, push: Push) -> Message:
@@ -345,8 +356,16 @@ class WorkerLoop:
         except LinkError as err:
             raise WorkerError(str(err)) from None
 
+    def _take(self, msg: Reply | Welcome, dst: torch.Tensor, copy_id: int) -> int:
+        """The parameters (or a downlink delta) a message carries, into `dst`; the copy id now held."""
+        try:
+            return downlink.take(msg, dst, copy_id)
+        except ValueError as err:
+            raise WorkerError(f"the server sent {err}") from None
+
     def _alloc(self, cls: type[Message], spec: codec.TensorSpec) -> torch.Tensor:
-        """Parameters go straight into the (host) parameter buffer: no allocation per reply."""
+        """Parameters go straight into the (host) parameter buffer, or land aside under a compressed downlink:
+        no allocation per reply."""
         if spec.name == "params":
             if spec.dtype != "float32" or spec.numel != self.host_params.numel():
                 raise ProtocolError(
@@ -354,5 +373,5 @@ class WorkerLoop:
                     f"server sent {spec.numel} {spec.dtype} parameters, "
                     f"the model has {self.host_params.numel()} float32",
                 )
-            return self.host_params
+            return self.host_params if self._landing is None else self._landing
         return self._fallback(cls, spec)

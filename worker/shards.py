@@ -42,6 +42,7 @@ class Shard:
     link: ServerLink
     version: int = 0
     seq: int = 0
+    copy_id: int = -1  # server.downlink topk: the id of this shard's copy of its range (worker/downlink.py)
 
 
 class ShardedLoop(WorkerLoop):
@@ -73,7 +74,7 @@ class ShardedLoop(WorkerLoop):
                 return self._fallback(cls, spec)
             if spec.dtype != "float32" or spec.numel != hi - lo:
                 raise ProtocolError("bad_shape", f"shard sent {spec.numel} {spec.dtype} parameters, not {hi - lo}")
-            return self.host_params[lo:hi]
+            return (self.host_params if self._landing is None else self._landing)[lo:hi]
 
         return alloc
 
@@ -98,6 +99,7 @@ class ShardedLoop(WorkerLoop):
         if reply.settings.get("shard") != [sh.index, sh.lo, sh.hi]:
             raise WorkerError(f"shard {sh.index} serves {reply.settings.get('shard')}, not [{sh.lo}, {sh.hi})")
         sh.version, sh.seq = reply.version, reply.next_seq
+        sh.copy_id = self._take(reply, self.host_params[sh.lo : sh.hi], sh.copy_id)
 
     def versions(self) -> list[int]:
         return [sh.version for sh in self.shards]
@@ -129,12 +131,14 @@ class ShardedLoop(WorkerLoop):
             meta["g_sq"] = float(g[sh.lo : sh.hi].double().square().sum())  # the shard checks its own range
         return Push(rank=self.rank, seq=sh.seq, base_version=sh.version, kind=kind, encoding=part.encoding,
                     numel=part.numel, loss=loss, samples=samples, meta=meta, values=part.values,
-                    indices=part.indices, signs=part.signs, buffers=buffers if sh.index == 0 else None)  # fmt: skip
+                    indices=part.indices, signs=part.signs, buffers=buffers if sh.index == 0 else None,
+                    copy_id=sh.copy_id)  # fmt: skip
 
     def _answered(self, sh: Shard, reply: Message) -> bool:
         """Follow one shard's answer (its clock, sequence number); whether it applied its part."""
         if isinstance(reply, Reply):
             sh.seq, sh.version = sh.seq + 1, reply.version
+            sh.copy_id = self._take(reply, self.host_params[sh.lo : sh.hi], sh.copy_id)
             return reply.applied
         if not isinstance(reply, Reject):
             raise WorkerError(f"unexpected {reply.TYPE} message from shard {sh.index} in reply to a push")

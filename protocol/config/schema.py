@@ -362,6 +362,12 @@ class ServerConfig:
     # segment, each rank is also offered a push slot for the values of its dense float32 pushes (docs/design.md,
     # Shared-memory pushes); zmq: none
     transport: Literal["auto", "zmq", "shm"] = "auto"
+    # what a reply over ZeroMQ carries: dense: the parameters; topk: the Top-K of the difference between the
+    # parameters and the worker's copy, which the server keeps per worker (EF21-P; docs/design.md, Compressed
+    # downlink): fewer bytes for a copy that lags by what was not sent, and one float32 copy of the parameters
+    # per worker in the server's memory. Workers reading shared memory are not affected
+    downlink: Literal["dense", "topk"] = "dense"
+    downlink_ratio: float = 0.01  # topk: share of coordinates a reply carries, k = max(1, floor(ratio * d))
     threads: int = 1  # torch intra-op threads in the server (the step is memory-bound)
     # tensors travel as frames of at most this size (1 MiB moves fastest); a tensor may have 65536 frames
     chunk_bytes: int = 1 << 20
@@ -406,6 +412,7 @@ class ServerConfig:
         require(1 << 10 <= self.chunk_bytes <= 1 << 30, "chunk_bytes", "must be in [1 KiB, 1 GiB]")
         require(self.max_message_bytes >= 1 << 16, "max_message_bytes", "must be >= 64 KiB")
         require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be > 0 (or null)")
+        require(0 < self.downlink_ratio < 1, "downlink_ratio", "must be in (0, 1): 1 sends every coordinate, as dense")
         self._check_budgets()
         require(
             self.chunk_bytes <= self.max_message_bytes,

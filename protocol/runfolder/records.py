@@ -67,6 +67,7 @@ class Status:
     downlink_bytes: int = 0  # so far: bytes of every message the server (sync: the group's collectives) sent
     values_clipped: int = 0  # so far: values workers clipped to the wire dtype's range (compression.values float16)
     ef_drift_max: float = 0.0  # so far: largest relative float drift of the EF21 mirror (0 without EF21, sync)
+    downlink_gap_max: float = 0.0  # so far: largest ||x - w_i|| / ||x|| a compressed reply left (server.downlink)
 
 
 @dataclass
@@ -107,6 +108,13 @@ class ServerSummary:
     compression_ratio: float | None = None  # dense float32 bytes of the pushes received / bytes on the wire
     uplink_bits_per_worker: float = 0.0
     ef_drift_max: float = 0.0
+    # server.downlink (docs/design.md, Compressed downlink): replies that reset a worker's copy (the parameters
+    # whole) and that carried a Top-K delta; the largest ||x - w_i|| / ||x|| a delta left (x: the parameters
+    # sent, w_i: the worker's copy after the delta)
+    downlink: str = "dense"
+    downlink_resets: int = 0
+    downlink_deltas: int = 0
+    downlink_gap_max: float = 0.0
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)  # rank -> pid, host, device, pushes, applied
     server: dict[str, Any] = field(default_factory=dict)  # pid, host (and role)
     time_split_s: dict[str, float] = field(default_factory=dict)
@@ -172,6 +180,8 @@ class RunSummary:
     compression_ratio: float | None = None
     uplink_bits_per_worker: float | None = None
     ef_drift_max: float | None = None
+    downlink: str | None = None  # server.downlink: dense or topk (docs/design.md, Compressed downlink)
+    downlink_gap_max: float | None = None  # topk: the largest ||x - w_i|| / ||x|| a compressed reply left
     wall_s: float = 0.0
     updates_per_s: float = 0.0
     final_test_acc: float | None = None

@@ -74,11 +74,16 @@ class Push(Message):
     # pushes), not in a `values` frame
     values_in_shm: bool = False
     buffers: Tensor | None = None  # now and then: the worker's model buffers (float32, the buffer layout)
+    # server.downlink topk (docs/design.md, Compressed downlink): the id of the worker's copy of the parameters
+    # (-1: none the server gave it)
+    copy_id: int = -1
 
 
 @dataclass
 class Reply(Message):
-    """server -> worker: the outcome of a push (or a pull) and the fresh parameters."""
+    """server -> worker: the outcome of a push (or a pull) and the fresh parameters: whole (params), as a
+    sparse delta to add to the worker's copy (indices, values; server.downlink topk), or neither (the worker
+    reads them from shared memory)."""
 
     TYPE: ClassVar[str] = "reply"
     applied: bool
@@ -88,6 +93,12 @@ class Reply(Message):
     lr: float
     seq: int = -1  # the push this answers (-1: a pull); a worker ignores answers to pushes it no longer waits on
     params: Tensor | None = None
+    # server.downlink topk (docs/design.md, Compressed downlink): the id of the copy these parameters (or this
+    # delta applied to the copy with id copy_base) make; -1: the parameters are not tracked
+    copy_id: int = -1
+    copy_base: int = -1
+    indices: Tensor | None = None  # the delta's coordinates: int32 (int64 above 2^31 parameters), ascending
+    values: Tensor | None = None  # float32, added to the copy at indices
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Index selection for the sparsifying compressors (Top-K, Rand-K). Pure math: no sockets, clocks, logging.
+"""Index selection for the sparsifying compressors (Top-K, Rand-K) of the workers, and for the server's
+compressed downlink (ps/downlink.py), which must select alike. Pure math: no sockets, clocks, logging.
 
 Every function takes one flat segment (the whole vector, or one parameter tensor's range) and returns
 strictly increasing int64 indices into it, on the segment's device. Inputs are magnitudes |x| when the
