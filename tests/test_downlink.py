@@ -179,14 +179,21 @@ def test_in_a_run_every_workers_copy_is_the_servers_record_plus_its_last_delta(s
         assert d is not None and d.deltas > 20 and d.resets >= 3
         lo, n = server.model.lo, server.model.numel
         for loop in loops:
-            copy = d._copies[loop.rank]
-            expected = copy.w.clone()
-            if copy.pending is not None and copy.pending.indices is not None:
-                expected.index_add_(0, copy.pending.indices, copy.pending.values)
-            elif copy.pending is not None:
-                expected = copy.w  # a reset: the record holds what was sent
+            copy, held = d._copies[loop.rank], _held(loop, server.model.shard)
+            expected = copy.w.clone()  # the copy the server's record is of (or, after a reset, what it sent)
+            last = copy.pending
+            if last is not None and held == last.copy_id:  # the last answer, taken (a reset: the record is it)
+                if last.indices is not None:
+                    expected.index_add_(0, last.indices, last.values)
+            else:  # not taken (a Stop from another shard came with it): the copy is the one the record is of
+                assert held == copy.committed
             assert torch.equal(loop.host_params[lo : lo + n], expected)
     assert all(r["downlink"] == "topk" and r["downlink_deltas"] > 0 for r in results)
+
+
+def _held(loop, shard: int) -> int:
+    """The id of the copy a worker holds of a shard's range."""
+    return loop.shards[shard].copy_id if isinstance(loop, ShardedLoop) else loop.copy_id
 
 
 def test_a_compressed_downlink_sends_far_fewer_bytes_and_still_learns():
@@ -196,3 +203,17 @@ def test_a_compressed_downlink_sends_far_fewer_bytes_and_still_learns():
     assert topk[0]["updates"] == dense[0]["updates"] == 80
     assert 0 < topk[0]["downlink_gap_max"] < 1
     assert not torch.equal(servers[0].params, initial_model(_config(1, "topk"), "").params)
+
+
+@pytest.mark.parametrize(
+    ("sections", "says"),
+    [
+        ({"mode": "sync", "server": {"downlink": "topk"}}, "sync"),
+        ({"server": {"downlink": "topk", "transport": "shm"}}, "shared memory"),
+        ({"server": {"downlink": "sparse"}}, "server.downlink"),
+    ],
+)
+def test_a_downlink_that_would_compress_nothing_is_refused_naming_the_key(sections, says):
+    with pytest.raises(ConfigError, match="server.downlink") as err:
+        make_config(**sections).check()
+    assert says in str(err.value)

@@ -618,6 +618,12 @@ class ExperimentConfig:
             "the artificial delay cannot be combined with ssp or apply_every",
         )
         require(
+            self.server.downlink == "dense" or self.server.transport != "shm",
+            "server.downlink",
+            "topk compresses replies over ZeroMQ, and server.transport shm sends none (every worker reads the "
+            "parameters from shared memory): use server.transport auto for workers on other hosts",
+        )
+        require(
             st.delay == "none" or self.server.transport != "shm",
             "server.transport",
             "shm cannot be combined with staleness.delay (a delayed reply carries an older version than the "
@@ -651,6 +657,7 @@ class ExperimentConfig:
 
     def _check_sync(self) -> None:
         require(self.staleness.delay == "none", "staleness.delay", "does not apply in sync mode (nothing is stale)")
+        require(self.server.downlink == "dense", "server.downlink", "does not apply in sync mode (there is no server)")
         require(
             self.staleness.apply_every == 1,
             "staleness.apply_every",
