@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import psutil
+
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 PRELOAD = ("torch", "numpy", "zmq", "msgpack", "yaml")
 # the roles' own modules are run fresh by runpy in each fork (importing them here would run them twice, and
@@ -88,6 +90,7 @@ class Zygote:
     ready: bool = False
     forked: list[int] = field(default_factory=list)  # every role's pid, in fork order
     _buf: bytes = b""
+    _end_noted: bool = False
 
     @classmethod
     def launch(cls, env: dict, log_path: Path, preexec: Callable[[], None] | None = None) -> Zygote:
@@ -125,6 +128,14 @@ class Zygote:
     def drain(self) -> None:
         """Read whatever the zygote said since (exit reports), without waiting."""
         self._read(0.0)
+
+    def note_end(self) -> None:
+        """Say once on stderr that the zygote has ended while roles it forked ran (each got SIGTERM from it): a
+        role's own exit then reads 'killed by signal SIGTERM' and names nothing else."""
+        if not self._end_noted:
+            self._end_noted = True
+            print(f"launcher: the fork server ended (exit code {self.proc.returncode}) while roles it forked ran; "
+                  "each got SIGTERM (see logs/zygote.log)", file=sys.stderr, flush=True)  # fmt: skip
 
     def close(self, kill: bool = False) -> None:
         """No more forks: the zygote ends once its roles have (kill: now). When they all have, it is ended with
@@ -184,14 +195,34 @@ class ForkedProcess:
     def __init__(self, zygote: Zygote, pid: int):
         self.zygote, self.pid = zygote, pid
         self.returncode: int | None = None
+        try:  # what watches it once the zygote, its parent, is gone (psutil tells a reused pid apart)
+            self._ps: psutil.Process | None = psutil.Process(pid)
+        except psutil.Error:
+            self._ps = None
 
     def poll(self) -> int | None:
         if self.returncode is None:
             self.zygote.drain()
             self.returncode = self.zygote.exits.get(self.pid)
             if self.returncode is None and self.zygote.proc.poll() is not None:
-                self.returncode = -signal.SIGKILL  # the zygote is gone, and with it this role (PDEATHSIG)
+                self.zygote.drain()  # what it reported before it ended
+                self.returncode = self.zygote.exits.get(self.pid)
+                if self.returncode is None:
+                    self.zygote.note_end()
+                if self.returncode is None and not self._alive():
+                    # it outlived the zygote (PDEATHSIG sent it SIGTERM) and has ended since: no one reports its
+                    # code to the launcher, and a role the zygote's death ended is no role that finished
+                    self.returncode = -signal.SIGTERM
         return self.returncode
+
+    def _alive(self) -> bool:
+        """Whether the role still runs, once the zygote cannot report its end: a role that catches SIGTERM
+        (the server, the workers) still writes its results, and the launcher must wait for it, not count it
+        ended and leave it behind."""
+        try:
+            return self._ps is not None and self._ps.is_running() and self._ps.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -76,3 +76,30 @@ def test_a_zygote_that_cannot_start_leaves_the_run_on_fresh_interpreters(tmp_pat
     finally:
         sup.terminate_all()
         sup.close()
+
+
+def _until(done, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_role_that_outlives_a_killed_zygote_is_watched_until_it_ends(tmp_path, capfd):
+    sup = Supervisor(tmp_path / "logs", fork_server=True)
+    try:
+        child = _start(sup, tmp_path, "lingerer", "linger")
+        _until((tmp_path / "lingerer.json").exists)
+        assert sup.zygote is not None
+        sup.zygote.proc.kill()  # the zygote dies; the role gets SIGTERM and takes its time to stop
+        _until((tmp_path / "lingerer.json.term").exists)
+        sup.zygote.proc.wait(timeout=30)
+        assert child.returncode is None and child.ps is not None and child.ps.is_running()
+        (tmp_path / "lingerer.json.release").touch()
+        assert child.popen.wait(timeout=60) == -signal.SIGTERM
+        assert (tmp_path / "lingerer.json.atexit").exists()  # it had ended, not just been given up on
+        assert "the fork server ended (exit code -9)" in capfd.readouterr().err
+    finally:
+        (tmp_path / "lingerer.json.release").touch()
+        sup.terminate_all()
+        sup.close()
