@@ -4,7 +4,8 @@ starting a fresh interpreter that imports torch again (about 2.5 s of CPU each, 
 roles share). Linux only; where it cannot start, the supervisor starts fresh interpreters as before.
 
 The launcher's side (Zygote) talks to `python -m launch.zygote` over its stdin and stdout, one JSON object per
-line (no pickle):
+line (no pickle); the zygote first moves that stdout to a descriptor of its own and points fd 1 at its log, so
+what its imports print cannot reach the launcher, which also skips any line that is no JSON object:
 
     launcher -> zygote   {"name", "module", "args", "env", "log", "cwd"}   fork a role
     zygote -> launcher   {"ready": pid}                                   once, after the imports
@@ -182,11 +183,21 @@ class Zygote:
             self._buf += chunk
             timeout_s = 0.0
         *lines, self._buf = self._buf.split(b"\n")
-        msgs = [json.loads(line) for line in lines if line.strip()]
+        msgs = [msg for msg in map(_answer, lines) if msg is not None]
         for msg in msgs:
             if "exit" in msg:
                 self.exits[int(msg["exit"])] = int(msg["rc"])
         return [m for m in msgs if "exit" not in m]
+
+
+def _answer(line: bytes) -> dict | None:
+    """One line from the zygote, parsed; None for what is no answer: text an import printed to stdout before the
+    zygote moved its channel off it (main, _own_channel)."""
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        return None
+    return msg if isinstance(msg, dict) else None
 
 
 class ForkedProcess:
@@ -240,9 +251,10 @@ class ForkedProcess:
 def main() -> None:
     import importlib
 
+    out = _own_channel()
     for name in (*PRELOAD, *(dep for role in ROLES for dep in _top_imports(role))):
         importlib.import_module(name)
-    _say({"ready": os.getpid()})
+    _say(out, {"ready": os.getpid()})
     live: set[int] = set()
     open_input = True
     while open_input or live:
@@ -251,10 +263,10 @@ def main() -> None:
             if not line:
                 open_input = False
             elif line.strip():
-                _fork(json.loads(line), live)
+                _fork(out, json.loads(line), live)
         elif not open_input:
             time.sleep(0.05)
-        _reap(live)
+        _reap(out, live)
 
 
 def _top_imports(module: str) -> list[str]:
@@ -275,28 +287,41 @@ def _top_imports(module: str) -> list[str]:
     return names
 
 
-def _say(msg: dict) -> None:
-    os.write(1, json.dumps(msg).encode() + b"\n")
+def _own_channel() -> int:
+    """Move the launcher's channel off stdout onto a descriptor of its own, and point stdout at the zygote's
+    log (its stderr): what an import, a sitecustomize or a .pth file prints, from Python or from C, then lands
+    in logs/zygote.log instead of in the middle of the answers the launcher parses."""
+    channel = os.dup(1)
+    os.dup2(2, 1)
+    return channel
 
 
-def _reap(live: set[int]) -> None:
+def _say(out: int, msg: dict) -> None:
+    os.write(out, json.dumps(msg).encode() + b"\n")
+
+
+def _reap(out: int, live: set[int]) -> None:
     for pid in list(live):
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             live.discard(pid)
-            _say({"exit": pid, "rc": os.waitstatus_to_exitcode(status)})
+            _say(out, {"exit": pid, "rc": os.waitstatus_to_exitcode(status)})
 
 
-def _fork(request: dict, live: set[int]) -> None:
+def _fork(out: int, request: dict, live: set[int]) -> None:
+    for stream in (sys.stdout, sys.stderr):  # what the zygote printed, once in its log, not again in each role's
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
     try:
         pid = os.fork()
     except OSError as err:
-        _say({"error": f"cannot fork {request.get('name')}: {err}"})
+        _say(out, {"error": f"cannot fork {request.get('name')}: {err}"})
         return
     if pid == 0:  # the role: it leaves through the interpreter's own exit (atexit handlers, finalizers, threads)
+        os.close(out)
         raise SystemExit(_run_role(request, os.getppid()))
     live.add(pid)
-    _say({"pid": pid})
+    _say(out, {"pid": pid})
 
 
 def _run_role(request: dict, zygote: int) -> int:

@@ -103,3 +103,30 @@ def test_a_role_that_outlives_a_killed_zygote_is_watched_until_it_ends(tmp_path,
         (tmp_path / "lingerer.json.release").touch()
         sup.terminate_all()
         sup.close()
+
+
+def test_what_the_zygotes_interpreter_prints_to_stdout_never_reaches_the_launchers_channel(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    # a user's sitecustomize printing as the interpreter starts, and a module the zygote imports printing (from
+    # Python and from C) once the zygote runs
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\nprint('{not json')\nprint('[1, 2]')\n"
+        "class Noisy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'msgpack':\n"
+        "            print('import-time noise')\n"
+        "            os.write(1, b'raw noise\\n')\n"
+        "sys.meta_path.insert(0, Noisy())\n"
+    )
+    sup = Supervisor(tmp_path / "logs", env={"PYTHONPATH": str(site)}, fork_server=True)
+    try:
+        child = _start(sup, tmp_path, "role", "exit3")
+        assert child.popen.wait(timeout=60) == 3
+        assert isinstance(child.popen, zygote.ForkedProcess)
+        assert sup.zygote is not None and sup.zygote.ready
+    finally:
+        sup.terminate_all()
+        sup.close()
+    assert "import-time noise\nraw noise" in (tmp_path / "logs" / "zygote.log").read_text()
+    assert "noise" not in (tmp_path / "logs" / "role.log").read_text()  # printed once, by the zygote, not again
