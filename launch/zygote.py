@@ -206,6 +206,7 @@ class ForkedProcess:
     def __init__(self, zygote: Zygote, pid: int):
         self.zygote, self.pid = zygote, pid
         self.returncode: int | None = None
+        self.orphaned = False  # it ended after the zygote died, which sent it SIGTERM: its own code is unknown
         try:  # what watches it once the zygote, its parent, is gone (psutil tells a reused pid apart)
             self._ps: psutil.Process | None = psutil.Process(pid)
         except psutil.Error:
@@ -223,7 +224,7 @@ class ForkedProcess:
                 if self.returncode is None and not self._alive():
                     # it outlived the zygote (PDEATHSIG sent it SIGTERM) and has ended since: no one reports its
                     # code to the launcher, and a role the zygote's death ended is no role that finished
-                    self.returncode = -signal.SIGTERM
+                    self.returncode, self.orphaned = -signal.SIGTERM, True
         return self.returncode
 
     def _alive(self) -> bool:

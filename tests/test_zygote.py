@@ -97,6 +97,7 @@ def test_a_role_that_outlives_a_killed_zygote_is_watched_until_it_ends(tmp_path,
         assert child.returncode is None and child.ps is not None and child.ps.is_running()
         (tmp_path / "lingerer.json.release").touch()
         assert child.popen.wait(timeout=60) == -signal.SIGTERM
+        assert child.orphaned and "death of the fork server" in child.describe_exit()
         assert (tmp_path / "lingerer.json.atexit").exists()  # it had ended, not just been given up on
         assert "the fork server ended (exit code -9)" in capfd.readouterr().err
     finally:
