@@ -362,7 +362,11 @@ def _title(cmd: list[str]) -> None:
         import setproctitle
     except ImportError:
         return
-    setproctitle.setproctitle(" ".join(cmd))
+    # an argument that is no UTF-8 (a path's raw bytes, as sys.argv holds them) is shown with a replacement
+    # character: the title is cosmetic, and must not end a role that a fresh interpreter would have run
+    title = " ".join(cmd).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    with contextlib.suppress(Exception):
+        setproctitle.setproctitle(title)
 
 
 def _redirect(log: Path) -> None:

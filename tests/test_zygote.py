@@ -131,3 +131,16 @@ def test_what_the_zygotes_interpreter_prints_to_stdout_never_reaches_the_launche
         sup.close()
     assert "import-time noise\nraw noise" in (tmp_path / "logs" / "zygote.log").read_text()
     assert "noise" not in (tmp_path / "logs" / "role.log").read_text()  # printed once, by the zygote, not again
+
+
+def test_an_argument_that_is_no_utf8_reaches_a_forked_role_as_it_would_a_fresh_interpreter(tmp_path):
+    odd = os.fsdecode(b"run-\xff\xfe")  # a path's raw bytes, as Linux allows and sys.argv holds them
+    sup = Supervisor(tmp_path / "logs", fork_server=True)
+    try:
+        child = sup.start("odd", "tests.zygote_role", ["ok", str(tmp_path / "odd.json"), odd])
+        assert child.popen.wait(timeout=60) == 0
+        assert isinstance(child.popen, zygote.ForkedProcess)
+        assert json.loads((tmp_path / "odd.json").read_text())["argv"][2] == odd
+    finally:
+        sup.terminate_all()
+        sup.close()
