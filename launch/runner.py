@@ -197,8 +197,12 @@ class Run:
             time.sleep(TICK_S)
 
     def _schedule_restart(self, child: Child) -> bool:
-        """run.max_restarts: a dead child is restarted after a backoff, unless its restarts are used up."""
-        delay = self.restarts.take(child.name, time.monotonic()) if self._restartable(child.name) else None
+        """run.max_restarts: a dead child is restarted after a backoff, unless its restarts are used up. One the
+        fork server's death ended is not: every role went with it, and a worker restarted while the server still
+        stops (it got SIGTERM too) would be told Stop, exit 0 and count as done, leaving a run that trains on
+        with no worker and ends 'ok'."""
+        restartable = self._restartable(child.name) and not child.orphaned
+        delay = self.restarts.take(child.name, time.monotonic()) if restartable else None
         if delay is None:
             return False
         n, limit = self.restarts.counts[child.name], self.cfg.run.max_restarts

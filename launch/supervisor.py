@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 
 from launch.writes import writing
-from launch.zygote import Popen, Zygote, ZygoteError, dies_with
+from launch.zygote import ForkedProcess, Popen, Zygote, ZygoteError, dies_with
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,10 +50,17 @@ class Child:
         rc = self.returncode
         return rc is not None and rc < 0
 
+    @property
+    def orphaned(self) -> bool:
+        """Whether it ended with the fork server that forked it (which sent it SIGTERM as it died)."""
+        return isinstance(self.popen, ForkedProcess) and self.popen.orphaned
+
     def describe_exit(self) -> str:
         rc = self.popen.returncode
         if rc is None:
             return "is still running"
+        if self.orphaned:
+            return "was ended by the death of the fork server that forked it (logs/zygote.log)"
         if rc < 0:
             try:
                 sig = signal.Signals(-rc).name

@@ -4,7 +4,8 @@ starting a fresh interpreter that imports torch again (about 2.5 s of CPU each, 
 roles share). Linux only; where it cannot start, the supervisor starts fresh interpreters as before.
 
 The launcher's side (Zygote) talks to `python -m launch.zygote` over its stdin and stdout, one JSON object per
-line (no pickle):
+line (no pickle); the zygote first moves that stdout to a descriptor of its own and points fd 1 at its log, so
+what its imports print cannot reach the launcher, which also skips any line that is no JSON object:
 
     launcher -> zygote   {"name", "module", "args", "env", "log", "cwd"}   fork a role
     zygote -> launcher   {"ready": pid}                                   once, after the imports
@@ -35,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+import psutil
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 PRELOAD = ("torch", "numpy", "zmq", "msgpack", "yaml")
@@ -88,6 +91,7 @@ class Zygote:
     ready: bool = False
     forked: list[int] = field(default_factory=list)  # every role's pid, in fork order
     _buf: bytes = b""
+    _end_noted: bool = False
 
     @classmethod
     def launch(cls, env: dict, log_path: Path, preexec: Callable[[], None] | None = None) -> Zygote:
@@ -125,6 +129,14 @@ class Zygote:
     def drain(self) -> None:
         """Read whatever the zygote said since (exit reports), without waiting."""
         self._read(0.0)
+
+    def note_end(self) -> None:
+        """Say once on stderr that the zygote has ended while roles it forked ran (each got SIGTERM from it): a
+        role's own exit then reads 'killed by signal SIGTERM' and names nothing else."""
+        if not self._end_noted:
+            self._end_noted = True
+            print(f"launcher: the fork server ended (exit code {self.proc.returncode}) while roles it forked ran; "
+                  "each got SIGTERM (see logs/zygote.log)", file=sys.stderr, flush=True)  # fmt: skip
 
     def close(self, kill: bool = False) -> None:
         """No more forks: the zygote ends once its roles have (kill: now). When they all have, it is ended with
@@ -171,11 +183,21 @@ class Zygote:
             self._buf += chunk
             timeout_s = 0.0
         *lines, self._buf = self._buf.split(b"\n")
-        msgs = [json.loads(line) for line in lines if line.strip()]
+        msgs = [msg for msg in map(_answer, lines) if msg is not None]
         for msg in msgs:
             if "exit" in msg:
                 self.exits[int(msg["exit"])] = int(msg["rc"])
         return [m for m in msgs if "exit" not in m]
+
+
+def _answer(line: bytes) -> dict | None:
+    """One line from the zygote, parsed; None for what is no answer: text an import printed to stdout before the
+    zygote moved its channel off it (main, _own_channel)."""
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        return None
+    return msg if isinstance(msg, dict) else None
 
 
 class ForkedProcess:
@@ -184,14 +206,35 @@ class ForkedProcess:
     def __init__(self, zygote: Zygote, pid: int):
         self.zygote, self.pid = zygote, pid
         self.returncode: int | None = None
+        self.orphaned = False  # it ended after the zygote died, which sent it SIGTERM: its own code is unknown
+        try:  # what watches it once the zygote, its parent, is gone (psutil tells a reused pid apart)
+            self._ps: psutil.Process | None = psutil.Process(pid)
+        except psutil.Error:
+            self._ps = None
 
     def poll(self) -> int | None:
         if self.returncode is None:
             self.zygote.drain()
             self.returncode = self.zygote.exits.get(self.pid)
             if self.returncode is None and self.zygote.proc.poll() is not None:
-                self.returncode = -signal.SIGKILL  # the zygote is gone, and with it this role (PDEATHSIG)
+                self.zygote.drain()  # what it reported before it ended
+                self.returncode = self.zygote.exits.get(self.pid)
+                if self.returncode is None:
+                    self.zygote.note_end()
+                if self.returncode is None and not self._alive():
+                    # it outlived the zygote (PDEATHSIG sent it SIGTERM) and has ended since: no one reports its
+                    # code to the launcher, and a role the zygote's death ended is no role that finished
+                    self.returncode, self.orphaned = -signal.SIGTERM, True
         return self.returncode
+
+    def _alive(self) -> bool:
+        """Whether the role still runs, once the zygote cannot report its end: a role that catches SIGTERM
+        (the server, the workers) still writes its results, and the launcher must wait for it, not count it
+        ended and leave it behind."""
+        try:
+            return self._ps is not None and self._ps.is_running() and self._ps.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -209,9 +252,10 @@ class ForkedProcess:
 def main() -> None:
     import importlib
 
+    out = _own_channel()
     for name in (*PRELOAD, *(dep for role in ROLES for dep in _top_imports(role))):
         importlib.import_module(name)
-    _say({"ready": os.getpid()})
+    _say(out, {"ready": os.getpid()})
     live: set[int] = set()
     open_input = True
     while open_input or live:
@@ -220,10 +264,10 @@ def main() -> None:
             if not line:
                 open_input = False
             elif line.strip():
-                _fork(json.loads(line), live)
+                _fork(out, json.loads(line), live)
         elif not open_input:
             time.sleep(0.05)
-        _reap(live)
+        _reap(out, live)
 
 
 def _top_imports(module: str) -> list[str]:
@@ -244,28 +288,41 @@ def _top_imports(module: str) -> list[str]:
     return names
 
 
-def _say(msg: dict) -> None:
-    os.write(1, json.dumps(msg).encode() + b"\n")
+def _own_channel() -> int:
+    """Move the launcher's channel off stdout onto a descriptor of its own, and point stdout at the zygote's
+    log (its stderr): what an import, a sitecustomize or a .pth file prints, from Python or from C, then lands
+    in logs/zygote.log instead of in the middle of the answers the launcher parses."""
+    channel = os.dup(1)
+    os.dup2(2, 1)
+    return channel
 
 
-def _reap(live: set[int]) -> None:
+def _say(out: int, msg: dict) -> None:
+    os.write(out, json.dumps(msg).encode() + b"\n")
+
+
+def _reap(out: int, live: set[int]) -> None:
     for pid in list(live):
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             live.discard(pid)
-            _say({"exit": pid, "rc": os.waitstatus_to_exitcode(status)})
+            _say(out, {"exit": pid, "rc": os.waitstatus_to_exitcode(status)})
 
 
-def _fork(request: dict, live: set[int]) -> None:
+def _fork(out: int, request: dict, live: set[int]) -> None:
+    for stream in (sys.stdout, sys.stderr):  # what the zygote printed, once in its log, not again in each role's
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
     try:
         pid = os.fork()
     except OSError as err:
-        _say({"error": f"cannot fork {request.get('name')}: {err}"})
+        _say(out, {"error": f"cannot fork {request.get('name')}: {err}"})
         return
     if pid == 0:  # the role: it leaves through the interpreter's own exit (atexit handlers, finalizers, threads)
+        os.close(out)
         raise SystemExit(_run_role(request, os.getppid()))
     live.add(pid)
-    _say({"pid": pid})
+    _say(out, {"pid": pid})
 
 
 def _run_role(request: dict, zygote: int) -> int:
@@ -305,7 +362,11 @@ def _title(cmd: list[str]) -> None:
         import setproctitle
     except ImportError:
         return
-    setproctitle.setproctitle(" ".join(cmd))
+    # an argument that is no UTF-8 (a path's raw bytes, as sys.argv holds them) is shown with a replacement
+    # character: the title is cosmetic, and must not end a role that a fresh interpreter would have run
+    title = " ".join(cmd).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    with contextlib.suppress(Exception):
+        setproctitle.setproctitle(title)
 
 
 def _redirect(log: Path) -> None:

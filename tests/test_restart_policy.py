@@ -20,3 +20,12 @@ def test_a_server_that_ended_the_run_on_purpose_is_not_restarted(tmp_path, name,
     run = AsyncRun(make_config(run={"max_restarts": 1}), tmp_path, quiet=True)
     run.sup.children[name] = SimpleNamespace(returncode=code)
     assert run._restartable(name) is restart
+
+
+def test_a_role_that_the_fork_servers_death_ended_is_not_restarted(tmp_path):
+    run = AsyncRun(make_config(run={"max_restarts": 3}), tmp_path, quiet=True)
+    for name in ("server", "worker0"):
+        child = SimpleNamespace(name=name, pid=1, returncode=-15, orphaned=True)
+        run.sup.children[name] = child
+        assert run._schedule_restart(child) is False, name  # type: ignore[arg-type]
+    assert not run.restarts.counts

@@ -76,3 +76,71 @@ def test_a_zygote_that_cannot_start_leaves_the_run_on_fresh_interpreters(tmp_pat
     finally:
         sup.terminate_all()
         sup.close()
+
+
+def _until(done, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_role_that_outlives_a_killed_zygote_is_watched_until_it_ends(tmp_path, capfd):
+    sup = Supervisor(tmp_path / "logs", fork_server=True)
+    try:
+        child = _start(sup, tmp_path, "lingerer", "linger")
+        _until((tmp_path / "lingerer.json").exists)
+        assert sup.zygote is not None
+        sup.zygote.proc.kill()  # the zygote dies; the role gets SIGTERM and takes its time to stop
+        _until((tmp_path / "lingerer.json.term").exists)
+        sup.zygote.proc.wait(timeout=30)
+        assert child.returncode is None and child.ps is not None and child.ps.is_running()
+        (tmp_path / "lingerer.json.release").touch()
+        assert child.popen.wait(timeout=60) == -signal.SIGTERM
+        assert child.orphaned and "death of the fork server" in child.describe_exit()
+        assert (tmp_path / "lingerer.json.atexit").exists()  # it had ended, not just been given up on
+        assert "the fork server ended (exit code -9)" in capfd.readouterr().err
+    finally:
+        (tmp_path / "lingerer.json.release").touch()
+        sup.terminate_all()
+        sup.close()
+
+
+def test_what_the_zygotes_interpreter_prints_to_stdout_never_reaches_the_launchers_channel(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    # a user's sitecustomize printing as the interpreter starts, and a module the zygote imports printing (from
+    # Python and from C) once the zygote runs
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\nprint('{not json')\nprint('[1, 2]')\n"
+        "class Noisy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'msgpack':\n"
+        "            print('import-time noise')\n"
+        "            os.write(1, b'raw noise\\n')\n"
+        "sys.meta_path.insert(0, Noisy())\n"
+    )
+    sup = Supervisor(tmp_path / "logs", env={"PYTHONPATH": str(site)}, fork_server=True)
+    try:
+        child = _start(sup, tmp_path, "role", "exit3")
+        assert child.popen.wait(timeout=60) == 3
+        assert isinstance(child.popen, zygote.ForkedProcess)
+        assert sup.zygote is not None and sup.zygote.ready
+    finally:
+        sup.terminate_all()
+        sup.close()
+    assert "import-time noise\nraw noise" in (tmp_path / "logs" / "zygote.log").read_text()
+    assert "noise" not in (tmp_path / "logs" / "role.log").read_text()  # printed once, by the zygote, not again
+
+
+def test_an_argument_that_is_no_utf8_reaches_a_forked_role_as_it_would_a_fresh_interpreter(tmp_path):
+    odd = os.fsdecode(b"run-\xff\xfe")  # a path's raw bytes, as Linux allows and sys.argv holds them
+    sup = Supervisor(tmp_path / "logs", fork_server=True)
+    try:
+        child = sup.start("odd", "tests.zygote_role", ["ok", str(tmp_path / "odd.json"), odd])
+        assert child.popen.wait(timeout=60) == 0
+        assert isinstance(child.popen, zygote.ForkedProcess)
+        assert json.loads((tmp_path / "odd.json").read_text())["argv"][2] == odd
+    finally:
+        sup.terminate_all()
+        sup.close()

@@ -26,3 +26,12 @@ if __name__ == "__main__":
         os.kill(os.getpid(), signal.SIGKILL)
     if mode == "sleep":
         time.sleep(60)
+    if mode == "linger":  # as the server does: SIGTERM starts a stop that ends when the test says (OUT.release)
+        terms: list[int] = []
+        signal.signal(signal.SIGTERM, lambda *_: terms.append(1))
+        deadline = time.monotonic() + 60
+        while not terms and time.monotonic() < deadline:
+            time.sleep(0.02)
+        open(out + ".term", "w").close()  # noqa: SIM115
+        while not os.path.exists(out + ".release") and time.monotonic() < deadline:
+            time.sleep(0.02)
