@@ -116,12 +116,8 @@ class Zygote:
             self._expect("ready", READY_TIMEOUT_S)
             self.ready = True
         request = {"name": name, "module": module, "args": args, "env": env, "log": str(log), "cwd": os.getcwd()}
-        try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError) as err:
-            raise ZygoteError(f"the zygote is gone ({err})") from None
+        assert self.proc.stdin is not None
+        _send(self.proc.stdin.fileno(), json.dumps(request).encode() + b"\n", ANSWER_TIMEOUT_S)
         answer = self._expect("pid", ANSWER_TIMEOUT_S)
         self.forked.append(int(answer["pid"]))
         return ForkedProcess(self, int(answer["pid"]))
@@ -188,6 +184,22 @@ class Zygote:
             if "exit" in msg:
                 self.exits[int(msg["exit"])] = int(msg["rc"])
         return [m for m in msgs if "exit" not in m]
+
+
+def _send(fd: int, data: bytes, timeout_s: float) -> None:
+    """Write all of `data` to the zygote's stdin within timeout_s: a request larger than the pipe's buffer (a
+    large environment) would block for good on a zygote that stopped reading (SIGSTOP). Raises ZygoteError."""
+    deadline, view = time.monotonic() + timeout_s, memoryview(data)
+    os.set_blocking(fd, False)
+    while view:
+        if not select.select([], [fd], [], max(0.0, deadline - time.monotonic()))[1]:
+            raise ZygoteError(f"the zygote took no request within {timeout_s:g}s (stopped?)")
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            continue
+        except OSError as err:  # BrokenPipeError: it is gone
+            raise ZygoteError(f"the zygote is gone ({err})") from None
 
 
 def _answer(line: bytes) -> dict | None:

@@ -144,3 +144,24 @@ def test_an_argument_that_is_no_utf8_reaches_a_forked_role_as_it_would_a_fresh_i
     finally:
         sup.terminate_all()
         sup.close()
+
+
+def test_a_request_a_stopped_zygote_cannot_take_fails_within_the_timeout_and_the_role_starts_fresh(
+    tmp_path, monkeypatch, capfd
+):
+    monkeypatch.setattr(zygote, "ANSWER_TIMEOUT_S", 1.0)
+    sup = Supervisor(tmp_path / "logs", fork_server=True)
+    try:
+        first = _start(sup, tmp_path, "first", "ok")  # the zygote is ready and has forked once
+        assert isinstance(first.popen, zygote.ForkedProcess) and first.popen.wait(timeout=60) == 0
+        assert sup.zygote is not None
+        os.kill(sup.zygote.proc.pid, signal.SIGSTOP)  # it stops reading: a request over the pipe's 64 KiB blocks
+        t0 = time.monotonic()
+        env = {"ROLE_VALUE": "big", **{f"BIG_{i}": "x" * 60_000 for i in range(5)}}  # exec takes each < 128 KiB
+        big = sup.start("big", "tests.zygote_role", ["ok", str(tmp_path / "big.json")], env=env)
+        assert time.monotonic() - t0 < 30
+        assert isinstance(big.popen, subprocess.Popen) and big.popen.wait(timeout=60) == 0
+        assert "took no request within 1s" in capfd.readouterr().err and sup.zygote is None
+    finally:
+        sup.terminate_all()
+        sup.close()
