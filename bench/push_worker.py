@@ -4,7 +4,10 @@ the model's gradient (a fixed one would let g_i converge to it and leave EF21 no
 With --shm the worker reads the parameters from the server's shared-memory segment, as a worker on the
 server's host does (worker/shm_params.py): its pushes ask for version-only replies. With --shm-push too, a
 dense float32 push leaves its values in the rank's push slot and travels as a header (values_in_shm), as a
-worker on the server's host does (docs/design.md, Shared-memory pushes).
+worker on the server's host does (docs/design.md, Shared-memory pushes). With --grad-in-slot as well, the
+gradient is taken to be computed straight into the slot, as a CPU worker's backward does there
+(worker/shm_params.py): the slot holds the first stand-in gradient, and each push only invalidates and
+publishes it (no copy of 4P bytes); the server's work does not depend on the values.
 Everything else a real worker does per push is done: the error-feedback state update and compression
 (uplink.prepare), the push/reply exchange, and decoding what was sent into g_i (uplink.sent while the
 reply is awaited, uplink.commit after it).
@@ -85,6 +88,8 @@ def main() -> None:
         args.slot = shm.PushSlotWriter(
             shm.Advert.from_wire(welcome.settings.get("shm_push"), args.rank), args.rank, args.params
         )
+        if args.grad_in_slot:
+            args.slot.values[:] = grads[0].numpy()
     result = push_loop(chan, uplink, grads, args, welcome.next_seq, welcome.version, alloc, reader, params)
     chan.close()
     with open(args.out, "w") as f:
@@ -102,6 +107,7 @@ def _parse_args() -> argparse.Namespace:
     ap.add_argument("--keys", default="", help="CURVE key folder (the server runs with server.auth: curve)")
     ap.add_argument("--shm", action="store_true", help="parameters from the server's shared-memory segment")
     ap.add_argument("--shm-push", action="store_true", help="dense pushes through the rank's push slot (with --shm)")
+    ap.add_argument("--grad-in-slot", action="store_true", help="the gradient computed in the slot (with --shm-push)")
     compression_args(ap)
     return ap.parse_args()
 
@@ -184,7 +190,10 @@ def _push(
     """Send one push of payload `p`; its size in bytes (a push through the slot: the header only)."""
     slot = getattr(args, "slot", None)
     in_slot = slot is not None and p.encoding == "dense" and p.values is not None and p.values.dtype == torch.float32
-    if in_slot:
+    if in_slot and getattr(args, "grad_in_slot", False):
+        slot.invalidate()  # as worker/shm_params.py does before backward, then publishes what it wrote
+        slot.publish(seq)
+    elif in_slot:
         slot.write(seq, p.values.numpy())
     push = Push(
         rank=args.rank,

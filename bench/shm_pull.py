@@ -11,8 +11,10 @@ pull   a writer process publishes a version of --pull-params floats into a segme
        ZeroMQ round trip of that many bytes each way over loopback, zero-copy (half of it: one way).
 push   the real server (python -m ps) and bench workers pushing dense gradients: zmq (parameters in every
        reply) against shm (python -m bench.push_worker --shm: version-only replies, parameters read from the
-       segment; pushes over ZeroMQ) and shm_push (--shm --shm-push: the pushes through the rank's push slot
-       too), and torch.distributed.rpc doing the same work with its auto transport (shared memory on one host,
+       segment; pushes over ZeroMQ), shm_push (--shm --shm-push: the pushes through the rank's push slot
+       too, copied into it as a worker whose pushes are not its gradient buffer does) and shm_grad (and
+       --grad-in-slot: the gradient computed straight into the slot, as a CPU worker's dense pushes are: no
+       copy per push), and torch.distributed.rpc doing the same work with its auto transport (shared memory on one host,
        rpc) and pinned to loopback TCP (rpc_tcp); interleaved --repeats times, medians.
 Results go to bench/results/shm_pull.{md,json}; nothing is asserted.
 """
@@ -60,7 +62,10 @@ def _parse_args() -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--warmup-s", type=float, default=2.0)
     ap.add_argument(
-        "--repeats", type=int, default=3, help="alternate zmq, shm, shm_push, rpc, rpc_tcp this often; medians"
+        "--repeats",
+        type=int,
+        default=3,
+        help="alternate zmq, shm, shm_push, shm_grad, rpc, rpc_tcp this often; medians",
     )
     ap.add_argument("--no-rpc", action="store_true", help="leave torch.distributed.rpc out")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -142,10 +147,10 @@ def _pull_line(p: dict) -> str:
 
 def _measure_push(args: argparse.Namespace, params: int, workers: int) -> dict:
     """One row: zmq, shm, shm_push (and rpc, rpc_tcp) alternated args.repeats times, the median of each."""
-    cases = ["zmq", "shm", "shm_push", *([] if args.no_rpc else ["rpc", "rpc_tcp"])]
+    cases = [*OURS, *([] if args.no_rpc else ["rpc", "rpc_tcp"])]
     trials: dict[str, list[float]] = {case: [] for case in cases}
-    down: dict[str, list[float]] = {"zmq": [], "shm": [], "shm_push": []}
-    up: dict[str, list[float]] = {"zmq": [], "shm": [], "shm_push": []}
+    down: dict[str, list[float]] = {case: [] for case in OURS}
+    up: dict[str, list[float]] = {case: [] for case in OURS}
     pulls = dict.fromkeys(trials, 0)  # shm reads torn every try, pulled over ZeroMQ instead (all trials)
     for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every case alike
         for case in trials:
@@ -167,10 +172,17 @@ def _measure_push(args: argparse.Namespace, params: int, workers: int) -> dict:
     }
 
 
-# the ratios each row reports: shm params over zmq, shm pushes over shm params and over zmq, and both shm paths
-# over rpc with each of its transports
-RATIOS = [("shm", "zmq"), ("shm_push", "shm"), ("shm_push", "zmq"), ("shm", "rpc"), ("shm_push", "rpc"),
-          ("shm_push", "rpc_tcp")]  # fmt: skip
+OURS = ["zmq", "shm", "shm_push", "shm_grad"]
+FLAGS = {
+    "zmq": [],
+    "shm": ["--shm"],
+    "shm_push": ["--shm", "--shm-push"],
+    "shm_grad": ["--shm", "--shm-push", "--grad-in-slot"],
+}
+# the ratios each row reports: shm params over zmq, shm pushes over shm params and over zmq, the gradient in the
+# slot over a copy into it, and the shm paths over rpc with each of its transports
+RATIOS = [("shm", "zmq"), ("shm_push", "shm"), ("shm_push", "zmq"), ("shm_grad", "shm_push"), ("shm", "rpc"),
+          ("shm_push", "rpc"), ("shm_push", "rpc_tcp"), ("shm_grad", "rpc"), ("shm_grad", "rpc_tcp")]  # fmt: skip
 
 
 def _ratio(med: dict[str, float], a: str, b: str) -> float | None:
@@ -184,8 +196,9 @@ def _one_case(case: str, params: int, workers: int, warmup_s: float, seconds: fl
         transport = "auto" if case == "rpc" else "tcp"
         return rpc_baseline.measure(params, workers, warmup_s, seconds, transport), 0.0, 0.0, 0
     server = {"transport": "zmq" if case == "zmq" else "auto"}
-    flags = {"zmq": [], "shm": ["--shm"], "shm_push": ["--shm", "--shm-push"]}[case]
-    got = run_push_server(params, workers, warmup_s, seconds, "tcp://127.0.0.1:0", server=server, worker_flags=flags)
+    got = run_push_server(
+        params, workers, warmup_s, seconds, "tcp://127.0.0.1:0", server=server, worker_flags=FLAGS[case]
+    )
     down = got["summary"]["downlink_bytes"] / max(1, got["summary"]["updates"])
     return got["updates_per_s"], down, got["push_bytes"], got["shm_fallbacks"]
 
@@ -217,12 +230,14 @@ def _write(out: Path, pull: dict, rows: list[dict], args: argparse.Namespace) ->
         f"{p['every_read_uniform']} |",
         "",
         "zmq: parameters and pushes over ZeroMQ; shm: parameters from shared memory, pushes over ZeroMQ; "
-        "shm+push: both through shared memory; rpc: torch.distributed.rpc, auto transport (shared memory) and "
+        "shm+push: both through shared memory, the push copied into the slot; shm+grad: the gradient computed in "
+        "the slot (a CPU worker's dense pushes); rpc: torch.distributed.rpc, auto transport (shared memory) and "
         "loopback TCP.",
         "",
-        "| params | workers | zmq upd/s | shm upd/s | shm+push upd/s | rpc (auto) upd/s | rpc (tcp) upd/s "
-        "| shm / zmq | shm+push / shm | shm+push / zmq | shm+push / rpc (auto) | shm+push / rpc (tcp) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| params | workers | zmq upd/s | shm upd/s | shm+push upd/s | shm+grad upd/s | rpc (auto) upd/s "
+        "| rpc (tcp) upd/s | shm / zmq | shm+push / shm | shm+push / zmq | shm+grad / shm+push "
+        "| shm+push / rpc (auto) | shm+push / rpc (tcp) | shm+grad / rpc (auto) | shm+grad / rpc (tcp) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_table_row(r) for r in rows]
     (out / "shm_pull.md").write_text("\n".join(lines) + "\n")
@@ -230,8 +245,9 @@ def _write(out: Path, pull: dict, rows: list[dict], args: argparse.Namespace) ->
 
 def _table_row(r: dict) -> str:
     u, q = r["updates_per_s"], r["ratios"]
-    rates = " | ".join(f"{u[c]:.1f}" if c in u else "" for c in ("zmq", "shm", "shm_push", "rpc", "rpc_tcp"))
-    keys = ("shm_over_zmq", "shm_push_over_shm", "shm_push_over_zmq", "shm_push_over_rpc", "shm_push_over_rpc_tcp")
+    rates = " | ".join(f"{u[c]:.1f}" if c in u else "" for c in (*OURS, "rpc", "rpc_tcp"))
+    keys = ("shm_over_zmq", "shm_push_over_shm", "shm_push_over_zmq", "shm_grad_over_shm_push", "shm_push_over_rpc",
+            "shm_push_over_rpc_tcp", "shm_grad_over_rpc", "shm_grad_over_rpc_tcp")  # fmt: skip
     ratios = " | ".join(f"{q[k]:.2f}x" if q.get(k) else "" for k in keys)
     return f"| {r['params']} | {r['workers']} | {rates} | {ratios} |"
 

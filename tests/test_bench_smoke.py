@@ -70,11 +70,12 @@ def test_shm_pull_benchmark_writes_its_tables_with_every_figure(tmp_path):
     assert all(pull[k] > 0 for k in ("read_ms_median", "publish_ms_median", "private_copy_ms_median", "zmq_one_way_ms"))
     (row,) = data["rows"]
     rates = row["updates_per_s"]
-    assert set(rates) == {"zmq", "shm", "shm_push", "rpc", "rpc_tcp"} and all(v > 0 for v in rates.values())
+    assert set(rates) == {"zmq", "shm", "shm_push", "shm_grad", "rpc", "rpc_tcp"} and all(v > 0 for v in rates.values())
     down, up = row["downlink_bytes_per_update"], row["socket_bytes_per_push"]
     assert down["zmq"] > 4 * TINY > 100 * down["shm"]  # over shm a reply is a header, not the parameters
-    assert up["shm"] > 4 * TINY > 100 * up["shm_push"]  # through the push slot a push is a header too
+    assert up["shm"] > 4 * TINY > 100 * max(up["shm_push"], up["shm_grad"])  # through the push slot: a header
     assert row["ratios"]["shm_push_over_rpc_tcp"] == rates["shm_push"] / rates["rpc_tcp"]
+    assert row["ratios"]["shm_grad_over_rpc_tcp"] == rates["shm_grad"] / rates["rpc_tcp"]
     md = (out / "shm_pull.md").read_text()
     assert data["command"] in md and f"| {TINY} | 1 | {row['updates_per_s']['zmq']:.1f} |" in md
 

@@ -205,6 +205,52 @@ def test_the_worker_writes_its_slot_only_while_no_push_was_refused_since_its_las
     assert list(Path(shm.SHM_DIR).glob(shm.prefix("slot") + "*")) == []
 
 
+def test_a_gradient_computed_in_the_slot_is_published_without_a_copy_and_only_while_the_slot_is_clean():
+    from ps.shared_params import SharedParams
+
+    cfg = ExperimentConfig(server=ServerConfig(transport="auto"))
+    shared = SharedParams(cfg, "slot", N)
+    own, bound = torch.zeros(N), []
+    stats = WorkerReport()
+    worker = ShmParams(cfg, 0, stats, bind_grad=lambda buf: bound.append(own if buf is None else buf))
+    assert worker.attach({**shared.advert(), **shared.push_advert(0)}, N) is None
+    grad = bound[-1]
+    assert grad.data_ptr() == torch.from_numpy(worker.slot.values).data_ptr()  # the model's gradient is the slot
+    worker.before_gradient()
+    assert worker.slot._m.written[0] == 0  # while backward writes, the slot names no push
+    grad.fill_(3.0)  # backward
+    sent = worker.place(_push(0, grad))
+    assert sent.values_in_shm and stats.pushes_computed_in_slot == stats.pushes_via_shm == 1
+    assert torch.equal(shared.push_values(sent), torch.full((N,), 3.0))
+    worker.answered(refused=True, code="nonfinite")  # a resent copy may still be staged: not into the slot now
+    assert bound[-1] is own and not worker.place(_push(1, own)).values_in_shm
+    worker.before_gradient()
+    assert int(worker.slot._m.written[0]) == 1  # the slot, no longer the gradient, keeps naming push 0
+    worker.answered(refused=False)
+    assert bound[-1].data_ptr() == grad.data_ptr()
+    worker.answered(refused=True, code="no_shm_slot")  # the slot goes: the gradient first leaves it
+    assert bound[-1] is own and worker.slot is None
+    worker.close()
+    shared.close()
+
+
+def test_a_flat_model_moves_its_gradient_to_another_buffer_and_backward_accumulates_there():
+    from worker.tasks.flat import FlatModel
+
+    net = FlatModel(torch.nn.Linear(3, 2), torch.device("cpu"))
+    own, other = net.grad, torch.full((net.numel,), 7.0)
+    net.zero_grad()
+    net.model(torch.ones(1, 3)).sum().backward()
+    expected = own.clone()
+    net.use_grad(other)
+    assert net.grad is other and torch.equal(other, expected)  # it holds the gradient so far
+    net.zero_grad()
+    net.model(torch.ones(1, 3)).sum().backward()
+    assert torch.equal(other, expected) and all(p.grad.data_ptr() >= other.data_ptr() for p in net.model.parameters())
+    with pytest.raises(ValueError, match="float32"):
+        net.use_grad(torch.zeros(net.numel, dtype=torch.float64))
+
+
 def test_a_rank_taken_over_by_another_connection_gets_a_new_slot_the_old_holder_cannot_write():
     """An evicted holder that is still alive keeps its mapping of the rank's slot and may write it at its next
     push; the next holder's pushes must be read from a slot of its own."""

@@ -74,6 +74,7 @@ def test_one_worker_ends_with_bitwise_the_same_parameters_over_either_path(tmp_p
         (report,) = worker_reports(run, 1)
         assert (report["params_from_shm"] > 0) == (transport == "shm"), report
         assert report["pushes_via_shm"] == (report["pushes"] if transport == "shm" else 0), report
+        assert report["pushes_computed_in_slot"] == report["pushes_via_shm"], report  # no copy into the slot
     assert torch.equal(finals["shm"], finals["zmq"])
 
 

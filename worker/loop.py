@@ -128,7 +128,7 @@ class WorkerLoop:
         self.stats = WorkerReport()
         self.step = Stepper(cfg, rank, self.task, self.stats, clock, sleep)
         self.link = ServerLink(cfg, channel, self._alloc, self.stats, self._check_cancel, clock)
-        self.shm = ShmParams(cfg, rank, self.stats)  # same host as the server: parameters from shared memory
+        self.shm = self._shm_params(on_cpu and comp.method == "none")
         self.rejoins = 0
         self._fallback = codec.fresh_allocator(cfg.server.max_message_bytes)
         self._rejects_in_a_row = self._nonfinite_in_a_row = self._clipped_in_a_row = 0
@@ -141,6 +141,7 @@ class WorkerLoop:
             return self.stats
         while True:
             self._check_cancel()
+            self.shm.before_gradient()
             loss, samples = self.step.gradient(self._host_copy)
             if not self._finite_gradient(loss):
                 continue  # nothing is pushed and no error-feedback state moves; the next batch may be fine
@@ -355,6 +356,19 @@ class WorkerLoop:
             return self.link.exchange(msg, timeout_s)
         except LinkError as err:
             raise WorkerError(str(err)) from None
+
+    def _shm_params(self, dense_cpu: bool) -> ShmParams:
+        """Same host as the server: the parameters from shared memory; and pushing a dense CPU gradient, that
+        gradient computed straight into the push slot (its own buffer kept for when there is none)."""
+        own = self.task.net.grad
+        return ShmParams(
+            self.cfg, self.rank, self.stats, bind_grad=(lambda b: self._grad_in(b, own)) if dense_cpu else None
+        )
+
+    def _grad_in(self, buf: torch.Tensor | None, own: torch.Tensor) -> None:
+        """Where backward writes the gradient: `buf` (the push slot's values), or the worker's own buffer."""
+        self.task.net.use_grad(buf if buf is not None else own)
+        self.host_grad = self._push_source = self.task.net.grad
 
     def _take(self, msg: Reply | Welcome, dst: torch.Tensor, copy_id: int) -> int:
         """The parameters (or a downlink delta) a message carries, into `dst`; the copy id now held."""

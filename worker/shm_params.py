@@ -11,6 +11,12 @@ float32 push leaves its values there and travels as a header with values_in_shm.
 while `clean`: no push of this worker was refused since its last Reply. A refused push may still have resent
 copies queued at the server, which it would read after this worker wrote its next values; after a Reject the
 pushes go over ZeroMQ until a Reply shows every earlier copy handled.
+
+Gradient in the slot (docs/design.md, Shared-memory pushes): a worker whose dense pushes are its CPU model's
+own flat gradient hands `bind_grad` here; while the slot is clean, the model's gradient buffer is the slot's
+values, so backward() writes the push where the server reads it and a push only publishes its seq (no copy
+of 4P bytes per push). The slot is invalidated before each gradient (`before_gradient`), and the gradient goes
+back to the worker's own buffer whenever the slot is not clean or closes.
 """
 
 from __future__ import annotations
@@ -29,11 +35,21 @@ log = logging.getLogger("worker")
 
 
 class ShmParams:
-    def __init__(self, cfg: ExperimentConfig, rank: int, stats: WorkerReport):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        rank: int,
+        stats: WorkerReport,
+        bind_grad: Callable[[torch.Tensor | None], None] | None = None,
+    ):
+        """bind_grad(buf): make buf the model's flat gradient (None: the worker's own buffer again); given when
+        the pushes are that gradient itself (a CPU worker pushing dense float32)."""
         self.mode, self.rank, self.stats = cfg.server.transport, rank, stats
         self.reader: shm.SegmentReader | None = None
         self.slot: shm.PushSlotWriter | None = None
         self.clean = True  # no push refused since the last Reply: the slot may be written
+        self.bind_grad = bind_grad
+        self._bound: torch.Tensor | None = None  # the slot's values as the model's gradient, while they are
 
     @property
     def active(self) -> bool:
@@ -68,6 +84,24 @@ class ShmParams:
             log.info("rank %d: pushes over ZeroMQ (%s)", self.rank, err)
             return
         log.info("rank %d: dense pushes through shared memory (/dev/shm/%s)", self.rank, self.slot.name)
+        self._bind(True)
+
+    def _bind(self, into_slot: bool) -> None:
+        """The model's gradient into the slot's values (into_slot, when there is a clean slot), or back."""
+        want = into_slot and self.slot is not None and self.clean and self.bind_grad is not None
+        if want and self._bound is None:
+            assert self.slot is not None and self.bind_grad is not None
+            self._bound = torch.from_numpy(self.slot.values)
+            self.bind_grad(self._bound)
+        elif not want and self._bound is not None:
+            self._bound = None
+            if self.bind_grad is not None:
+                self.bind_grad(None)
+
+    def before_gradient(self) -> None:
+        """The gradient is about to be computed: a slot holding it names no push while it changes."""
+        if self._bound is not None and self.slot is not None:
+            self.slot.invalidate()
 
     def place(self, push: Push) -> Push:
         """Move a dense float32 push's values into the slot (when there is one and it is clean): the push then
@@ -77,7 +111,11 @@ class ShmParams:
             return push
         if values.dtype != torch.float32 or values.device.type != "cpu" or values.numel() != self.slot.numel:
             return push
-        self.slot.write(push.seq, values.detach().numpy())
+        if self._bound is not None and values.data_ptr() == self._bound.data_ptr():
+            self.slot.publish(push.seq)  # computed in the slot: nothing to copy
+            self.stats.pushes_computed_in_slot += 1
+        else:
+            self.slot.write(push.seq, values.detach().numpy())
         push.values, push.values_in_shm = None, True
         self.stats.pushes_via_shm += 1
         return push
@@ -88,6 +126,7 @@ class ShmParams:
         self.clean = not refused
         if code == "no_shm_slot":
             self._close_slot()
+        self._bind(self.clean)
 
     def load(self, params: torch.Tensor, version: int, pull: Callable[[], int]) -> int:
         """Copy the parameters of `version` or newer into `params` (host memory); the version copied. Without a
@@ -107,6 +146,7 @@ class ShmParams:
         self._close_slot()
 
     def _close_slot(self) -> None:
+        self._bind(False)  # before the mapping goes
         if self.slot is not None:
             self.slot.close()
             self.slot = None

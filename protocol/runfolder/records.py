@@ -151,6 +151,7 @@ class WorkerReport:
     params_from_shm: int = 0  # replies whose parameters came from the server's shared-memory segment
     shm_fallbacks: int = 0  # ... that found no consistent version there and were pulled over ZeroMQ
     pushes_via_shm: int = 0  # dense pushes whose values went through the rank's push slot (no values frame)
+    pushes_computed_in_slot: int = 0  # ... of them, whose gradient backward wrote straight into the slot (no copy)
     stop_reason: str = ""
 
 

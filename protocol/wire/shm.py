@@ -481,11 +481,26 @@ class PushSlotWriter:
             raise SegmentError(f"/dev/shm/{advert.name} is not the push slot the server advertised")
         self.name, self.numel = advert.name, advert.numel
 
+    @property
+    def values(self) -> np.ndarray:
+        """The slot's numel float32 values, writable in place: a gradient computed straight into them is left
+        there by invalidate() before the first write and publish(seq) after the last, with no copy."""
+        return self._m.values
+
     def write(self, seq: int, values: object) -> None:
         """Leave push `seq`'s values (numel float32, viewed without a copy) in the slot."""
-        self._m.written[0] = 0  # a slot half written names no push
-        _fence()
+        self.invalidate()
         np.copyto(self._m.values, np.asarray(values).reshape(-1))
+        self.publish(seq)
+
+    def invalidate(self) -> None:
+        """The slot names no push from now on: call before its values change (a slot half written names none,
+        so a copy of an earlier push staged late is refused stale_slot instead of reading them)."""
+        self._m.written[0] = 0
+        _fence()
+
+    def publish(self, seq: int) -> None:
+        """The values now in the slot are push `seq`'s."""
         _fence()
         self._m.written[0] = seq + 1
 

@@ -22,6 +22,7 @@ class FlatModel:
         self.layout = Layout.from_shapes([(n, tuple(p.shape)) for n, p in named])
         self.params = torch.zeros(self.layout.total, dtype=torch.float32, device=device)
         self.grad = torch.zeros_like(self.params)
+        self._trainable = [p for _, p in named]
         for (_, p), entry in zip(named, self.layout.entries):
             view = self.params[entry.offset : entry.stop].view(entry.shape)
             view.copy_(p.detach())
@@ -37,6 +38,19 @@ class FlatModel:
 
     def zero_grad(self) -> None:
         self.grad.zero_()
+
+    def use_grad(self, buf: torch.Tensor) -> None:
+        """Make `buf` (float32, (numel,), on the model's device) the flat gradient every `.grad` views, holding
+        the current gradient's values: backward() accumulates into it from now on (a worker points it at its
+        shared-memory push slot: worker/shm_params.py)."""
+        if buf.data_ptr() == self.grad.data_ptr():
+            return
+        if buf.dtype != torch.float32 or buf.shape != self.grad.shape or buf.device != self.grad.device:
+            raise ValueError(f"a gradient buffer must be float32 {tuple(self.grad.shape)} on {self.grad.device}")
+        buf.copy_(self.grad)
+        for p, entry in zip(self._trainable, self.layout.entries):
+            p.grad = buf[entry.offset : entry.stop].view(entry.shape)
+        self.grad = buf
 
     def buffers(self, out: torch.Tensor | None = None) -> torch.Tensor:
         """The persistent buffers as one flat float32 vector (on the host), in buffer_layout order."""
