@@ -348,3 +348,23 @@ def test_an_ipv6_loopback_endpoint_is_accepted_local_and_carries_messages():
     finally:
         worker.close()
         router.close()
+
+
+def test_a_send_that_times_out_after_a_refused_handshake_says_the_handshake_was_refused():
+    """The refusal may be reported between the worker's last look and a resend, which then blocks on a pipe
+    ZeroMQ dropped: the send's timeout must still name the refused handshake, not only 'could not send'."""
+    from protocol.runfolder.records import WorkerReport
+    from worker.link import LinkError, ServerLink
+
+    class RefusedChannel:
+        curve, endpoint = True, "tcp://127.0.0.1:1"
+
+        def send(self, msg, **_):
+            raise TimeoutError
+
+        def handshake_failures(self) -> int:
+            return 1
+
+    link = ServerLink(make_config(), RefusedChannel(), alloc=None, stats=WorkerReport(), check_cancel=lambda: None)
+    with pytest.raises(LinkError, match="refused this worker's CURVE handshake"):
+        link.send(Pull(rank=0))

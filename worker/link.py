@@ -111,6 +111,7 @@ class ServerLink:
         try:
             self.chan.send(msg)
         except TimeoutError:
+            self._check_handshake()  # a refused CURVE handshake drops the pipe: the send then has no peer
             raise LinkError(f"could not send to the server at {self.chan.endpoint}") from None
 
     def _recv(self, timeout_s: float) -> Message | None:
