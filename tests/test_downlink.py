@@ -107,14 +107,15 @@ def test_the_worker_applies_only_a_delta_for_the_copy_it_holds():
         (torch.tensor([0.0]), torch.ones(1), "indices"),
         (torch.tensor([0, 1]), torch.ones(3), "values"),
         (torch.tensor([0]), None, "without values"),
+        (torch.tensor([0, 3]), torch.tensor([3e38, 1.0]), "overflows"),  # finite, but 3e38 + 3e38 is inf
     ],
 )
 def test_a_malformed_delta_is_refused_before_the_copy_changes(indices, values, says):
-    mine = torch.zeros(8)
+    mine = torch.tensor([3e38, 0, 0, 0, 0, 0, 0, 0])
     bad = Reply(True, "applied", 0, 2, 1e-3, copy_id=2, copy_base=1, indices=indices, values=values)
     with pytest.raises(ValueError, match=says):
         worker_downlink.take(bad, mine, 1)
-    assert torch.equal(mine, torch.zeros(8))
+    assert torch.equal(mine, torch.tensor([3e38, 0, 0, 0, 0, 0, 0, 0]))
 
 
 def test_a_delta_leaves_at_most_the_topk_error_of_what_the_copy_lacked():

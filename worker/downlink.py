@@ -35,6 +35,7 @@ def take(msg: Reply | Welcome, dst: torch.Tensor, copy_id: int) -> int:
     if copy_id < 0 or msg.copy_base != copy_id:
         return -1
     indices, values = _checked(msg, dst.numel())
+    _check_sum(dst, indices, values)  # k values: nothing is added unless every sum is finite
     dst.index_add_(0, indices, values)
     return msg.copy_id
 
@@ -52,3 +53,9 @@ def _checked(msg: Reply, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     if not is_finite(values):
         raise ValueError("a downlink delta with NaN or inf")
     return indices, values
+
+
+def _check_sum(dst: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> None:
+    """Refuse a delta whose finite values would carry the copy to inf (|x| near float32's max)."""
+    if not is_finite(dst.index_select(0, indices) + values):
+        raise ValueError("a downlink delta that overflows the parameters to inf")
