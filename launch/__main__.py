@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="key.sub=value settings applied on top of the file")
     ap.add_argument("--run-dir", help="write the run here instead of <run.runs_dir>/<name>-<timestamp>")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may come after the flags too
     if args.config is None:
         ap.error("the following arguments are required: config (an experiment YAML, e.g. configs/quickstart.yaml)")
     try:

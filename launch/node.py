@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="key.sub=value settings applied on top of the file")
     ap.add_argument("--run-dir", help="the head's run folder (workers: DIR-worker<rank>)")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may come after the flags too
     env = {k: os.environ.get(k, "") for k in (*TORCHRUN_ENV, "TORCHELASTIC_RUN_ID")}
     missing = [k for k in TORCHRUN_ENV if not env[k]]
     if missing:

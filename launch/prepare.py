@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config", help="experiment YAML")
     ap.add_argument("overrides", nargs="*", help="key.sub=value settings applied on top of the file")
     ap.add_argument("--run-dir", required=True, help="the run folder to prepare (new, or empty)")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may come after the flags too
     try:
         cfg = load_experiment(args.config, args.overrides)
         if cfg.sweep:

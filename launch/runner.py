@@ -47,11 +47,11 @@ class Run:
         self.cfg = cfg
         self.run_dir = run_dir
         self.config_path = run_dir / "config.yaml"
-        self.sup = Supervisor(run_dir / "logs", fork_server=cfg.run.fork_server)
+        self.signals = signals or StopSignals()  # not entered: nothing installed, check() never raises
+        self.sup = Supervisor(run_dir / "logs", fork_server=cfg.run.fork_server, check_stop=self.signals.check)
         limits = Limits(cfg.run.max_updates, cfg.run.max_seconds)
         self.progress = Progress(limits, cfg.run.progress_every_s, starting=self.starting)
         self.quiet = quiet
-        self.signals = signals or StopSignals()  # not entered: nothing installed, check() never raises
         self.proc_log = ProcessLog(run_dir / "processes.csv")
         self.metrics = JsonLinesTail(run_dir / "metrics.jsonl")
         self.board = open_board(run_dir, cfg.run.tensorboard)  # says once when tensorboard is not installed

@@ -42,7 +42,9 @@ class Stopped(BaseException):
 
 class StopSignals:
     """Context manager: while entered (main thread only), the stop signals are recorded instead of killing
-    the process or raising KeyboardInterrupt; `check()` raises Stopped once one arrived.
+    the process or raising KeyboardInterrupt; `check()` raises Stopped once one arrived. A signal the launcher
+    was started with ignored stays ignored: `nohup python -m launch ...` keeps training when its terminal
+    closes.
 
     Entered outside the main thread (where Python allows no handlers) it installs nothing; setting `signum`
     by hand simulates a signal, which is how quick tests drive the stop path."""
@@ -54,6 +56,8 @@ class StopSignals:
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
+                if signal.getsignal(sig) is signal.SIG_IGN:
+                    continue  # ignored on purpose (nohup: SIGHUP; a shell's background job: SIGINT): left so
                 self._previous[sig] = signal.signal(sig, self._record)
         return self
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,8 +79,16 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, log_dir: Path, env: dict | None = None, fork_server: bool = False):
-        """fork_server: start the roles from a zygote (launch/zygote.py) when this host can run one."""
+    def __init__(
+        self,
+        log_dir: Path,
+        env: dict | None = None,
+        fork_server: bool = False,
+        check_stop: Callable[[], None] | None = None,
+    ):
+        """fork_server: start the roles from a zygote (launch/zygote.py) when this host can run one. check_stop:
+        called while the zygote's imports are awaited (the launcher's signal check: Ctrl-C ends that wait)."""
+        self.check_stop = check_stop
         self.log_dir = log_dir
         with writing(log_dir):
             log_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +128,7 @@ class Supervisor:
         self.warm()
         if self.zygote is not None:
             try:
-                return self.zygote.spawn(name, module, args, env, log_path)
+                return self.zygote.spawn(name, module, args, env, log_path, check=self.check_stop)
             except ZygoteError as err:  # a run goes on without it: every later role starts fresh
                 print(f"launcher: the fork server failed ({err}); starting fresh interpreters", file=sys.stderr)
                 self.zygote.close(kill=True)

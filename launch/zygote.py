@@ -109,11 +109,14 @@ class Zygote:
             )
         return cls(proc)
 
-    def spawn(self, name: str, module: str, args: list[str], env: dict, log: Path) -> ForkedProcess:
+    def spawn(
+        self, name: str, module: str, args: list[str], env: dict, log: Path, check: Callable[[], None] | None = None
+    ) -> ForkedProcess:
         """Fork `python -m module args` as role `name` (its env, stdout and stderr appended to `log`); raises
-        ZygoteError when the zygote is not ready within READY_TIMEOUT_S, is gone, or cannot fork."""
+        ZygoteError when the zygote is not ready within READY_TIMEOUT_S, is gone, or cannot fork. check(): called
+        while the imports are awaited; what it raises (the launcher's Stopped, on Ctrl-C) ends the wait."""
         if not self.ready:
-            self._expect("ready", READY_TIMEOUT_S)
+            self._expect("ready", READY_TIMEOUT_S, check)
             self.ready = True
         request = {"name": name, "module": module, "args": args, "env": env, "log": str(log), "cwd": os.getcwd()}
         assert self.proc.stdin is not None
@@ -151,11 +154,13 @@ class Zygote:
             self.proc.kill()
             self.proc.wait(timeout=10)
 
-    def _expect(self, key: str, timeout_s: float) -> dict:
+    def _expect(self, key: str, timeout_s: float, check: Callable[[], None] | None = None) -> dict:
         """The next answer holding `key` (exit reports on the way are kept); raises ZygoteError on a timeout,
-        an error answer or the zygote's end."""
+        an error answer or the zygote's end, and what check() raises (called every 0.1 s)."""
         deadline = time.monotonic() + timeout_s
         while True:
+            if check is not None:
+                check()
             for msg in self._read(max(0.0, min(0.1, deadline - time.monotonic()))):
                 if key in msg:
                     return msg

@@ -52,3 +52,19 @@ def test_sweep_messages_count_points_in_english(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "sweep done: 0 of 1 point succeeded" in captured.out
     assert f"error: 1 point failed: {point.folder}" in captured.err
+
+
+def test_overrides_may_come_after_the_flags(tmp_path, capsys):
+    """`python -m launch.prepare CONFIG --run-dir DIR key=value` (and launch, launch.node): argparse would
+    otherwise refuse the override as an unrecognized argument."""
+    from pathlib import Path
+
+    import yaml
+
+    from launch import prepare
+
+    run, tiny = tmp_path / "run", Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+    assert prepare.main([str(tiny), "--run-dir", str(run), "workers=3", "seed=9"]) == 0
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    assert written["workers"] == 3 and written["seed"] == 9
+    capsys.readouterr()

@@ -96,6 +96,20 @@ def test_stop_signals_are_noted_instead_of_ending_the_launcher_and_then_restored
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_a_signal_the_launcher_was_started_ignoring_stays_ignored():
+    """nohup starts the launcher with SIGHUP ignored: closing the terminal must not stop the run."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with StopSignals() as signals:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+            signals.check()  # nothing was noted: no Stopped
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # the others are still taken
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
 class FullDisk:
     """A file on a full disk: the first write that reaches the disk fails."""
 

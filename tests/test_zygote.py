@@ -165,3 +165,32 @@ def test_a_request_a_stopped_zygote_cannot_take_fails_within_the_timeout_and_the
     finally:
         sup.terminate_all()
         sup.close()
+
+
+def test_a_stop_signal_ends_the_wait_for_the_zygotes_imports(tmp_path, monkeypatch):
+    """Ctrl-C while the fork server still imports (up to READY_TIMEOUT_S on a loaded machine) acts at once."""
+    from launch.signals import Stopped
+
+    def importing(env, log_path, preexec=None):  # a zygote that never gets ready
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, start_new_session=True)  # fmt: skip
+        return zygote.Zygote(proc)
+
+    calls = []
+
+    def check():
+        calls.append(time.monotonic())
+        if len(calls) > 3:
+            raise Stopped(signal.SIGINT)
+
+    monkeypatch.setattr(zygote.Zygote, "launch", staticmethod(importing))
+    sup = Supervisor(tmp_path / "logs", fork_server=True, check_stop=check)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(Stopped):
+            _start(sup, tmp_path, "role", "ok")
+        assert time.monotonic() - t0 < 10
+    finally:
+        sup.terminate_all()
+        assert sup.zygote is not None
+        sup.zygote.close(kill=True)
