@@ -23,7 +23,7 @@ from protocol.wire.channel import HANDSHAKE_MS, Channel
 from protocol.wire.curve import KeyFileError, create_keys, server_keys, worker_keys
 from protocol.wire.endpoints import is_local
 from protocol.wire.layout import Layout
-from protocol.wire.messages import Heartbeat, Pull, Reply
+from protocol.wire.messages import Heartbeat, Message, Pull, Reply
 from tests.helpers import TIMEOUT_S, FakeWorker, make_config, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -268,6 +268,26 @@ def _worker_with_routing_id(endpoint: str, rank: int, keys, routing_id: bytes) -
     return w
 
 
+def _take_over(endpoint: str, keys, routing_id: bytes) -> tuple[FakeWorker, Message]:
+    """Connect as `routing_id` once the server has let the old connection with that id go, and pull as rank 0:
+    the connection and the answer. Until then the server's ROUTER refuses a second peer with the id (the pull
+    goes unanswered: connect again) or the rank is still held (rank_in_use: ask again)."""
+    deadline = time.monotonic() + 3 * TIMEOUT_S
+    while time.monotonic() < deadline:
+        thief = _worker_with_routing_id(endpoint, 0, keys, routing_id)
+        thief.chan.send(Pull(rank=0))
+        try:
+            while (got := thief.chan.recv(1.0).msg).TYPE == "heartbeat":
+                pass
+        except TimeoutError:
+            thief.close()
+            continue
+        if not (got.TYPE == "reject" and got.code == "rank_in_use"):
+            return thief, got
+        thief.close()
+    raise AssertionError("the server never let the old connection go")
+
+
 def test_another_ranks_key_cannot_push_through_a_routing_id_it_took_over(tmp_path):
     """The rank a key names binds every message, not only the Hello: a peer chooses its own routing id, so
     after rank 0's connection has gone, worker-1's key connecting with that id must not push or pull as rank 0."""
@@ -278,11 +298,8 @@ def test_another_ranks_key_cannot_push_through_a_routing_id_it_took_over(tmp_pat
         assert victim.hello(run_id="").TYPE == "welcome"
         assert victim.push(torch.ones(4)).TYPE == "reply"
         victim.close()
-        thief = _worker_with_routing_id(endpoint, 0, worker_keys(tmp_path, 1), b"rank0-connection")
+        thief, got = _take_over(endpoint, worker_keys(tmp_path, 1), b"rank0-connection")
         thief.seq, thief.version = victim.seq, victim.version
-        deadline = time.monotonic() + TIMEOUT_S  # the server may still see the old connection for a moment
-        while (got := thief.request(Pull(rank=0))).TYPE == "reject" and got.code == "rank_in_use":
-            assert time.monotonic() < deadline
         assert got.TYPE == "reject" and got.code == "unknown_rank", got
         refused = thief.push(torch.full((4,), 100.0))
         assert refused.TYPE == "reject" and refused.code == "unknown_rank", refused
