@@ -326,10 +326,14 @@ def _reap(out: int, live: set[int]) -> None:
             _say(out, {"exit": pid, "rc": os.waitstatus_to_exitcode(status)})
 
 
-def _fork(out: int, request: dict, live: set[int]) -> None:
-    for stream in (sys.stdout, sys.stderr):  # what the zygote printed, once in its log, not again in each role's
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
+
+
+def _fork(out: int, request: dict, live: set[int]) -> None:
+    _flush_std()  # what the zygote printed, once in its log, not again in each role's
     try:
         pid = os.fork()
     except OSError as err:
@@ -366,9 +370,7 @@ def _run_role(request: dict, zygote: int) -> int:
     except BaseException:
         traceback.print_exc()
         code = 1
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
+    _flush_std()
     return code
 
 

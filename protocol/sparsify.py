@@ -10,10 +10,13 @@ faults: ~18 ms at 10M floats against ~2 ms into a reused buffer).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from fractions import Fraction
 
 import numpy as np
 import torch
+
+from protocol.wire.encoding import is_finite
 
 # A sampled threshold is the j-th largest of m sampled magnitudes, about m * count / d of them for a
 # target count. The count above it then has a relative spread of about 1/sqrt(j), so the sample is
@@ -118,6 +121,29 @@ def topk_exact_of_difference(
         chosen = above  # a mask, not a union of index sets: no sort (ties are common with bfloat16 values)
     keep = np.flatnonzero(chosen)
     return torch.from_numpy(cand[keep]), torch.from_numpy(val[keep])
+
+
+def select_difference(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    k: int,
+    gen: torch.Generator,
+    blocks: DifferenceScratch,
+    buffers: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices, values) of topk_exact(|a - b|, k, mask, gen) and a - b there: the one blocked pass of
+    topk_exact_of_difference where it applies, else a - b written into the c of buffers() = (c, |c|, mask),
+    each of a's size and asked for only then, and searched whole. Raises ValueError when a - b holds NaN or
+    inf."""
+    sel = topk_exact_of_difference(a, b, k, gen, blocks)
+    if sel is not None:
+        return sel
+    c, mag, mask = buffers()
+    torch.sub(a, b, out=c)
+    if not is_finite(c):
+        raise ValueError("the difference holds NaN or inf")
+    indices = topk_exact(torch.abs(c, out=mag), k, mask, gen)
+    return indices, c.index_select(0, indices)
 
 
 class DifferenceScratch:

@@ -55,8 +55,7 @@ class Downlink:
         self._next_id = 0
         self._gen = torch.Generator().manual_seed(seed)
         self._blocks = sparsify.DifferenceScratch()
-        self._mag = torch.empty(0)
-        self._mask = torch.empty(0, dtype=torch.bool)
+        self._full: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # _scratch's buffers
         self.resets = 0
         self.deltas = 0
         self.gap_max = 0.0  # the largest ||x - w_i|| / ||x|| a measured delta left (0 before any delta)
@@ -65,7 +64,7 @@ class Downlink:
         """The answer for a reply to `rank`, whose push named copy id `named`, with parameters `params`
         (float32, (numel,), CPU). Settles the previous answer first: committed when `named` is its id."""
         copy = self._settle(rank, named)
-        if copy is None or copy.committed < 0 or self.k >= self.numel:
+        if copy is None or self.k >= self.numel:  # a copy _settle returns is one the worker holds
             return self._reset(rank, params, copy)
         indices, values = self._select(params, copy.w)
         copy.pending = Answer(self._new_id(), copy.committed, indices, values)
@@ -104,14 +103,14 @@ class Downlink:
 
     def _select(self, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices, values) of TopK(x - w), from one blocked pass over x and w where it applies."""
-        got = sparsify.topk_exact_of_difference(x, w, self.k, self._gen, self._blocks)
-        if got is None:  # the narrowed search does not apply: form x - w and search it all
-            c = torch.sub(x, w)
-            if self._mag.numel() != self.numel:
-                self._mag, self._mask = torch.empty_like(c), torch.empty(self.numel, dtype=torch.bool)
-            indices = sparsify.topk_exact(torch.abs(c, out=self._mag), self.k, self._mask, self._gen)
-            got = indices, c.index_select(0, indices)
-        return got
+        return sparsify.select_difference(x, w, self.k, self._gen, self._blocks, self._scratch)
+
+    def _scratch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x - w, |x - w| and a mask, for when the blocked pass does not apply: made the first time."""
+        if self._full is None:
+            n = self.numel
+            self._full = (torch.empty(n), torch.empty(n), torch.empty(n, dtype=torch.bool))
+        return self._full
 
     def _new_id(self) -> int:
         self._next_id += 1

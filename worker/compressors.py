@@ -189,19 +189,16 @@ class TopK(_Sparsifier):
         """(indices into the segment, c there) of one segment of c = a - b: the blocked pass, or the full
         search over the segment's |c| written out where that pass does not apply."""
         assert self._blocks is not None  # compress_difference makes it
+
+        def buffers() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # the segment's share of each
+            mag_buf, mask_buf = self._buffers(a)
+            return self._difference(a)[off : off + n], mag_buf[off : off + n], mask_buf[off : off + n]
+
         seg_a, seg_b, gen = a[off : off + n], b[off : off + n], self._gen(a.device)
         try:
-            sel = sparsify.topk_exact_of_difference(seg_a, seg_b, k, gen, self._blocks)
+            return sparsify.select_difference(seg_a, seg_b, k, gen, self._blocks, buffers)
         except ValueError:
             raise ValueError(f"{self.name} was given a vector with NaN or inf") from None
-        if sel is not None:
-            return sel
-        c = torch.sub(seg_a, seg_b, out=self._difference(a)[off : off + n])
-        if not is_finite(c):
-            raise ValueError(f"{self.name} was given a vector with NaN or inf")
-        mag_buf, mask_buf = self._buffers(a)
-        i = sparsify.topk_exact(torch.abs(c, out=mag_buf[off : off + n]), k, mask_buf[off : off + n], gen)
-        return i, c.index_select(0, i)
 
     def _difference(self, like: torch.Tensor) -> torch.Tensor:
         """The reused buffer a - b is written into when it must be, on like's device."""

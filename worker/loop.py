@@ -387,5 +387,10 @@ class WorkerLoop:
                     f"server sent {spec.numel} {spec.dtype} parameters, "
                     f"the model has {self.host_params.numel()} float32",
                 )
-            return self.host_params if self._landing is None else self._landing
+            return self._receive_params()
         return self._fallback(cls, spec)
+
+    def _receive_params(self) -> torch.Tensor:
+        """The buffer a message's parameters are received into: the host parameters themselves, or under a
+        compressed downlink the landing buffer (worker/downlink.py, land)."""
+        return self.host_params if self._landing is None else self._landing

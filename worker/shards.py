@@ -74,7 +74,7 @@ class ShardedLoop(WorkerLoop):
                 return self._fallback(cls, spec)
             if spec.dtype != "float32" or spec.numel != hi - lo:
                 raise ProtocolError("bad_shape", f"shard sent {spec.numel} {spec.dtype} parameters, not {hi - lo}")
-            return (self.host_params if self._landing is None else self._landing)[lo:hi]
+            return self._receive_params()[lo:hi]
 
         return alloc
 
