@@ -95,11 +95,13 @@ def format_summary(s: RunSummary, run_dir: Path, plots: bool = True) -> str:
     acc = s.final_test_acc
     acc_txt = f"test_acc {acc:.4f}" if acc is not None else f"test_loss {s.final_test_loss}"
     where = f"results: {run_dir}/summary.json" + (f", plots in {run_dir}/plots/" if plots else "")
+    downlink = f"downlink {s.downlink_bytes / 2**20:.1f} MiB (topk), " if s.downlink == "topk" else ""
     return (
         f"done: {count(s.updates, 'update')} in {s.wall_s:.1f}s ({s.updates_per_s:.1f}/s), {acc_txt}, "
         f"staleness mean {s.staleness_mean:.2f} max {s.staleness_max}, uplink {s.uplink_bytes / 2**20:.1f} MiB, "
+        # a compressed downlink's bytes are what its user watches (dense replies may come by shared memory);
         # pushes that merely arrived after the stop are normal and not counted (summary.json: pushes_rejected)
-        f"{count(s.pushes_refused, 'push', 'pushes')} not applied\n{where}"
+        f"{downlink}{count(s.pushes_refused, 'push', 'pushes')} not applied\n{where}"
     )
 
 

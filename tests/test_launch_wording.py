@@ -25,6 +25,13 @@ def test_the_final_line_counts_only_refused_pushes():
     assert "1 push not applied" in format_summary(RunSummary(pushes_rejected=5, pushes_refused=1), "RUN")
 
 
+def test_the_final_line_gives_the_downlink_bytes_when_replies_are_compressed():
+    s = RunSummary(updates=3, wall_s=1.0, uplink_bytes=3 * 2**20, downlink_bytes=2**19, downlink="topk")
+    assert "uplink 3.0 MiB, downlink 0.5 MiB (topk)," in format_summary(s, "RUN")
+    s.downlink = "dense"  # dense replies may come through shared memory: the wire's bytes would mislead
+    assert "downlink" not in format_summary(s, "RUN")
+
+
 def test_the_final_line_names_the_plots_only_when_they_are_drawn():
     s = RunSummary(updates=3, wall_s=1.0)
     assert format_summary(s, "RUN", plots=True).endswith("results: RUN/summary.json, plots in RUN/plots/")

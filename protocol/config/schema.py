@@ -412,7 +412,8 @@ class ServerConfig:
         require(1 << 10 <= self.chunk_bytes <= 1 << 30, "chunk_bytes", "must be in [1 KiB, 1 GiB]")
         require(self.max_message_bytes >= 1 << 16, "max_message_bytes", "must be >= 64 KiB")
         require(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be > 0 (or null)")
-        require(0 < self.downlink_ratio < 1, "downlink_ratio", "must be in (0, 1): 1 sends every coordinate, as dense")
+        require(0 < self.downlink_ratio < 1, "downlink_ratio",
+                "must be in (0, 1), both excluded: to send every coordinate, use server.downlink dense")  # fmt: skip
         self._check_budgets()
         require(
             self.chunk_bytes <= self.max_message_bytes,
