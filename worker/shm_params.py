@@ -84,11 +84,11 @@ class ShmParams:
             log.info("rank %d: pushes over ZeroMQ (%s)", self.rank, err)
             return
         log.info("rank %d: dense pushes through shared memory (/dev/shm/%s)", self.rank, self.slot.name)
-        self._bind(True)
+        self._bind()
 
-    def _bind(self, into_slot: bool) -> None:
-        """The model's gradient into the slot's values (into_slot, when there is a clean slot), or back."""
-        want = into_slot and self.slot is not None and self.clean and self.bind_grad is not None
+    def _bind(self) -> None:
+        """The model's gradient into the slot's values while there is a clean slot, else back to its own buffer."""
+        want = self.slot is not None and self.clean and self.bind_grad is not None
         if want and self._bound is None:
             assert self.slot is not None and self.bind_grad is not None
             self._bound = torch.from_numpy(self.slot.values)
@@ -126,7 +126,7 @@ class ShmParams:
         self.clean = not refused
         if code == "no_shm_slot":
             self._close_slot()
-        self._bind(self.clean)
+        self._bind()
 
     def load(self, params: torch.Tensor, version: int, pull: Callable[[], int]) -> int:
         """Copy the parameters of `version` or newer into `params` (host memory); the version copied. Without a
@@ -146,7 +146,7 @@ class ShmParams:
         self._close_slot()
 
     def _close_slot(self) -> None:
-        self._bind(False)  # before the mapping goes
-        if self.slot is not None:
-            self.slot.close()
-            self.slot = None
+        slot, self.slot = self.slot, None
+        self._bind()  # the gradient moves back before the mapping goes
+        if slot is not None:
+            slot.close()
