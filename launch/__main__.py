@@ -19,6 +19,7 @@ from launch.preflight import preflight
 from launch.run import RunFailed, run_experiment
 from launch.rundir import make_run_dir
 from launch.signals import Stopped, StopSignals
+from launch.summary import format_summary
 from launch.sweep_run import sweep_command
 from launch.wording import count
 from launch.writes import WriteError, write_text
@@ -26,7 +27,6 @@ from protocol.config.loader import load_experiment, read_yaml, resolved_yaml
 from protocol.config.schema import ExperimentConfig
 from protocol.entry import freeze_imports
 from protocol.errors import ConfigError
-from protocol.runfolder.records import RunSummary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,20 +89,6 @@ def _point_at_summary(run_dir: Path) -> None:
     """Where a failed or stopped run left its figures, before the error line (which stays the last one)."""
     if (run_dir / "summary.json").exists():
         print(f"results so far: {run_dir}/summary.json", file=sys.stderr)
-
-
-def format_summary(s: RunSummary, run_dir: Path, plots: bool = True) -> str:
-    acc = s.final_test_acc
-    acc_txt = f"test_acc {acc:.4f}" if acc is not None else f"test_loss {s.final_test_loss}"
-    where = f"results: {run_dir}/summary.json" + (f", plots in {run_dir}/plots/" if plots else "")
-    downlink = f"downlink {s.downlink_bytes / 2**20:.1f} MiB (topk), " if s.downlink == "topk" else ""
-    return (
-        f"done: {count(s.updates, 'update')} in {s.wall_s:.1f}s ({s.updates_per_s:.1f}/s), {acc_txt}, "
-        f"staleness mean {s.staleness_mean:.2f} max {s.staleness_max}, uplink {s.uplink_bytes / 2**20:.1f} MiB, "
-        # a compressed downlink's bytes are what its user watches (dense replies may come by shared memory);
-        # pushes that merely arrived after the stop are normal and not counted (summary.json: pushes_rejected)
-        f"{downlink}{count(s.pushes_refused, 'push', 'pushes')} not applied\n{where}"
-    )
 
 
 if __name__ == "__main__":

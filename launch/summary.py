@@ -1,5 +1,9 @@
 """summary.json: the final figures of a run, from the server's summary, the evaluations and psutil.
 
+python -m launch.summary RUN_DIR writes summary.json (and the plots) for a run whose processes were started by hand
+(python -m launch.prepare) once its server has ended, and prints the launcher's final line. Exit codes: 0,
+2 for a folder that is not a prepared run or whose server has not ended.
+
 A failed or stopped run gets one too (status, failure), with whatever the server and the evaluator left:
 when there is no server_summary.json (a sync group that lost a rank cannot finish; a server killed after
 its grace), the last status.json gives the counts it has (updates, pushes, wall time, staleness max).
@@ -7,11 +11,17 @@ its grace), the last status.json gives the counts it has (updates, pushes, wall 
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 from launch.outcome import Outcome
 from launch.rundir import read_metrics
+from launch.wording import count
+from launch.writes import WriteError, write_record_file
+from protocol.config.loader import load_experiment
 from protocol.config.schema import ExperimentConfig
+from protocol.errors import ConfigError
 from protocol.runfolder.records import RunSummary, ServerSummary, Status, read_record
 
 ACC_TARGETS = (0.9, 0.95, 0.97)
@@ -107,3 +117,58 @@ def _add_evaluations(s: RunSummary, metrics: list[dict]) -> None:
     s.best_test_acc = max(accs) if accs else None
     s.time_to_acc_s = {str(t): time_to_accuracy(metrics, t) for t in ACC_TARGETS}
     s.evaluations = len(metrics)
+
+
+def format_summary(s: RunSummary, run_dir: Path | str, plots: bool = True) -> str:
+    """The launcher's final line (and where the results are)."""
+    acc = s.final_test_acc
+    acc_txt = f"test_acc {acc:.4f}" if acc is not None else f"test_loss {s.final_test_loss}"
+    if acc is None and s.final_test_loss is None:
+        acc_txt = "not evaluated"
+    where = f"results: {run_dir}/summary.json" + (f", plots in {run_dir}/plots/" if plots else "")
+    downlink = f"downlink {s.downlink_bytes / 2**20:.1f} MiB (topk), " if s.downlink == "topk" else ""
+    # pushes that merely arrived after the stop are normal: counted apart from the refused ones
+    late = s.pushes_rejected - s.pushes_refused
+    after = f" ({late} more came after the stop)" if late > 0 else ""
+    return (
+        f"done: {count(s.updates, 'update')} in {s.wall_s:.1f}s ({s.updates_per_s:.1f}/s), {acc_txt}, "
+        f"staleness mean {s.staleness_mean:.2f} max {s.staleness_max}, uplink {s.uplink_bytes / 2**20:.1f} MiB, "
+        # a compressed downlink's bytes are what its user watches (dense replies may come by shared memory)
+        f"{downlink}{count(s.pushes_refused, 'push', 'pushes')} not applied{after}\n{where}"
+    )
+
+
+def summarize(run_dir: Path) -> str:
+    """summary.json (and plots, under run.plots) of a hand-started run whose server has ended; its final line.
+    Raises ConfigError for a bad config.yaml, FileNotFoundError naming a missing file, WriteError naming a file
+    that could not be written."""
+    cfg = load_experiment(run_dir / "config.yaml")
+    if cfg.server.shards > 1 and not (run_dir / "server_summary.json").exists():
+        from launch.shards import ShardFiles  # torch only now
+
+        ShardFiles(run_dir, cfg.server.shards).finish()
+    if not (run_dir / "server_summary.json").exists():
+        raise FileNotFoundError(f"{run_dir}/server_summary.json is missing: the server has not ended yet")
+    if cfg.run.plots:
+        from launch.plots import plot_run  # matplotlib only now
+
+        plot_run(run_dir)
+    summary = build_summary(run_dir, cfg, {})
+    write_record_file(run_dir / "summary.json", summary)
+    return format_summary(summary, run_dir, cfg.run.plots)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m launch.summary", description=__doc__.split("\n\n")[1])
+    ap.add_argument("run_dir", type=Path, help="the run folder (python -m launch.prepare --run-dir)")
+    args = ap.parse_args(argv)
+    try:
+        print(summarize(args.run_dir))
+    except (ConfigError, WriteError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

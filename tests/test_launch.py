@@ -210,6 +210,8 @@ def test_each_role_runs_by_hand(tmp_path):
                     endpoint,
                     "--run-id",
                     run.name,
+                    "--run-dir",
+                    str(tmp_path / "hosts" / f"w{r}"),  # made by the worker, as on another host
                 ],  # fmt: skip
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
@@ -219,6 +221,12 @@ def test_each_role_runs_by_hand(tmp_path):
         assert [w.wait(timeout=120) for w in workers] == [0, 0, 0]
         assert server.wait(timeout=60) == 0
         assert json.loads((tmp_path / "server_summary.json").read_text())["updates"] == 300
+        assert all((tmp_path / "hosts" / f"w{r}" / f"worker-{r}.json").exists() for r in range(3))
+        done = subprocess.run(
+            [sys.executable, "-m", "launch.summary", str(run)], capture_output=True, text=True, cwd=ROOT, timeout=120
+        )
+        assert done.returncode == 0 and done.stdout.startswith("done: 300 updates"), done.stderr
+        assert json.loads((run / "summary.json").read_text())["updates"] == 300
     finally:
         for p in [server, *locals().get("workers", [])]:
             if p.poll() is None:

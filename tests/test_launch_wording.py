@@ -1,6 +1,8 @@
 """What the launcher prints says what happened, in English (quick tier): no normal event read as an error,
 no plots promised that were not drawn, no '1 workers', no sweep-sweep folder."""
 
+from pathlib import Path
+
 from launch.__main__ import describe, format_summary
 from launch.inproc import make_config
 from launch.summary import build_summary
@@ -9,6 +11,8 @@ from launch.sweep_run import _sweep_exit, sweep_folder_name
 from launch.sweep_tables import PointResult
 from launch.wording import count
 from protocol.runfolder.records import RunSummary, ServerSummary, write_record
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_pushes_that_arrived_after_the_stop_are_not_counted_as_refused(tmp_path):
@@ -21,7 +25,7 @@ def test_pushes_that_arrived_after_the_stop_are_not_counted_as_refused(tmp_path)
 
 def test_the_final_line_counts_only_refused_pushes():
     line = format_summary(RunSummary(updates=300, wall_s=1.0, pushes_rejected=4, pushes_refused=0), "RUN")
-    assert "0 pushes not applied" in line and "4 pushes" not in line
+    assert "0 pushes not applied (4 more came after the stop)" in line and "4 pushes" not in line
     assert "1 push not applied" in format_summary(RunSummary(pushes_rejected=5, pushes_refused=1), "RUN")
 
 
@@ -30,6 +34,9 @@ def test_the_final_line_gives_the_downlink_bytes_when_replies_are_compressed():
     assert "uplink 3.0 MiB, downlink 0.5 MiB (topk)," in format_summary(s, "RUN")
     s.downlink = "dense"  # dense replies may come through shared memory: the wire's bytes would mislead
     assert "downlink" not in format_summary(s, "RUN")
+    assert "1.0/s), not evaluated, staleness" in format_summary(
+        RunSummary(updates=3, wall_s=1.0, updates_per_s=1.0), "R"
+    )
 
 
 def test_the_final_line_names_the_plots_only_when_they_are_drawn():
@@ -75,3 +82,18 @@ def test_overrides_may_come_after_the_flags(tmp_path, capsys):
     written = yaml.safe_load((run / "config.yaml").read_text())
     assert written["workers"] == 3 and written["seed"] == 9
     capsys.readouterr()
+
+
+def test_prepare_prints_a_command_per_shard_and_the_way_in_from_another_host(tmp_path):
+    from launch.prepare import commands
+    from protocol.config.loader import load_experiment
+
+    overrides = ["server.shards=2", "server.endpoint=tcp://*:5555", f"server.keys={tmp_path / 'keys'}"]
+    cfg = load_experiment(ROOT / "configs" / "tiny.yaml", overrides)
+    text = commands(cfg, tmp_path / "hand")
+    assert "--shard 0" in text and "--shard 1" in text and "launch.evaluate" not in text
+    assert "--server tcp://127.0.0.1:5555 --server tcp://127.0.0.1:5556" in text  # a wildcard is reached here so
+    assert "--server tcp://THIS_HOST:5555 --server tcp://THIS_HOST:5556" in text and "--keys keys" in text
+    assert text.splitlines()[-2].endswith(f"python -m launch.summary {tmp_path / 'hand'}")
+    one = commands(load_experiment(ROOT / "configs" / "tiny.yaml"), tmp_path / "one")
+    assert "--server <endpoint>" in one and "launch.evaluate" in one and "THIS_HOST" not in one

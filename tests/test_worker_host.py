@@ -12,7 +12,7 @@ import pytest
 from launch.inproc import make_config, running_server
 from launch.run import worker_process
 from protocol.errors import ConfigError
-from worker.__main__ import parse_ranks, spans
+from worker.__main__ import parse_ranks, ready_run_dir, spans
 from worker.host import CANCEL_GRACE_S, EXIT_CANCELLED, RankHost, RankResult, exit_code
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +82,24 @@ def test_worker_refuses_bad_ranks_before_starting(tmp_path):
         cwd=ROOT,
     )
     assert out.returncode == 2 and "--ranks" in out.stderr and "3 is outside 0..2" in out.stderr
+
+
+def test_the_run_dir_is_made_at_the_start_and_one_that_cannot_be_is_refused_then(tmp_path):
+    """A hand-started worker's --run-dir need not exist (worker-<rank>.json used to fail at the very end)."""
+    ready_run_dir(tmp_path / "w0" / "nested")
+    assert (tmp_path / "w0" / "nested").is_dir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError):
+        ready_run_dir(tmp_path / "file")
+    out = subprocess.run(
+        [sys.executable, "-m", "worker", "--config", str(ROOT / "configs" / "tiny.yaml"), "--rank", "0"]
+        + ["--server", "tcp://127.0.0.1:9", "--run-dir", str(tmp_path / "file")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2 and str(tmp_path / "file") in out.stderr, out.stderr
 
 
 def test_three_ranks_on_threads_train_to_the_end_with_consistent_counts():

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, ranks = _config_and_ranks(args)
         keys = load_keys(cfg, ranks, args.keys, args.run_dir)
+        ready_run_dir(args.run_dir)
     except (ConfigError, OSError, ValueError) as err:  # KeyFileError is a ValueError naming the file
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -98,6 +99,16 @@ def _config_and_ranks(args: argparse.Namespace) -> tuple[ExperimentConfig, list[
     if bad:
         raise ConfigError("--rank" if args.ranks is None else "--ranks", f"{bad[0]} is outside 0..{cfg.workers - 1}")
     return cfg, ranks
+
+
+def ready_run_dir(run_dir: Path | None) -> None:
+    """Make --run-dir (and its parents) now, so that a folder that cannot be written fails at the start, naming
+    it, not after training when worker-<rank>.json is written (OSError)."""
+    if run_dir is None:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise PermissionError(f"--run-dir {run_dir}: not writable")
 
 
 def load_keys(
