@@ -23,17 +23,18 @@ from protocol.wire.layout import SHARD_ALIGN
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.shard_plan", description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", type=float, required=True, help="parameters of the model (float32)")
-    ap.add_argument("--workers", type=int, required=True)
+    ap.add_argument("--workers", type=int, required=True, help="worker processes, each on a host of its own")
     ap.add_argument("--link-gbit", type=float, required=True, help="each host's network link, Gb/s each way")
     ap.add_argument("--mem-gbs", type=float, required=True, help="one core's memory bandwidth, GB/s")
     ap.add_argument("--compute-ms", type=float, default=0.0, help="a worker's forward + backward, ms")
-    ap.add_argument("--max-shards", type=int, default=MAX_SHARDS)
+    ap.add_argument("--max-shards", type=int, default=MAX_SHARDS, help="the most shards to consider")
     args = ap.parse_args(argv)
     _check(ap, args)
     costs = cost_model.network_costs(args.mem_gbs, args.link_gbit, args.compute_ms / 1e3)
     params = int(args.params)
     # what a run can have: server.shards <= MAX_SHARDS, and every shard owns a block of SHARD_ALIGN parameters
     most = max(1, min(args.max_shards, MAX_SHARDS, params // SHARD_ALIGN))
+    print(_assumptions(params, costs))
     s = 1
     while s <= most:
         x, bound = cost_model.predict(params, args.workers, s, costs)
@@ -41,8 +42,19 @@ def main(argv: list[str] | None = None) -> int:
         s *= 2
     need = cost_model.shards_needed(params, args.workers, costs, most)
     x, bound = cost_model.predict(params, args.workers, need, costs)
-    print(f"shards needed: {need} ({x:.1f} updates/s, bound by the {bound}; more shards gain under 5%)")
+    head = f"shards needed: {need} ({x:.1f} updates/s, bound by the {bound})"
+    print(f"{head}: the fewest S within 5% of the most any S gives")
     return 0
+
+
+def _assumptions(params: int, c: cost_model.Costs) -> str:
+    """What the figures below assume, and a worker's cycle (the 'workers' bound is workers / cycle)."""
+    wire_ms = 1e3 * cost_model.BYTES_PER_PARAM * params / c.link_Bps
+    return (
+        "every shard and every worker on a host of its own (on one host they share its cores: keep S = 1 unless\n"
+        f"cores are free, docs/performance.md); a worker's cycle: {1e3 * c.compute_s:.1f} ms compute +\n"
+        f"{wire_ms:.1f} ms push + {wire_ms:.1f} ms reply on its link + the step on its slice of each shard"
+    )
 
 
 def _check(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
