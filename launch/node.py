@@ -13,6 +13,10 @@ writes them into the run's allowlist, binds its server on server.interface (or i
 MASTER_ADDR; never a wildcard), and publishes the endpoint, the server's public key and the resolved config.
 After training each worker publishes its report (worker-<rank>.json) for the head's run folder and summary.
 A worker's own files go to DIR-worker<rank> (default: <run.runs_dir>/<name>-<run id>-worker<rank>).
+A slot that fails (a bad config or key folder on its host, the run folder taken, its worker ending non-zero)
+publishes why under failed/<RANK>: the head fails its run on a worker's, the workers end on the head's, each
+naming the slot, instead of training on without it or waiting out their timeouts. Every slot asks for SIGTERM
+when its torchrun dies (SIGKILL gives torchrun no chance to stop its slots, which would train on orphaned).
 Exit codes as python -m launch: 0, 1 a process failed, 2 bad config, arguments or environment.
 """
 
@@ -24,16 +28,18 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from launch.__main__ import format_summary
-from launch.node_store import NodeStore, StoreError
+from launch.node_store import POLL_S, NodeStore, PeerFailed, StoreError, slot_name
 from launch.preflight import preflight
 from launch.run import AsyncRun, RunFailed
 from launch.rundir import make_run_dir
 from launch.signals import Stopped, StopSignals
 from launch.writes import write_text
+from launch.zygote import dies_with
 from protocol.config.loader import load_experiment, resolved_yaml
 from protocol.config.schema import ExperimentConfig
 from protocol.errors import ConfigError
@@ -41,6 +47,7 @@ from protocol.wire.curve import SERVER, KeyFileError, create_pair, read_public, 
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 REPORT_WAIT_S = 60.0  # after the server ends: the workers' reports reach the store
+TELL_TIMEOUT_S = 3.0  # a slot that fails before it has the store tells the others; torchrun's store is up by then
 
 
 class HeadRun(AsyncRun):
@@ -49,6 +56,7 @@ class HeadRun(AsyncRun):
     def __init__(self, cfg: ExperimentConfig, run_dir: Path, store: NodeStore, **kw: Any):
         super().__init__(cfg, run_dir, **kw)
         self.store = store
+        self._next_poll = 0.0
 
     def _start(self) -> None:
         started = self._start_server()  # every shard on the head (docs/design.md, Runs across hosts)
@@ -59,19 +67,61 @@ class HeadRun(AsyncRun):
         self.store.publish_start(" ".join(endpoints), server_public, self.config_path.read_text(), self.run_dir.name)
 
     def _stop_workers(self) -> None:
-        """The workers are elsewhere: their reports come through the store into the run folder."""
-        for rank, report in self.store.reports(self.cfg.workers, REPORT_WAIT_S, self.signals.check).items():
+        """The workers are elsewhere: their reports come through the store into the run folder. One that does
+        not come (its slot was killed) or a store that is gone fails the run, naming the workers."""
+        try:
+            reports = self.store.reports(self.cfg.workers, REPORT_WAIT_S, self.signals.check)
+        except StoreError as err:
+            raise RunFailed(f"the workers' reports cannot be collected: torchrun's store is gone ({err})") from None
+        for rank, report in reports.items():
             write_text(self.run_dir / f"worker-{rank}.json", report)
+        missing = [slot_name(r + 1) for r in range(self.cfg.workers) if r not in reports]
+        if missing:
+            raise RunFailed(f"no report from {', '.join(missing)} within {REPORT_WAIT_S:g}s: see that host's log")
+
+    def _sample(self, force_progress: bool = False) -> None:
+        """Besides the local children, the worker slots on other hosts: one that published a failure (a config
+        that does not load there, a worker process that ended non-zero) fails the run, as a dead local worker
+        does under python -m launch."""
+        super()._sample(force_progress)
+        if time.monotonic() < self._next_poll or self._training_over():
+            return
+        self._next_poll = time.monotonic() + POLL_S  # one store round trip per POLL_S, not per tick
+        try:
+            self.store.raise_failures(range(1, self.cfg.workers + 1))
+        except PeerFailed as err:
+            raise RunFailed(str(err)) from None
+        except StoreError as err:
+            raise RunFailed(f"torchrun's store is gone ({err})") from None
 
 
 def interface(cfg: ExperimentConfig, master_addr: str) -> str:
-    """server.interface, else this host's address on the route to MASTER_ADDR (a UDP connect sends nothing)."""
+    """server.interface, else this host's address on the route to MASTER_ADDR (a UDP connect sends nothing).
+    MASTER_ADDR may be a host name, of either family: it is resolved, not guessed from its spelling."""
     if cfg.server.interface:
         return cfg.server.interface
-    family = socket.AF_INET6 if ":" in master_addr else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        s.connect((master_addr, 9))
-        return s.getsockname()[0]
+    try:
+        family, kind, _, _, addr = socket.getaddrinfo(master_addr, 9, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, kind) as s:
+            s.connect(addr)
+            return str(s.getsockname()[0])
+    except OSError as err:
+        raise ConfigError("<MASTER_ADDR>", f"MASTER_ADDR {master_addr!r}: no route from this host to it, so no "
+                          f"address for the server ({err}); set server.interface") from None  # fmt: skip
+
+
+def _preflight(cfg: ExperimentConfig) -> None:
+    """launch.preflight; the endpoint it tries is made here from server.interface (or the route to
+    MASTER_ADDR), so its failure names that, not server.endpoint, and never suggests a wildcard."""
+    try:
+        preflight(cfg)
+    except ConfigError as err:
+        if err.key != "server.endpoint":
+            raise
+        source = "server.interface" if cfg.server.interface else "<MASTER_ADDR>"
+        reason = err.message.removesuffix(": use 127.0.0.1 or *")  # a wildcard is what launch.node never binds
+        raise ConfigError(source, f"{reason}: set server.interface to an address of this host, "
+                          "or leave it empty for the address on the route to MASTER_ADDR") from None  # fmt: skip
 
 
 def head(args: argparse.Namespace, env: dict[str, str], store: NodeStore) -> int:
@@ -79,7 +129,7 @@ def head(args: argparse.Namespace, env: dict[str, str], store: NodeStore) -> int
     host = interface(cfg, env["MASTER_ADDR"])
     bind = f"tcp://[{host}]:0" if ":" in host else f"tcp://{host}:0"
     cfg = load_experiment(args.config, [*args.overrides, f"server.endpoint={bind}"])
-    preflight(cfg)
+    _preflight(cfg)
     run_dir = make_run_dir(cfg.run.runs_dir, cfg.name, args.run_dir)
     print(f"run folder: {run_dir} (head of {env['WORLD_SIZE']} processes; server on {host})", flush=True)
     if cfg.server.curve and not cfg.server.keys:  # the workers' own public keys are the allowlist
@@ -130,6 +180,8 @@ def worker(args: argparse.Namespace, env: dict[str, str], store: NodeStore) -> i
     code = _run_forwarding_signals(cmd)
     report = folder / f"worker-{rank}.json"
     try:
+        if code != 0:  # the head fails its run on it (HeadRun._sample) instead of training on without this rank
+            store.publish_failure(rank + 1, f"its worker process exited with code {code} on {socket.gethostname()}")
         store.publish_report(rank, report.read_text() if report.exists() else "")
     except StoreError as err:  # the head's torchrun is gone: this worker's own outcome still decides
         print(f"error: worker {rank}'s report ({report}) did not reach the head: torchrun's store is gone ({err})",
@@ -139,14 +191,22 @@ def worker(args: argparse.Namespace, env: dict[str, str], store: NodeStore) -> i
 
 
 def _run_forwarding_signals(cmd: list[str]) -> int:
-    """Run the worker; SIGTERM/SIGINT (torchrun stopping its slots) reach it, and its exit code is ours."""
-    child = subprocess.Popen(cmd)
+    """Run the worker; SIGTERM/SIGINT (torchrun stopping its slots) reach it, and its exit code is ours (a
+    signal's as a shell reports it, 128 + N: sys.exit(-15) would exit 241). It gets SIGTERM if this slot dies."""
+    child = subprocess.Popen(cmd, preexec_fn=dies_with(os.getpid()))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda s, _f: child.send_signal(s))
-    return child.wait()
+    code = child.wait()
+    return 128 - code if code < 0 else code
 
 
-def _check_world(cfg: ExperimentConfig, world: int) -> None:
+def _check_world(cfg: ExperimentConfig, world: int, max_restarts: str = "") -> None:
+    if max_restarts not in ("", "0"):  # a restarted head would start a second run in a folder that is not empty
+        raise ConfigError(
+            "<torchrun>",
+            f"torchrun --max-restarts is {max_restarts}: python -m launch.node does "
+            "not restart a run; drop it (run.max_restarts restarts the head's server and evaluator)",
+        )
     if cfg.mode != "async":
         raise ConfigError(
             "mode", "python -m launch.node runs the asynchronous mode (the sync baseline: torchrun -m sync)"
@@ -163,31 +223,51 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", help="the head's run folder (workers: DIR-worker<rank>)")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
     args = ap.parse_intermixed_args(argv)  # overrides may come after the flags too
-    env = {k: os.environ.get(k, "") for k in (*TORCHRUN_ENV, "TORCHELASTIC_RUN_ID")}
+    env = {k: os.environ.get(k, "") for k in (*TORCHRUN_ENV, "TORCHELASTIC_RUN_ID", "TORCHELASTIC_MAX_RESTARTS")}
     missing = [k for k in TORCHRUN_ENV if not env[k]]
     if missing:
         print(f"error: {', '.join(missing)} not set: start it with torchrun (docs/design.md)", file=sys.stderr)
         return 2
+    in_child = dies_with(os.getppid())  # torchrun's agent: SIGKILLed, it cannot stop this slot itself
+    if in_child is not None:
+        in_child()
     try:
         own = load_experiment(args.config, args.overrides)
-        _check_world(own, int(env["WORLD_SIZE"]))  # before any waiting
-        store = NodeStore.connect(env, timeout_s=own.server.connect_timeout_s)
-        return head(args, env, store) if env["RANK"] == "0" else worker(args, env, store)
+        _check_world(own, int(env["WORLD_SIZE"]), env["TORCHELASTIC_MAX_RESTARTS"])  # before any waiting
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (FileExistsError, KeyFileError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _tell(env, None, f"error: {err}", 2)
+    try:
+        store = NodeStore.connect(env, timeout_s=own.server.connect_timeout_s)
     except TimeoutError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    return _role(args, env, store)
+
+
+def _role(args: argparse.Namespace, env: dict[str, str], store: NodeStore) -> int:
+    """This slot's role; a failure is published for the other slots (failed/<RANK>) and printed."""
+    try:
+        return head(args, env, store) if env["RANK"] == "0" else worker(args, env, store)
+    except (ConfigError, FileExistsError, KeyFileError) as err:
+        return _tell(env, store, f"error: {err}", 2)
+    except (TimeoutError, PeerFailed) as err:
+        return _tell(env, store, f"error: {err}", 1)
     except StoreError as err:
         print(f"error: torchrun's store at {env['MASTER_ADDR']}:{env['MASTER_PORT']} is gone: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C (torchrun passes it on) while waiting on the store, before any run
-        print("stopped (SIGINT) while waiting for the other processes", file=sys.stderr)
-        return 130
+        return _tell(env, store, "stopped (SIGINT) while waiting for the other processes", 130)
+
+
+def _tell(env: dict[str, str], store: NodeStore | None, message: str, code: int) -> int:
+    """Print why this slot ends and publish it for the others (best effort: the store may be gone too)."""
+    print(message, file=sys.stderr)
+    try:
+        store = store or NodeStore.connect(env, timeout_s=TELL_TIMEOUT_S)
+        store.publish_failure(int(env["RANK"]), message.removeprefix("error: "))
+    except (TimeoutError, StoreError):
+        pass  # the others still end: on their own timeouts, or when torchrun stops them
+    return code
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ class _Store:
     """What a worker slot says to and hears from the head, without torchrun."""
 
     def __init__(self, start):
-        self.start_msg, self.keys, self.reports = start, {}, {}
+        self.start_msg, self.keys, self.reports, self.failed = start, {}, {}, {}
 
     def publish_key(self, rank, public):
         self.keys[rank] = public
@@ -52,6 +52,9 @@ class _Store:
 
     def publish_report(self, rank, report):
         self.reports[rank] = report
+
+    def publish_failure(self, rank, message):
+        self.failed[rank] = message
 
 
 def test_a_worker_slot_uses_the_named_key_folder_the_head_serves(tmp_path, monkeypatch):
@@ -102,6 +105,8 @@ def test_a_worker_slot_whose_head_is_gone_ends_with_its_workers_code_naming_the_
         def publish_report(self, rank, report):
             raise node_store.StoreError("Broken pipe")
 
+        publish_failure = publish_report
+
     monkeypatch.setattr(node, "_run_forwarding_signals", lambda cmd: 1)  # the worker lost its server
     args = SimpleNamespace(config=str(ROOT / "configs/tiny.yaml"), overrides=[], run_dir=str(tmp_path / "run"))
     store = Gone(node_store.Start("tcp://127.0.0.1:5555", "", (ROOT / "configs/tiny.yaml").read_text(), "run"))
@@ -109,3 +114,119 @@ def test_a_worker_slot_whose_head_is_gone_ends_with_its_workers_code_naming_the_
     monkeypatch.setattr(node, "_run_forwarding_signals", lambda cmd: 0)
     args.run_dir = str(tmp_path / "run2")
     assert node.worker(args, {"RANK": "1"}, store) == 1  # a report that did not arrive is a failure
+
+
+def _store_pair():
+    import torch.distributed as dist
+
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(server.port)}
+    return server, node_store.NodeStore.connect(env, timeout_s=5)
+
+
+def test_a_slot_that_failed_ends_the_waiting_ones_at_once_naming_it():
+    """A worker host's config that did not load, or the head's: the others waited out join_timeout_s and
+    connect_timeout_s (minutes), or trained on without that worker."""
+    import time
+
+    server, store = _store_pair()
+    store.publish_failure(0, "config key 'server.interface': bad")
+    started = time.monotonic()
+    with pytest.raises(node_store.PeerFailed, match=r"the head \(RANK 0\) failed: config key 'server.interface'"):
+        store.start(timeout_s=60)
+    store.publish_failure(3, "its worker process exited with code 130 on hostB")
+    with pytest.raises(node_store.PeerFailed, match=r"worker 2 \(RANK 3\) failed: its worker process exited"):
+        store.public_keys(4, timeout_s=60)
+    assert time.monotonic() - started < 10
+
+
+def test_a_store_that_is_gone_is_not_reported_as_a_timeout():
+    """The head's torchrun ended: the worker said it had waited 180s for the head's server."""
+    server, store = _store_pair()
+    del server  # its host's torchrun ended
+    with pytest.raises(node_store.StoreError):
+        store.start(timeout_s=60)
+
+
+def test_torchrun_max_restarts_is_refused_before_anything_starts():
+    """A restarted head met its own run folder (exit 2, restarted again) while restarted workers read the
+    old run's endpoint from the store."""
+    done = _node(env={**TORCHRUN, "TORCHELASTIC_MAX_RESTARTS": "2"})
+    assert done.returncode == 2 and "torchrun --max-restarts is 2" in done.stderr, done.stderr
+
+
+def test_a_worker_slot_ended_by_a_signal_exits_as_a_shell_reports_it():
+    """sys.exit(-15) exits 241."""
+    import signal
+
+    from launch import node
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        cmd = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
+        assert node._run_forwarding_signals(cmd) == 143
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def test_the_servers_address_names_server_interface_or_master_addr(monkeypatch):
+    """The head derives server.endpoint itself: a bad interface was reported as server.endpoint with the
+    advice to bind '*', which launch.node never does; a MASTER_ADDR that resolves only to IPv6 (or not at all)
+    was a traceback."""
+    from launch import node
+    from protocol.config.loader import load_experiment
+    from protocol.errors import ConfigError
+
+    def refuse(cfg):
+        raise ConfigError("server.endpoint", "192.0.2.7 is not an address of this host, so the server cannot "
+                          "listen on it: use 127.0.0.1 or *")  # fmt: skip
+
+    monkeypatch.setattr(node, "preflight", refuse)
+    cfg = load_experiment(str(ROOT / "configs/tiny.yaml"), ["server.interface=192.0.2.7"])
+    with pytest.raises(ConfigError, match=r"'server.interface': 192.0.2.7 is not an address") as err:
+        node._preflight(cfg)
+    assert "*" not in str(err.value)
+    with pytest.raises(ConfigError, match="MASTER_ADDR 'no-such-host.invalid'"):
+        node.interface(load_experiment(str(ROOT / "configs/tiny.yaml"), []), "no-such-host.invalid")
+    assert node.interface(load_experiment(str(ROOT / "configs/tiny.yaml"), []), "localhost") == "127.0.0.1"
+
+
+@pytest.mark.slow
+def test_a_worker_host_whose_config_does_not_load_fails_the_heads_run_naming_it(tmp_path):
+    """Two torchruns on this host (node 0: the head and worker 0; node 1: worker 1 with another `workers`).
+    The head trained on without worker 1, waited for its report, and its summary said ok."""
+    import contextlib
+    import json
+    import os
+    import signal
+
+    from launch.run import free_port
+
+    port, run = str(free_port()), tmp_path / "run"
+    common = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--master-addr", "127.0.0.1",
+              "--master-port", port]  # fmt: skip
+    tail = ["-m", "launch.node", "configs/tiny.yaml", "run.max_updates=100000", "run.max_seconds=60", "--quiet"]
+    nodes = [
+        subprocess.Popen(
+            [*common, "--node-rank", str(i), "--nproc-per-node", str(n), *tail, f"workers={w}", "--run-dir", str(run)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=(tmp_path / f"node{i}.log").open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        for i, (n, w) in enumerate(((2, 2), (1, 3)))
+    ]
+    try:
+        codes = [p.wait(timeout=120) for p in nodes]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=30)
+    log = (tmp_path / "node0.log").read_text()
+    assert codes == [1, 1] and "worker 1 (RANK 2) failed: config key 'workers'" in log, log[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "worker 1 (RANK 2)" in summary["failure"], summary
