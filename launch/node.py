@@ -32,12 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launch.__main__ import format_summary
 from launch.node_store import POLL_S, NodeStore, PeerFailed, StoreError, slot_name
 from launch.preflight import preflight
 from launch.run import AsyncRun, RunFailed
 from launch.rundir import make_run_dir
 from launch.signals import Stopped, StopSignals
+from launch.summary import format_summary
 from launch.writes import write_text
 from launch.zygote import dies_with
 from protocol.config.loader import load_experiment, resolved_yaml

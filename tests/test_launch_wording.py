@@ -3,9 +3,9 @@ no plots promised that were not drawn, no '1 workers', no sweep-sweep folder."""
 
 from pathlib import Path
 
-from launch.__main__ import describe, format_summary
+from launch.__main__ import describe
 from launch.inproc import make_config
-from launch.summary import build_summary
+from launch.summary import build_summary, format_summary
 from launch.sweep import expand_sweep
 from launch.sweep_run import _sweep_exit, sweep_folder_name
 from launch.sweep_tables import PointResult
