@@ -15,8 +15,10 @@ After training each worker publishes its report (worker-<rank>.json) for the hea
 A worker's own files go to DIR-worker<rank> (default: <run.runs_dir>/<name>-<run id>-worker<rank>).
 A slot that fails (a bad config or key folder on its host, the run folder taken, its worker ending non-zero)
 publishes why under failed/<RANK>: the head fails its run on a worker's, the workers end on the head's, each
-naming the slot, instead of training on without it or waiting out their timeouts. Every slot asks for SIGTERM
-when its torchrun dies (SIGKILL gives torchrun no chance to stop its slots, which would train on orphaned).
+naming the slot, instead of training on without it or waiting out their timeouts. A head whose run failed or
+was stopped publishes that as well, and a worker slot whose head failed, or whose store is gone, stops its
+worker. Every slot asks for SIGTERM when its torchrun dies (SIGKILL gives torchrun no chance to stop its
+slots, which would train on orphaned).
 Exit codes as python -m launch: 0, 1 a process failed, 2 bad config, arguments or environment.
 """
 
@@ -29,6 +31,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,7 @@ from launch.run import AsyncRun, RunFailed
 from launch.rundir import make_run_dir
 from launch.signals import Stopped, StopSignals
 from launch.summary import format_summary
-from launch.writes import write_text
+from launch.writes import WriteError, write_text
 from launch.zygote import dies_with
 from protocol.config.loader import load_experiment, resolved_yaml
 from protocol.config.schema import ExperimentConfig
@@ -47,7 +50,10 @@ from protocol.wire.curve import SERVER, KeyFileError, create_pair, read_public, 
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 REPORT_WAIT_S = 60.0  # after the server ends: the workers' reports reach the store
+AFTER_STOP_REPORT_WAIT_S = 5.0  # after a failure or a signal (torchrun's agent kills its slots 30 s after SIGTERM)
 TELL_TIMEOUT_S = 3.0  # a slot that fails before it has the store tells the others; torchrun's store is up by then
+HEAD_POLL_S = 1.0  # a worker slot asks the store whether the head's run is over (one round trip per slot)
+WORKER_STOP_S = 10.0  # then its worker gets this long after SIGTERM to leave
 
 
 class HeadRun(AsyncRun):
@@ -70,14 +76,32 @@ class HeadRun(AsyncRun):
         """The workers are elsewhere: their reports come through the store into the run folder. One that does
         not come (its slot was killed) or a store that is gone fails the run, naming the workers."""
         try:
-            reports = self.store.reports(self.cfg.workers, REPORT_WAIT_S, self.signals.check)
+            missing = self._collect_reports(REPORT_WAIT_S, self.signals.check)
         except StoreError as err:
             raise RunFailed(f"the workers' reports cannot be collected: torchrun's store is gone ({err})") from None
-        for rank, report in reports.items():
-            write_text(self.run_dir / f"worker-{rank}.json", report)
-        missing = [slot_name(r + 1) for r in range(self.cfg.workers) if r not in reports]
         if missing:
             raise RunFailed(f"no report from {', '.join(missing)} within {REPORT_WAIT_S:g}s: see that host's log")
+
+    def _after_stop(self) -> None:
+        """After a failure or a stop signal the server told the live workers Stop: their reports still belong in
+        the run folder (python -m launch's workers write theirs there), waited for briefly (a killed slot sends
+        none). Signals are only noted here, as in the rest of the stop."""
+        super()._after_stop()
+        try:
+            missing = self._collect_reports(AFTER_STOP_REPORT_WAIT_S, lambda: None)
+        except (StoreError, WriteError) as err:
+            self.write_errors.append(f"the workers' reports: {err}")
+            return
+        if missing:
+            self._say(f"no report from {', '.join(missing)} within {AFTER_STOP_REPORT_WAIT_S:g}s")
+
+    def _collect_reports(self, timeout_s: float, check: Callable[[], None]) -> list[str]:
+        """The workers' reports that reach the store within timeout_s, written as worker-<rank>.json; the
+        slots (as the user knows them) that sent none."""
+        reports = self.store.reports(self.cfg.workers, timeout_s, check)
+        for rank, report in reports.items():
+            write_text(self.run_dir / f"worker-{rank}.json", report)
+        return [slot_name(r + 1) for r in range(self.cfg.workers) if r not in reports]
 
     def _sample(self, force_progress: bool = False) -> None:
         """Besides the local children, the worker slots on other hosts: one that published a failure (a config
@@ -142,12 +166,11 @@ def head(args: argparse.Namespace, env: dict[str, str], store: NodeStore) -> int
     with StopSignals() as signals:
         try:
             summary = HeadRun(cfg, run_dir, store, quiet=args.quiet, signals=signals).execute()
-        except RunFailed as err:
-            print(f"error: run failed: {err}", file=sys.stderr)
-            return 1
+        except RunFailed as err:  # published too: workers on other hosts whose server is gone end now
+            return _tell(env, store, f"error: run failed: {err}", 1)
         except Stopped as stopped:
-            print(f"{stopped.status} ({stopped.describe()}): every process was stopped", file=sys.stderr)
-            return stopped.exit_code
+            return _tell(env, store, f"{stopped.status} ({stopped.describe()}): every process was stopped",
+                         stopped.exit_code)  # fmt: skip
     print(format_summary(summary, run_dir, cfg.run.plots))
     return 0
 
@@ -177,7 +200,10 @@ def worker(args: argparse.Namespace, env: dict[str, str], store: NodeStore) -> i
     servers = [a for e in start.endpoint.split() for a in ("--server", e)]  # every shard's, in shard order
     cmd = [sys.executable, "-m", "worker", "--config", str(folder / "config.yaml"), "--rank", str(rank),
            *servers, "--run-dir", str(folder), "--run-id", start.run_id, *keys]  # fmt: skip
-    code = _run_forwarding_signals(cmd)
+    code, ended_by = _run_watching_head(cmd, store)
+    if ended_by:  # the head's run is over: nobody collects this report any more
+        print(f"error: worker {rank} stopped: {ended_by}", file=sys.stderr)
+        return 1
     report = folder / f"worker-{rank}.json"
     try:
         if code != 0:  # the head fails its run on it (HeadRun._sample) instead of training on without this rank
@@ -190,14 +216,41 @@ def worker(args: argparse.Namespace, env: dict[str, str], store: NodeStore) -> i
     return code
 
 
-def _run_forwarding_signals(cmd: list[str]) -> int:
+def _run_watching_head(cmd: list[str], store: NodeStore) -> tuple[int, str]:
     """Run the worker; SIGTERM/SIGINT (torchrun stopping its slots) reach it, and its exit code is ours (a
-    signal's as a shell reports it, 128 + N: sys.exit(-15) would exit 241). It gets SIGTERM if this slot dies."""
+    signal's as a shell reports it, 128 + N: sys.exit(-15) would exit 241). It gets SIGTERM if this slot dies.
+    Every HEAD_POLL_S the store is asked whether the head failed or its host's torchrun ended (the store gone):
+    then the worker is stopped (SIGKILL after WORKER_STOP_S), instead of training on against a dead server
+    until its reply timeout. Returns (exit code, why the head ended it: "" when it did not)."""
     child = subprocess.Popen(cmd, preexec_fn=dies_with(os.getpid()))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda s, _f: child.send_signal(s))
-    code = child.wait()
-    return 128 - code if code < 0 else code
+    ended_by, kill_at = "", 0.0
+    while True:
+        try:
+            code = child.wait(timeout=HEAD_POLL_S)
+            return (128 - code if code < 0 else code), ended_by
+        except subprocess.TimeoutExpired:
+            pass
+        if not ended_by:
+            ended_by = _head_over(store)
+            if ended_by:
+                child.terminate()
+                kill_at = time.monotonic() + WORKER_STOP_S
+        elif time.monotonic() > kill_at:
+            child.kill()  # blocked in a send to the dead server (up to server.send_timeout_s)
+
+
+def _head_over(store: NodeStore) -> str:
+    """Why the head's run is over for this worker ("" while it is not): its published failure, or its store
+    gone (the head's torchrun ended)."""
+    try:
+        store.raise_failures(range(1))
+    except PeerFailed as err:
+        return str(err)
+    except StoreError as err:
+        return f"torchrun's store is gone: the head's host ended ({err})"
+    return ""
 
 
 def _check_world(cfg: ExperimentConfig, world: int, max_restarts: str = "") -> None:

@@ -56,6 +56,10 @@ class _Store:
     def publish_failure(self, rank, message):
         self.failed[rank] = message
 
+    def raise_failures(self, ranks):
+        for rank in sorted(set(ranks) & set(self.failed))[:1]:
+            raise node_store.PeerFailed(f"{node_store.slot_name(rank)} failed: {self.failed[rank]}")
+
 
 def test_a_worker_slot_uses_the_named_key_folder_the_head_serves(tmp_path, monkeypatch):
     """With server.keys the head's allowlist is that folder's: a worker slot that made a pair of its own
@@ -70,7 +74,7 @@ def test_a_worker_slot_uses_the_named_key_folder_the_head_serves(tmp_path, monke
     cfg_text = (ROOT / "configs/tiny.yaml").read_text()
     server_public = server_keys(folder, 3).pair.public.decode()
     ran: list[list[str]] = []
-    monkeypatch.setattr(node, "_run_forwarding_signals", lambda cmd: ran.append(cmd) or 0)
+    monkeypatch.setattr(node, "_run_watching_head", lambda cmd, store: (ran.append(cmd) or 0, ""))
     args = SimpleNamespace(config=str(ROOT / "configs/tiny.yaml"), overrides=overrides, run_dir=str(tmp_path / "run"))
     store = _Store(node_store.Start("tcp://10.0.0.1:5555", server_public, cfg_text, "run"))
     assert node.worker(args, {"RANK": "2"}, store) == 0
@@ -107,11 +111,11 @@ def test_a_worker_slot_whose_head_is_gone_ends_with_its_workers_code_naming_the_
 
         publish_failure = publish_report
 
-    monkeypatch.setattr(node, "_run_forwarding_signals", lambda cmd: 1)  # the worker lost its server
+    monkeypatch.setattr(node, "_run_watching_head", lambda cmd, store: (1, ""))  # the worker lost its server
     args = SimpleNamespace(config=str(ROOT / "configs/tiny.yaml"), overrides=[], run_dir=str(tmp_path / "run"))
     store = Gone(node_store.Start("tcp://127.0.0.1:5555", "", (ROOT / "configs/tiny.yaml").read_text(), "run"))
     assert node.worker(args, {"RANK": "1"}, store) == 1
-    monkeypatch.setattr(node, "_run_forwarding_signals", lambda cmd: 0)
+    monkeypatch.setattr(node, "_run_watching_head", lambda cmd, store: (0, ""))
     args.run_dir = str(tmp_path / "run2")
     assert node.worker(args, {"RANK": "1"}, store) == 1  # a report that did not arrive is a failure
 
@@ -164,7 +168,7 @@ def test_a_worker_slot_ended_by_a_signal_exits_as_a_shell_reports_it():
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         cmd = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
-        assert node._run_forwarding_signals(cmd) == 143
+        assert node._run_watching_head(cmd, _Store(None)) == (143, "")
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
@@ -230,3 +234,64 @@ def test_a_worker_host_whose_config_does_not_load_fails_the_heads_run_naming_it(
     assert codes == [1, 1] and "worker 1 (RANK 2) failed: config key 'workers'" in log, log[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and "worker 1 (RANK 2)" in summary["failure"], summary
+
+
+@pytest.mark.parametrize("how", ["failed", "store gone"])
+def test_a_worker_slot_stops_its_worker_when_the_heads_run_is_over(how):
+    """The head's server was killed: the head failed its run, but workers on other hosts trained on against
+    the dead server until their 120 s reply timeout, then blamed the store."""
+    import time
+
+    from launch import node
+
+    server, store = _store_pair()
+    if how == "failed":
+        store.publish_failure(0, "run failed: server (pid 7) was killed by signal SIGKILL during the run")
+    else:
+        del server  # the head's torchrun ended, taking the store with it
+    started = time.monotonic()
+    code, why = node._run_watching_head([sys.executable, "-c", "import time; time.sleep(60)"], store)
+    assert code == 143 and time.monotonic() - started < 15
+    expected = "the head (RANK 0) failed: run failed: server" if how == "failed" else "torchrun's store is gone"
+    assert expected in why, why
+
+
+@pytest.mark.parametrize("end", ["failed", "stopped"])
+def test_the_head_publishes_a_failed_or_stopped_run_for_the_workers(tmp_path, monkeypatch, end):
+    from launch import node
+    from launch.signals import Stopped
+
+    def execute(self):
+        raise node.RunFailed("server (pid 7) was killed") if end == "failed" else Stopped(15)
+
+    monkeypatch.setattr(node.HeadRun, "execute", execute)
+    store = _Store(None)
+    args = SimpleNamespace(
+        config=str(ROOT / "configs/tiny.yaml"), overrides=[], run_dir=str(tmp_path / "r"), quiet=True
+    )
+    env = {"RANK": "0", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1"}
+    assert node.head(args, env, store) == (1 if end == "failed" else 143)
+    assert ("server (pid 7) was killed" if end == "failed" else "stopped by SIGTERM") in store.failed[0]
+
+
+def test_after_a_stop_the_head_still_writes_the_workers_reports(tmp_path):
+    """SIGTERM to the head's torchrun: the workers got Stop and sent their reports, but the run folder had no
+    worker-<rank>.json (the head collected them only after a normal end)."""
+    from launch import node
+    from protocol.config.loader import load_experiment
+
+    class Sent(_Store):
+        def __init__(self, start):
+            super().__init__(start)
+            del self.reports  # _Store's record of what a worker published; here the head's read of the store
+
+        def reports(self, workers, timeout_s, check):  # rank 1's slot was killed: none from it
+            return {0: '{"pushes": 5}', 2: '{"pushes": 6}'}
+
+    store = Sent(None)
+    run = node.HeadRun(load_experiment(str(ROOT / "configs/tiny.yaml"), []), tmp_path, store, quiet=True)
+    said: list[str] = []
+    run._say = said.append
+    run._after_stop()
+    assert (tmp_path / "worker-0.json").read_text() == '{"pushes": 5}' and (tmp_path / "worker-2.json").exists()
+    assert said == ["no report from worker 1 (RANK 2) within 5s"]
