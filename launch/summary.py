@@ -2,7 +2,8 @@
 
 python -m launch.summary RUN_DIR writes summary.json (and the plots) for a run whose processes were started by hand
 (python -m launch.prepare) once its server has ended, and prints the launcher's final line. Exit codes: 0,
-2 for a folder that is not a prepared run or whose server has not ended.
+1 for a failed run (a shard left no summary: status failed), 2 for a folder that is not a prepared run (a
+launcher's run folder is left alone), whose server has not ended or whose server_summary.json is corrupt.
 
 A failed or stopped run gets one too (status, failure), with whatever the server and the evaluator left:
 when there is no server_summary.json (a sync group that lost a rank cannot finish; a server killed after
@@ -138,24 +139,47 @@ def format_summary(s: RunSummary, run_dir: Path | str, plots: bool = True) -> st
     )
 
 
-def summarize(run_dir: Path) -> str:
-    """summary.json (and plots, under run.plots) of a hand-started run whose server has ended; its final line.
-    Raises ConfigError for a bad config.yaml, FileNotFoundError naming a missing file, WriteError naming a file
-    that could not be written."""
+def summarize(run_dir: Path) -> tuple[str, Outcome]:
+    """summary.json (and plots, under run.plots) of a hand-started run whose server has ended; its final line
+    and outcome (failed when a shard left no summary). Raises ConfigError for a bad config.yaml or a launcher's
+    run folder, FileNotFoundError naming a missing file, ValueError naming a corrupt one, WriteError naming a
+    file that could not be written."""
     cfg = load_experiment(run_dir / "config.yaml")
-    if cfg.server.shards > 1 and not (run_dir / "server_summary.json").exists():
+    if (run_dir / "processes.csv").exists():  # the launcher's: its summary.json has the processes and status
+        raise ConfigError("<run folder>", f"{run_dir} was run by python -m launch (processes.csv), which wrote its "
+                          "summary.json; launch.summary is for runs started by hand")  # fmt: skip
+    if cfg.server.shards > 1:  # every time: a shard that was still running at an earlier call may have ended
         from launch.shards import ShardFiles  # torch only now
 
         ShardFiles(run_dir, cfg.server.shards).finish()
-    if not (run_dir / "server_summary.json").exists():
-        raise FileNotFoundError(f"{run_dir}/server_summary.json is missing: the server has not ended yet")
+    server = run_dir / "server_summary.json"
+    if not server.exists():
+        raise FileNotFoundError(f"{server} is missing: the server has not ended yet")
+    if read_record(ServerSummary, server) is None:
+        raise ValueError(f"{server} cannot be read (truncated or not a server summary)")
+    outcome = _outcome(run_dir, cfg)
     if cfg.run.plots:
         from launch.plots import plot_run  # matplotlib only now
 
         plot_run(run_dir)
-    summary = build_summary(run_dir, cfg, {})
+    summary = build_summary(run_dir, cfg, {}, outcome)
     write_record_file(run_dir / "summary.json", summary)
-    return format_summary(summary, run_dir, cfg.run.plots)
+    return format_summary(summary, run_dir, cfg.run.plots), outcome
+
+
+def _outcome(run_dir: Path, cfg: ExperimentConfig) -> Outcome:
+    """failed when a shard wrote no server_summary.json (still running, or killed); a warning when the
+    evaluator has not scored the final snapshot (yet), whose accuracy would otherwise pass for the final one."""
+    metrics = read_metrics(run_dir)
+    if metrics and not any(m.get("final") for m in metrics):
+        print(f"warning: the evaluator has not scored the final snapshot (yet): test_acc is that of update "
+              f"{metrics[-1].get('updates')}", file=sys.stderr)  # fmt: skip
+    missing = [s for s in range(cfg.server.shards) if cfg.server.shards > 1
+               and not (run_dir / f"shard-{s}" / "server_summary.json").exists()]  # fmt: skip
+    if missing:
+        names = ", ".join(f"shard-{s}/server_summary.json" for s in missing)
+        return Outcome.failed(f"no {names}: that shard is still running or was killed")
+    return Outcome()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,10 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dir", type=Path, help="the run folder (python -m launch.prepare --run-dir)")
     args = ap.parse_args(argv)
     try:
-        print(summarize(args.run_dir))
-    except (ConfigError, WriteError, OSError) as err:
+        line, outcome = summarize(args.run_dir)
+    except (ConfigError, WriteError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    print(line)
+    if not outcome.ok:
+        print(f"error: run failed: {outcome.failure}", file=sys.stderr)
+        return 1
     return 0
 
 
