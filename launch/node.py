@@ -207,7 +207,7 @@ def worker(args: argparse.Namespace, env: dict[str, str], store: NodeStore) -> i
     report = folder / f"worker-{rank}.json"
     try:
         if code != 0:  # the head fails its run on it (HeadRun._sample) instead of training on without this rank
-            store.publish_failure(rank + 1, f"its worker process exited with code {code} on {socket.gethostname()}")
+            store.publish_failure(rank + 1, _why_ended(code))
         store.publish_report(rank, report.read_text() if report.exists() else "")
     except StoreError as err:  # the head's torchrun is gone: this worker's own outcome still decides
         print(f"error: worker {rank}'s report ({report}) did not reach the head: torchrun's store is gone ({err})",
@@ -239,6 +239,16 @@ def _run_watching_head(cmd: list[str], store: NodeStore) -> tuple[int, str]:
                 kill_at = time.monotonic() + WORKER_STOP_S
         elif time.monotonic() > kill_at:
             child.kill()  # blocked in a send to the dead server (up to server.send_timeout_s)
+
+
+def _why_ended(code: int) -> str:
+    """What a worker slot publishes when its worker ended with `code` != 0. A SIGTERM or SIGINT is usually the
+    host's torchrun stopping every slot after one of them died (a killed slot publishes nothing itself)."""
+    where = f"on {socket.gethostname()}"
+    if code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+        return (f"its worker process was stopped by a signal (exit {code}) {where}: torchrun stops every slot of a "
+                "host when one of them ends, so that host's torchrun log names the first")  # fmt: skip
+    return f"its worker process exited with code {code} {where}"
 
 
 def _head_over(store: NodeStore) -> str:

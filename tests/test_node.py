@@ -295,3 +295,19 @@ def test_after_a_stop_the_head_still_writes_the_workers_reports(tmp_path):
     run._after_stop()
     assert (tmp_path / "worker-0.json").read_text() == '{"pushes": 5}' and (tmp_path / "worker-2.json").exists()
     assert said == ["no report from worker 1 (RANK 2) within 5s"]
+
+
+def test_a_worker_slot_stopped_by_its_torchrun_says_the_first_failure_is_elsewhere(tmp_path, monkeypatch):
+    """torchrun SIGTERMs every slot of a host when one dies; a killed slot publishes nothing, so the head named
+    a sibling that was only stopped as if it had failed."""
+    from launch import node
+
+    store = _Store(node_store.Start("tcp://127.0.0.1:5555", "", (ROOT / "configs/tiny.yaml").read_text(), "run"))
+    args = SimpleNamespace(config=str(ROOT / "configs/tiny.yaml"), overrides=[], run_dir=str(tmp_path / "run"))
+    monkeypatch.setattr(node, "_run_watching_head", lambda cmd, store: (143, ""))
+    assert node.worker(args, {"RANK": "2"}, store) == 143
+    assert "stopped by a signal (exit 143)" in store.failed[2] and "names the first" in store.failed[2]
+    monkeypatch.setattr(node, "_run_watching_head", lambda cmd, store: (1, ""))
+    args.run_dir = str(tmp_path / "run2")
+    assert node.worker(args, {"RANK": "2"}, store) == 1
+    assert store.failed[2].startswith("its worker process exited with code 1 on ")
