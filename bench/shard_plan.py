@@ -51,8 +51,9 @@ def _assumptions(params: int, c: cost_model.Costs) -> str:
     """What the figures below assume, and a worker's cycle (the 'workers' bound is workers / cycle)."""
     wire_ms = 1e3 * cost_model.BYTES_PER_PARAM * params / c.link_Bps
     return (
-        "every shard and every worker on a host of its own (on one host they share its cores: keep S = 1 unless\n"
-        f"cores are free, docs/performance.md); a worker's cycle: {1e3 * c.compute_s:.1f} ms compute +\n"
+        "every shard and every worker on a host of its own (launch.node does not spread shards over hosts yet:\n"
+        "it starts them all on the head, where they share its cores and link; on one host keep S = 1 unless cores\n"
+        f"are free, docs/performance.md); a worker's cycle: {1e3 * c.compute_s:.1f} ms compute +\n"
         f"{wire_ms:.1f} ms push + {wire_ms:.1f} ms reply on its link + the step on its slice of each shard"
     )
 

@@ -89,13 +89,13 @@ def _other_host(cfg: ExperimentConfig, run_dir: Path) -> list[str]:
     keys = f"{key_folder(cfg.server.keys, run_dir)}/" if cfg.server.curve else ""
     files = f"{run_dir}/config.yaml" + (f", {keys}server.key and {keys}worker-<r>.key*" if keys else "")
     servers = " ".join(
-        f"--server {_reach(shard_endpoint(cfg.server.endpoint, s), s, 'THIS_HOST')}" for s in range(cfg.server.shards)
+        f"--server {_reach(shard_endpoint(cfg.server.endpoint, s), s, 'HOST_A')}" for s in range(cfg.server.shards)
     )
     return [
         f"a worker on another host: copy {files} into one folder there (keys into its keys/), and in it run",
         f"  python -m worker --config config.yaml --rank <r> {servers} --run-id {run_dir.name}"
         + (" --keys keys" if keys else "")
-        + " --run-dir w<r>      # THIS_HOST: this host's address",
+        + " --run-dir w<r>      # HOST_A: this host's address",
     ]
 
 

@@ -93,7 +93,20 @@ def test_prepare_prints_a_command_per_shard_and_the_way_in_from_another_host(tmp
     text = commands(cfg, tmp_path / "hand")
     assert "--shard 0" in text and "--shard 1" in text and "launch.evaluate" not in text
     assert "--server tcp://127.0.0.1:5555 --server tcp://127.0.0.1:5556" in text  # a wildcard is reached here so
-    assert "--server tcp://THIS_HOST:5555 --server tcp://THIS_HOST:5556" in text and "--keys keys" in text
+    assert "--server tcp://HOST_A:5555 --server tcp://HOST_A:5556" in text and "--keys keys" in text
     assert text.splitlines()[-2].endswith(f"python -m launch.summary {tmp_path / 'hand'}")
     one = commands(load_experiment(ROOT / "configs" / "tiny.yaml"), tmp_path / "one")
-    assert "--server <endpoint>" in one and "launch.evaluate" in one and "THIS_HOST" not in one
+    assert "--server <endpoint>" in one and "launch.evaluate" in one and "HOST_A" not in one
+
+
+def test_plain_ef21_under_an_adaptive_server_gets_a_note_naming_the_keys():
+    from launch.advice import advice
+    from protocol.config.loader import load_experiment
+
+    def notes(*overrides):
+        return advice(load_experiment(ROOT / "configs" / "digits_ef21.yaml", list(overrides)))
+
+    assert notes() == []  # the config's own sgd server
+    (note,) = notes("optimizer.name=amsgrad", "optimizer.lr=1e-3")
+    assert "compression.method ef21 with optimizer.name amsgrad" in note and "Error feedback under" in note
+    assert notes("optimizer.name=adam") and not notes("optimizer.name=adam", "compression.method=ef21-sgdm")
