@@ -14,6 +14,7 @@ import re
 import sys
 from pathlib import Path
 
+from launch.advice import advice
 from launch.handoff import hand_off
 from launch.keys import run_keys
 from launch.preflight import preflight
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.sweep:
             raise ConfigError("sweep", "prepares one run: run a sweep with python -m launch")
         preflight(cfg)
+        for note in advice(cfg):  # settings known to train badly: said, not refused
+            print(f"note: {note}")
         run_dir = make_run_dir(cfg.run.runs_dir, cfg.name, args.run_dir)
         (run_dir / "config.yaml").write_text(resolved_yaml(cfg))
         hand_off(cfg, run_dir)
