@@ -37,8 +37,10 @@ class Progress:
         self._last = ""
 
     def show(self, status: Status | None, metric: dict | None, force: bool = False) -> None:
+        """force: the launcher's last call, after the final evaluation. Until then a log (not a terminal, where
+        the line is redrawn) gets no stopping line: it would come twice, the second with the final test_acc."""
         now = time.monotonic()
-        if not force and now < self._next:
+        if not force and (now < self._next or (not self.tty and status is not None and status.stopping)):
             return
         self._next = now + self.every_s
         line = format_line(status, metric, self.limits, self.starting, percent=not self.tty)

@@ -88,3 +88,13 @@ def test_a_terminal_gets_a_tqdm_bar_redrawn_in_place_and_ended_once(monkeypatch)
     assert any(d.startswith("waiting for workers to join: 1/3") for d in draws)
     assert any(d.startswith(" 33%|") and "| [   10.0s]  ETA 00:20  updates 100/300" in d for d in draws)
     assert draws[-1].startswith(" 50%|") and draws[-1].endswith("\n") and out.count("\n") == 1
+
+
+def test_a_log_gets_the_stopping_line_once_with_the_final_evaluation():
+    stream = io.StringIO()
+    progress = Progress(Limits(300, 600.0), every_s=0.0, stream=stream)
+    progress.show(_status(150, wall_s=15.0), None)
+    progress.show(_status(300, stopping="max_updates"), {"updates": 280, "test_acc": 0.9})
+    progress.show(_status(300, stopping="max_updates"), {"updates": 300, "test_acc": 0.95}, force=True)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and "stopping (max_updates)" in lines[1] and "0.95" in lines[1], lines
