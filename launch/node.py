@@ -30,10 +30,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from launch.advice import advice
 from launch.node_store import POLL_S, NodeStore, PeerFailed, StoreError, slot_name
@@ -203,14 +204,14 @@ def worker(args: argparse.Namespace, env: dict[str, str], store: NodeStore) -> i
     servers = [a for e in start.endpoint.split() for a in ("--server", e)]  # every shard's, in shard order
     cmd = [sys.executable, "-m", "worker", "--config", str(folder / "config.yaml"), "--rank", str(rank),
            *servers, "--run-dir", str(folder), "--run-id", start.run_id, *keys]  # fmt: skip
-    code, ended_by = _run_watching_head(cmd, store)
+    code, ended_by, error = _run_watching_head(cmd, store)
     if ended_by:  # the head's run is over: nobody collects this report any more
         print(f"error: worker {rank} stopped: {ended_by}", file=sys.stderr)
         return 1
     report = folder / f"worker-{rank}.json"
     try:
         if code != 0:  # the head fails its run on it (HeadRun._sample) instead of training on without this rank
-            store.publish_failure(rank + 1, _why_ended(code))
+            store.publish_failure(rank + 1, _why_ended(code, error))
         store.publish_report(rank, report.read_text() if report.exists() else "")
     except StoreError as err:  # the head's torchrun is gone: this worker's own outcome still decides
         print(f"error: worker {rank}'s report ({report}) did not reach the head: torchrun's store is gone ({err})",
@@ -219,20 +220,25 @@ def worker(args: argparse.Namespace, env: dict[str, str], store: NodeStore) -> i
     return code
 
 
-def _run_watching_head(cmd: list[str], store: NodeStore) -> tuple[int, str]:
+def _run_watching_head(cmd: list[str], store: NodeStore) -> tuple[int, str, str]:
     """Run the worker; SIGTERM/SIGINT (torchrun stopping its slots) reach it, and its exit code is ours (a
     signal's as a shell reports it, 128 + N: sys.exit(-15) would exit 241). It gets SIGTERM if this slot dies.
     Every HEAD_POLL_S the store is asked whether the head failed or its host's torchrun ended (the store gone):
     then the worker is stopped (SIGKILL after WORKER_STOP_S), instead of training on against a dead server
-    until its reply timeout. Returns (exit code, why the head ended it: "" when it did not)."""
-    child = subprocess.Popen(cmd, preexec_fn=dies_with(os.getpid()))
+    until its reply timeout. Returns (exit code, why the head ended it: "" when it did not, the worker's last
+    'error:' line: "" when it printed none)."""
+    child = subprocess.Popen(cmd, preexec_fn=dies_with(os.getpid()), stderr=subprocess.PIPE)
+    assert child.stderr is not None  # Popen(stderr=PIPE)
+    errors = _StderrFollower(child.stderr)
+    errors.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda s, _f: child.send_signal(s))
     ended_by, kill_at = "", 0.0
     while True:
         try:
             code = child.wait(timeout=HEAD_POLL_S)
-            return (128 - code if code < 0 else code), ended_by
+            errors.join(timeout=TELL_TIMEOUT_S)  # the last lines, after the worker's exit
+            return (128 - code if code < 0 else code), ended_by, errors.last_error
         except subprocess.TimeoutExpired:
             pass
         if not ended_by:
@@ -244,14 +250,32 @@ def _run_watching_head(cmd: list[str], store: NodeStore) -> tuple[int, str]:
             child.kill()  # blocked in a send to the dead server (up to server.send_timeout_s)
 
 
-def _why_ended(code: int) -> str:
-    """What a worker slot publishes when its worker ended with `code` != 0. A SIGTERM or SIGINT is usually the
-    host's torchrun stopping every slot after one of them died (a killed slot publishes nothing itself)."""
+class _StderrFollower(threading.Thread):
+    """Copies the worker's standard error to this slot's, line by line, keeping its last 'error:' line: the
+    cause the slot publishes when the worker fails, so the head names it, not only an exit code."""
+
+    def __init__(self, stream: IO[bytes]):
+        super().__init__(name="worker-stderr", daemon=True)
+        self.stream, self.last_error = stream, ""
+
+    def run(self) -> None:
+        for raw in self.stream:
+            line = raw.decode(errors="replace")
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            if line.startswith("error:"):
+                self.last_error = line.removeprefix("error:").strip()
+
+
+def _why_ended(code: int, error: str = "") -> str:
+    """What a worker slot publishes when its worker ended with `code` != 0 (and its last `error` line). A SIGTERM
+    or SIGINT is usually the host's torchrun stopping every slot after one of them died (a killed slot publishes
+    nothing itself)."""
     where = f"on {socket.gethostname()}"
     if code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
         return (f"its worker process was stopped by a signal (exit {code}) {where}: torchrun stops every slot of a "
                 "host when one of them ends, so that host's torchrun log names the first")  # fmt: skip
-    return f"its worker process exited with code {code} {where}"
+    return f"its worker process exited with code {code} {where}" + (f": {error}" if error else "")
 
 
 def _head_over(store: NodeStore) -> str:

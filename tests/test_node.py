@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_a_worker_slot_uses_the_named_key_folder_the_head_serves(tmp_path, monke
     cfg_text = (ROOT / "configs/tiny.yaml").read_text()
     server_public = server_keys(folder, 3).pair.public.decode()
     ran: list[list[str]] = []
-    monkeypatch.setattr(node, "_run_watching_head", lambda cmd, store: (ran.append(cmd) or 0, ""))
+    monkeypatch.setattr(node, "_run_watching_head", lambda cmd, store: (ran.append(cmd) or 0, "", ""))
     args = SimpleNamespace(config=str(ROOT / "configs/tiny.yaml"), overrides=overrides, run_dir=str(tmp_path / "run"))
     store = _Store(node_store.Start("tcp://10.0.0.1:5555", server_public, cfg_text, "run"))
     assert node.worker(args, {"RANK": "2"}, store) == 0
@@ -111,11 +112,11 @@ def test_a_worker_slot_whose_head_is_gone_ends_with_its_workers_code_naming_the_
 
         publish_failure = publish_report
 
-    monkeypatch.setattr(node, "_run_watching_head", lambda cmd, store: (1, ""))  # the worker lost its server
+    monkeypatch.setattr(node, "_run_watching_head", lambda cmd, store: (1, "", ""))  # the worker lost its server
     args = SimpleNamespace(config=str(ROOT / "configs/tiny.yaml"), overrides=[], run_dir=str(tmp_path / "run"))
     store = Gone(node_store.Start("tcp://127.0.0.1:5555", "", (ROOT / "configs/tiny.yaml").read_text(), "run"))
     assert node.worker(args, {"RANK": "1"}, store) == 1
-    monkeypatch.setattr(node, "_run_watching_head", lambda cmd, store: (0, ""))
+    monkeypatch.setattr(node, "_run_watching_head", lambda cmd, store: (0, "", ""))
     args.run_dir = str(tmp_path / "run2")
     assert node.worker(args, {"RANK": "1"}, store) == 1  # a report that did not arrive is a failure
 
@@ -168,7 +169,7 @@ def test_a_worker_slot_ended_by_a_signal_exits_as_a_shell_reports_it():
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         cmd = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
-        assert node._run_watching_head(cmd, _Store(None)) == (143, "")
+        assert node._run_watching_head(cmd, _Store(None)) == (143, "", "")
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
@@ -250,7 +251,7 @@ def test_a_worker_slot_stops_its_worker_when_the_heads_run_is_over(how):
     else:
         del server  # the head's torchrun ended, taking the store with it
     started = time.monotonic()
-    code, why = node._run_watching_head([sys.executable, "-c", "import time; time.sleep(60)"], store)
+    code, why, _ = node._run_watching_head([sys.executable, "-c", "import time; time.sleep(60)"], store)
     assert code == 143 and time.monotonic() - started < 15
     expected = "the head (RANK 0) failed: run failed: server" if how == "failed" else "torchrun's store is gone"
     assert expected in why, why
@@ -304,10 +305,25 @@ def test_a_worker_slot_stopped_by_its_torchrun_says_the_first_failure_is_elsewhe
 
     store = _Store(node_store.Start("tcp://127.0.0.1:5555", "", (ROOT / "configs/tiny.yaml").read_text(), "run"))
     args = SimpleNamespace(config=str(ROOT / "configs/tiny.yaml"), overrides=[], run_dir=str(tmp_path / "run"))
-    monkeypatch.setattr(node, "_run_watching_head", lambda cmd, store: (143, ""))
+    monkeypatch.setattr(node, "_run_watching_head", lambda cmd, store: (143, "", ""))
     assert node.worker(args, {"RANK": "2"}, store) == 143
     assert "stopped by a signal (exit 143)" in store.failed[2] and "names the first" in store.failed[2]
-    monkeypatch.setattr(node, "_run_watching_head", lambda cmd, store: (1, ""))
+    monkeypatch.setattr(node, "_run_watching_head", lambda cmd, store: (1, "", ""))
     args.run_dir = str(tmp_path / "run2")
     assert node.worker(args, {"RANK": "2"}, store) == 1
     assert store.failed[2].startswith("its worker process exited with code 1 on ")
+
+
+def test_a_failed_worker_slot_publishes_its_workers_error_line(capsys):
+    """A worker host whose CURVE handshake the server refused: the head said only 'exited with code 1'."""
+    from launch import node
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        cmd = [sys.executable, "-c", "import sys; print('x', file=sys.stderr); sys.exit('error: refused by CURVE')"]
+        code, _, error = node._run_watching_head(cmd, _Store(None))
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert (code, error) == (1, "refused by CURVE") and "x\nerror: refused by CURVE" in capsys.readouterr().err
+    assert node._why_ended(1, error).endswith(": refused by CURVE")
