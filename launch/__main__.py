@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from launch.advice import advice
+from launch.advice import say_advice
 from launch.preflight import preflight
 from launch.run import RunFailed, run_experiment
 from launch.rundir import make_run_dir
@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         if not read_yaml(args.config):  # most likely the wrong file: say so rather than train on defaults in silence
             print(f"note: {args.config} sets nothing: every setting not overridden is its default (docs/config.md)")
         preflight(cfg)  # data files, model size against the limits, endpoint, device: now, not in a traceback
-        for note in advice(cfg):
-            print(f"note: {note}")
+        say_advice(cfg)  # settings known to train badly: said, not refused
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

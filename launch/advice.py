@@ -20,3 +20,9 @@ def advice(cfg: ExperimentConfig) -> list[str]:
             "(docs/algorithms.md, Error feedback under an adaptive server)"
         )
     return notes
+
+
+def say_advice(cfg: ExperimentConfig) -> None:
+    """Print advice(cfg), a note per line (python -m launch, launch.prepare, the head of launch.node)."""
+    for note in advice(cfg):
+        print(f"note: {note}")

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from launch.advice import advice
+from launch.advice import say_advice
 from launch.node_store import POLL_S, NodeStore, PeerFailed, StoreError, slot_name
 from launch.preflight import preflight
 from launch.run import AsyncRun, RunFailed
@@ -156,8 +156,7 @@ def head(args: argparse.Namespace, env: dict[str, str], store: NodeStore) -> int
     bind = f"tcp://[{host}]:0" if ":" in host else f"tcp://{host}:0"
     cfg = load_experiment(args.config, [*args.overrides, f"server.endpoint={bind}"])
     _preflight(cfg)
-    for note in advice(cfg):  # settings known to train badly: said, not refused
-        print(f"note: {note}")
+    say_advice(cfg)  # settings known to train badly: said, not refused
     run_dir = make_run_dir(cfg.run.runs_dir, cfg.name, args.run_dir)
     print(f"run folder: {run_dir} (head of {env['WORLD_SIZE']} processes; server on {host})", flush=True)
     if cfg.server.curve and not cfg.server.keys:  # the workers' own public keys are the allowlist

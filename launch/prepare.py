@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from launch.advice import advice
+from launch.advice import say_advice
 from launch.handoff import hand_off
 from launch.keys import run_keys
 from launch.preflight import preflight
@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.sweep:
             raise ConfigError("sweep", "prepares one run: run a sweep with python -m launch")
         preflight(cfg)
-        for note in advice(cfg):  # settings known to train badly: said, not refused
-            print(f"note: {note}")
+        say_advice(cfg)  # settings known to train badly: said, not refused
         run_dir = make_run_dir(cfg.run.runs_dir, cfg.name, args.run_dir)
         (run_dir / "config.yaml").write_text(resolved_yaml(cfg))
         hand_off(cfg, run_dir)
@@ -62,7 +61,7 @@ def commands(cfg: ExperimentConfig, run_dir: Path) -> str:
         )
     if cfg.server.shards == 1:  # with shards the launcher assembles the snapshots it scores (launch/shards.py)
         lines.append(f"  python -m launch.evaluate --config {config} --run-dir {run_dir}")
-    servers = " ".join(f"--server {_reach(shard_endpoint(cfg.server.endpoint, s), s, '127.0.0.1')}" for s in shards)
+    servers = _servers(cfg, "127.0.0.1")
     for ranks in cfg.worker_processes():
         which = f"--rank {ranks[0]}" if len(ranks) == 1 else f"--ranks {ranks[0]}-{ranks[-1]}"
         lines.append(
@@ -74,6 +73,13 @@ def commands(cfg: ExperimentConfig, run_dir: Path) -> str:
     if cfg.server.shards > 1:
         lines.append("(no evaluator by hand with server.shards > 1: python -m launch or launch.node scores shards)")
     return "\n".join(lines)
+
+
+def _servers(cfg: ExperimentConfig, host: str) -> str:
+    """A worker's --server arguments, one per shard in shard order, as seen from `host` (see _reach)."""
+    return " ".join(
+        f"--server {_reach(shard_endpoint(cfg.server.endpoint, s), s, host)}" for s in range(cfg.server.shards)
+    )
 
 
 def _reach(endpoint: str, shard: int, host: str) -> str:
@@ -91,9 +97,7 @@ def _other_host(cfg: ExperimentConfig, run_dir: Path) -> list[str]:
     """A worker on another host: the files it needs copied there, then its command (CURVE keys in keys/)."""
     keys = f"{key_folder(cfg.server.keys, run_dir)}/" if cfg.server.curve else ""
     files = f"{run_dir}/config.yaml" + (f", {keys}server.key and {keys}worker-<r>.key*" if keys else "")
-    servers = " ".join(
-        f"--server {_reach(shard_endpoint(cfg.server.endpoint, s), s, 'HOST_A')}" for s in range(cfg.server.shards)
-    )
+    servers = _servers(cfg, "HOST_A")
     return [
         f"a worker on another host: copy {files} into one folder there (keys into its keys/), and in it run",
         f"  python -m worker --config config.yaml --rank <r> {servers} --run-id {run_dir.name}"

@@ -148,16 +148,13 @@ def summarize(run_dir: Path) -> tuple[str, Outcome]:
     if (run_dir / "processes.csv").exists():  # the launcher's: its summary.json has the processes and status
         raise ConfigError("<run folder>", f"{run_dir} was run by python -m launch (processes.csv), which wrote its "
                           "summary.json; launch.summary is for runs started by hand")  # fmt: skip
-    if cfg.server.shards > 1:  # every time: a shard that was still running at an earlier call may have ended
-        from launch.shards import ShardFiles  # torch only now
-
-        ShardFiles(run_dir, cfg.server.shards).finish()
+    silent = _assemble_shards(run_dir, cfg.server.shards)
     server = run_dir / "server_summary.json"
     if not server.exists():
         raise FileNotFoundError(f"{server} is missing: the server has not ended yet")
     if read_record(ServerSummary, server) is None:
         raise ValueError(f"{server} cannot be read (truncated or not a server summary)")
-    outcome = _outcome(run_dir, cfg)
+    outcome = _outcome(run_dir, silent)
     if cfg.run.plots:
         from launch.plots import plot_run  # matplotlib only now
 
@@ -167,17 +164,28 @@ def summarize(run_dir: Path) -> tuple[str, Outcome]:
     return format_summary(summary, run_dir, cfg.run.plots), outcome
 
 
-def _outcome(run_dir: Path, cfg: ExperimentConfig) -> Outcome:
-    """failed when a shard wrote no server_summary.json (still running, or killed); a warning when the
-    evaluator has not scored the final snapshot (yet), whose accuracy would otherwise pass for the final one."""
+def _assemble_shards(run_dir: Path, shards: int) -> list[Path]:
+    """With server.shards > 1, the run folder's top assembled from the shards' folders as the launcher does
+    (every call: a shard still running at an earlier one may have ended since); the summaries of the shards
+    that wrote none (still running, or killed)."""
+    if shards == 1:
+        return []
+    from launch.shards import ShardFiles, shard_dir  # torch only now
+
+    ShardFiles(run_dir, shards).finish()
+    summaries = [shard_dir(run_dir, s) / "server_summary.json" for s in range(shards)]
+    return [path for path in summaries if not path.exists()]
+
+
+def _outcome(run_dir: Path, silent: list[Path]) -> Outcome:
+    """failed when a shard wrote no server_summary.json (`silent`); a warning when the evaluator has not scored
+    the final snapshot (yet), whose accuracy would otherwise pass for the final one."""
     metrics = read_metrics(run_dir)
     if metrics and not any(m.get("final") for m in metrics):
         print(f"warning: the evaluator has not scored the final snapshot (yet): test_acc is that of update "
               f"{metrics[-1].get('updates')}", file=sys.stderr)  # fmt: skip
-    missing = [s for s in range(cfg.server.shards) if cfg.server.shards > 1
-               and not (run_dir / f"shard-{s}" / "server_summary.json").exists()]  # fmt: skip
-    if missing:
-        names = ", ".join(f"shard-{s}/server_summary.json" for s in missing)
+    if silent:
+        names = ", ".join(str(path.relative_to(run_dir)) for path in silent)
         return Outcome.failed(f"no {names}: that shard is still running or was killed")
     return Outcome()
 

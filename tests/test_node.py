@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -162,14 +163,18 @@ def test_torchrun_max_restarts_is_refused_before_anything_starts():
 
 def test_a_worker_slot_ended_by_a_signal_exits_as_a_shell_reports_it():
     """sys.exit(-15) exits 241."""
-    import signal
-
     from launch import node
 
+    cmd = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
+    with _handlers_restored():  # the slot forwards SIGTERM and SIGINT to its worker
+        assert node._run_watching_head(cmd, _Store(None)) == (143, "", "")
+
+
+@contextlib.contextmanager
+def _handlers_restored():
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        cmd = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
-        assert node._run_watching_head(cmd, _Store(None)) == (143, "", "")
+        yield
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
@@ -201,10 +206,8 @@ def test_the_servers_address_names_server_interface_or_master_addr(monkeypatch):
 def test_a_worker_host_whose_config_does_not_load_fails_the_heads_run_naming_it(tmp_path):
     """Two torchruns on this host (node 0: the head and worker 0; node 1: worker 1 with another `workers`).
     The head trained on without worker 1, waited for its report, and its summary said ok."""
-    import contextlib
     import json
     import os
-    import signal
 
     from launch.run import free_port
 
@@ -318,12 +321,8 @@ def test_a_failed_worker_slot_publishes_its_workers_error_line(capsys):
     """A worker host whose CURVE handshake the server refused: the head said only 'exited with code 1'."""
     from launch import node
 
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        cmd = [sys.executable, "-c", "import sys; print('x', file=sys.stderr); sys.exit('error: refused by CURVE')"]
+    cmd = [sys.executable, "-c", "import sys; print('x', file=sys.stderr); sys.exit('error: refused by CURVE')"]
+    with _handlers_restored():
         code, _, error = node._run_watching_head(cmd, _Store(None))
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
     assert (code, error) == (1, "refused by CURVE") and "x\nerror: refused by CURVE" in capsys.readouterr().err
     assert node._why_ended(1, error).endswith(": refused by CURVE")
